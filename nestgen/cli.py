@@ -1,0 +1,139 @@
+"""The `nestgen` command line. Subcommands import their heavy dependencies lazily."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.steps=200 (repeatable)")
+
+
+def _decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schedule", help="preset name or e.g. 8x3,4x3,2x3,1x3 (default: config's)")
+    p.add_argument("--steps", type=int, help="decoding steps K (default: config's)")
+    p.add_argument("--cache", help="none | on_switch | every:R (default: config's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--temperature", type=float)
+
+
+def _decode_cfg(base, args):
+    from dataclasses import replace
+
+    from nestgen.configschema import from_dict, to_dict
+    from nestgen.config import DecodeConfig
+    d = to_dict(base)
+    for key, val in (("schedule", args.schedule), ("steps", args.steps), ("cache", args.cache),
+                     ("guidance_scale", args.guidance), ("temperature", args.temperature)):
+        if val is not None:
+            d[key] = val
+    if args.schedule is not None and args.steps is None:
+        from nestgen.decoding.schedule import resolve_schedule
+        d["steps"] = resolve_schedule(args.schedule).steps
+    return replace(from_dict(DecodeConfig, d, "decode"))
+
+
+def cmd_validate(args) -> int:
+    from nestgen.config import config_to_dict, load_config
+    import yaml
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    print(f"# {args.config}: valid", file=sys.stderr)
+    return 0
+
+
+def cmd_flops(args) -> int:
+    from nestgen.config import load_config
+    from nestgen.flops import decode_flops
+    cfg = load_config(args.config, args.overrides)
+    d = _decode_cfg(cfg.decode, args)
+    print(f"schedule {d.schedule} steps {d.steps} cache {d.cache} guidance {d.guidance_scale}")
+    print(decode_flops(cfg.model, d, cfg.train.cond_tokens).table())
+    return 0
+
+
+def cmd_train(args) -> int:
+    from nestgen.local_run import train_local
+    from nestgen.config import load_config
+    cfg = load_config(args.config, args.overrides)
+    ckpt, history = train_local(cfg, args.out)
+    print(json.dumps(history[-1], indent=1))
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from nestgen.local_run import sample_grid
+    from nestgen.checkpoint import load_model
+    model, cfg = load_model(args.checkpoint, args.device)
+    d = _decode_cfg(cfg.decode, args)
+    info = sample_grid(model, cfg, d, args.out, num=args.num, class_label=args.class_label, seed=args.seed)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from nestgen.local_run import run_demo
+    from nestgen.config import load_config
+    cfg = load_config(args.config, args.overrides)
+    t0 = time.perf_counter()
+    summary = run_demo(cfg, args.out)
+    print(json.dumps(summary, indent=1))
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; sample grids under {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nestgen", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="load a config strictly and print it resolved")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("flops", help="analytic GFLOPs per sample of a decode, step by step")
+    _add_config_args(p)
+    _decode_args(p)
+    p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("train", help="train a nested transformer (single process)")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="output folder or URL (checkpoint, history)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate a PNG grid from a checkpoint")
+    p.add_argument("checkpoint")
+    _decode_args(p)
+    p.add_argument("--num", type=int, default=40)
+    p.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="class id (default: cycle through all classes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="PNG path or URL")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="train on digits, then sample with every preset")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (default: the built-in digits config)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nestgen.configschema import ConfigError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"nestgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

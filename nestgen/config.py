@@ -1,0 +1,219 @@
+"""The one config schema of nestgen: typed dataclasses, loaded from YAML strictly.
+
+Every field has a default that runs the embedded digits example on a laptop CPU.
+`load_config(path, overrides)` is the single entry point; `ConfigError` names the bad field.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from nestgen.configschema import ConfigError, check, flatten, from_dict, to_dict
+
+__all__ = [
+    "ConfigError", "ModelConfig", "TrainConfig", "DecodeConfig", "DataConfig", "NestgenConfig",
+    "load_config", "config_from_dict", "config_to_dict", "flatten",
+]
+
+
+@dataclass
+class ModelConfig:
+    """The nested bidirectional transformer over a token grid."""
+    vocab_size: int = 17            # codebook size; the [MASK] id is vocab_size
+    grid: list[int] = field(default_factory=lambda: [8, 8])   # [H, W] images, [T, H, W] video
+    num_classes: int = 10           # class id num_classes is the null class (guidance)
+    width: int = 256                # D of the full model
+    depth: int = 4
+    heads: int = 8                  # head dim = width / heads, the same in every nested size
+    mlp_ratio: int = 4
+    nest_factors: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    attention_width: Literal["nested", "full"] = "nested"   # full = MoNE-style attention at D
+    output_head: Literal["tied", "separate"] = "tied"
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def sub_width(self, factor: int) -> int:
+        return self.width // factor
+
+    def validate(self) -> None:
+        check(self.vocab_size >= 2, "vocab_size", f"must be >= 2, got {self.vocab_size}")
+        check(len(self.grid) in (2, 3), "grid", f"must be [H, W] or [T, H, W], got {self.grid}")
+        check(all(g >= 1 for g in self.grid), "grid", f"sizes must be >= 1, got {self.grid}")
+        check(self.num_classes >= 0, "num_classes", "must be >= 0")
+        check(self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
+        check(self.heads >= 1, "heads", f"must be >= 1, got {self.heads}")
+        check(self.width >= 1 and self.width % self.heads == 0, "width",
+              f"must be a positive multiple of heads={self.heads}, got {self.width}")
+        check(self.mlp_ratio >= 1, "mlp_ratio", f"must be >= 1, got {self.mlp_ratio}")
+        nf = self.nest_factors
+        check(len(nf) >= 1 and len(set(nf)) == len(nf), "nest_factors", f"must be distinct, got {nf}")
+        check(1 in nf, "nest_factors", f"must include 1 (the full model), got {nf}")
+        for f in nf:
+            check(f >= 1 and self.heads % f == 0, "nest_factors",
+                  f"factor {f} must divide heads={self.heads} (head dim stays fixed)")
+
+
+@dataclass
+class DistillConfig:
+    schedule: Literal["linear", "fixed", "off"] = "linear"   # lambda: 1->0 | value | 1 (no KD)
+    value: float = 0.5                                       # lambda when schedule == fixed
+
+    def validate(self) -> None:
+        check(0.0 <= self.value <= 1.0, "value", f"must be in [0, 1], got {self.value}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.96])
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05       # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    class_dropout: float = 0.1       # share of labels replaced by the null class
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    sizes_per_step: str = "all"      # "all" or "sample:k" (k smaller sizes; full always runs)
+    grad_accum: int = 1
+    ema_decay: float = 0.0           # 0 disables the EMA of weights
+    cond_tokens: int = 0             # leading grid tokens that are never masked (frame prediction)
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+    precision: Literal["fp32", "bf16"] = "fp32"   # bf16 = autocast on CUDA
+
+    def num_sampled_sizes(self) -> int | None:
+        """None for all sizes, else k from 'sample:k'."""
+        if self.sizes_per_step == "all":
+            return None
+        return int(self.sizes_per_step.split(":", 1)[1])
+
+    def validate(self) -> None:
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+              f"must be two numbers in [0, 1), got {self.betas}")
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+        check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
+        check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        check(0 <= self.class_dropout <= 1, "class_dropout", "must be in [0, 1]")
+        ok = self.sizes_per_step == "all"
+        if self.sizes_per_step.startswith("sample:"):
+            k = self.sizes_per_step.split(":", 1)[1]
+            ok = k.isdigit() and int(k) >= 1
+        check(ok, "sizes_per_step", f"must be 'all' or 'sample:k' with k >= 1, got {self.sizes_per_step!r}")
+        check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        check(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+        check(self.cond_tokens >= 0, "cond_tokens", "must be >= 0")
+        check(self.log_every >= 1, "log_every", "must be >= 1")
+        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
+              f"must be auto, cpu or cuda[:i], got {self.device!r}")
+
+
+@dataclass
+class DecodeConfig:
+    """MaskGIT decoding with a decode-time model schedule (see nestgen.decoding.schedule)."""
+    schedule: str = "magnets"        # preset name or compact string, e.g. "8x3,4x3,2x3,1x3"
+    steps: int = 12                  # K; the schedule must add up to it
+    cache: str = "on_switch"         # none | on_switch | never_within_size | every:r
+    temperature: float = 1.0         # token sampling temperature
+    temperature_schedule: Literal["constant", "linear"] = "constant"
+    choice_temperature: float = 4.5  # Gumbel noise on confidences, annealed by (1 - (t+1)/K)
+    guidance_scale: float = 0.0      # logits = (1+g) cond - g uncond; 0 skips the uncond pass
+    guidance_schedule: Literal["constant", "linear", "cosine"] = "constant"
+
+    def validate(self) -> None:
+        from nestgen.decoding.cache_policy import parse_cache_policy
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        check(self.choice_temperature >= 0, "choice_temperature", "must be >= 0")
+        check(self.guidance_scale >= 0, "guidance_scale", "must be >= 0")
+        try:
+            parse_cache_policy(self.cache)
+        except ValueError as e:
+            raise ConfigError(f"cache: {e}") from None
+
+
+@dataclass
+class DataConfig:
+    """Where training tokens come from. `digits` = scikit-learn digits as an 8x8 grid, vocab 17."""
+    source: Literal["digits", "shards"] = "digits"
+    url: str = ""                    # shard folder / manifest URL when source == shards
+    holdout_fraction: float = 0.1
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(0 <= self.holdout_fraction < 1, "holdout_fraction", "must be in [0, 1)")
+        check(self.source != "shards" or bool(self.url), "url", "is required when source is 'shards'")
+
+
+@dataclass
+class NestgenConfig:
+    name: str = "digits"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        from nestgen.decoding.schedule import resolve_schedule
+        try:
+            resolve_schedule(self.decode.schedule, self.model.nest_factors, self.decode.steps)
+        except ValueError as e:
+            raise ConfigError(f"decode.schedule: {e}") from None
+        check(self.train.cond_tokens < self.model.num_tokens, "train.cond_tokens",
+              f"must be < the grid's {self.model.num_tokens} tokens")
+
+
+def _apply_override(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = d
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> NestgenConfig:
+    """`overrides` are 'a.b=value' strings; value is parsed as YAML (so 3, 1e-3, [1,2] work)."""
+    data = dict(data or {})
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _apply_override(data, key.strip(), yaml.safe_load(raw))
+    return from_dict(NestgenConfig, data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> NestgenConfig:
+    data: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    return config_from_dict(data, overrides)
+
+
+def config_to_dict(cfg: NestgenConfig) -> dict:
+    return to_dict(cfg)

@@ -1,0 +1,116 @@
+"""MaskGIT parallel decoding with a decode-time model schedule and KV caching.
+
+Every random draw of sample i comes from its own generator seeded with seeds[i], so a
+sample does not depend on which other samples share its batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from nestgen.config import DecodeConfig
+from nestgen.decoding.cache_policy import CachePolicy, parse_cache_policy
+from nestgen.decoding.plan import StepPlan, plan_decode
+from nestgen.decoding.schedule import Schedule, resolve_schedule
+from nestgen.model.nested_transformer import KVCache, NestedTransformer
+
+
+@dataclass
+class DecodeResult:
+    tokens: torch.Tensor                     # (B, N) decoded token ids
+    plan: list[StepPlan]
+    schedule: Schedule
+    cache: CachePolicy
+    guided: bool
+    history: list[torch.Tensor] = field(default_factory=list)   # tokens after each step (opt.)
+
+
+def _guidance_at(scale: float, kind: str, t: int, steps: int) -> float:
+    r = (t + 1) / steps
+    if kind == "linear":
+        return scale * r
+    if kind == "cosine":
+        return scale * (1 - math.cos(math.pi * r)) / 2
+    return scale
+
+
+def _temperature_at(temp: float, kind: str, t: int, steps: int) -> float:
+    return temp * (1 - t / steps) if kind == "linear" else temp
+
+
+def _gumbel(gens: list[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
+    u = torch.stack([torch.rand(shape, generator=g, device=device) for g in gens])
+    return -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
+
+
+@torch.no_grad()
+def decode(model: NestedTransformer, labels: torch.Tensor, cfg: DecodeConfig,
+           seeds: Sequence[int] | None = None, cond: torch.Tensor | None = None,
+           keep_history: bool = False) -> DecodeResult:
+    """Generate token grids for class `labels` (B,) (null class = unconditional).
+
+    cond: (B, n_cond) given leading tokens (frame prediction, `input->input`): they sit in
+    the grid, are never masked, and are returned unchanged.
+    """
+    mcfg = model.cfg
+    device = next(model.parameters()).device
+    labels = labels.to(device)
+    b, n = labels.shape[0], mcfg.num_tokens
+    schedule = resolve_schedule(cfg.schedule, mcfg.nest_factors, cfg.steps)
+    policy = parse_cache_policy(cfg.cache)
+    n_cond = 0 if cond is None else cond.shape[1]
+    plan = plan_decode(n, schedule, policy, n_cond)
+    seeds = list(range(b)) if seeds is None else list(seeds)
+    if len(seeds) != b:
+        raise ValueError(f"got {len(seeds)} seeds for {b} samples")
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    tokens = torch.full((b, n), mcfg.mask_id, dtype=torch.long, device=device)
+    if cond is not None:
+        tokens[:, :n_cond] = cond.to(device)
+    unknown = torch.ones(b, n, dtype=torch.bool, device=device)
+    unknown[:, :n_cond] = False
+    guided = cfg.guidance_scale > 0
+    labels_in = torch.cat([labels, torch.full_like(labels, mcfg.null_class)]) if guided else labels
+    cache = KVCache() if policy.enabled else None
+    fixed_prev: torch.Tensor | None = None
+    history = []
+    was_training = model.training
+    model.eval()
+    for p in plan:
+        k = len(plan)
+        unknown_pos = unknown.nonzero()[:, 1].view(b, p.n_unknown)      # row-major: per-row sorted
+        tok_in = torch.cat([tokens, tokens]) if guided else tokens
+        dup = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
+        if p.full_pass:
+            logits = model(tok_in, labels_in, p.factor, cache=cache, head_positions=dup(unknown_pos))
+        else:
+            active = torch.cat([unknown_pos, fixed_prev], dim=1)
+            assert active.shape[1] == p.n_query, (active.shape, p)
+            logits = model.forward_active(tok_in, dup(active), p.factor, cache, n_head=p.n_unknown)
+        logits = logits.float()
+        if guided:
+            g = _guidance_at(cfg.guidance_scale, cfg.guidance_schedule, p.step, k)
+            cond_l, uncond_l = logits.chunk(2)
+            logits = (1 + g) * cond_l - g * uncond_l
+        temp = _temperature_at(cfg.temperature, cfg.temperature_schedule, p.step, k)
+        noise = _gumbel(gens, (p.n_unknown, mcfg.vocab_size + 1), device)
+        sampled = (logits / temp + noise[..., :-1]).argmax(-1)                   # (B, n_u)
+        n_keep = p.n_unknown - p.n_fixed
+        if n_keep == 0:
+            fix_idx = torch.arange(p.n_unknown, device=device).expand(b, -1)
+        else:
+            logp = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
+            conf = logp + cfg.choice_temperature * (1 - (p.step + 1) / k) * noise[..., -1]
+            fix_idx = conf.argsort(dim=1, descending=True)[:, : p.n_fixed]
+        fixed_pos = unknown_pos.gather(1, fix_idx)
+        tokens.scatter_(1, fixed_pos, sampled.gather(1, fix_idx))
+        unknown.scatter_(1, fixed_pos, False)
+        fixed_prev = fixed_pos
+        if keep_history:
+            history.append(tokens.clone())
+    model.train(was_training)
+    return DecodeResult(tokens, plan, schedule, policy, guided, history)

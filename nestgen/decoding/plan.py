@@ -1,0 +1,38 @@
+"""The step plan of a decode: what runs at each of the K steps, known before decoding.
+
+Because MaskGIT fixes a deterministic *number* of tokens per step, the whole shape of a
+decode (nested size, full pass or cached, query/key counts) follows from the schedule,
+the cache policy and the grid. The decoder executes this plan and the FLOP counter sums
+over it, so the two cannot disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nestgen.decoding.cache_policy import CachePolicy
+from nestgen.decoding.schedule import Schedule
+from nestgen.masking import decode_mask_counts
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    step: int
+    factor: int          # nest factor of the sub-model run at this step
+    full_pass: bool      # True: all 1+N tokens are queries (and the KV cache is rebuilt)
+    n_query: int         # query tokens per sample (class token included on full passes)
+    n_kv: int            # key/value tokens per sample (always 1+N)
+    n_unknown: int       # masked tokens before the step (= positions whose logits are needed)
+    n_fixed: int         # tokens fixed by the step
+
+
+def plan_decode(num_tokens: int, schedule: Schedule, policy: CachePolicy,
+                cond_tokens: int = 0) -> list[StepPlan]:
+    factors = schedule.factors()
+    counts = decode_mask_counts(num_tokens - cond_tokens, len(factors))
+    refresh = policy.refresh_steps(factors)
+    plans = []
+    for t, f in enumerate(factors):
+        # Cached step: still-masked tokens plus those fixed at t-1 = the masked count before t-1.
+        n_q = 1 + num_tokens if refresh[t] else counts[t - 1]
+        plans.append(StepPlan(t, f, refresh[t], n_q, 1 + num_tokens, counts[t], counts[t] - counts[t + 1]))
+    return plans

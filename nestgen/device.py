@@ -1,0 +1,22 @@
+"""Device choice in one place: `auto` means CUDA when present, CPU otherwise."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available")
+    return dev
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA when asked; fp32 (no autocast) otherwise."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,59 @@
+"""Analytic FLOP accounting per generated sample (METHOD.md, compute accounting).
+
+Matmul FLOPs only (2 per multiply-add), as torch.utils.flop_counter counts them:
+per layer 2 n_q (3 D_m d_a + d_a D_m + 2 R D_m^2) for the q/k/v/o and MLP projections
+plus 4 n_q n_kv d_a for attention, where d_a = D_m (nested attention) or D (`full`);
+plus the output head 2 n_h D_m V, with n_h the positions whose logits are needed (the
+still-masked ones when decoding). Guided steps run twice (conditional + unconditional).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nestgen.config import DecodeConfig, ModelConfig
+from nestgen.decoding.cache_policy import parse_cache_policy
+from nestgen.decoding.plan import StepPlan, plan_decode
+from nestgen.decoding.schedule import resolve_schedule
+
+
+def forward_flops(m: ModelConfig, factor: int, n_query: int, n_kv: int, n_head: int) -> int:
+    dm = m.width // factor
+    da = m.width if m.attention_width == "full" else dm
+    proj = 2 * n_query * (4 * dm * da + 2 * m.mlp_ratio * dm * dm)
+    attn = 4 * n_query * n_kv * da
+    return m.depth * (proj + attn) + 2 * n_head * dm * m.vocab_size
+
+
+def training_flops_per_sample(m: ModelConfig, factors: list[int]) -> int:
+    """Forward + backward (3x forward) of every trained size on one full sequence."""
+    n = m.num_tokens
+    return sum(3 * forward_flops(m, f, n + 1, n + 1, n) for f in factors)
+
+
+@dataclass
+class FlopReport:
+    steps: list[tuple[StepPlan, int]]       # (plan, FLOPs per sample) for every step
+
+    @property
+    def total(self) -> int:
+        return sum(f for _, f in self.steps)
+
+    @property
+    def gflops(self) -> float:
+        return self.total / 1e9
+
+    def table(self) -> str:
+        rows = ["step factor full n_query n_kv n_unknown   MFLOPs"]
+        for p, f in self.steps:
+            rows.append(f"{p.step:4d} {p.factor:6d} {'yes' if p.full_pass else 'no':>4} {p.n_query:7d} "
+                        f"{p.n_kv:4d} {p.n_unknown:9d} {f / 1e6:8.2f}")
+        rows.append(f"total GFLOPs per sample: {self.gflops:.4f}")
+        return "\n".join(rows)
+
+
+def decode_flops(m: ModelConfig, d: DecodeConfig, cond_tokens: int = 0) -> FlopReport:
+    schedule = resolve_schedule(d.schedule, m.nest_factors, d.steps)
+    plan = plan_decode(m.num_tokens, schedule, parse_cache_policy(d.cache), cond_tokens)
+    mult = 2 if d.guidance_scale > 0 else 1
+    return FlopReport([(p, mult * forward_flops(m, p.factor, p.n_query, p.n_kv, p.n_unknown))
+                       for p in plan])

@@ -1,0 +1,38 @@
+"""Sample grids as PNG files (Pillow), written through fsspec."""
+from __future__ import annotations
+
+import io
+
+import fsspec
+import numpy as np
+from PIL import Image
+
+
+def make_grid(images: np.ndarray, nrow: int, scale: int = 1, pad: int = 1) -> np.ndarray:
+    """(B, H, W) or (B, H, W, C) uint8 -> one (rows*H, nrow*W[, C]) uint8 image."""
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    b, h, w = images.shape[:3]
+    rows = (b + nrow - 1) // nrow
+    shape = (rows * (h + pad) + pad, nrow * (w + pad) + pad) + images.shape[3:]
+    grid = np.full(shape, 64, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+    return grid
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(url: str, image: np.ndarray) -> str:
+    fs, path = fsspec.core.url_to_fs(url)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(png_bytes(image))
+    return url

@@ -1,0 +1,118 @@
+"""Single-process nested training on a tensor of tokens.
+
+`NestedTrainer` owns model, optimizer, LR schedule, optional EMA and the step counter, and
+exposes `train_step` so that a distributed driver (pipelines.train, Ray Train) can reuse
+exactly this logic per worker.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from nestgen.config import NestgenConfig
+from nestgen.device import autocast, resolve_device
+from nestgen.model.nested_transformer import NestedTransformer
+from nestgen.training.objective import nested_loss, sizes_for_step
+from nestgen.training.optim import build_optimizer, build_scheduler
+
+
+class NestedTrainer:
+    def __init__(self, cfg: NestgenConfig, model: torch.nn.Module | None = None,
+                 device: torch.device | None = None):
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)
+        self.model = (model or NestedTransformer(cfg.model)).to(self.device)
+        self.opt = build_optimizer(self.model, cfg.train)
+        self.sched = build_scheduler(self.opt, cfg.train)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay))
+                    if cfg.train.ema_decay > 0 else None)
+        self.step = 0
+        self._rng = random.Random(cfg.train.seed)
+        self._gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
+
+    @property
+    def core(self) -> NestedTransformer:
+        """The bare model (unwrapped from DDP if a driver wrapped it)."""
+        return getattr(self.model, "module", self.model)
+
+    def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float | torch.Tensor]:
+        tcfg = self.cfg.train
+        self.model.train()
+        factors = sizes_for_step(self.cfg.model.nest_factors, tcfg.num_sampled_sizes(), self._rng)
+        tokens, labels = tokens.to(self.device), labels.to(self.device)
+        per_size: dict[int, torch.Tensor] = {}
+        lam = 1.0
+        for chunk_t, chunk_l in zip(tokens.chunk(tcfg.grad_accum), labels.chunk(tcfg.grad_accum)):
+            with autocast(self.device, tcfg.precision):
+                out = nested_loss(self.model, chunk_t, chunk_l, tcfg, self.step, factors, self._gen)
+            (out.total / tcfg.grad_accum).backward()
+            lam = out.lam
+            for f, v in out.per_size.items():
+                per_size[f] = per_size.get(f, 0) + v / tcfg.grad_accum
+        if tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        metrics = {f"loss/f{f}": v for f, v in per_size.items()}
+        metrics["lambda"] = lam
+        metrics["lr"] = self.sched.get_last_lr()[0]
+        return metrics
+
+    def eval_model(self) -> NestedTransformer:
+        """EMA weights when kept, else the live model."""
+        return self.ema.module if self.ema is not None else self.core
+
+    def state(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "step": self.step}
+
+    def load_state(self, ckpt: dict) -> None:
+        self.core.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.module.load_state_dict(ckpt["ema"])
+        self.step = int(ckpt["step"])
+
+
+def train_on_tokens(cfg: NestgenConfig, tokens: torch.Tensor, labels: torch.Tensor,
+                    progress: bool = True, trainer: NestedTrainer | None = None
+                    ) -> tuple[NestedTrainer, list[dict]]:
+    """Train for cfg.train.steps steps on random batches of (tokens, labels); returns the
+    trainer and a history of logged metrics (one dict every log_every steps)."""
+    tcfg = cfg.train
+    trainer = trainer or NestedTrainer(cfg)
+    gen = torch.Generator().manual_seed(tcfg.seed + 1)
+    history: list[dict] = []
+    window: dict[str, float] = {}
+    bar = tqdm(total=tcfg.steps, initial=trainer.step, desc="train", disable=not progress,
+               dynamic_ncols=True)
+    t0, seen = time.perf_counter(), 0
+    while trainer.step < tcfg.steps:
+        idx = torch.randint(0, tokens.shape[0], (tcfg.batch_size,), generator=gen)
+        m = trainer.train_step(tokens[idx], labels[idx])
+        seen += tcfg.batch_size
+        for k, v in m.items():
+            window[k] = window.get(k, 0.0) + float(v)
+        if trainer.step % tcfg.log_every == 0 or trainer.step == tcfg.steps:
+            n = tcfg.log_every if trainer.step % tcfg.log_every == 0 else trainer.step % tcfg.log_every
+            row = {k: v / n for k, v in window.items()}
+            elapsed = time.perf_counter() - t0
+            row.update(step=trainer.step, samples_per_s=seen / elapsed,
+                       tokens_per_s=seen * tokens.shape[1] / elapsed)
+            history.append(row)
+            window = {}
+            bar.set_postfix({k: f"{row[k]:.3f}" for k in row if k.startswith("loss/")})
+        bar.update(1)
+    bar.close()
+    return trainer, history

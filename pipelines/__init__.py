@@ -1,0 +1,1 @@
+"""Ray orchestration over nestgen: tokenization, training, evaluation and serving steps."""
