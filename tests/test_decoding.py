@@ -1,0 +1,92 @@
+import dataclasses
+
+import pytest
+import torch
+
+from nestgen.config import DecodeConfig
+from nestgen.decoding.maskgit import decode
+from nestgen.masking import decode_mask_counts
+from nestgen.model.nested_transformer import NestedTransformer
+
+
+@pytest.fixture
+def model(small_model_cfg):
+    torch.manual_seed(0)
+    m = NestedTransformer(small_model_cfg).eval()
+    with torch.no_grad():   # sharpen logits so that decoding is not pure noise
+        m.head_bias.add_(torch.randn(m.head_bias.shape))
+    return m
+
+
+def _record_queries(model):
+    calls = []
+    h = model.blocks[0].register_forward_pre_hook(lambda mod, args: calls.append(tuple(args[0].shape[1:])))
+    return calls, h
+
+
+def test_mask_counts_follow_maskgit_arithmetic():
+    assert decode_mask_counts(16, 4) == [16, 14, 11, 6, 0]
+    assert decode_mask_counts(3, 6) == [3, 2, 1, 1, 1, 1, 0]    # clamp: keep >= 1 until the end
+    with pytest.raises(ValueError, match="nothing to decode"):
+        decode_mask_counts(0, 4)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+@pytest.mark.parametrize("schedule", ["8x3,4x3,2x3,1x3", "1x12", "1x3,2x3,4x3,8x3"])
+def test_cache_refreshed_every_step_equals_uncached(model, schedule, guidance):
+    labels = torch.tensor([0, 1, 2, 1])
+    base = DecodeConfig(schedule=schedule, steps=12, guidance_scale=guidance, guidance_schedule="linear")
+    uncached = decode(model, labels, dataclasses.replace(base, cache="none"), seeds=[3, 4, 5, 6])
+    cached = decode(model, labels, dataclasses.replace(base, cache="every:1"), seeds=[3, 4, 5, 6])
+    assert torch.equal(uncached.tokens, cached.tokens)
+    assert (uncached.tokens < model.cfg.vocab_size).all()
+
+
+def test_query_tokens_per_step_match_schedule_arithmetic(model):
+    """16 tokens, K=4: masked counts [16, 14, 11, 6, 0]. With `on_switch` and schedule 2x2,1x2,
+    steps 0 and 2 are full passes (17 queries incl. the class token); a cached step runs the
+    still-masked tokens plus those fixed one step earlier: 16 at step 1, 11 at step 3."""
+    calls, h = _record_queries(model)
+    res = decode(model, torch.tensor([0, 1]), DecodeConfig(schedule="2x2,1x2", steps=4, cache="on_switch"),
+                 keep_history=True)
+    h.remove()
+    w = model.cfg.width
+    assert calls == [(17, w // 2), (16, w // 2), (17, w), (11, w)]
+    assert [p.n_query for p in res.plan] == [17, 16, 17, 11]
+    masked = [int((t == model.cfg.mask_id).sum(1)[0]) for t in res.history]
+    assert masked == [14, 11, 6, 0]
+
+
+def test_every_r_refresh_and_guidance_double_the_rows(model):
+    calls, h = _record_queries(model)
+    decode(model, torch.tensor([0]), DecodeConfig(schedule="1x6", steps=6, cache="every:2",
+                                                  guidance_scale=1.0))
+    h.remove()
+    counts = decode_mask_counts(16, 6)
+    assert [c[0] for c in calls] == [17, counts[0], 17, counts[2], 17, counts[4]]
+
+
+def test_conditioning_tokens_are_kept(model):
+    cond = torch.randint(0, model.cfg.vocab_size, (3, 6))
+    for cache in ("none", "on_switch"):
+        res = decode(model, torch.tensor([0, 1, 2]), DecodeConfig(schedule="4x2,1x2", steps=4, cache=cache),
+                     cond=cond, keep_history=True)
+        assert torch.equal(res.tokens[:, :6], cond)
+        assert res.plan[0].n_unknown == 10
+        assert (res.tokens < model.cfg.vocab_size).all()
+
+
+def test_samples_do_not_depend_on_batch_neighbours(model):
+    d = DecodeConfig(schedule="magnets", steps=12, cache="on_switch")
+    batch = decode(model, torch.tensor([0, 1, 2]), d, seeds=[10, 11, 12]).tokens
+    alone = decode(model, torch.tensor([1]), d, seeds=[11]).tokens
+    assert torch.equal(batch[1], alone[0])
+    again = decode(model, torch.tensor([0, 1, 2]), d, seeds=[10, 11, 12]).tokens
+    assert torch.equal(batch, again)
+    other = decode(model, torch.tensor([0, 1, 2]), d, seeds=[20, 21, 22]).tokens
+    assert not torch.equal(batch, other)
+
+
+def test_seed_count_must_match(model):
+    with pytest.raises(ValueError, match="2 seeds for 3 samples"):
+        decode(model, torch.tensor([0, 1, 2]), DecodeConfig(schedule="1x12"), seeds=[1, 2])

@@ -1,0 +1,121 @@
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from nestgen.config import NestgenConfig, TrainConfig, config_from_dict
+from nestgen.masking import random_training_mask
+from nestgen.model.nested_transformer import NestedTransformer
+from nestgen.training.loop import NestedTrainer, train_on_tokens
+from nestgen.training.objective import distill_lambda, nested_loss, sizes_for_step
+
+
+def _synthetic_task(n=512, classes=3, vocab=11, tokens=16, seed=0):
+    """Each class is a fixed random template; 10% of tokens are noise. Learnable, not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.randint(0, vocab, (classes, tokens), generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    x = templates[labels].clone()
+    noise = torch.rand(n, tokens, generator=g) < 0.1
+    x[noise] = torch.randint(0, vocab, (int(noise.sum()),), generator=g)
+    return x, labels
+
+
+def _eval_losses(model, cfg, tokens, labels):
+    tcfg = dataclasses.replace(cfg.train, class_dropout=0.0)
+    with torch.no_grad():
+        out = nested_loss(model, tokens, labels, tcfg, 0, cfg.model.nest_factors,
+                          torch.Generator().manual_seed(123))
+    return {f: float(v) for f, v in out.per_size.items()}
+
+
+def test_every_nested_size_learns(small_model_cfg):
+    cfg = NestgenConfig(model=small_model_cfg,
+                        train=TrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_steps=10, log_every=50))
+    tokens, labels = _synthetic_task()
+    trainer = NestedTrainer(cfg)
+    before = _eval_losses(trainer.core, cfg, tokens[:256], labels[:256])
+    trainer, history = train_on_tokens(cfg, tokens, labels, progress=False, trainer=trainer)
+    after = _eval_losses(trainer.core, cfg, tokens[:256], labels[:256])
+    assert set(before) == {1, 2, 4, 8}
+    for f in before:
+        assert after[f] < 0.75 * before[f], (f, before[f], after[f])
+    assert after[1] < 0.5 * before[1]
+    assert [h["step"] for h in history] == [50, 100, 150]
+    lams = [h["lambda"] for h in history]          # window means of the linear 1 -> 0 anneal
+    assert lams == sorted(lams, reverse=True) and lams[-1] < 0.2
+    assert history[-1]["tokens_per_s"] > 0
+
+
+def test_distillation_target_is_stop_gradient(small_model_cfg):
+    """With lambda = 0 the small size learns only from softmax(full).detach(): the full-size
+    weights outside the small slice get exactly the gradient of CE(full) alone."""
+    torch.manual_seed(0)
+    model = NestedTransformer(small_model_cfg)
+    tokens, labels = _synthetic_task(n=8)
+    tcfg = TrainConfig(distill={"schedule": "fixed", "value": 0.0}, class_dropout=0.0)
+    tcfg = config_from_dict({"train": {"distill": {"schedule": "fixed", "value": 0.0},
+                                       "class_dropout": 0.0}}).train
+
+    def grads(factors):
+        model.zero_grad()
+        nested_loss(model, tokens, labels, tcfg, 0, factors, torch.Generator().manual_seed(5)).total.backward()
+        return model.blocks[-1].mlp.fc2.weight.grad.clone()
+
+    full_only, with_small = grads([1]), grads([1, 8])
+    w = small_model_cfg.width // 8
+    outside = torch.ones_like(full_only, dtype=torch.bool)
+    outside[:w, : 4 * w] = False
+    torch.testing.assert_close(with_small[outside], full_only[outside])
+    assert not torch.allclose(with_small[~outside], full_only[~outside])
+
+
+def test_lambda_schedules():
+    t = TrainConfig(steps=101)
+    assert distill_lambda(t, 0) == 1.0 and distill_lambda(t, 50) == pytest.approx(0.5)
+    assert distill_lambda(t, 100) == 0.0
+    fixed = config_from_dict({"train": {"distill": {"schedule": "fixed", "value": 0.3}}}).train
+    assert distill_lambda(fixed, 0) == distill_lambda(fixed, 999) == 0.3
+    off = config_from_dict({"train": {"distill": {"schedule": "off"}}}).train
+    assert distill_lambda(off, 50) == 1.0
+
+
+def test_sizes_per_step_all_or_sampled():
+    rng = random.Random(0)
+    assert sizes_for_step([1, 2, 4, 8], None, rng) == [1, 2, 4, 8]
+    seen = set()
+    for _ in range(50):
+        s = sizes_for_step([1, 2, 4, 8], 1, rng)
+        assert len(s) == 2 and s[0] == 1
+        seen.add(s[1])
+    assert seen == {2, 4, 8}
+
+
+def test_training_mask_respects_conditioning_and_cosine_counts():
+    g = torch.Generator().manual_seed(0)
+    mask = random_training_mask(4000, 20, cond_tokens=4, generator=g)
+    assert not mask[:, :4].any()
+    counts = mask.sum(1).float()
+    assert counts.min() >= 1 and counts.max() <= 16
+    # E[ceil(16 cos(pi u / 2))] for u ~ U(0,1) is about 16 * 2/pi + 0.5 = 10.7
+    assert 10.0 < counts.mean() < 11.4
+
+
+def test_class_dropout_rate(small_model_cfg):
+    from nestgen.training.objective import drop_labels
+    labels = torch.zeros(20000, dtype=torch.long)
+    dropped = drop_labels(labels, 3, 0.1, torch.Generator().manual_seed(0))
+    assert 0.09 < (dropped == 3).float().mean() < 0.11
+
+
+def test_grad_accumulation_and_sampled_sizes_run(small_model_cfg):
+    cfg = NestgenConfig(model=small_model_cfg, train=TrainConfig(
+        steps=3, batch_size=8, grad_accum=2, sizes_per_step="sample:1", ema_decay=0.9, log_every=1))
+    tokens, labels = _synthetic_task(n=32)
+    trainer, history = train_on_tokens(cfg, tokens, labels, progress=False)
+    assert trainer.step == 3 and len(history) == 3
+    assert all(len([k for k in h if k.startswith("loss/")]) == 2 for h in history)
+    ema = trainer.eval_model()
+    assert ema is not trainer.core
+    assert not torch.equal(ema.blocks[0].attn.q.weight, trainer.core.blocks[0].attn.q.weight)
