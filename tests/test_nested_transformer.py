@@ -9,6 +9,12 @@ import torch.nn.functional as F
 from nestgen.model.nested_transformer import KVCache, NestedTransformer
 
 
+def _split_qkv(t: torch.Tensor, heads: int):
+    """The fused head-interleaved [q_h; k_h; v_h] rows -> plain Wq, Wk, Wv (head-major rows)."""
+    per_head = t.view(heads, 3, -1, *t.shape[1:])
+    return tuple(per_head[:, j].reshape(-1, *t.shape[1:]) for j in range(3))
+
+
 def _dense_reference(model: NestedTransformer, factor: int):
     """torch's own pre-norm encoder layers of width D/f, weights *copied* from the slices."""
     cfg = model.cfg
@@ -19,8 +25,10 @@ def _dense_reference(model: NestedTransformer, factor: int):
                                            activation="gelu", batch_first=True, norm_first=True)
         a = blk.attn
         with torch.no_grad():
-            layer.self_attn.in_proj_weight.copy_(torch.cat([p.weight[:w, :w] for p in (a.q, a.k, a.v)]))
-            layer.self_attn.in_proj_bias.copy_(torch.cat([p.bias[:w] for p in (a.q, a.k, a.v)]))
+            wq, wk, wv = _split_qkv(a.qkv.weight, cfg.heads)
+            bq, bk, bv = _split_qkv(a.qkv.bias, cfg.heads)
+            layer.self_attn.in_proj_weight.copy_(torch.cat([m[:w, :w] for m in (wq, wk, wv)]))
+            layer.self_attn.in_proj_bias.copy_(torch.cat([m[:w] for m in (bq, bk, bv)]))
             layer.self_attn.out_proj.weight.copy_(a.o.weight[:w, :w])
             layer.self_attn.out_proj.bias.copy_(a.o.bias[:w])
             layer.linear1.weight.copy_(blk.mlp.fc1.weight[: 4 * w, :w])
@@ -90,7 +98,9 @@ def test_full_width_attention_variant(small_model_cfg):
         x = x + model.pos_emb[:, :w]
         b = model.blocks[0]
         hin = F.layer_norm(x, (w,), b.ln1.weight[:w], b.ln1.bias[:w])
-        q, k, v = (hin @ p.weight[:, :w].T + p.bias for p in (b.attn.q, b.attn.k, b.attn.v))
+        wq, wk, wv = _split_qkv(b.attn.qkv.weight, cfg.heads)
+        bq, bk, bv = _split_qkv(b.attn.qkv.bias, cfg.heads)
+        q, k, v = (hin @ wm[:, :w].T + bm for wm, bm in ((wq, bq), (wk, bk), (wv, bv)))
         split = lambda t: t.view(2, -1, cfg.heads, d // cfg.heads).transpose(1, 2)
         att = torch.softmax(split(q) @ split(k).transpose(-1, -2) / (d // cfg.heads) ** 0.5, -1) @ split(v)
         att = att.transpose(1, 2).reshape(2, -1, d)

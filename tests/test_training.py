@@ -24,9 +24,10 @@ def _synthetic_task(n=512, classes=3, vocab=11, tokens=16, seed=0):
 
 def _eval_losses(model, cfg, tokens, labels):
     tcfg = dataclasses.replace(cfg.train, class_dropout=0.0)
+    dev = next(model.parameters()).device
     with torch.no_grad():
-        out = nested_loss(model, tokens, labels, tcfg, 0, cfg.model.nest_factors,
-                          torch.Generator().manual_seed(123))
+        out = nested_loss(model, tokens.to(dev), labels.to(dev), tcfg, 0, cfg.model.nest_factors,
+                          torch.Generator(device=dev).manual_seed(123))
     return {f: float(v) for f, v in out.per_size.items()}
 
 

@@ -1,7 +1,9 @@
 """MaskGIT parallel decoding with a decode-time model schedule and KV caching.
 
-Every random draw of sample i comes from its own generator seeded with seeds[i], so a
-sample does not depend on which other samples share its batch.
+Every random draw of sample i is a function of seeds[i], the step and the grid position
+(nestgen.decoding.noise), so a sample does not depend on which other samples share its
+batch. Tokens are sampled by inverse CDF (one uniform per token); which sampled tokens
+are kept follows MaskGIT: log-probability plus annealed Gumbel noise, most confident first.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Sequence
 import torch
 
 from nestgen.config import DecodeConfig
+from nestgen.decoding import noise
 from nestgen.decoding.cache_policy import CachePolicy, parse_cache_policy
 from nestgen.decoding.plan import StepPlan, plan_decode
 from nestgen.decoding.schedule import Schedule, resolve_schedule
@@ -41,9 +44,11 @@ def _temperature_at(temp: float, kind: str, t: int, steps: int) -> float:
     return temp * (1 - t / steps) if kind == "linear" else temp
 
 
-def _gumbel(gens: list[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
-    u = torch.stack([torch.rand(shape, generator=g, device=device) for g in gens])
-    return -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
+def _sample(logits: torch.Tensor, temp: float, u: torch.Tensor) -> torch.Tensor:
+    """Categorical draw from softmax(logits / temp) by inverse CDF; u (B, n) in (0, 1)."""
+    cdf = torch.softmax(logits / temp, dim=-1).cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[..., -1])[..., None])[..., 0]
+    return idx.clamp_(max=logits.shape[-1] - 1)
 
 
 @torch.no_grad()
@@ -66,30 +71,27 @@ def decode(model: NestedTransformer, labels: torch.Tensor, cfg: DecodeConfig,
     seeds = list(range(b)) if seeds is None else list(seeds)
     if len(seeds) != b:
         raise ValueError(f"got {len(seeds)} seeds for {b} samples")
-    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    seed_t = torch.tensor([int(x) for x in seeds], dtype=torch.long, device=device)
 
     tokens = torch.full((b, n), mcfg.mask_id, dtype=torch.long, device=device)
     if cond is not None:
         tokens[:, :n_cond] = cond.to(device)
-    unknown = torch.ones(b, n, dtype=torch.bool, device=device)
-    unknown[:, :n_cond] = False
+    unknown_pos = torch.arange(n_cond, n, device=device).expand(b, -1).contiguous()
     guided = cfg.guidance_scale > 0
     labels_in = torch.cat([labels, torch.full_like(labels, mcfg.null_class)]) if guided else labels
+    dup = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
     cache = KVCache() if policy.enabled else None
     fixed_prev: torch.Tensor | None = None
     history = []
+    k = len(plan)
     was_training = model.training
     model.eval()
     for p in plan:
-        k = len(plan)
-        unknown_pos = unknown.nonzero()[:, 1].view(b, p.n_unknown)      # row-major: per-row sorted
-        tok_in = torch.cat([tokens, tokens]) if guided else tokens
-        dup = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
+        tok_in = dup(tokens)
         if p.full_pass:
             logits = model(tok_in, labels_in, p.factor, cache=cache, head_positions=dup(unknown_pos))
         else:
             active = torch.cat([unknown_pos, fixed_prev], dim=1)
-            assert active.shape[1] == p.n_query, (active.shape, p)
             logits = model.forward_active(tok_in, dup(active), p.factor, cache, n_head=p.n_unknown)
         logits = logits.float()
         if guided:
@@ -97,18 +99,18 @@ def decode(model: NestedTransformer, labels: torch.Tensor, cfg: DecodeConfig,
             cond_l, uncond_l = logits.chunk(2)
             logits = (1 + g) * cond_l - g * uncond_l
         temp = _temperature_at(cfg.temperature, cfg.temperature_schedule, p.step, k)
-        noise = _gumbel(gens, (p.n_unknown, mcfg.vocab_size + 1), device)
-        sampled = (logits / temp + noise[..., :-1]).argmax(-1)                   # (B, n_u)
-        n_keep = p.n_unknown - p.n_fixed
-        if n_keep == 0:
-            fix_idx = torch.arange(p.n_unknown, device=device).expand(b, -1)
+        sampled = _sample(logits, temp, noise.uniform(seed_t, p.step, unknown_pos, stream=0))
+        if p.n_fixed == p.n_unknown:
+            order = torch.arange(p.n_unknown, device=device).expand(b, -1)
         else:
-            logp = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
-            conf = logp + cfg.choice_temperature * (1 - (p.step + 1) / k) * noise[..., -1]
-            fix_idx = conf.argsort(dim=1, descending=True)[:, : p.n_fixed]
+            logp = logits.gather(-1, sampled[..., None])[..., 0] - logits.logsumexp(-1)
+            anneal = cfg.choice_temperature * (1 - (p.step + 1) / k)
+            conf = logp + anneal * noise.gumbel(seed_t, p.step, unknown_pos, stream=1)
+            order = conf.argsort(dim=1, descending=True)
+        fix_idx = order[:, : p.n_fixed]
         fixed_pos = unknown_pos.gather(1, fix_idx)
         tokens.scatter_(1, fixed_pos, sampled.gather(1, fix_idx))
-        unknown.scatter_(1, fixed_pos, False)
+        unknown_pos = unknown_pos.gather(1, order[:, p.n_fixed:])
         fixed_prev = fixed_pos
         if keep_history:
             history.append(tokens.clone())

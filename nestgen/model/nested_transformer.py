@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 from nestgen.config import ModelConfig
 
@@ -48,33 +47,43 @@ class KVCache:
 
 
 class NestedAttention(nn.Module):
+    """Self-attention whose first H/f heads form the nested sub-model's attention.
+
+    q, k, v live in one (3D, D) matrix with rows interleaved per head ([q_h; k_h; v_h] for
+    head h), so the first H/f heads of all three are the contiguous rows [:3D/f]: every
+    nested width is one slice and one GEMM. The hot path uses view/transpose rather than
+    einops because decoding on GPU is bound by per-op overhead.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.width
         self.head_dim = d // cfg.heads
         self.full_width = cfg.attention_width == "full"
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.qkv = nn.Linear(d, 3 * d)
+        self.o = nn.Linear(d, d)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 seq_idx: torch.Tensor | None = None) -> torch.Tensor:
-        width = x.shape[-1]
-        d_att = self.q.weight.shape[0] if self.full_width else width
-        q, k, v = (rearrange(sliced_linear(p, x, width, d_att), "b n (h d) -> b h n d", d=self.head_dim)
-                   for p in (self.q, self.k, self.v))
+        b, n, width = x.shape
+        d_att = self.o.weight.shape[0] if self.full_width else width
+        heads = d_att // self.head_dim
+        qkv = sliced_linear(self.qkv, x, width, 3 * d_att).view(b, n, heads, 3, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)            # each (B, heads, n, hd)
         if cache is not None:
             if seq_idx is None:             # full pass: this layer's cache is exactly k, v
                 if len(cache.keys) <= layer:
-                    cache.keys.append(k)
-                    cache.values.append(v)
+                    cache.keys.append(k.contiguous())
+                    cache.values.append(v.contiguous())
                 else:
-                    cache.keys[layer], cache.values[layer] = k, v
+                    cache.keys[layer], cache.values[layer] = k.contiguous(), v.contiguous()
             else:                           # active tokens: fresh K/V overwrite their stale ones
-                idx = seq_idx[:, None, :, None].expand(-1, k.shape[1], -1, self.head_dim)
+                idx = seq_idx[:, None, :, None].expand(-1, heads, -1, self.head_dim)
                 cache.keys[layer].scatter_(2, idx, k)
                 cache.values[layer].scatter_(2, idx, v)
                 k, v = cache.keys[layer], cache.values[layer]
-        out = F.scaled_dot_product_attention(q, k, v)
-        return sliced_linear(self.o, rearrange(out, "b h n d -> b n (h d)"), d_att, width)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d_att)
+        return sliced_linear(self.o, out, d_att, width)
 
 
 class NestedMLP(nn.Module):

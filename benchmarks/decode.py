@@ -1,0 +1,121 @@
+"""Decode benchmark: full-size MaskGIT baseline vs MaGNeTS schedule and KV cache.
+
+  python -m benchmarks.decode --json runs/bench_decode.json
+
+Every variant runs in this one process, after a warm-up, as the median of --repeats runs,
+so ratios are comparable even on a noisy machine. Weights are random: speed and FLOPs do
+not depend on them (the number of tokens fixed per step is deterministic).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from nestgen.config import DecodeConfig, ModelConfig
+from nestgen.decoding.maskgit import decode
+from nestgen.device import resolve_device
+from nestgen.flops import decode_flops
+from nestgen.model.nested_transformer import NestedTransformer
+
+VARIANTS = [  # (name, schedule, cache)
+    ("baseline", "1x12", "none"),
+    ("cache only", "1x12", "on_switch"),
+    ("schedule only", "8x3,4x3,2x3,1x3", "none"),
+    ("magnets", "8x3,4x3,2x3,1x3", "on_switch"),
+]
+
+
+def _time_decode(model, d, batch, device, precision, repeats):
+    labels = torch.arange(batch, device=device) % model.cfg.num_classes
+    ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" and device.type == "cuda"
+           else torch.autocast("cpu", enabled=False))
+
+    def once():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with ctx:
+            decode(model, labels, d, seeds=range(batch))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    once()                                           # warm-up (allocator, kernels)
+    return statistics.median(once() for _ in range(repeats))
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    side = args.tokens_side
+    cfg = ModelConfig(vocab_size=args.vocab, grid=[side, side], num_classes=10, width=args.width,
+                      depth=args.depth, heads=args.heads)
+    torch.manual_seed(0)
+    model = NestedTransformer(cfg).to(device).eval()
+    rows = []
+    for batch in args.batch_sizes:
+        for name, schedule, cache in VARIANTS:
+            d = DecodeConfig(schedule=schedule, steps=12, cache=cache, guidance_scale=args.guidance)
+            sec = _time_decode(model, d, batch, device, args.precision, args.repeats)
+            rows.append({"variant": name, "schedule": schedule, "cache": cache, "batch_size": batch,
+                         "gflops_per_sample": decode_flops(cfg, d).gflops,
+                         "seconds_per_sample": sec / batch})
+            print(f"  measured {name:14s} batch {batch:3d}: {sec / batch * 1e3:9.2f} ms/sample", flush=True)
+    ratios = {}
+    for batch in args.batch_sizes:
+        by = {r["variant"]: r for r in rows if r["batch_size"] == batch}
+        b, m = by["baseline"], by["magnets"]
+        ratios[str(batch)] = {"gflops_ratio": b["gflops_per_sample"] / m["gflops_per_sample"],
+                              "wall_ratio": b["seconds_per_sample"] / m["seconds_per_sample"]}
+    big = str(max(args.batch_sizes))
+    return {
+        "model": {"width": cfg.width, "depth": cfg.depth, "heads": cfg.heads, "tokens": cfg.num_tokens,
+                  "vocab": cfg.vocab_size, "params": model.num_params()},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "precision": args.precision, "guidance_scale": args.guidance,
+        "repeats": args.repeats, "rows": rows, "ratios_by_batch": ratios,
+        "gflops_ratio": ratios[big]["gflops_ratio"], "wall_ratio": ratios[big]["wall_ratio"],
+    }
+
+
+def print_table(res: dict) -> None:
+    print(f"\nmodel {res['model']}  device {res['device']}  precision {res['precision']}")
+    print(f"{'variant':14s} {'schedule':16s} {'cache':10s} {'batch':>5s} {'GFLOPs/sample':>14s} {'ms/sample':>10s}")
+    for r in res["rows"]:
+        print(f"{r['variant']:14s} {r['schedule']:16s} {r['cache']:10s} {r['batch_size']:5d} "
+              f"{r['gflops_per_sample']:14.3f} {r['seconds_per_sample'] * 1e3:10.2f}")
+    for b, r in res["ratios_by_batch"].items():
+        print(f"batch {b}: GFLOPs ratio {r['gflops_ratio']:.2f}x, wall-clock ratio {r['wall_ratio']:.2f}x "
+              "(baseline / magnets+cache)")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--depth", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--tokens-side", type=int, default=8, help="grid side: 8 -> 8x8, 16 -> 16x16 tokens")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--guidance", type=float, default=0.0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    res = run(args)
+    print_table(res)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.json}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
