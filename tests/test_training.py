@@ -119,4 +119,4 @@ def test_grad_accumulation_and_sampled_sizes_run(small_model_cfg):
     assert all(len([k for k in h if k.startswith("loss/")]) == 2 for h in history)
     ema = trainer.eval_model()
     assert ema is not trainer.core
-    assert not torch.equal(ema.blocks[0].attn.q.weight, trainer.core.blocks[0].attn.q.weight)
+    assert not torch.equal(ema.blocks[0].attn.qkv.weight, trainer.core.blocks[0].attn.qkv.weight)

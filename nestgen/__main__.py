@@ -1,0 +1,5 @@
+import sys
+
+from nestgen.cli import main
+
+sys.exit(main())
