@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from nestgen.config import DecodeConfig, ModelConfig
+from nestgen.decoding.cuda_graph import GraphedDecoder
 from nestgen.decoding.maskgit import decode
 from nestgen.device import resolve_device
 from nestgen.flops import decode_flops
@@ -31,17 +32,22 @@ VARIANTS = [  # (name, schedule, cache)
 ]
 
 
-def _time_decode(model, d, batch, device, precision, repeats):
+def _time_decode(model, d, batch, device, precision, repeats, graphed):
     labels = torch.arange(batch, device=device) % model.cfg.num_classes
     ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" and device.type == "cuda"
            else torch.autocast("cpu", enabled=False))
+    if graphed:
+        dec = GraphedDecoder(model, precision)
+        run_once = lambda: dec(labels, d, range(batch))          # noqa: E731
+    else:
+        run_once = lambda: decode(model, labels, d, seeds=range(batch))  # noqa: E731
 
     def once():
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with ctx:
-            decode(model, labels, d, seeds=range(batch))
+            run_once()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -58,10 +64,11 @@ def run(args) -> dict:
     torch.manual_seed(0)
     model = NestedTransformer(cfg).to(device).eval()
     rows = []
+    graphed = args.cuda_graphs and device.type == "cuda"
     for batch in args.batch_sizes:
         for name, schedule, cache in VARIANTS:
             d = DecodeConfig(schedule=schedule, steps=12, cache=cache, guidance_scale=args.guidance)
-            sec = _time_decode(model, d, batch, device, args.precision, args.repeats)
+            sec = _time_decode(model, d, batch, device, args.precision, args.repeats, graphed)
             rows.append({"variant": name, "schedule": schedule, "cache": cache, "batch_size": batch,
                          "gflops_per_sample": decode_flops(cfg, d).gflops,
                          "seconds_per_sample": sec / batch})
@@ -77,14 +84,16 @@ def run(args) -> dict:
         "model": {"width": cfg.width, "depth": cfg.depth, "heads": cfg.heads, "tokens": cfg.num_tokens,
                   "vocab": cfg.vocab_size, "params": model.num_params()},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "precision": args.precision, "guidance_scale": args.guidance,
+        "threads": torch.get_num_threads(), "precision": args.precision, "cuda_graphs": graphed,
+        "guidance_scale": args.guidance,
         "repeats": args.repeats, "rows": rows, "ratios_by_batch": ratios,
         "gflops_ratio": ratios[big]["gflops_ratio"], "wall_ratio": ratios[big]["wall_ratio"],
     }
 
 
 def print_table(res: dict) -> None:
-    print(f"\nmodel {res['model']}  device {res['device']}  precision {res['precision']}")
+    print(f"\nmodel {res['model']}  device {res['device']}  precision {res['precision']}  "
+          f"cuda_graphs {res['cuda_graphs']}")
     print(f"{'variant':14s} {'schedule':16s} {'cache':10s} {'batch':>5s} {'GFLOPs/sample':>14s} {'ms/sample':>10s}")
     for r in res["rows"]:
         print(f"{r['variant']:14s} {r['schedule']:16s} {r['cache']:10s} {r['batch_size']:5d} "
@@ -106,6 +115,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--guidance", type=float, default=0.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="replay each decode as one captured CUDA graph (GPU only)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     res = run(args)

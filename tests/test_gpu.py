@@ -49,3 +49,19 @@ def test_bf16_autocast_training_reduces_loss(small_model_cfg):
         assert float(last[f"loss/f{f}"]) < 0.75 * float(first[f"loss/f{f}"]), f
     assert float(last["loss/f1"]) < 0.5 * float(first["loss/f1"])
     assert next(trainer.core.parameters()).dtype == torch.float32   # autocast, fp32 master weights
+
+
+def test_cuda_graph_decode_equals_eager(small_model_cfg):
+    from nestgen.decoding.cuda_graph import GraphedDecoder
+    model = NestedTransformer(small_model_cfg).cuda().eval()
+    dec = GraphedDecoder(model)
+    for cache, guidance in (("on_switch", 0.0), ("none", 1.5), ("every:2", 0.0)):
+        d = DecodeConfig(schedule="8x3,4x3,2x3,1x3", steps=12, cache=cache, guidance_scale=guidance)
+        for seeds, labels in (([1, 2, 3], [0, 1, 2]), ([7, 8, 9], [2, 2, 0])):   # 2nd call replays
+            lab = torch.tensor(labels, device="cuda")
+            eager = decode(model, lab, d, seeds=seeds).tokens
+            assert torch.equal(dec(lab, d, seeds), eager), (cache, guidance, seeds)
+    cond = torch.randint(0, small_model_cfg.vocab_size, (3, 4), device="cuda")
+    d = DecodeConfig(schedule="4x2,1x2", steps=4, cache="on_switch")
+    lab = torch.tensor([0, 1, 2], device="cuda")
+    assert torch.equal(dec(lab, d, [4, 5, 6], cond), decode(model, lab, d, [4, 5, 6], cond).tokens)

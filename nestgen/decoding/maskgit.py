@@ -51,6 +51,28 @@ def _sample(logits: torch.Tensor, temp: float, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
+@dataclass(frozen=True)
+class PreparedDecode:
+    """Everything about a decode that is fixed before it runs (host side)."""
+    schedule: Schedule
+    policy: CachePolicy
+    plan: list[StepPlan]
+    n_cond: int
+
+
+def prepare(model: NestedTransformer, cfg: DecodeConfig, n_cond: int = 0) -> PreparedDecode:
+    schedule = resolve_schedule(cfg.schedule, model.cfg.nest_factors, cfg.steps)
+    policy = parse_cache_policy(cfg.cache)
+    return PreparedDecode(schedule, policy, plan_decode(model.cfg.num_tokens, schedule, policy, n_cond), n_cond)
+
+
+def seed_tensor(seeds: Sequence[int] | None, b: int, device) -> torch.Tensor:
+    seeds = list(range(b)) if seeds is None else list(seeds)
+    if len(seeds) != b:
+        raise ValueError(f"got {len(seeds)} seeds for {b} samples")
+    return torch.tensor([int(x) for x in seeds], dtype=torch.long, device=device)
+
+
 @torch.no_grad()
 def decode(model: NestedTransformer, labels: torch.Tensor, cfg: DecodeConfig,
            seeds: Sequence[int] | None = None, cond: torch.Tensor | None = None,
@@ -60,32 +82,38 @@ def decode(model: NestedTransformer, labels: torch.Tensor, cfg: DecodeConfig,
     cond: (B, n_cond) given leading tokens (frame prediction, `input->input`): they sit in
     the grid, are never masked, and are returned unchanged.
     """
-    mcfg = model.cfg
     device = next(model.parameters()).device
     labels = labels.to(device)
-    b, n = labels.shape[0], mcfg.num_tokens
-    schedule = resolve_schedule(cfg.schedule, mcfg.nest_factors, cfg.steps)
-    policy = parse_cache_policy(cfg.cache)
-    n_cond = 0 if cond is None else cond.shape[1]
-    plan = plan_decode(n, schedule, policy, n_cond)
-    seeds = list(range(b)) if seeds is None else list(seeds)
-    if len(seeds) != b:
-        raise ValueError(f"got {len(seeds)} seeds for {b} samples")
-    seed_t = torch.tensor([int(x) for x in seeds], dtype=torch.long, device=device)
+    prep = prepare(model, cfg, 0 if cond is None else cond.shape[1])
+    seed_t = seed_tensor(seeds, labels.shape[0], device)
+    history: list[torch.Tensor] | None = [] if keep_history else None
+    was_training = model.training
+    model.eval()
+    try:
+        tokens = decode_loop(model, labels, seed_t, None if cond is None else cond.to(device), cfg, prep, history)
+    finally:
+        model.train(was_training)
+    return DecodeResult(tokens, prep.plan, prep.schedule, prep.policy, cfg.guidance_scale > 0, history or [])
 
+
+def decode_loop(model: NestedTransformer, labels: torch.Tensor, seed_t: torch.Tensor,
+                cond: torch.Tensor | None, cfg: DecodeConfig, prep: PreparedDecode,
+                history: list | None = None) -> torch.Tensor:
+    """The K steps, device ops only: no host sync and static shapes, so that the whole
+    loop can be captured as one CUDA graph (nestgen.decoding.cuda_graph)."""
+    mcfg = model.cfg
+    device = labels.device
+    b, n = labels.shape[0], mcfg.num_tokens
+    plan, k = prep.plan, len(prep.plan)
     tokens = torch.full((b, n), mcfg.mask_id, dtype=torch.long, device=device)
     if cond is not None:
-        tokens[:, :n_cond] = cond.to(device)
-    unknown_pos = torch.arange(n_cond, n, device=device).expand(b, -1).contiguous()
+        tokens[:, :prep.n_cond] = cond
+    unknown_pos = torch.arange(prep.n_cond, n, device=device).expand(b, -1).contiguous()
     guided = cfg.guidance_scale > 0
     labels_in = torch.cat([labels, torch.full_like(labels, mcfg.null_class)]) if guided else labels
     dup = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
-    cache = KVCache() if policy.enabled else None
+    cache = KVCache() if prep.policy.enabled else None
     fixed_prev: torch.Tensor | None = None
-    history = []
-    k = len(plan)
-    was_training = model.training
-    model.eval()
     for p in plan:
         tok_in = dup(tokens)
         if p.full_pass:
@@ -112,7 +140,6 @@ def decode(model: NestedTransformer, labels: torch.Tensor, cfg: DecodeConfig,
         tokens.scatter_(1, fixed_pos, sampled.gather(1, fix_idx))
         unknown_pos = unknown_pos.gather(1, order[:, p.n_fixed:])
         fixed_prev = fixed_pos
-        if keep_history:
+        if history is not None:
             history.append(tokens.clone())
-    model.train(was_training)
-    return DecodeResult(tokens, plan, schedule, policy, guided, history)
+    return tokens
