@@ -88,6 +88,53 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    if args.dataset == "digits":
+        from nestgen.data.image_files import write_digit_images
+        info = write_digit_images(args.out, size=args.size or 32, holdout_fraction=args.holdout, seed=args.seed)
+    else:
+        from nestgen.data.moving_digits import write_moving_digits
+        info = write_moving_digits(args.out, num_clips_per_class=args.clips_per_class, frames=args.frames,
+                                   size=args.size or 64, fps=args.fps, digits_per_clip=args.digits_per_clip,
+                                   seed=args.seed, holdout_fraction=args.holdout)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_tokenizer_train(args) -> int:
+    from nestgen.config import load_config
+    from nestgen.data.media import ClipSpec
+    from nestgen.data.raw_files import load_raw_split
+    from nestgen.tokenizers import (clips_to_pixels, evaluate_tokenizer, images_to_pixels, save_tokenizer,
+                                    train_tokenizer)
+    cfg = load_config(args.config, args.overrides)
+    t = cfg.tokenizer
+    clip = ClipSpec(frames=t.frames, fps=cfg.tokenize.fps, size=t.image_size, channels=t.channels)
+    arrays, _, failed = load_raw_split(args.data, args.split, t.kind, t.image_size, t.channels, clip)
+    for f in failed:
+        print(f"skipped {f['source_uri']}: {f['reason']}", file=sys.stderr)
+    pixels = (clips_to_pixels if t.kind == "video" else images_to_pixels)(arrays)
+    model, history = train_tokenizer(t, pixels)
+    metrics = evaluate_tokenizer(model, pixels)
+    save_tokenizer(args.out, model, history=history, metrics=metrics)
+    print(json.dumps({"out": args.out, "samples": len(arrays), **metrics}, indent=1))
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from nestgen.config import load_config
+    from pipelines.ray_runtime import init_ray
+    from pipelines.tokenize import tokenize_to_shards
+    cfg = load_config(args.config, args.overrides)
+    init_ray(args.ray_address)
+    m = tokenize_to_shards(args.input, args.output, args.tokenizer, cfg.tokenize, force=args.force)
+    print(json.dumps({k: m[k] for k in ("splits", "grid_shape", "vocab_size", "shards_dir")} |
+                     {"failed": len(m["failed"]), "tokenizer_hash": m["tokenizer"]["hash"]}, indent=1))
+    for f in m["failed"]:
+        print(f"failed {f['source_uri']}: {f['reason']}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nestgen", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -116,6 +163,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="PNG path or URL")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("data", help="write the embedded data sets as real files")
+    p.add_argument("dataset", choices=["digits", "moving-digits"])
+    p.add_argument("out", help="output folder or fsspec URL")
+    p.add_argument("--size", type=int, help="frame side in pixels (digits 32, moving-digits 64)")
+    p.add_argument("--holdout", type=float, default=0.1, help="share written to the val split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clips-per-class", type=int, default=20)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--digits-per-clip", type=int, default=1, choices=[1, 2])
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("tokenizer-train", help="train the VQ tokenizer of CONFIG on a raw media folder")
+    _add_config_args(p)
+    p.add_argument("--data", required=True, help="raw files (ImageNet-/UCF101-like folders)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="tokenizer checkpoint URL")
+    p.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("tokenize", help="Ray step: raw files -> Parquet token shards + manifest")
+    p.add_argument("--input", required=True, help="raw files URL (local, file://, gs://, ...)")
+    p.add_argument("--output", required=True, help="shard folder URL")
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint URL")
+    p.add_argument("--config", default=None, help="YAML config (its `tokenize` section)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--force", action="store_true", help="re-tokenize even if the output is up to date")
+    p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("demo", help="train on digits, then sample with every preset")
     p.add_argument("config", nargs="?", default=None, help="YAML config (default: the built-in digits config)")

@@ -13,9 +13,11 @@ from typing import Any, Literal
 import yaml
 
 from nestgen.configschema import ConfigError, check, flatten, from_dict, to_dict
+from nestgen.tokenizers.config import TokenizerConfig
 
 __all__ = [
-    "ConfigError", "ModelConfig", "TrainConfig", "DecodeConfig", "DataConfig", "NestgenConfig",
+    "ConfigError", "ModelConfig", "TrainConfig", "DecodeConfig", "DataConfig", "TokenizeConfig",
+    "TokenizerConfig", "NestgenConfig",
     "load_config", "config_from_dict", "config_to_dict", "flatten",
 ]
 
@@ -155,9 +157,10 @@ class DecodeConfig:
 
 @dataclass
 class DataConfig:
-    """Where training tokens come from. `digits` = scikit-learn digits as an 8x8 grid, vocab 17."""
+    """Where training tokens come from: `digits` = scikit-learn digits as an 8x8 grid with
+    vocab 17 (no tokenizer); `shards` = Parquet token shards written by `nestgen tokenize`."""
     source: Literal["digits", "shards"] = "digits"
-    url: str = ""                    # shard folder / manifest URL when source == shards
+    url: str = ""                    # shard folder (holding manifest.json) when source == shards
     holdout_fraction: float = 0.1
     seed: int = 0
 
@@ -167,12 +170,35 @@ class DataConfig:
 
 
 @dataclass
+class TokenizeConfig:
+    """The Ray tokenization step: raw files -> Parquet token shards (pipelines.tokenize)."""
+    batch_size: int = 64             # files per tokenizer call
+    concurrency: int = 1             # tokenizer actors (each loads the tokenizer once)
+    gpus_per_actor: float = 1.0      # used only when the cluster has GPUs
+    cpus_per_actor: float = 1.0
+    fps: float = 8.0                 # videos are resampled to this rate
+    clips_per_video: int = 1         # up to this many non-overlapping clips per video
+    rows_per_shard: int = 4096
+
+    def validate(self) -> None:
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.concurrency >= 1, "concurrency", "must be >= 1")
+        check(self.gpus_per_actor >= 0, "gpus_per_actor", "must be >= 0")
+        check(self.cpus_per_actor > 0, "cpus_per_actor", "must be > 0")
+        check(self.fps >= 0, "fps", "must be >= 0 (0 keeps the source rate)")
+        check(self.clips_per_video >= 1, "clips_per_video", "must be >= 1")
+        check(self.rows_per_shard >= 1, "rows_per_shard", "must be >= 1")
+
+
+@dataclass
 class NestgenConfig:
     name: str = "digits"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
 
     def validate(self) -> None:
         from nestgen.decoding.schedule import resolve_schedule

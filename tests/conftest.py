@@ -1,11 +1,27 @@
 import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-# Tests must only ever talk to loopback, and Ray must not phone home.
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Tests talk to loopback only. These must be set before Ray starts (its workers inherit
+# them) and before gcsfs is imported (STACK-NOTES: the HNS probe stalls 60 s per call).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+GCS_PORT = _free_port()
+os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{GCS_PORT}"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -15,3 +31,85 @@ def small_model_cfg():
     from nestgen.config import ModelConfig
     return ModelConfig(vocab_size=11, grid=[4, 4], num_classes=3, width=64, depth=2, heads=8,
                        nest_factors=[1, 2, 4, 8])
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray for the whole session (start-up costs seconds and ~1 GB)."""
+    from pipelines.ray_runtime import init_ray
+    ray = init_ray(num_cpus=4)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A real GCS emulator process on 127.0.0.1, stopped by PID. Yields the bucket name."""
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    if not exe.exists():
+        pytest.skip("gcp-storage-emulator is not installed (pip install -e '.[dev]')")
+    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(GCS_PORT),
+                             "--in-memory", "--default-bucket", "nestgen-test"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", GCS_PORT), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("GCS emulator did not start")
+    yield "nestgen-test"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+# ---- real data files and small trained tokenizers, made once per session -------------
+
+@pytest.fixture(scope="session")
+def digits_png(tmp_path_factory) -> Path:
+    from nestgen.data.image_files import write_digit_images
+    out = tmp_path_factory.mktemp("digits_png")
+    write_digit_images(str(out), size=16, holdout_fraction=0.1, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def moving_digits_mp4(tmp_path_factory) -> Path:
+    from nestgen.data.moving_digits import write_moving_digits
+    out = tmp_path_factory.mktemp("moving_mp4")
+    write_moving_digits(str(out), num_clips_per_class=3, frames=8, size=32, fps=8, seed=0,
+                        holdout_fraction=0.34)
+    return out
+
+
+@pytest.fixture(scope="session")
+def image_tokenizer(tmp_path_factory, digits_png):
+    """(checkpoint path, measured reconstruction MSE on the training images)."""
+    from nestgen.data.image_files import read_image_folder
+    from nestgen.tokenizers import TokenizerConfig, evaluate_tokenizer, images_to_pixels, save_tokenizer, train_tokenizer
+    images, _, _ = read_image_folder(str(digits_png), "train")
+    cfg = TokenizerConfig(kind="image", channels=3, image_size=16, base_width=16, max_width=32,
+                          downsample=4, codebook_size=32, code_dim=8, steps=120, batch_size=32,
+                          lr=3e-3, log_every=60)
+    px = images_to_pixels(images)
+    model, _ = train_tokenizer(cfg, px, progress=False)
+    path = tmp_path_factory.mktemp("tok") / "image_tokenizer.pt"
+    save_tokenizer(str(path), model)
+    return path, evaluate_tokenizer(model, px)["mse"]
+
+
+@pytest.fixture(scope="session")
+def video_tokenizer(tmp_path_factory, moving_digits_mp4):
+    from nestgen.data.moving_digits import read_video_folder
+    from nestgen.tokenizers import TokenizerConfig, clips_to_pixels, save_tokenizer, train_tokenizer
+    clips, _, _ = read_video_folder(str(moving_digits_mp4), "train", gray=True)
+    cfg = TokenizerConfig(kind="video", channels=1, image_size=32, frames=8, base_width=8, max_width=16,
+                          downsample=8, temporal_downsample=4, codebook_size=32, code_dim=8,
+                          steps=40, batch_size=8, lr=3e-3, log_every=20)
+    model, _ = train_tokenizer(cfg, clips_to_pixels(clips), progress=False)
+    path = tmp_path_factory.mktemp("tok") / "video_tokenizer.pt"
+    save_tokenizer(str(path), model)
+    return path

@@ -49,3 +49,19 @@ def test_train_then_sample_writes_a_png_grid(tmp_path):
     assert img.shape == (2 * (8 * 4 + 1) + 1, 10 * (8 * 4 + 1) + 1)    # 2 rows x 10 classes, 4x upscale
     bad = nestgen("sample", str(out / "checkpoint.pt"), "--class", "12", "--out", str(png), check=False)
     assert bad.returncode == 2 and "class 12 is out of range" in bad.stderr
+
+
+def test_data_tokenizer_train_and_tokenize_commands(tmp_path):
+    """The issue-3 path as a user runs it: files -> tokenizer -> Ray tokenize -> shards."""
+    raw, tok, shards = tmp_path / "raw", tmp_path / "tok.pt", tmp_path / "shards"
+    info = json.loads(nestgen("data", "digits", str(raw), "--size", "16").stdout)
+    assert info["train"] + info["val"] == 1797
+    small = ["--set", "tokenizer.image_size=16", "--set", "tokenizer.base_width=8", "--set", "tokenizer.max_width=16",
+             "--set", "tokenizer.codebook_size=16", "--set", "tokenizer.code_dim=8", "--set", "tokenizer.steps=20"]
+    out = json.loads(nestgen("tokenizer-train", "configs/digits.yaml", "--data", str(raw), "--out", str(tok),
+                             *small).stdout)
+    assert out["samples"] == info["train"] and out["psnr"] > 0
+    res = nestgen("tokenize", "--input", str(raw / "val"), "--output", str(shards), "--tokenizer", str(tok))
+    summary = json.loads(res.stdout)
+    assert summary["splits"]["train"]["rows"] == info["val"]    # <class>/<file> layout: one split
+    assert summary["grid_shape"] == [4, 4] and summary["failed"] == 0

@@ -1,0 +1,69 @@
+"""Raw media folders laid out like ImageNet or UCF101, and loading them into arrays.
+
+Layouts: `<root>/<split>/<class>/<file>` (split in train/val/validation/test) or
+`<root>/<class>/<file>` (all train). Labels are the sorted class names' indices: a stable
+label map. The Ray tokenization step (pipelines.tokenize) and single-process tokenizer
+training both start here, so every data set takes the same ingestion path.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from nestgen.data.media import ClipSpec, MediaError, load_image, load_video_clips, media_kind
+from nestgen.storage import protocol_prefix, read_bytes, url_to_fs
+
+SPLITS = ("train", "val", "validation", "test")
+
+
+def list_raw_files(input_url: str) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """(items, unusable, label_map) for `<split>/<class>/<file>` or `<class>/<file>` layouts."""
+    fs, root = url_to_fs(input_url)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        raise FileNotFoundError(f"input {input_url} does not exist")
+    prefix = protocol_prefix(input_url)
+    items, unusable, classes = [], [], set()
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        rel = path[len(root):].lstrip("/")
+        kind = media_kind(rel)
+        if kind is None:
+            continue                        # not media (README, .DS_Store, ...): not an input
+        parts = rel.split("/")
+        if len(parts) == 3 and parts[0] in SPLITS:
+            split, cls = parts[0], parts[1]
+        elif len(parts) == 2:
+            split, cls = "train", parts[0]
+        else:
+            unusable.append({"source_uri": prefix + path,
+                             "reason": "not inside a <split>/<class>/ or <class>/ folder"})
+            continue
+        classes.add(cls)
+        items.append({"uri": prefix + path, "rel": rel, "split": split, "label_name": cls,
+                      "kind": kind, "size": int(info.get("size") or 0)})
+    label_map = {name: i for i, name in enumerate(sorted(classes))}
+    for it in items:
+        it["label"] = label_map[it["label_name"]]
+    return items, unusable, label_map
+
+
+def load_raw_split(url: str, split: str, kind: str, size: int, channels: int,
+                   clip: ClipSpec | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(uint8 arrays (n, [T,] size, size, C), labels (n,), failed [{source_uri, reason}])
+    of one split, in memory: for tokenizer training on sets that fit; bad files are skipped."""
+    items, failed, _ = list_raw_files(url)
+    arrays, labels = [], []
+    for it in items:
+        if it["split"] != split or it["kind"] != kind:
+            continue
+        try:
+            data = read_bytes(it["uri"])
+            got = ([load_image(data, size, channels)] if kind == "image"
+                   else load_video_clips(data, clip or ClipSpec(size=size, channels=channels)))
+        except (MediaError, OSError) as e:
+            failed.append({"source_uri": it["uri"], "reason": str(e)})
+            continue
+        arrays.extend(got)
+        labels.extend([it["label"]] * len(got))
+    if not arrays:
+        raise FileNotFoundError(f"no usable {kind} files in split {split!r} under {url}")
+    return np.stack(arrays), np.asarray(labels, dtype=np.int64), failed

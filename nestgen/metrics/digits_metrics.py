@@ -1,0 +1,119 @@
+"""Honest offline metrics on the embedded digits: Fréchet distances in the features of the
+small digits nets (fd_digits for images, fvd_digits for clips) and classifier accuracy of
+class-conditional samples against the labels they were asked for.
+
+These are *not* FID/FVD and are named so; each protocol record carries the digits net's
+weight hash, so numbers are comparable only between runs that used the same net.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from nestgen.metrics.digits_nets import net_hash
+from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance_stats
+from nestgen.metrics.inputs import iter_batches
+from nestgen.metrics.protocol import MetricResult, low_sample_note
+
+__all__ = ["digits_features", "digits_stats", "fd_digits", "fvd_digits", "digits_accuracy",
+           "digit_clip_accuracy"]
+
+_INPUT_TEXT = {
+    "digits_image_cnn": "uint8 0..255 images, any size, (N,H,W) | (N,H,W,C) | (N,C,H,W); RGB "
+                        "averaged to gray; bilinear (antialias) resize to {size}x{size}; [0,1]",
+    "digits_clip_cnn3d": "uint8 0..255 clips, (B,T,H,W) | (B,T,H,W,C) | (B,C,T,H,W); RGB averaged "
+                         "to gray; frames bilinear (antialias) resized to {size}x{size}; [0,1]",
+}
+
+
+def _net_record(net, info: dict[str, Any] | None) -> dict[str, Any]:
+    rec = {"name": net.kind, "net_hash": net_hash(net), "config": dict(net.config)}
+    for k in ("file_sha256", "trained_on", "seed", "epochs", "holdout_accuracy", "val_accuracy"):
+        if info and k in info:
+            rec[k] = info[k]
+    return rec
+
+
+@torch.no_grad()
+def digits_features(net, data, batch_size: int = 256) -> np.ndarray:
+    """(N, feat_dim) float64 penultimate features of uint8 images or clips."""
+    net.eval()
+    return np.concatenate([net.features(net.preprocess(b)).double().cpu().numpy()
+                           for b in iter_batches(data, batch_size)])
+
+
+@torch.no_grad()
+def digits_stats(net, data, batch_size: int = 256, ddof: int = 1) -> FeatureStats:
+    """Streaming feature statistics (reference stats for fd_digits / fvd_digits)."""
+    net.eval()
+    rs = RunningStats(ddof=ddof)
+    for b in iter_batches(data, batch_size):
+        rs.update(net.features(net.preprocess(b)))
+    return rs.stats()
+
+
+def _frechet(name: str, net, data, reference, info, batch_size: int, eps: float) -> MetricResult:
+    gen = digits_stats(net, data, batch_size)
+    if isinstance(reference, FeatureStats):
+        ref, source = reference, "stats"
+    else:
+        ref = digits_stats(net, reference, batch_size)
+        source = f"{ref.n} uint8 samples"
+    proto: dict[str, Any] = {
+        "metric": name,
+        "num_samples": gen.n,
+        "reference": {"stats_hash": ref.hash(), "num_samples": ref.n, "source": source},
+        "input_conventions": _INPUT_TEXT[net.kind].format(size=net.config["size"]),
+        "resize": f"bilinear, antialias, align_corners=False, to {net.config['size']}x{net.config['size']}",
+        "feature_net": _net_record(net, info),
+        "features": f"{gen.dim}-d penultimate pre-activations of a digits classifier trained in nestgen",
+        "covariance_ddof": gen.ddof, "sqrtm_eps": eps, "feature_dim": gen.dim,
+        "comparable_to": "only runs with the same feature_net.net_hash; not FID/FVD",
+    }
+    note = low_sample_note(min(gen.n, ref.n), gen.dim)
+    if note:
+        proto["notes"] = [note]
+    return MetricResult(name, frechet_distance_stats(gen, ref, eps=eps), proto)
+
+
+def fd_digits(net, images, reference, info: dict | None = None, batch_size: int = 256,
+              eps: float = 1e-6) -> MetricResult:
+    """Fréchet distance in DigitImageNet features; reference = FeatureStats or uint8 images."""
+    return _frechet("fd_digits", net, images, reference, info, batch_size, eps)
+
+
+def fvd_digits(net, clips, reference, info: dict | None = None, batch_size: int = 64,
+               eps: float = 1e-6) -> MetricResult:
+    """Fréchet distance in DigitClipNet features; reference = FeatureStats or uint8 clips."""
+    return _frechet("fvd_digits", net, clips, reference, info, batch_size, eps)
+
+
+@torch.no_grad()
+def _accuracy(name: str, net, data, labels, info, batch_size: int) -> MetricResult:
+    net.eval()
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
+    preds = np.concatenate([net(net.preprocess(b)).argmax(1).cpu().numpy()
+                            for b in iter_batches(data, batch_size)])
+    if len(preds) != len(labels):
+        raise ValueError(f"{len(preds)} samples but {len(labels)} labels")
+    per_class = {f"class_{c}": float((preds[labels == c] == c).mean())
+                 for c in np.unique(labels)}
+    proto = {
+        "metric": name, "num_samples": int(len(labels)),
+        "definition": "share of samples the digits classifier assigns to the requested label",
+        "input_conventions": _INPUT_TEXT[net.kind].format(size=net.config["size"]),
+        "feature_net": _net_record(net, info),
+    }
+    return MetricResult(name, float((preds == labels).mean()), proto, extra=per_class)
+
+
+def digits_accuracy(net, images, labels, info: dict | None = None, batch_size: int = 256) -> MetricResult:
+    """Accuracy of DigitImageNet on (class-conditional) images vs the requested labels."""
+    return _accuracy("digits_accuracy", net, images, labels, info, batch_size)
+
+
+def digit_clip_accuracy(net, clips, labels, info: dict | None = None, batch_size: int = 64) -> MetricResult:
+    """Accuracy of DigitClipNet on (class-conditional) clips vs the requested labels."""
+    return _accuracy("digit_clip_accuracy", net, clips, labels, info, batch_size)

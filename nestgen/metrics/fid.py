@@ -1,0 +1,139 @@
+"""FID and Inception Score with StyleGAN2-ADA's TorchScript Inception-v3.
+
+Images go to the network as uint8 NCHW RGB at their own resolution; the network resizes to
+299 itself (see feature_nets.INCEPTION). Batches stream through: FID keeps only running
+mean/covariance, IS keeps the (N, 1008) probabilities it needs for its splits.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import xlogy
+
+from nestgen.metrics.feature_nets import LoadedFeatureNet
+from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance_stats, load_stats
+from nestgen.metrics.inputs import images_to_nchw3, iter_batches
+from nestgen.metrics.protocol import MetricResult, low_sample_note
+
+__all__ = ["inception_pass", "compute_inception_stats", "compute_fid", "compute_inception_score",
+           "compute_fid_and_is", "inception_score_from_probs", "resolve_reference"]
+
+
+@torch.inference_mode()
+def inception_pass(net: LoadedFeatureNet, images, *, features: bool = True, probs: bool = False,
+                   batch_size: int = 64, layout: str = "auto", ddof: int = 1
+                   ) -> tuple[RunningStats | None, np.ndarray | None, dict[str, Any]]:
+    """One pass over the images: running pool3 stats and/or softmax probabilities, plus what
+    was seen (count, input resolutions) for the protocol record."""
+    stats = RunningStats(ddof=ddof) if features else None
+    all_probs: list[np.ndarray] = []
+    resolutions: set[tuple[int, int]] = set()
+    n = 0
+    for batch in iter_batches(images, batch_size):
+        x = images_to_nchw3(batch, layout).to(net.device, non_blocking=True)
+        resolutions.add((int(x.shape[2]), int(x.shape[3])))
+        n += x.shape[0]
+        if features:
+            f = net(x, return_features=True)
+            stats.update(f.reshape(f.shape[0], -1))
+        if probs:
+            # no_output_bias: the original IS code's softmax has no bias term.
+            p = net(x, return_features=False, no_output_bias=True)
+            all_probs.append(p.double().cpu().numpy())
+    if n == 0:
+        raise ValueError("no images were given")
+    seen = {"num_samples": n, "input_resolutions": sorted([list(r) for r in resolutions])}
+    return stats, (np.concatenate(all_probs) if probs else None), seen
+
+
+def compute_inception_stats(net: LoadedFeatureNet, images, batch_size: int = 64,
+                            layout: str = "auto", ddof: int = 1) -> FeatureStats:
+    """Reference statistics (e.g. of a data set) to save with frechet.save_stats."""
+    stats, _, _ = inception_pass(net, images, batch_size=batch_size, layout=layout, ddof=ddof)
+    return stats.stats()
+
+
+def resolve_reference(reference: FeatureStats | str | os.PathLike) -> tuple[FeatureStats, str]:
+    """(stats, source): a FeatureStats in memory or a path/URL of an .npz with mu, sigma."""
+    if isinstance(reference, FeatureStats):
+        return reference, "in-memory"
+    return load_stats(str(reference)), str(reference)
+
+
+def _base_protocol(metric: str, net: LoadedFeatureNet, seen: dict) -> dict[str, Any]:
+    return {
+        "metric": metric,
+        "num_samples": seen["num_samples"],
+        "input_resolutions": seen["input_resolutions"],
+        "input_conventions": "uint8 NCHW RGB 0..255 at native resolution; grayscale repeated to 3 channels",
+        "resize": net.spec.conventions.get("resize", "inside the network"),
+        "feature_net": net.record(),
+    }
+
+
+def _fid_result(net, stats: RunningStats, seen: dict, reference, eps: float) -> MetricResult:
+    ref, source = resolve_reference(reference)
+    gen = stats.stats()
+    if ref.dim != gen.dim:
+        raise ValueError(f"reference stats are {ref.dim}-d but the network gives {gen.dim}-d features")
+    proto = _base_protocol("fid", net, seen)
+    proto.update({
+        "reference": {"stats_hash": ref.hash(), "num_samples": ref.n, "source": source, "ddof": ref.ddof},
+        "covariance_ddof": gen.ddof, "sqrtm_eps": eps, "feature_dim": gen.dim,
+    })
+    notes = [m for m in (low_sample_note(gen.n, gen.dim),) if m]
+    if ref.ddof is not None and ref.ddof != gen.ddof:
+        notes.append(f"reference covariance ddof={ref.ddof} differs from samples' ddof={gen.ddof}")
+    if notes:
+        proto["notes"] = notes
+    return MetricResult("fid", frechet_distance_stats(gen, ref, eps=eps), proto)
+
+
+def compute_fid(net: LoadedFeatureNet, images, reference: FeatureStats | str, batch_size: int = 64,
+                layout: str = "auto", ddof: int = 1, eps: float = 1e-6) -> MetricResult:
+    """FID of images against reference stats (FeatureStats, or an .npz path/URL)."""
+    stats, _, seen = inception_pass(net, images, batch_size=batch_size, layout=layout, ddof=ddof)
+    return _fid_result(net, stats, seen, reference, eps)
+
+
+def inception_score_from_probs(probs: np.ndarray, num_splits: int = 10) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) per split, in order (no shuffling, like StyleGAN2-ADA);
+    (mean, std) over splits. xlogy makes 0 * log 0 = 0 instead of NaN."""
+    p = np.asarray(probs, dtype=np.float64)
+    n = p.shape[0]
+    if n < num_splits:
+        raise ValueError(f"need at least num_splits={num_splits} samples, got {n}")
+    scores = []
+    for i in range(num_splits):
+        part = p[i * n // num_splits:(i + 1) * n // num_splits]
+        py = part.mean(axis=0, keepdims=True)
+        kl = (xlogy(part, part) - xlogy(part, py)).sum(axis=1).mean()
+        scores.append(np.exp(kl))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _is_result(net, probs: np.ndarray, seen: dict, num_splits: int) -> MetricResult:
+    mean, std = inception_score_from_probs(probs, num_splits)
+    proto = _base_protocol("inception_score", net, seen)
+    proto.update({"num_splits": num_splits, "split_order": "in given order, no shuffle",
+                  "softmax": "no_output_bias=True", "num_classes": int(probs.shape[1])})
+    return MetricResult("inception_score", mean, proto, extra={"std": std})
+
+
+def compute_inception_score(net: LoadedFeatureNet, images, num_splits: int = 10,
+                            batch_size: int = 64, layout: str = "auto") -> MetricResult:
+    _, probs, seen = inception_pass(net, images, features=False, probs=True,
+                                    batch_size=batch_size, layout=layout)
+    return _is_result(net, probs, seen, num_splits)
+
+
+def compute_fid_and_is(net: LoadedFeatureNet, images, reference: FeatureStats | str,
+                       num_splits: int = 10, batch_size: int = 64, layout: str = "auto",
+                       ddof: int = 1, eps: float = 1e-6) -> tuple[MetricResult, MetricResult]:
+    """Both from one pass over the images (useful when images are sampled on the fly)."""
+    stats, probs, seen = inception_pass(net, images, features=True, probs=True,
+                                        batch_size=batch_size, layout=layout, ddof=ddof)
+    return _fid_result(net, stats, seen, reference, eps), _is_result(net, probs, seen, num_splits)

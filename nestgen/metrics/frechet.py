@@ -1,0 +1,184 @@
+"""Feature statistics and the Fréchet distance between two Gaussians fitted to features.
+
+FD = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), the quantity behind FID, FVD and our
+digits distances. Everything is float64: float32 covariances of 2048-d features lose enough
+precision that the matrix square root turns complex and FID drifts in the first decimal.
+
+Covariances are unbiased (ddof=1, like np.cov and pytorch-fid) unless asked otherwise;
+StyleGAN2-ADA divides by N (ddof=0). The choice is carried in `FeatureStats.ddof` so the
+protocol record can say which was used.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import scipy.linalg
+
+from nestgen.storage import write_bytes_atomic
+
+__all__ = [
+    "FeatureStats", "RunningStats", "feature_stats", "frechet_distance", "frechet_distance_stats",
+    "save_stats", "load_stats", "stats_hash",
+]
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Mean (d,) and covariance (d, d) of n feature vectors, float64."""
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int = 0                 # 0 = unknown (e.g. stats loaded from a third-party .npz)
+    ddof: int | None = 1       # None = unknown (third-party .npz)
+
+    @property
+    def dim(self) -> int:
+        return int(self.mu.shape[0])
+
+    def hash(self) -> str:
+        return stats_hash(self.mu, self.sigma)
+
+
+def feature_stats(features: np.ndarray, ddof: int = 1) -> FeatureStats:
+    """Statistics of an (n, d) feature array, computed in float64."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be (n, d), got shape {x.shape}")
+    if x.shape[0] <= ddof:
+        raise ValueError(f"need more than {ddof} feature vectors, got {x.shape[0]}")
+    mu = x.mean(axis=0)
+    sigma = np.cov(x, rowvar=False, ddof=ddof).reshape(x.shape[1], x.shape[1])
+    return FeatureStats(mu=mu, sigma=sigma, n=int(x.shape[0]), ddof=ddof)
+
+
+class RunningStats:
+    """Streaming mean/covariance: add feature batches one at a time, never holding them all.
+
+    Uses the pairwise (Chan et al.) merge of per-batch mean and centred scatter matrix, in
+    float64. The naive sum-of-outer-products (x^T x / n - mu mu^T) cancels catastrophically
+    when feature means are large relative to their spread; the merge does not.
+    """
+
+    def __init__(self, ddof: int = 1):
+        self.ddof = ddof
+        self.n = 0
+        self._mean: np.ndarray | None = None
+        self._scatter: np.ndarray | None = None   # sum of (x - mean)(x - mean)^T
+
+    def update(self, features) -> "RunningStats":
+        x = np.asarray(_to_numpy(features), dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"features must be (n, d), got shape {x.shape}")
+        m = x.shape[0]
+        if m == 0:
+            return self
+        if self._mean is not None and x.shape[1] != self._mean.shape[0]:
+            raise ValueError(f"feature dim changed from {self._mean.shape[0]} to {x.shape[1]}")
+        b_mean = x.mean(axis=0)
+        xc = x - b_mean
+        b_scatter = xc.T @ xc
+        if self._mean is None:
+            self.n, self._mean, self._scatter = m, b_mean, b_scatter
+            return self
+        n = self.n + m
+        delta = b_mean - self._mean
+        self._mean = self._mean + delta * (m / n)
+        self._scatter = self._scatter + b_scatter + np.outer(delta, delta) * (self.n * m / n)
+        self.n = n
+        return self
+
+    def stats(self) -> FeatureStats:
+        if self._mean is None or self.n <= self.ddof:
+            raise ValueError(f"need more than {self.ddof} feature vectors, got {self.n}")
+        sigma = self._scatter / (self.n - self.ddof)
+        return FeatureStats(mu=self._mean.copy(), sigma=sigma, n=self.n, ddof=self.ddof)
+
+
+def _to_numpy(x):
+    if hasattr(x, "detach"):          # torch tensor, without importing torch here
+        return x.detach().to("cpu").double().numpy()
+    return x
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    # scipy >= 1.16 deprecates `disp`; the bare call returns only the root on every version.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return scipy.linalg.sqrtm(a)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
+    """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), robust like pytorch-fid's reference.
+
+    sqrt(S1 S2) of near-singular covariances (fewer samples than dimensions, dead feature
+    units) can come back non-finite or with imaginary parts from rounding; then eps*I is
+    added to both covariances and the root retried. An imaginary part that survives that
+    is a real error (not a PSD pair), so it raises instead of returning a wrong number.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    diff = mu1 - mu2
+    covmean = _sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all() or _bad_imag(covmean):
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = _sqrtm((s1 + offset) @ (s2 + offset))
+    if not np.isfinite(covmean).all():
+        raise ValueError("matrix square root of S1 S2 is not finite even with eps*I added")
+    if np.iscomplexobj(covmean):
+        if _bad_imag(covmean):
+            raise ValueError(f"sqrt(S1 S2) has imaginary component {np.abs(covmean.imag).max():.3g}; "
+                             "covariances are not positive semi-definite")
+        covmean = covmean.real
+    value = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean)
+    return float(value)
+
+
+def _bad_imag(m: np.ndarray, atol: float = 1e-3) -> bool:
+    return bool(np.iscomplexobj(m) and not np.allclose(np.diagonal(m).imag, 0, atol=atol))
+
+
+def frechet_distance_stats(a: FeatureStats, b: FeatureStats, eps: float = 1e-6) -> float:
+    return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, eps=eps)
+
+
+def stats_hash(mu: np.ndarray, sigma: np.ndarray, length: int = 16) -> str:
+    """Short sha256 hex of the float64 little-endian bytes of mu and sigma (and their shapes).
+
+    Identifies reference statistics in protocol records: two FIDs are comparable only if
+    they were measured against the same hash.
+    """
+    h = hashlib.sha256()
+    for arr in (mu, sigma):
+        a = np.ascontiguousarray(np.asarray(arr, dtype="<f8"))
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:length]
+
+
+def save_stats(url: str, stats: FeatureStats) -> str:
+    """Write the usual .npz (keys mu, sigma; plus n and ddof) to any fsspec URL, atomically."""
+    buf = io.BytesIO()
+    extra = {} if stats.ddof is None else {"ddof": np.int64(stats.ddof)}
+    np.savez(buf, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), **extra)
+    write_bytes_atomic(url, buf.getvalue())
+    return url
+
+
+def load_stats(url: str) -> FeatureStats:
+    """Read an .npz with keys mu, sigma (ours, pytorch-fid's or ADM's reference batches' stats)."""
+    with fsspec.open(url, "rb") as f:
+        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        missing = [k for k in ("mu", "sigma") if k not in data.files]
+        if missing:
+            raise KeyError(f"{url}: missing key(s) {missing}; found {data.files}")
+        n = int(data["n"]) if "n" in data.files else 0
+        ddof = int(data["ddof"]) if "ddof" in data.files else None
+        return FeatureStats(mu=data["mu"].astype(np.float64), sigma=data["sigma"].astype(np.float64),
+                            n=n, ddof=ddof)

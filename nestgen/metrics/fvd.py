@@ -1,0 +1,107 @@
+"""FVD with StyleGAN-V's TorchScript I3D (the Kinetics-400 I3D of the original FVD code).
+
+Preprocessing modes (both recorded in the protocol, as they are not interchangeable):
+  external (default): done here, as in common_metrics_on_video_quality's StyleGAN-V port:
+      frames to [0, 1], shorter side bilinearly resized to 224 (align_corners=False, no
+      antialias), centre-cropped to 224x224, mapped to [-1, 1]; the net is then called with
+      rescale=False, resize=False.
+  internal: StyleGAN-V's own metric code: uint8 (B, C, T, H, W) passed as-is with
+      rescale=True, resize=True, letting the network scale and resize.
+Clips must have `num_frames` frames (16, the standard) unless num_frames=None.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nestgen.metrics.feature_nets import LoadedFeatureNet
+from nestgen.metrics.fid import resolve_reference
+from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance_stats
+from nestgen.metrics.inputs import iter_batches, videos_to_bcthw3
+from nestgen.metrics.protocol import MetricResult, low_sample_note
+
+__all__ = ["i3d_preprocess", "i3d_features_pass", "compute_video_stats", "compute_fvd", "I3D_SIZE"]
+
+I3D_SIZE = 224
+_RESIZE_TEXT = {
+    "external": "here: shorter side bilinear to 224 (align_corners=False, no antialias), "
+                "centre crop 224x224, [0,255] -> [-1,1]; net(rescale=False, resize=False)",
+    "internal": "inside the network: net(rescale=True, resize=True) on uint8 0..255",
+}
+
+
+def i3d_preprocess(x: torch.Tensor, size: int = I3D_SIZE) -> torch.Tensor:
+    """uint8 (B, C, T, H, W) -> float (B, C, T, size, size) in [-1, 1] (the 'external' mode)."""
+    b, c, t, h, w = x.shape
+    frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w).float() / 255.0
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if (nh, nw) != (h, w):
+        frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    frames = frames[:, :, top:top + size, left:left + size]
+    frames = frames * 2.0 - 1.0
+    return frames.reshape(b, t, c, size, size).permute(0, 2, 1, 3, 4).contiguous()
+
+
+@torch.inference_mode()
+def i3d_features_pass(net: LoadedFeatureNet, videos, *, batch_size: int = 8, layout: str = "auto",
+                      mode: str = "external", num_frames: int | None = 16, ddof: int = 1
+                      ) -> tuple[RunningStats, dict[str, Any]]:
+    if mode not in _RESIZE_TEXT:
+        raise ValueError(f"mode must be 'external' or 'internal', got {mode!r}")
+    stats = RunningStats(ddof=ddof)
+    shapes: set[tuple[int, int, int]] = set()
+    for batch in iter_batches(videos, batch_size):
+        x = videos_to_bcthw3(batch, layout)
+        if num_frames is not None and x.shape[2] != num_frames:
+            raise ValueError(f"FVD clips must have {num_frames} frames, got {x.shape[2]} "
+                             "(pass num_frames=None to allow other lengths; it is recorded)")
+        shapes.add(tuple(int(s) for s in x.shape[2:]))
+        x = x.to(net.device, non_blocking=True)
+        if mode == "external":
+            f = net(i3d_preprocess(x), rescale=False, resize=False, return_features=True)
+        else:
+            f = net(x, rescale=True, resize=True, return_features=True)
+        stats.update(f.reshape(f.shape[0], -1))
+    if stats.n == 0:
+        raise ValueError("no videos were given")
+    seen = {"num_samples": stats.n, "clip_shapes_thw": sorted([list(s) for s in shapes])}
+    return stats, seen
+
+
+def compute_video_stats(net: LoadedFeatureNet, videos, batch_size: int = 8, layout: str = "auto",
+                        mode: str = "external", num_frames: int | None = 16, ddof: int = 1) -> FeatureStats:
+    stats, _ = i3d_features_pass(net, videos, batch_size=batch_size, layout=layout, mode=mode,
+                                 num_frames=num_frames, ddof=ddof)
+    return stats.stats()
+
+
+def compute_fvd(net: LoadedFeatureNet, videos, reference: FeatureStats | str, batch_size: int = 8,
+                layout: str = "auto", mode: str = "external", num_frames: int | None = 16,
+                ddof: int = 1, eps: float = 1e-6) -> MetricResult:
+    """FVD of uint8 clips against reference stats (FeatureStats or an .npz path/URL)."""
+    stats, seen = i3d_features_pass(net, videos, batch_size=batch_size, layout=layout, mode=mode,
+                                    num_frames=num_frames, ddof=ddof)
+    ref, source = resolve_reference(reference)
+    gen = stats.stats()
+    if ref.dim != gen.dim:
+        raise ValueError(f"reference stats are {ref.dim}-d but the network gives {gen.dim}-d features")
+    proto: dict[str, Any] = {
+        "metric": "fvd",
+        "num_samples": gen.n,
+        "clip_shapes_thw": seen["clip_shapes_thw"],
+        "num_frames": num_frames,
+        "input_conventions": "uint8 clips 0..255 -> (B, 3, T, H, W); grayscale repeated to 3 channels",
+        "preprocess_mode": mode,
+        "resize": _RESIZE_TEXT[mode],
+        "feature_net": net.record(),
+        "reference": {"stats_hash": ref.hash(), "num_samples": ref.n, "source": source, "ddof": ref.ddof},
+        "covariance_ddof": gen.ddof, "sqrtm_eps": eps, "feature_dim": gen.dim,
+    }
+    note = low_sample_note(gen.n, gen.dim)
+    if note:
+        proto["notes"] = [note]
+    return MetricResult("fvd", frechet_distance_stats(gen, ref, eps=eps), proto)

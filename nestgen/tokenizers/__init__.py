@@ -1,0 +1,21 @@
+"""VQ tokenizers: pixels <-> token grids for the masked generative transformer.
+
+2D (images, Conv2d) and 3D (video, space-time Conv3d) share one vector quantizer
+(l2-normalized low-dim codes, commitment loss with straight-through gradients, dead-code
+restart while training). See config.py for the knobs and their defaults.
+"""
+from nestgen.tokenizers.checkpoint import (load_tokenizer, read_tokenizer_checkpoint, save_tokenizer,
+                                           tokenizer_hash)
+from nestgen.tokenizers.config import TokenizerConfig
+from nestgen.tokenizers.model import TokenizerOutput, VQTokenizer
+from nestgen.tokenizers.pixels import clips_to_pixels, images_to_pixels, pixels_to_uint8, psnr_from_mse
+from nestgen.tokenizers.quantizer import VectorQuantizer
+from nestgen.tokenizers.training import (CodebookUsage, TokenizerTrainer, evaluate_tokenizer,
+                                         train_tokenizer)
+
+__all__ = [
+    "TokenizerConfig", "VQTokenizer", "TokenizerOutput", "VectorQuantizer",
+    "TokenizerTrainer", "train_tokenizer", "evaluate_tokenizer", "CodebookUsage",
+    "save_tokenizer", "load_tokenizer", "read_tokenizer_checkpoint", "tokenizer_hash",
+    "images_to_pixels", "clips_to_pixels", "pixels_to_uint8", "psnr_from_mse",
+]

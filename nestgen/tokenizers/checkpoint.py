@@ -1,0 +1,75 @@
+"""Tokenizer checkpoints on any fsspec URL, and the content hash that names a tokenizer.
+
+The hash (sha256 over the canonical JSON of the config and every state tensor's name,
+dtype, shape and bytes; 16 hex chars) identifies exactly which token ids a tokenizer
+produces: token shards and generator checkpoints record it, so tokens are never decoded
+with a different tokenizer than the one that made them. It is stored in the checkpoint
+and checked on load, which also catches a corrupted file.
+
+Writes go to a temporary name that is then moved into place (as nestgen.checkpoint does),
+so a reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from typing import Any
+
+import fsspec
+import torch
+
+from nestgen.configschema import from_dict, to_dict
+from nestgen.tokenizers.config import TokenizerConfig
+from nestgen.tokenizers.model import VQTokenizer
+from nestgen.storage import write_bytes_atomic
+
+FORMAT = "nestgen-tokenizer/1"
+HASH_CHARS = 16
+
+
+def _hash_state(cfg: TokenizerConfig, state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(to_dict(cfg), sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:HASH_CHARS]
+
+
+def tokenizer_hash(model: VQTokenizer) -> str:
+    """Short hex content hash of (config, weights)."""
+    return _hash_state(model.cfg, model.state_dict())
+
+
+def save_tokenizer(url: str, model: VQTokenizer, **extra: Any) -> str:
+    """Write {format, config, model, hash, **extra} (e.g. trainer state, history) to `url`."""
+    core = getattr(model, "module", model)
+    state = {k: v.detach().cpu() for k, v in core.state_dict().items()}
+    payload = {"format": FORMAT, "config": to_dict(core.cfg), "model": state,
+               "hash": _hash_state(core.cfg, state), **extra}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_bytes_atomic(url, buf.getvalue())
+    return url
+
+
+def read_tokenizer_checkpoint(url: str) -> dict:
+    with fsspec.open(url, "rb") as f:
+        ckpt = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+    if ckpt.get("format") != FORMAT:
+        raise ValueError(f"{url} is not a tokenizer checkpoint (format {ckpt.get('format')!r})")
+    return ckpt
+
+
+def load_tokenizer(url: str, device: str | torch.device = "cpu") -> VQTokenizer:
+    """The tokenizer in eval mode on `device`; raises if its weights don't match the stored hash."""
+    ckpt = read_tokenizer_checkpoint(url)
+    cfg = from_dict(TokenizerConfig, ckpt["config"])
+    model = VQTokenizer(cfg)
+    model.load_state_dict(ckpt["model"])
+    got = tokenizer_hash(model)
+    if got != ckpt["hash"]:
+        raise ValueError(f"{url}: content hash {got} != stored {ckpt['hash']} (corrupt or edited)")
+    return model.to(device).eval()

@@ -1,0 +1,82 @@
+"""The VQ tokenizer: pixels <-> a grid of token ids, for images (2D) and video (3D).
+
+    encode: (B, C, H, W) or (B, C, T, H, W) float in [-1, 1] -> (B, h, w) / (B, t, h, w) long
+    decode: ids -> pixels in [-1, 1]
+
+Both run on the module's device (inputs are moved there) and without gradients; `forward`
+is the training path (reconstruction plus quantizer loss and statistics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nestgen.tokenizers.blocks import Decoder, Encoder
+from nestgen.tokenizers.config import TokenizerConfig
+from nestgen.tokenizers.quantizer import VectorQuantizer
+
+
+@dataclass
+class TokenizerOutput:
+    recon: torch.Tensor        # pixels, same shape as the input (not clamped: the loss sees all)
+    ids: torch.Tensor          # token grid
+    q_loss: torch.Tensor       # codebook + commitment loss
+    flat_inputs: torch.Tensor  # (N, code_dim) encoder outputs as the quantizer saw them
+
+
+class VQTokenizer(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        dims = 3 if cfg.kind == "video" else 2
+        widths = cfg.stage_widths()
+        args = (dims, cfg.channels, widths, cfg.num_res_blocks, cfg.temporal_stages, cfg.code_dim)
+        self.encoder = Encoder(*args)
+        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.beta, cfg.l2_normalize)
+        self.decoder = Decoder(*args)
+
+    @property
+    def device(self) -> torch.device:
+        return self.quantizer.codebook.device
+
+    def _check_pixels(self, x: torch.Tensor) -> None:
+        cfg = self.cfg
+        ndim = 5 if cfg.kind == "video" else 4
+        if x.ndim != ndim or x.shape[1] != cfg.channels:
+            raise ValueError(f"{cfg.kind} tokenizer expects (B, {cfg.channels}, "
+                             f"{'T, ' if ndim == 5 else ''}H, W) pixels, got {tuple(x.shape)}")
+        # Fully convolutional: any size divisible by the downsampling factors works.
+        if x.shape[-1] % cfg.downsample or x.shape[-2] % cfg.downsample or (
+                ndim == 5 and x.shape[2] % cfg.temporal_downsample):
+            raise ValueError(f"pixel shape {tuple(x.shape)} is not divisible by downsample="
+                             f"{cfg.downsample} (temporal {cfg.temporal_downsample})")
+
+    def forward(self, pixels: torch.Tensor) -> TokenizerOutput:
+        self._check_pixels(pixels)
+        q = self.quantizer(self.encoder(pixels))
+        return TokenizerOutput(self.decoder(q.quantized), q.ids, q.loss, q.flat_inputs)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Float pixels in [-1, 1] -> token ids on the module's device; `batch_size` bounds memory."""
+        self._check_pixels(pixels)
+        chunks = pixels.split(batch_size) if batch_size else (pixels,)
+        return torch.cat([self.quantizer.quantize_ids(self.encoder(c.to(self.device, torch.float32)))
+                          for c in chunks])
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Token ids -> float pixels clamped to [-1, 1]."""
+        want = 4 if self.cfg.kind == "video" else 3
+        if ids.ndim != want:
+            raise ValueError(f"{self.cfg.kind} tokenizer decodes {want - 1}-d grids (B, *grid), "
+                             f"got ids of shape {tuple(ids.shape)}")
+        chunks = ids.split(batch_size) if batch_size else (ids,)
+        return torch.cat([self.decoder(self.quantizer.embed(c.to(self.device).long())).clamp(-1, 1)
+                          for c in chunks])
+
+    def reconstruct(self, pixels: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        return self.decode(self.encode(pixels, batch_size), batch_size)

@@ -1,0 +1,176 @@
+"""The Ray tokenization step: raw images/videos on any fsspec URL -> Parquet token shards.
+
+    list files (ImageNet-/UCF101-like folders)  ->  Ray Data map_batches over tokenizer
+    actors (the tokenizer loaded once per actor, GPU when the cluster has one)  ->
+    shards-<run>/<split>/*.parquet  ->  manifest.json written last (the commit point)
+
+Bad files (corrupt, truncated, too short, unreadable) become manifest entries with the
+reason; everything else is written. Re-running with the same inputs and tokenizer is a
+no-op; with changed inputs the new shards replace the old ones only once complete.
+See nestgen.data.shards for the format.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nestgen.config import TokenizeConfig
+from nestgen.configschema import to_dict
+from nestgen.data.media import ClipSpec, MediaError, load_image, load_video_clips
+from nestgen.data.raw_files import list_raw_files
+from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
+from nestgen.storage import exists, join, protocol_prefix, read_bytes, remove_tree, url_to_fs, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(items: list[dict], tok_hash: str, cfg: TokenizeConfig) -> str:
+    h = hashlib.sha256(tok_hash.encode())
+    h.update(json.dumps([cfg.fps, cfg.clips_per_video]).encode())
+    for it in items:
+        h.update(f"{it['rel']}|{it['size']}".encode())
+    return h.hexdigest()[:16]
+
+
+class TokenizeFiles:
+    """Ray Data actor: decode a batch of files and tokenize them in one tokenizer call."""
+
+    def __init__(self, tokenizer_url: str, spec: dict):
+        import torch
+
+        from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+        self.torch = torch
+        self.tok = load_tokenizer(tokenizer_url, "cuda" if torch.cuda.is_available() else "cpu")
+        self.hash = tokenizer_hash(self.tok)
+        self.spec = ClipSpec(**spec)
+        self.grid = list(self.tok.cfg.grid)
+        self.schema = shard_schema(int(np.prod(self.grid))).append(pa.field("error", pa.string()))
+
+    def _pixels(self, item: dict) -> list[tuple[str, np.ndarray]]:
+        """[(id suffix, uint8 array)]: one image, or the clips of a video ('#clip<k>')."""
+        try:
+            data = read_bytes(item["uri"])
+        except (OSError, ValueError) as e:
+            raise MediaError(f"unreadable file: {type(e).__name__}: {e}") from None
+        cfg = self.tok.cfg
+        if item["kind"] == "image":
+            if cfg.kind != "image":
+                raise MediaError("an image, but the tokenizer is a video tokenizer")
+            return [("", load_image(data, cfg.image_size, cfg.channels))]
+        if cfg.kind != "video":
+            raise MediaError("a video, but the tokenizer is an image tokenizer")
+        return [(f"#clip{k}", c) for k, c in enumerate(load_video_clips(data, self.spec))]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from nestgen.tokenizers import clips_to_pixels, images_to_pixels
+        rows: list[dict[str, Any]] = []
+        arrays: list[np.ndarray] = []
+        for i in range(len(batch["uri"])):
+            item = {k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in batch.items()}
+            rid = f"{item['split']}/{item['label_name']}/{item['rel'].rsplit('/', 1)[-1]}"
+            base = {"source_uri": item["uri"], "split": item["split"], "label": int(item["label"]),
+                    "label_name": item["label_name"], "grid_shape": self.grid,
+                    "tokenizer_hash": self.hash, "tokens": None, "error": None}
+            try:
+                for suffix, arr in self._pixels(item):
+                    rows.append({**base, "id": rid + suffix})
+                    arrays.append(arr)
+            except MediaError as e:
+                rows.append({**base, "id": rid, "error": str(e)})
+        if arrays:
+            stack = np.stack(arrays)
+            to_px = clips_to_pixels if self.tok.cfg.kind == "video" else images_to_pixels
+            ids = self.tok.encode(to_px(stack)).reshape(len(arrays), -1).cpu().numpy().astype(np.int32)
+            ok = iter(ids)
+            for r in rows:
+                if r["error"] is None:
+                    r["tokens"] = next(ok).tolist()
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+def _drop_failed(t: pa.Table) -> pa.Table:
+    return t.filter(pc.is_null(t["error"])).drop_columns(["error"])
+
+
+def _only_failed(t: pa.Table) -> pa.Table:
+    return t.filter(pc.is_valid(t["error"])).select(["source_uri", "error"])
+
+
+def tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str,
+                       cfg: TokenizeConfig | None = None, force: bool = False) -> dict:
+    """Run the step; returns the manifest. Needs `ray.init()` (or an address) done by the caller."""
+    import ray
+    from ray.data.expressions import col
+
+    from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+    from pipelines.arrow_fs import arrow_filesystem
+
+    cfg = cfg or TokenizeConfig()
+    tok = load_tokenizer(tokenizer_url)
+    tok_hash = tokenizer_hash(tok)
+    items, unusable, label_map = list_raw_files(input_url)
+    if not items:
+        raise ValueError(f"no image or video files under {input_url}")
+    kinds = {it["kind"] for it in items}
+    fingerprint = _fingerprint(items, tok_hash, cfg)
+    manifest_url = join(output_url, MANIFEST)
+    old = read_manifest(output_url) if exists(manifest_url) else None
+    if old and not force and old.get("input_fingerprint") == fingerprint:
+        log.info("tokenize: %s is up to date (fingerprint %s); nothing to do", output_url, fingerprint)
+        return old
+
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    run_dir = f"shards-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    spec = asdict(ClipSpec(frames=tok.cfg.frames, fps=cfg.fps, size=tok.cfg.image_size,
+                           channels=tok.cfg.channels, clips_per_video=cfg.clips_per_video))
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 200)))
+    ds = ds.map_batches(
+        TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "spec": spec},
+        batch_size=cfg.batch_size, batch_format="numpy", concurrency=cfg.concurrency,
+        num_gpus=cfg.gpus_per_actor if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
+    ).materialize()
+
+    failed = [{"source_uri": r["source_uri"], "reason": r["error"]}
+              for r in ds.map_batches(_only_failed, batch_format="pyarrow").take_all()]
+    failed += unusable
+    good = ds.map_batches(_drop_failed, batch_format="pyarrow").materialize()
+    counts = good.groupby(["split", "label_name"]).count().take_all()
+
+    fs, out_path = url_to_fs(output_url)
+    afs = arrow_filesystem(output_url)
+    splits: dict[str, dict] = {}
+    for split in sorted({c["split"] for c in counts}):
+        part = good.filter(expr=col("split") == split)
+        part.write_parquet(f"{out_path.rstrip('/')}/{run_dir}/{split}", filesystem=afs,
+                           min_rows_per_file=cfg.rows_per_shard)
+        files = sorted(p for p in fs.find(f"{out_path.rstrip('/')}/{run_dir}/{split}") if p.endswith(".parquet"))
+        per_label = {c["label_name"]: c["count()"] for c in counts if c["split"] == split}
+        splits[split] = {"rows": sum(per_label.values()), "per_label": dict(sorted(per_label.items())),
+                         "files": [p[len(out_path.rstrip("/")) + 1:] for p in files]}
+
+    manifest = {
+        "format": FORMAT, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "input_url": input_url, "input_fingerprint": fingerprint, "media": sorted(kinds),
+        "num_inputs": len(items) + len(unusable),
+        "tokenizer": {"url": tokenizer_url, "hash": tok_hash, "config": to_dict(tok.cfg)},
+        "grid_shape": list(tok.cfg.grid), "vocab_size": tok.cfg.vocab_size,
+        "label_map": label_map, "tokenize": to_dict(cfg), "shards_dir": run_dir,
+        "splits": splits, "failed": sorted(failed, key=lambda f: f["source_uri"]),
+    }
+    write_json_atomic(manifest_url, manifest)               # the commit point
+    # Older runs' shards (replaced, or left by a run that died before its manifest) are
+    # referenced by no manifest any more.
+    for d in fs.ls(out_path, detail=False):
+        name = d.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("shards-") and name != run_dir:
+            remove_tree(protocol_prefix(output_url) + d)
+    return manifest

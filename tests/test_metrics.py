@@ -1,0 +1,412 @@
+"""nestgen.metrics: Fréchet distance against an independent reference, stats files, feature
+nets loaded from TorchScript files (tiny stand-ins with the real call interfaces), and the
+digits feature nets trained for real."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nestgen.metrics import (I3D, INCEPTION, FeatureNetUnavailable, RunningStats,
+                             compute_fid, compute_fid_and_is, compute_fvd, compute_inception_score,
+                             compute_inception_stats, compute_video_stats, digit_clip_accuracy,
+                             digits_accuracy, fd_digits, feature_stats, frame_prediction_error,
+                             frechet_distance, fvd_digits, load_digits_net, load_feature_net,
+                             load_stats, net_hash, save_digits_net, save_stats, stats_hash,
+                             train_clip_classifier, train_digit_classifier)
+from nestgen.metrics.fid import inception_score_from_probs
+from nestgen.metrics.frechet import frechet_distance_stats
+
+# torch 2.13 deprecates TorchScript, but the standard Inception/I3D files are TorchScript.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # These nets are tiny; on a shared 2-core machine two intra-op threads mostly spin-wait
+    # against other processes (measured 5-20x slower training), so run them on one.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- Fréchet
+
+def reference_fd(x1: np.ndarray, x2: np.ndarray) -> float:
+    """Independent float64 reference: Tr sqrt(S1 S2) = Tr sqrt(A S2 A) with A = S1^(1/2),
+    a symmetric PSD matrix whose root comes from eigh (no sqrtm of a non-symmetric product)."""
+    m1, m2 = x1.mean(0), x2.mean(0)
+    s1, s2 = np.cov(x1, rowvar=False), np.cov(x2, rowvar=False)
+    w, v = np.linalg.eigh(s1)
+    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    ev = np.linalg.eigvalsh(a @ s2 @ a)
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(ev, 0, None)).sum())
+
+
+def test_frechet_matches_reference_on_gaussians():
+    rng = np.random.default_rng(0)
+    d = 12
+    a = rng.normal(size=(d, d))
+    x1 = rng.normal(size=(800, d)) @ a + 0.3
+    x2 = rng.normal(size=(600, d)) @ (a + 0.2 * rng.normal(size=(d, d))) - 0.1
+    s1, s2 = feature_stats(x1), feature_stats(x2)
+    got = frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma)
+    assert got == pytest.approx(reference_fd(x1, x2), rel=1e-9, abs=1e-9)
+    assert got > 1.0
+    # symmetric in its arguments
+    assert frechet_distance_stats(s2, s1) == pytest.approx(got, rel=1e-9)
+
+
+def test_frechet_identical_and_shifted_means():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 8))
+    s = feature_stats(x)
+    assert abs(frechet_distance(s.mu, s.sigma, s.mu, s.sigma)) < 1e-8 * np.trace(s.sigma)
+    shift = np.arange(8, dtype=np.float64) * 0.5
+    t = feature_stats(x + shift)     # same covariance, mean moved: FD = ||shift||^2 exactly
+    assert frechet_distance_stats(s, t) == pytest.approx(float(shift @ shift), rel=1e-8)
+
+
+def test_frechet_singular_covariance_uses_eps_fallback():
+    rng = np.random.default_rng(2)
+    x1 = rng.normal(size=(10, 32))          # fewer samples than dims: rank-deficient covariances
+    x2 = rng.normal(size=(10, 32)) + 1.0
+    s1, s2 = feature_stats(x1), feature_stats(x2)
+    fd = frechet_distance_stats(s1, s2)
+    assert np.isfinite(fd)
+    assert fd == pytest.approx(reference_fd(x1, x2), rel=1e-3)
+
+
+def test_running_stats_match_batch_stats_and_are_stable():
+    rng = np.random.default_rng(3)
+    # a large common offset breaks the naive x^T x / n - mu mu^T formula in float64
+    x = rng.normal(size=(1000, 6)) * 1e-3 + 1e4
+    rs = RunningStats()
+    for i in range(0, len(x), 37):      # numpy and torch batches alike; update() chains
+        assert rs.update(torch.from_numpy(x[i:i + 37]) if i % 2 else x[i:i + 37]) is rs
+    got, ref = rs.stats(), feature_stats(x)
+    assert got.n == 1000
+    np.testing.assert_allclose(got.mu, ref.mu, rtol=1e-12)
+    np.testing.assert_allclose(got.sigma, np.cov(x, rowvar=False), rtol=1e-6, atol=1e-14)
+    np.testing.assert_allclose(got.sigma, ref.sigma, rtol=1e-6, atol=1e-14)
+
+
+def test_stats_npz_round_trip_and_hash(tmp_path):
+    rng = np.random.default_rng(4)
+    s = feature_stats(rng.normal(size=(100, 5)))
+    path = tmp_path / "sub" / "ref.npz"
+    save_stats(str(path), s)
+    with np.load(path) as raw:                       # the usual keys, readable without nestgen
+        np.testing.assert_array_equal(raw["mu"], s.mu)
+        np.testing.assert_array_equal(raw["sigma"], s.sigma)
+    back = load_stats(str(path))
+    np.testing.assert_array_equal(back.mu, s.mu)
+    assert (back.n, back.ddof, back.hash()) == (100, 1, s.hash())
+    assert len(s.hash()) == 16 and int(s.hash(), 16) >= 0
+    bumped = s.sigma.copy()
+    bumped[0, 0] += 1e-12
+    assert stats_hash(s.mu, bumped) != s.hash()
+    # a third-party file with only mu, sigma: count and ddof are unknown, not invented
+    np.savez(tmp_path / "other.npz", mu=s.mu.astype(np.float32), sigma=s.sigma)
+    other = load_stats(str(tmp_path / "other.npz"))
+    assert (other.n, other.ddof) == (0, None)
+    # fsspec URLs work too
+    save_stats("memory://stats/ref.npz", s)
+    assert load_stats("memory://stats/ref.npz").hash() == s.hash()
+
+
+# ----------------------------------------------------------------------------- feature net files
+
+def test_missing_feature_net_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("NESTGEN_INCEPTION_PATH", raising=False)
+    monkeypatch.setenv("NESTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(FeatureNetUnavailable) as e:
+        load_feature_net(INCEPTION, device="cpu")
+    msg = str(e.value)
+    assert "inception-2015-12-05.pt" in msg
+    assert str(tmp_path / "cache" / "inception-2015-12-05.pt") in msg
+    assert "NESTGEN_INCEPTION_PATH" in msg and "never downloads" in msg
+    assert isinstance(e.value, FileNotFoundError)
+
+    missing = tmp_path / "nope" / "i3d_torchscript.pt"
+    monkeypatch.setenv("NESTGEN_I3D_PATH", str(missing))
+    with pytest.raises(FeatureNetUnavailable, match="NESTGEN_I3D_PATH") as e:
+        load_feature_net(I3D, device="cpu")
+    assert str(missing) in str(e.value) and "i3d_torchscript.pt" in str(e.value)
+    with pytest.raises(FeatureNetUnavailable, match="configured path"):
+        load_feature_net(I3D, path=tmp_path / "given.pt", device="cpu")
+
+
+class FakeInception(torch.nn.Module):
+    """Same call interface as StyleGAN2-ADA's inception-2015-12-05.pt, tiny: insists on
+    uint8 NCHW RGB input, resizes itself, 16-d 'pool3' features, softmax over 10 classes."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("proj", torch.randn(48, 16, generator=g))
+        self.register_buffer("w", torch.randn(48, 10, generator=g))
+        self.register_buffer("b", torch.randn(10, generator=g))
+
+    def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
+                no_output_bias: bool = False) -> torch.Tensor:
+        if img.dtype != torch.uint8 or img.dim() != 4 or img.shape[1] != 3:
+            raise RuntimeError("expected uint8 NCHW RGB")
+        x = F.interpolate(img.to(torch.float32), size=(16, 16), mode="bilinear", align_corners=False)
+        x = F.adaptive_avg_pool2d((x - 128.0) / 128.0, 4).flatten(1)
+        if return_features:
+            return torch.tanh(x @ self.proj) * 3.0
+        logits = x @ self.w * 4.0
+        if not no_output_bias:
+            logits = logits + self.b
+        return torch.softmax(logits, dim=1)
+
+
+class FakeI3D(torch.nn.Module):
+    """Same call interface as StyleGAN-V's i3d_torchscript.pt: x (B, C, T, H, W);
+    rescale maps 0..255 to [-1, 1], resize goes to 224; it checks it got what it needs."""
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if rescale:
+            x = x / 127.5 - 1.0
+        if resize:
+            x = F.interpolate(x, size=(x.shape[2], 224, 224), mode="trilinear", align_corners=False)
+        if x.shape[1] != 3 or x.shape[-1] != 224 or x.shape[-2] != 224:
+            raise RuntimeError("expected (B, 3, T, 224, 224)")
+        if bool(x.min() < -1.001) or bool(x.max() > 1.001):
+            raise RuntimeError("expected values in [-1, 1]")
+        pooled = x.mean(dim=(2, 3, 4))                                              # 3-d
+        motion = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=(2, 3, 4))             # 3-d
+        return torch.cat([pooled, motion * 10.0], dim=1)
+
+
+def _save_script(module: torch.nn.Module, path) -> str:
+    torch.jit.script(module).save(str(path))
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _random_images(n: int, seed: int, size: int = 12, offset: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 200, size=(n, size, size, 3))
+    return np.clip(base + offset, 0, 255).astype(np.uint8)
+
+
+def test_fid_and_is_through_torchscript_file(tmp_path, monkeypatch):
+    path = tmp_path / "inception-2015-12-05.pt"
+    digest = _save_script(FakeInception(), path)
+    monkeypatch.setenv("NESTGEN_INCEPTION_PATH", str(path))
+    net = load_feature_net(INCEPTION, device="auto")
+    assert net.sha256 == digest and net.device.type in ("cpu", "cuda")
+
+    real, fake = _random_images(300, 0), _random_images(200, 1, offset=40)
+    ref = compute_inception_stats(net, real, batch_size=64)
+    res = compute_fid(net, fake, ref, batch_size=50)
+    # equals the Fréchet distance of the module's own features, computed directly
+    with torch.no_grad():
+        m = torch.jit.load(str(path))
+        f_real = m(torch.from_numpy(real).permute(0, 3, 1, 2).contiguous(), return_features=True).double().numpy()
+        f_fake = m(torch.from_numpy(fake).permute(0, 3, 1, 2).contiguous(), return_features=True).double().numpy()
+    assert res.value == pytest.approx(reference_fd(f_fake, f_real), rel=1e-6)
+    assert res.value > 1.0
+    assert compute_fid(net, real, ref).value == pytest.approx(0.0, abs=1e-6)
+
+    p = res.protocol
+    assert res.name == "fid" and p["metric"] == "fid" and p["num_samples"] == 200
+    assert p["reference"]["stats_hash"] == ref.hash() and p["reference"]["num_samples"] == 300
+    assert p["feature_net"]["sha256_full"] == digest and p["feature_net"]["sha256"] == digest[:16]
+    assert p["feature_net"]["file"] == "inception-2015-12-05.pt"
+    assert p["input_resolutions"] == [[12, 12]] and "299" in p["resize"]
+    assert p["covariance_ddof"] == 1
+    flat = res.flat()
+    assert flat["fid"] == res.value and flat["fid/protocol/reference.stats_hash"] == ref.hash()
+
+    # layouts: NHWC, NCHW and a generator of batches all give the same number (to float32
+    # rounding: on CUDA the net's kernels differ with batch size)
+    nchw = np.ascontiguousarray(fake.transpose(0, 3, 1, 2))
+    assert compute_fid(net, nchw, ref).value == pytest.approx(res.value, rel=1e-6)
+    batches = (fake[i:i + 33] for i in range(0, 200, 33))
+    assert compute_fid(net, batches, ref).value == pytest.approx(res.value, rel=1e-6)
+    # reference from an .npz file: source and hash recorded
+    save_stats(str(tmp_path / "ref.npz"), ref)
+    from_file = compute_fid(net, fake, str(tmp_path / "ref.npz"))
+    assert from_file.value == pytest.approx(res.value, rel=1e-12)
+    assert from_file.protocol["reference"]["source"].endswith("ref.npz")
+    # grayscale is repeated to RGB, like StyleGAN2-ADA
+    gray = fake[..., 0]
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    assert compute_fid(net, gray, ref).value == pytest.approx(compute_fid(net, rgb, ref).value, rel=1e-6)
+    with pytest.raises(TypeError, match="uint8"):
+        compute_fid(net, fake.astype(np.float32), ref)
+
+    # Inception Score: the standard formula on no_output_bias softmax, in split order
+    is_res = compute_inception_score(net, fake, num_splits=4)
+    with torch.no_grad():
+        probs = m(torch.from_numpy(nchw), no_output_bias=True).double().numpy()
+    scores = []
+    for part in np.array_split(probs, 4):
+        py = part.mean(0, keepdims=True)
+        scores.append(np.exp((part * (np.log(part) - np.log(py))).sum(1).mean()))
+    assert is_res.value == pytest.approx(np.mean(scores), rel=1e-6)
+    assert is_res.extra["std"] == pytest.approx(np.std(scores), rel=1e-5)
+    assert is_res.protocol["num_splits"] == 4 and is_res.protocol["num_classes"] == 10
+    fid2, is2 = compute_fid_and_is(net, fake, ref, num_splits=4)
+    assert (fid2.value, is2.value) == pytest.approx((res.value, is_res.value), rel=1e-6)
+
+
+def test_inception_score_limits():
+    uniform = np.full((100, 10), 0.1)
+    assert inception_score_from_probs(uniform, 5)[0] == pytest.approx(1.0)
+    onehot = np.eye(10)[np.arange(100) % 10]          # confident and diverse: IS = #classes
+    assert inception_score_from_probs(onehot, 5)[0] == pytest.approx(10.0)
+
+
+def test_fvd_through_torchscript_file(tmp_path, monkeypatch):
+    path = tmp_path / "i3d_torchscript.pt"
+    digest = _save_script(FakeI3D(), path)
+    monkeypatch.setenv("NESTGEN_I3D_PATH", str(path))
+    net = load_feature_net(I3D, device="auto")
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, size=(16, 16, 8, 8, 3), dtype=np.uint8)       # BTHWC RGB
+    still = np.repeat(real[:, :1], 16, axis=1)                                   # no motion
+    ref = compute_video_stats(net, real, batch_size=8)
+    assert compute_fvd(net, real, ref, batch_size=16).value == pytest.approx(0.0, abs=1e-6)
+    res = compute_fvd(net, still, ref)
+    assert res.value > 10.0
+    p = res.protocol
+    assert p["metric"] == "fvd" and p["num_samples"] == 16 and p["num_frames"] == 16
+    assert p["preprocess_mode"] == "external" and "224" in p["resize"]
+    assert p["feature_net"]["sha256_full"] == digest and p["reference"]["stats_hash"] == ref.hash()
+    assert p["clip_shapes_thw"] == [[16, 8, 8]] and p["feature_dim"] == 6
+    # the same clips as BCTHW give the same number
+    bcthw = np.ascontiguousarray(still.transpose(0, 4, 1, 2, 3))
+    assert compute_fvd(net, bcthw, ref).value == pytest.approx(res.value, rel=1e-6)
+    # internal mode (uint8 straight to the net, which rescales and resizes): close, recorded
+    internal = compute_fvd(net, still, compute_video_stats(net, real, mode="internal"), mode="internal")
+    assert internal.protocol["preprocess_mode"] == "internal"
+    assert internal.value == pytest.approx(res.value, rel=0.1)
+    with pytest.raises(ValueError, match="16 frames"):
+        compute_fvd(net, real[:, :8], ref)
+
+
+# ----------------------------------------------------------------------------- digits nets
+
+@pytest.fixture(scope="module")
+def digit_net():
+    net, info = train_digit_classifier(epochs=10, seed=0)
+    return net, info
+
+
+def test_digit_classifier_accuracy_and_fd_digits(digit_net):
+    from nestgen.metrics.digits_train import digits_image_splits
+
+    net, info = digit_net
+    print(f"digits classifier: {info}")
+    assert info["holdout_accuracy"] > 0.95
+    assert info["train_seconds"] < 60
+    (tr_x, tr_y), (ho_x, ho_y) = digits_image_splits()
+    acc = digits_accuracy(net, ho_x, ho_y, info=info)
+    assert acc.name == "digits_accuracy" and acc.value == pytest.approx(info["holdout_accuracy"])
+    assert acc.protocol["feature_net"]["net_hash"] == info["net_hash"]
+    # the requested labels matter: samples that ignore them score near chance
+    assert digits_accuracy(net, ho_x, (ho_y + 1) % 10).value < 0.2
+    # any size / RGB input works (resized to the net's 16x16): 32x32 RGB upscales still classify
+    big = np.repeat(np.repeat(ho_x, 4, axis=1), 4, axis=2)
+    big_rgb = np.repeat(big[..., None], 3, axis=-1)
+    assert digits_accuracy(net, big_rgb, ho_y).value > 0.9
+
+    rng = np.random.default_rng(0)
+    fd_real = fd_digits(net, ho_x, tr_x, info=info)
+    noise = rng.integers(0, 256, size=ho_x.shape, dtype=np.uint8)
+    fd_noise = fd_digits(net, noise, tr_x, info=info)
+    blank = np.zeros_like(ho_x)
+    blank[:, 2:6, 2:6] = 255
+    fd_blob = fd_digits(net, blank, tr_x)
+    collapsed = fd_digits(net, tr_x[tr_y == 3][:len(ho_x)], tr_x)        # one class only
+    # the floor: 180 train digits vs the other train digits (finite-sample bias at n=180, d=64)
+    perm = rng.permutation(len(tr_x))
+    floor = fd_digits(net, tr_x[perm[:len(ho_x)]], tr_x[perm[len(ho_x):]])
+    print(f"fd_digits holdout {fd_real.value:.2f} floor {floor.value:.2f} noise {fd_noise.value:.2f} "
+          f"one-class {collapsed.value:.2f} blob {fd_blob.value:.2f}")
+    assert fd_real.name == "fd_digits" and fd_real.protocol["metric"] == "fd_digits"
+    assert fd_real.value < 4.0 * floor.value
+    assert fd_real.value < 0.2 * fd_noise.value
+    assert fd_real.value < 0.05 * collapsed.value and fd_real.value < 0.05 * fd_blob.value
+    assert fd_real.protocol["num_samples"] == len(ho_x)
+    assert fd_real.protocol["reference"]["num_samples"] == len(tr_x)
+    assert "not FID" in fd_real.protocol["comparable_to"]
+
+
+def test_digit_net_save_load_round_trip(digit_net):
+    net, info = digit_net
+    file_hash = save_digits_net("memory://nets/digits.pt", net, info)
+    back, binfo = load_digits_net("memory://nets/digits.pt")
+    assert binfo["file_sha256"] == file_hash and binfo["net_hash"] == net_hash(net) == info["net_hash"]
+    assert binfo["holdout_accuracy"] == info["holdout_accuracy"]
+    x = np.random.default_rng(0).integers(0, 256, size=(20, 8, 8), dtype=np.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(back.features(back.preprocess(x)), net.features(net.preprocess(x)))
+
+
+def test_digit_training_is_seeded():
+    a, ia = train_digit_classifier(epochs=1, seed=3)
+    b, ib = train_digit_classifier(epochs=1, seed=3)
+    assert ia["net_hash"] == ib["net_hash"]
+
+
+def _moving_clips():
+    try:
+        from nestgen.data.image_files import digit_split, upscaled_digits
+        from nestgen.data.moving_digits import make_moving_digit_clips
+    except ImportError:                                   # pragma: no cover - data module absent
+        pytest.skip("nestgen.data.moving_digits is not available")
+    glyphs, _ = upscaled_digits(14)
+    train_pool, val_pool = digit_split(len(glyphs), 0.2, 0)
+    tr = make_moving_digit_clips(600, frames=16, size=32, seed=1, pool=train_pool)
+    va = make_moving_digit_clips(200, frames=16, size=32, seed=2, pool=val_pool)
+    va2 = make_moving_digit_clips(200, frames=16, size=32, seed=3, pool=val_pool)
+    return tr, va, va2
+
+
+def test_clip_net_accuracy_and_fvd_digits():
+    (tr_x, tr_y), (va_x, va_y), (va2_x, _) = _moving_clips()
+    net, info = train_clip_classifier(tr_x, tr_y, epochs=4, seed=0, val=(va_x, va_y))
+    print(f"clip net: {info}")
+    assert info["val_accuracy"] > 0.75
+    acc = digit_clip_accuracy(net, va_x, va_y, info=info)
+    assert acc.name == "digit_clip_accuracy" and acc.value == pytest.approx(info["val_accuracy"])
+
+    real = fvd_digits(net, va2_x, va_x, info=info)
+    shuffled = fvd_digits(net, va2_x[:, np.random.default_rng(0).permutation(16)], va_x)
+    frozen = fvd_digits(net, np.repeat(va2_x[:, :1], 16, axis=1), va_x)
+    noise = fvd_digits(net, np.random.default_rng(1).integers(0, 256, va2_x.shape, dtype=np.uint8), va_x)
+    print(f"fvd_digits real {real.value:.2f} frozen {frozen.value:.2f} "
+          f"shuffled {shuffled.value:.2f} noise {noise.value:.2f}")
+    assert real.name == "fvd_digits" and real.protocol["feature_net"]["name"] == "digits_clip_cnn3d"
+    # sees motion, not only digit shape: frozen and frame-shuffled clips are far from real ones
+    assert real.value < 0.3 * frozen.value
+    assert real.value < 0.05 * shuffled.value and real.value < 0.05 * noise.value
+
+
+# ----------------------------------------------------------------------------- frame prediction
+
+def test_frame_prediction_error():
+    rng = np.random.default_rng(0)
+    target = rng.integers(20, 200, size=(4, 16, 8, 8), dtype=np.uint8)
+    same = frame_prediction_error(target, target, cond_frames=5)
+    assert same["frame_pred_mse"].value == 0.0 and same["frame_pred_psnr"].value == pytest.approx(100.0)
+    pred = target.copy()
+    pred[:, 5:] += 10                                  # every predicted pixel off by 10 levels
+    pred[:, :5] = 0                                    # given frames are not scored
+    res = frame_prediction_error(pred, target, cond_frames=5)
+    assert res["frame_pred_mse"].value == pytest.approx((10 / 255) ** 2)
+    assert res["frame_pred_psnr"].value == pytest.approx(20 * np.log10(255 / 10))
+    assert res["frame_pred_psnr"].protocol["predicted_frames"] == 11
+    assert set(res["frame_pred_psnr"].extra) == {f"t{t:02d}" for t in range(5, 16)}
+    with pytest.raises(ValueError):
+        frame_prediction_error(pred, target[:, :8])
