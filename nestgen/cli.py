@@ -58,12 +58,20 @@ def cmd_flops(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from nestgen.local_run import train_local
     from nestgen.config import load_config
     cfg = load_config(args.config, args.overrides)
-    ckpt, history = train_local(cfg, args.out)
-    print(json.dumps(history[-1], indent=1))
-    print(f"checkpoint: {ckpt}")
+    if args.local:
+        from nestgen.local_run import train_local
+        ckpt, history = train_local(cfg, args.out)
+        print(json.dumps(history[-1], indent=1))
+        print(f"checkpoint: {ckpt}")
+        return 0
+    from pipelines.ray_runtime import init_ray
+    from pipelines.train import fit
+    init_ray(args.ray_address)
+    res = fit(cfg, args.out)
+    print(json.dumps({"checkpoint": res.checkpoint_url, "mlflow_run_id": res.run_id,
+                      "start_step": res.start_step, **res.metrics}, indent=1, default=str))
     return 0
 
 
@@ -148,9 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     _decode_args(p)
     p.set_defaults(func=cmd_flops)
 
-    p = sub.add_parser("train", help="train a nested transformer (single process)")
+    p = sub.add_parser("train", help="train a nested transformer with Ray Train (or --local)")
     _add_config_args(p)
-    p.add_argument("--out", required=True, help="output folder or URL (checkpoint, history)")
+    p.add_argument("--out", required=True, help="output folder or URL (checkpoints; same URL resumes)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--local", action="store_true", help="single process, no Ray")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate a PNG grid from a checkpoint")

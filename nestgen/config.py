@@ -17,7 +17,7 @@ from nestgen.tokenizers.config import TokenizerConfig
 
 __all__ = [
     "ConfigError", "ModelConfig", "TrainConfig", "DecodeConfig", "DataConfig", "TokenizeConfig",
-    "TokenizerConfig", "NestgenConfig",
+    "TokenizerConfig", "ScalingConfig", "MlflowConfig", "NestgenConfig",
     "load_config", "config_from_dict", "config_to_dict", "flatten",
 ]
 
@@ -191,6 +191,42 @@ class TokenizeConfig:
 
 
 @dataclass
+class ScalingConfig:
+    """Ray Train workers (pipelines.train). GPU when the cluster has one and use_gpu allows."""
+    num_workers: int = 2
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    cpus_per_worker: float = 1.0
+    checkpoint_every: int = 200      # optimizer steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2
+    max_failures: int = 2            # worker failures survived by restoring the last checkpoint
+    shuffle_buffer: int = 2048       # rows in each worker's local shuffle buffer
+
+    def validate(self) -> None:
+        check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        check(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = ""           # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
+    experiment: str = "nestgen"
+    sample_grid_every: int = 0       # also log sample grids every N steps (0: only at the end)
+
+    def resolved_uri(self) -> str:
+        import os
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+            f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+    def validate(self) -> None:
+        check(bool(self.experiment), "experiment", "must not be empty")
+        check(self.sample_grid_every >= 0, "sample_grid_every", "must be >= 0")
+
+
+@dataclass
 class NestgenConfig:
     name: str = "digits"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -199,6 +235,8 @@ class NestgenConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def validate(self) -> None:
         from nestgen.decoding.schedule import resolve_schedule

@@ -9,7 +9,6 @@ import json
 import time
 
 import fsspec
-import numpy as np
 import torch
 
 from nestgen.checkpoint import save_checkpoint
@@ -17,6 +16,7 @@ from nestgen.config import DecodeConfig, NestgenConfig, config_to_dict
 from nestgen.decoding.maskgit import decode
 from nestgen.flops import decode_flops
 from nestgen.images import make_grid, save_png
+from nestgen.render import tokens_to_pixels
 from nestgen.training.loop import train_on_tokens
 
 
@@ -30,13 +30,6 @@ def load_tokens(cfg: NestgenConfig):
         return load_digit_tokens(cfg.data.holdout_fraction, cfg.data.seed)
     raise ValueError(f"data.source {cfg.data.source!r} is read by the Ray pipeline (nestgen train), "
                      "not by the single-process loader")
-
-
-def tokens_to_images(cfg: NestgenConfig, tokens: torch.Tensor) -> np.ndarray:
-    if cfg.data.source == "digits":
-        from nestgen.data.digits import digit_tokens_to_images
-        return digit_tokens_to_images(tokens)
-    raise ValueError(f"no pixel decoder for data.source {cfg.data.source!r}")
 
 
 def _write_json(url: str, obj) -> None:
@@ -64,7 +57,10 @@ def sample_grid(model, cfg: NestgenConfig, d: DecodeConfig, out: str, num: int =
     t0 = time.perf_counter()
     res = decode(model, labels, d, seeds=range(seed, seed + num))
     seconds = time.perf_counter() - t0
-    images = tokens_to_images(cfg, res.tokens)
+    if cfg.data.source != "digits":
+        raise ValueError("`nestgen sample` renders digits-token models; tokenizer-based models are "
+                         "sampled by `nestgen evaluate` / the Serve app")
+    images = tokens_to_pixels(res.tokens, cfg.model.grid)
     save_png(out, make_grid(images, nrow=max(1, min(num, cfg.model.num_classes or 8)), scale=4))
     return {"out": out, "schedule": str(res.schedule), "cache": str(res.cache), "num": num,
             "gflops_per_sample": decode_flops(cfg.model, d).gflops,

@@ -1,8 +1,11 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 GCS_PORT = _free_port()
 os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{GCS_PORT}"
+
+# MLflow's default store is ./mlflow.db: tests write to a temporary one instead.
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='nestgen-test-mlflow-')}/mlflow.db"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -64,6 +70,35 @@ def gcs_emulator():
     yield "nestgen-test"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite backend, proxied artifacts) on 127.0.0.1, stopped by PID."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
 
 
 # ---- real data files and small trained tokenizers, made once per session -------------
@@ -113,3 +148,12 @@ def video_tokenizer(tmp_path_factory, moving_digits_mp4):
     path = tmp_path_factory.mktemp("tok") / "video_tokenizer.pt"
     save_tokenizer(str(path), model)
     return path
+
+
+@pytest.fixture(scope="session")
+def digit_shards(ray_local, tmp_path_factory, digits_png, image_tokenizer) -> Path:
+    """The digits PNGs tokenized by the Ray step: Parquet shards + manifest (grid 4x4, vocab 32)."""
+    from pipelines.tokenize import tokenize_to_shards
+    out = tmp_path_factory.mktemp("digit_shards")
+    tokenize_to_shards(str(digits_png), str(out), str(image_tokenizer[0]))
+    return out

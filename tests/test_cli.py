@@ -34,7 +34,7 @@ def test_flops_table():
 
 def test_train_then_sample_writes_a_png_grid(tmp_path):
     out = tmp_path / "run"
-    nestgen("train", "configs/digits.yaml", "--out", str(out), "--set", "train.steps=6",
+    nestgen("train", "configs/digits.yaml", "--local", "--out", str(out), "--set", "train.steps=6",
             "--set", "train.batch_size=8", "--set", "model.width=32", "--set", "model.depth=1",
             "--set", "train.log_every=3")
     assert (out / "checkpoint.pt").exists()

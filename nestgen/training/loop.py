@@ -6,6 +6,7 @@ exactly this logic per worker.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
@@ -16,44 +17,50 @@ from tqdm.auto import tqdm
 from nestgen.config import NestgenConfig
 from nestgen.device import autocast, resolve_device
 from nestgen.model.nested_transformer import NestedTransformer
-from nestgen.training.objective import nested_loss, sizes_for_step
+from nestgen.training.objective import NestedObjective, sizes_for_step
 from nestgen.training.optim import build_optimizer, build_scheduler
 
 
 class NestedTrainer:
     def __init__(self, cfg: NestgenConfig, model: torch.nn.Module | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, wrap=None, rank: int = 0):
+        """`wrap(objective) -> module` lets a distributed driver add DDP (e.g. Ray Train's
+        prepare_model); the objective, not the bare model, is wrapped (one forward per step)."""
         self.cfg = cfg
         self.device = device or resolve_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)
         self.model = (model or NestedTransformer(cfg.model)).to(self.device)
+        self.objective = NestedObjective(self.model, cfg.train)
+        if wrap is not None:
+            self.objective = wrap(self.objective)
         self.opt = build_optimizer(self.model, cfg.train)
         self.sched = build_scheduler(self.opt, cfg.train)
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay))
                     if cfg.train.ema_decay > 0 else None)
         self.step = 0
         self._rng = random.Random(cfg.train.seed)
-        self._gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
+        self._gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1000 * rank)
 
     @property
     def core(self) -> NestedTransformer:
-        """The bare model (unwrapped from DDP if a driver wrapped it)."""
-        return getattr(self.model, "module", self.model)
+        return self.model
 
     def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float | torch.Tensor]:
         tcfg = self.cfg.train
         self.model.train()
         factors = sizes_for_step(self.cfg.model.nest_factors, tcfg.num_sampled_sizes(), self._rng)
         tokens, labels = tokens.to(self.device), labels.to(self.device)
-        per_size: dict[int, torch.Tensor] = {}
+        per_size = torch.zeros(len(factors), device=self.device)
         lam = 1.0
-        for chunk_t, chunk_l in zip(tokens.chunk(tcfg.grad_accum), labels.chunk(tcfg.grad_accum)):
-            with autocast(self.device, tcfg.precision):
-                out = nested_loss(self.model, chunk_t, chunk_l, tcfg, self.step, factors, self._gen)
-            (out.total / tcfg.grad_accum).backward()
-            lam = out.lam
-            for f, v in out.per_size.items():
-                per_size[f] = per_size.get(f, 0) + v / tcfg.grad_accum
+        chunks = list(zip(tokens.chunk(tcfg.grad_accum), labels.chunk(tcfg.grad_accum)))
+        for i, (chunk_t, chunk_l) in enumerate(chunks):
+            # Gradients are all-reduced once, on the last micro-batch.
+            sync = i == len(chunks) - 1 or not hasattr(self.objective, "no_sync")
+            with (contextlib.nullcontext() if sync else self.objective.no_sync()), \
+                    autocast(self.device, tcfg.precision):
+                total, per, lam = self.objective(chunk_t, chunk_l, self.step, factors, self._gen)
+                (total / len(chunks)).backward()
+            per_size += per.detach().float() / len(chunks)
         if tcfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
         self.opt.step()
@@ -62,7 +69,7 @@ class NestedTrainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.step += 1
-        metrics = {f"loss/f{f}": v for f, v in per_size.items()}
+        metrics = {f"loss/f{f}": per_size[i] for i, f in enumerate(factors)}
         metrics["lambda"] = lam
         metrics["lr"] = self.sched.get_last_lr()[0]
         return metrics

@@ -73,3 +73,17 @@ def nested_loss(model, tokens: torch.Tensor, labels: torch.Tensor, cfg: TrainCon
             loss = loss + (1.0 - lam) * F.cross_entropy(logits, teacher)
         total = total + loss
     return LossOutput(total, per_size, lam)
+
+
+class NestedObjective(torch.nn.Module):
+    """The whole nested loss as one module: a data-parallel wrapper (DDP) then sees one
+    forward per backward although every nested size runs inside it."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(self, tokens, labels, step: int, factors: list[int], generator=None):
+        out = nested_loss(self.model, tokens, labels, self.cfg, step, factors, generator)
+        return out.total, torch.stack([out.per_size[f] for f in factors]), out.lam
