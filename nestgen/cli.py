@@ -111,11 +111,19 @@ def cmd_data(args) -> int:
 
 def cmd_tokenizer_train(args) -> int:
     from nestgen.config import load_config
+    cfg = load_config(args.config, args.overrides)
+    if not args.local:
+        from pipelines.ray_runtime import init_ray
+        from pipelines.train_tokenizer import fit_tokenizer
+        init_ray(args.ray_address)
+        res = fit_tokenizer(cfg, args.data, args.out, args.split)
+        print(json.dumps({"checkpoint": res.checkpoint_url, "tokenizer_hash": res.tokenizer_hash,
+                          "mlflow_run_id": res.run_id, **res.metrics}, indent=1, default=str))
+        return 0
     from nestgen.data.media import ClipSpec
     from nestgen.data.raw_files import load_raw_split
     from nestgen.tokenizers import (clips_to_pixels, evaluate_tokenizer, images_to_pixels, save_tokenizer,
                                     train_tokenizer)
-    cfg = load_config(args.config, args.overrides)
     t = cfg.tokenizer
     clip = ClipSpec(frames=t.frames, fps=cfg.tokenize.fps, size=t.image_size, channels=t.channels)
     arrays, _, failed = load_raw_split(args.data, args.split, t.kind, t.image_size, t.channels, clip)
@@ -125,7 +133,7 @@ def cmd_tokenizer_train(args) -> int:
     model, history = train_tokenizer(t, pixels)
     metrics = evaluate_tokenizer(model, pixels)
     save_tokenizer(args.out, model, history=history, metrics=metrics)
-    print(json.dumps({"out": args.out, "samples": len(arrays), **metrics}, indent=1))
+    print(json.dumps({"checkpoint": args.out, "samples": len(arrays), **metrics}, indent=1))
     return 0
 
 
@@ -186,11 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digits-per-clip", type=int, default=1, choices=[1, 2])
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("tokenizer-train", help="train the VQ tokenizer of CONFIG on a raw media folder")
+    p = sub.add_parser("tokenizer-train", help="train the VQ tokenizer of CONFIG on a raw media folder (Ray Train or --local)")
     _add_config_args(p)
     p.add_argument("--data", required=True, help="raw files (ImageNet-/UCF101-like folders)")
     p.add_argument("--split", default="train")
-    p.add_argument("--out", required=True, help="tokenizer checkpoint URL")
+    p.add_argument("--out", required=True,
+                   help="with --local: the checkpoint URL; with Ray: the output folder (same folder resumes)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--local", action="store_true", help="single process, no Ray")
     p.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("tokenize", help="Ray step: raw files -> Parquet token shards + manifest")

@@ -195,6 +195,7 @@ class ScalingConfig:
     """Ray Train workers (pipelines.train). GPU when the cluster has one and use_gpu allows."""
     num_workers: int = 2
     use_gpu: Literal["auto", "yes", "no"] = "auto"
+    strategy: Literal["ddp", "fsdp"] = "ddp"   # Ray Train's prepare_model parallel strategy
     cpus_per_worker: float = 1.0
     checkpoint_every: int = 200      # optimizer steps between checkpoints (and at the end)
     keep_checkpoints: int = 2

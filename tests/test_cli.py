@@ -58,7 +58,7 @@ def test_data_tokenizer_train_and_tokenize_commands(tmp_path):
     assert info["train"] + info["val"] == 1797
     small = ["--set", "tokenizer.image_size=16", "--set", "tokenizer.base_width=8", "--set", "tokenizer.max_width=16",
              "--set", "tokenizer.codebook_size=16", "--set", "tokenizer.code_dim=8", "--set", "tokenizer.steps=20"]
-    out = json.loads(nestgen("tokenizer-train", "configs/digits.yaml", "--data", str(raw), "--out", str(tok),
+    out = json.loads(nestgen("tokenizer-train", "configs/digits.yaml", "--local", "--data", str(raw), "--out", str(tok),
                              *small).stdout)
     assert out["samples"] == info["train"] and out["psnr"] > 0
     res = nestgen("tokenize", "--input", str(raw / "val"), "--output", str(shards), "--tokenizer", str(tok))

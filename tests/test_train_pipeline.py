@@ -65,3 +65,28 @@ def test_second_fit_with_same_output_continues(digit_shards, tmp_path):
     a, b = read_checkpoint(first.checkpoint_url), read_checkpoint(second.checkpoint_url)
     assert b["step"] == 20 and b["scheduler"]["last_epoch"] == 20
     assert not torch.equal(a["model"]["ln_f.weight"], b["model"]["ln_f.weight"])
+
+
+def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, tmp_path):
+    from nestgen.tokenizers import (evaluate_tokenizer, images_to_pixels, load_tokenizer, psnr_from_mse,
+                                    tokenizer_hash)
+    from nestgen.data.image_files import read_image_folder
+    from pipelines.train_tokenizer import fit_tokenizer
+    cfg = config_from_dict({
+        "name": "tok",
+        "tokenizer": {"kind": "image", "channels": 3, "image_size": 16, "base_width": 8, "max_width": 16,
+                      "downsample": 4, "codebook_size": 32, "code_dim": 8, "steps": 60, "batch_size": 32,
+                      "lr": 3e-3, "log_every": 10, "dead_code_restart_every": 10},
+        "scaling": {"num_workers": 2, "checkpoint_every": 30, "shuffle_buffer": 128},
+    })
+    flag = tmp_path / "failed"
+    res = fit_tokenizer(cfg, str(digits_png), str(tmp_path / "out"), fault_injection={"step": 40, "flag": str(flag)})
+    assert flag.exists() and res.metrics["step"] == 60 and res.metrics["start_step"] == 30
+    tok = load_tokenizer(res.checkpoint_url)
+    assert tokenizer_hash(tok) == res.tokenizer_hash
+    images, _, _ = read_image_folder(str(digits_png), "val")
+    px = images_to_pixels(images)
+    ev = evaluate_tokenizer(tok, px)
+    mean_image_psnr = psnr_from_mse(float(((px - px.mean(0, keepdim=True)) ** 2).mean()))
+    assert ev["psnr"] > mean_image_psnr + 2.0 and ev["usage"] > 0.3, (ev, mean_image_psnr)
+    assert MlflowClient().get_run(res.run_id).info.status == "FINISHED"
