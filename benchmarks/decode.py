@@ -9,14 +9,13 @@ not depend on them (the number of tokens fixed per step is deterministic).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import write_json
 from nestgen.config import DecodeConfig, ModelConfig
 from nestgen.decoding.cuda_graph import GraphedDecoder
 from nestgen.decoding.maskgit import decode
@@ -121,10 +120,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     res = run(args)
     print_table(res)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.json}")
+    write_json(args.json, res)
     return res
 
 

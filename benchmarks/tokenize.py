@@ -10,12 +10,12 @@ encode, write Parquet, manifest), median of --repeats, all in one process.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import write_json
 from nestgen.config import TokenizeConfig
 from nestgen.tokenizers import TokenizerConfig, VQTokenizer, save_tokenizer
 
@@ -33,13 +33,52 @@ def _measure(src: str, tok: str, workers: int, batch: int, repeats: int, tmp: Pa
     return statistics.median(times), rows
 
 
+def encode_only(args) -> dict:
+    """Tokenizer encode throughput on one device, no Ray and no file decoding: the ceiling
+    of what one tokenizer actor can do (used on GPU machines, where Ray is not installed)."""
+    import torch
+
+    from nestgen.device import resolve_device
+    dev = resolve_device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rows = []
+    for kind, cfg, shape, batch in (
+            ("image", TokenizerConfig(kind="image", image_size=32, downsample=4), (3, 32, 32), 512),
+            ("video", TokenizerConfig(kind="video", channels=1, image_size=64, frames=16, downsample=8,
+                                      temporal_downsample=4), (1, 16, 64, 64), 64)):
+        tok = VQTokenizer(cfg).to(dev).eval()
+        x = torch.rand(batch, *shape, device=dev) * 2 - 1
+        for _ in range(2):
+            tok.encode(x)
+        times = []
+        for _ in range(args.repeats + 3):
+            sync()
+            t0 = time.perf_counter()
+            tok.encode(x)
+            sync()
+            times.append(time.perf_counter() - t0)
+        sec = statistics.median(times)
+        rows.append({"kind": kind, "workers": 1, "items": batch, "seconds": sec, "items_per_s": batch / sec,
+                     "grid": cfg.grid, "mode": "encode-only"})
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {"device": name, "rows": rows}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--clips-per-class", type=int, default=20)
+    ap.add_argument("--encode-only", action="store_true", help="tokenizer encode throughput, no Ray")
+    ap.add_argument("--device", default="auto")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    if args.encode_only:
+        res = encode_only(args)
+        for r in res["rows"]:
+            print(f"{res['device']}: {r['kind']:5s} encode {r['items_per_s']:10.1f} items/s (batch {r['items']})")
+        write_json(args.json, res)
+        return res
 
     from nestgen.data.image_files import write_digit_images
     from nestgen.data.moving_digits import write_moving_digits
@@ -64,10 +103,7 @@ def main(argv=None) -> dict:
     print(f"\n{'kind':6s} {'workers':>7s} {'items':>6s} {'seconds':>8s} {'items/s':>8s}")
     for r in rows:
         print(f"{r['kind']:6s} {r['workers']:7d} {r['items']:6d} {r['seconds']:8.1f} {r['items_per_s']:8.1f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.json}")
+    write_json(args.json, res)
     return res
 
 

@@ -10,14 +10,13 @@ device's peak (--peak-tflops, default 989 for H100 bf16 dense).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import write_json
 from nestgen.config import config_from_dict
 from nestgen.flops import training_flops_per_sample
 
@@ -109,10 +108,7 @@ def main(argv=None) -> dict:
         print(f"{r['mode']:6s} {r['device'][:24]:24s} {r['workers']:7d} {r['precision']:>5s} "
               f"{r['tokens_per_s']:10.0f} {r['samples_per_s']:10.1f} {mfu:>6s}")
     res = {"model": model, "rows": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.json}")
+    write_json(args.json, res)
     return res
 
 

@@ -13,7 +13,7 @@ import torch
 
 from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
 from nestgen.model.nested_transformer import NestedTransformer
-from nestgen.storage import read_bytes, write_bytes_atomic
+from nestgen.storage import read_bytes, resolve_checkpoint, write_bytes_atomic
 
 
 def save_checkpoint(url: str, cfg: NestgenConfig, model: torch.nn.Module, **state: Any) -> str:
@@ -24,15 +24,21 @@ def save_checkpoint(url: str, cfg: NestgenConfig, model: torch.nn.Module, **stat
 
 
 def read_checkpoint(url: str, map_location: str | torch.device = "cpu") -> dict:
-    return torch.load(io.BytesIO(read_bytes(url)), map_location=map_location, weights_only=False)
+    """`url`: a checkpoint file, or a training output folder (its LATEST checkpoint)."""
+    data = read_bytes(resolve_checkpoint(url))
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
 
 
-def load_model(url: str, device: str | torch.device = "cpu", use_ema: bool = True
-               ) -> tuple[NestedTransformer, NestgenConfig]:
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", use_ema: bool = True
+                          ) -> tuple[NestedTransformer, NestgenConfig]:
     """The model (EMA weights when the checkpoint has them and use_ema) and its config."""
-    ckpt = read_checkpoint(url)
     cfg = config_from_dict(ckpt["config"])
     model = NestedTransformer(cfg.model)
     state = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
     model.load_state_dict(state)
     return model.to(device).eval(), cfg
+
+
+def load_model(url: str, device: str | torch.device = "cpu", use_ema: bool = True
+               ) -> tuple[NestedTransformer, NestgenConfig]:
+    return model_from_checkpoint(read_checkpoint(url), device, use_ema)

@@ -9,6 +9,7 @@ import json
 import time
 
 import fsspec
+import numpy as np
 import torch
 
 from nestgen.checkpoint import save_checkpoint
@@ -49,7 +50,9 @@ def train_local(cfg: NestgenConfig, out: str, progress: bool = True):
 
 
 def sample_grid(model, cfg: NestgenConfig, d: DecodeConfig, out: str, num: int = 40,
-                class_label: int | None = None, seed: int = 0) -> dict:
+                class_label: int | None = None, seed: int = 0, tokenizer=None) -> dict:
+    """Decode `num` samples (classes cycled, or one class) and write them as one PNG grid;
+    `tokenizer` decodes tokens to pixels (None: the raw digits' gray levels)."""
     if class_label is not None and not 0 <= class_label < cfg.model.num_classes:
         raise ValueError(f"class {class_label} is out of range [0, {cfg.model.num_classes})")
     labels = (torch.full((num,), class_label) if class_label is not None
@@ -57,11 +60,11 @@ def sample_grid(model, cfg: NestgenConfig, d: DecodeConfig, out: str, num: int =
     t0 = time.perf_counter()
     res = decode(model, labels, d, seeds=range(seed, seed + num))
     seconds = time.perf_counter() - t0
-    if cfg.data.source != "digits":
-        raise ValueError("`nestgen sample` renders digits-token models; tokenizer-based models are "
-                         "sampled by `nestgen evaluate` / the Serve app")
-    images = tokens_to_pixels(res.tokens, cfg.model.grid)
-    save_png(out, make_grid(images, nrow=max(1, min(num, cfg.model.num_classes or 8)), scale=4))
+    images = tokens_to_pixels(res.tokens, cfg.model.grid, tokenizer)
+    if images.ndim == 5 or (images.ndim == 4 and images.shape[-1] not in (1, 3)):   # clips
+        images = np.concatenate(list(np.moveaxis(images, 1, 0)), axis=2)
+    save_png(out, make_grid(images, nrow=max(1, min(num, cfg.model.num_classes or 8)),
+                            scale=4 if tokenizer is None else 2))
     return {"out": out, "schedule": str(res.schedule), "cache": str(res.cache), "num": num,
             "gflops_per_sample": decode_flops(cfg.model, d).gflops,
             "seconds_per_sample": seconds / num}

@@ -59,3 +59,21 @@ def remove_tree(url: str) -> None:
 def protocol_prefix(url: str) -> str:
     """'gs://' for gs://b/x, '' for local paths: to turn fs paths back into URLs."""
     return url.split("://", 1)[0] + "://" if "://" in url else ""
+
+
+LATEST = "LATEST"
+
+
+def resolve_checkpoint(url: str) -> str:
+    """A checkpoint file URL as given, or, for an output folder, the file its LATEST names."""
+    fs, path = url_to_fs(url)
+    if fs.isdir(path):
+        pointer = join(url, LATEST)
+        if not fs.exists(url_to_fs(pointer)[1]):
+            raise FileNotFoundError(f"{url} is a folder without a {LATEST} file: no finished run wrote it")
+        return read_bytes(pointer).decode().strip()
+    return url
+
+
+def write_latest(output_url: str, checkpoint_url: str) -> None:
+    write_bytes_atomic(join(output_url, LATEST), checkpoint_url.encode())

@@ -28,7 +28,8 @@ from nestgen.configschema import to_dict
 from nestgen.data.media import ClipSpec, MediaError, load_image, load_video_clips
 from nestgen.data.raw_files import list_raw_files
 from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
-from nestgen.storage import exists, join, protocol_prefix, read_bytes, remove_tree, url_to_fs, write_json_atomic
+from nestgen.storage import (exists, join, protocol_prefix, read_bytes, remove_tree, resolve_checkpoint, url_to_fs,
+                             write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str,
     from pipelines.arrow_fs import arrow_filesystem
 
     cfg = cfg or TokenizeConfig()
+    tokenizer_url = resolve_checkpoint(tokenizer_url)      # pin the file a folder's LATEST names
     tok = load_tokenizer(tokenizer_url)
     tok_hash = tokenizer_hash(tok)
     items, unusable, label_map = list_raw_files(input_url)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nestgen.checkpoint import read_checkpoint, save_checkpoint
+from nestgen.checkpoint import load_model, read_checkpoint, save_checkpoint
 from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
+from nestgen.storage import write_latest
 from pipelines.train_common import (CKPT_FILE, Reporter, checkpoint_url, maybe_fail, mlflow_run,
                                     torch_trainer)
 
@@ -53,6 +54,9 @@ def train_loop_per_worker(config: dict) -> None:
     def save(path: str) -> None:
         save_checkpoint(path, cfg, trainer.core, **trainer.state(), tokenizer_hash=config.get("tokenizer_hash"))
 
+    grid_every = cfg.mlflow.sample_grid_every
+    tokenizer = _tokenizer(cfg, config.get("manifest")) if grid_every and reporter.mlflow else None
+
     while trainer.step < tcfg.steps:
         for batch in shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=torch.long,
                                               local_shuffle_buffer_size=scfg.shuffle_buffer or None):
@@ -60,6 +64,9 @@ def train_loop_per_worker(config: dict) -> None:
             m = trainer.train_step(batch["tokens"], batch["label"])
             done = trainer.step >= tcfg.steps
             reporter.step(trainer.step, m, done, save, start_step=start_step)
+            if grid_every and reporter.mlflow and trainer.step % grid_every == 0 and not done:
+                log_sample_grid(reporter.mlflow, reporter.run_id, trainer.eval_model(), cfg, tokenizer,
+                                name=f"samples_by_nested_size_step{trainer.step:08d}.png")
             if done:
                 break
 
@@ -72,31 +79,33 @@ class TrainResult:
     start_step: int
 
 
-def log_sample_grid(client, run_id: str, cfg: NestgenConfig, checkpoint_url: str, manifest: dict | None,
+def log_sample_grid(client, run_id: str, model, cfg: NestgenConfig, tokenizer=None,
                     name: str = "samples_by_nested_size.png") -> None:
     """One row of class-conditional samples per nested size (schedule FxK, no cache)."""
     from dataclasses import replace
 
-    from nestgen.checkpoint import load_model
     from nestgen.decoding.maskgit import decode
     from nestgen.images import png_bytes
     from nestgen.render import sample_sheet, tokens_to_pixels
-    model, mcfg = load_model(checkpoint_url)
-    tok = None
-    if manifest:
-        from nestgen.tokenizers import load_tokenizer
-        tok = load_tokenizer(manifest["tokenizer"]["url"])
-    n = max(1, min(10, mcfg.model.num_classes))
+    device = next(model.parameters()).device
+    n = max(1, min(10, cfg.model.num_classes))
     rows = []
-    for f in sorted(mcfg.model.nest_factors):
-        d = replace(mcfg.decode, schedule=f"{f}x{mcfg.decode.steps}", cache="none")
-        tokens = decode(model, torch.arange(n), d, seeds=range(n)).tokens
-        rows.append(tokens_to_pixels(tokens, mcfg.model.grid, tok))
+    for f in sorted(cfg.model.nest_factors):
+        d = replace(cfg.decode, schedule=f"{f}x{cfg.decode.steps}", cache="none")
+        tokens = decode(model, torch.arange(n, device=device), d, seeds=range(n)).tokens
+        rows.append(tokens_to_pixels(tokens.cpu(), cfg.model.grid, tokenizer))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, name)
         with open(path, "wb") as f:
-            f.write(png_bytes(sample_sheet(rows, scale=4 if tok is None else 2)))
+            f.write(png_bytes(sample_sheet(rows, scale=4 if tokenizer is None else 2)))
         client.log_artifact(run_id, path)
+
+
+def _tokenizer(cfg: NestgenConfig, manifest: dict | None):
+    if not manifest:
+        return None
+    from nestgen.data.shards import shard_tokenizer
+    return shard_tokenizer(cfg.data.url, manifest["tokenizer"]["hash"])
 
 
 def fit(cfg: NestgenConfig, output_url: str, fault_injection: dict | None = None) -> TrainResult:
@@ -110,13 +119,15 @@ def fit(cfg: NestgenConfig, output_url: str, fault_injection: dict | None = None
     try:
         trainer = torch_trainer(train_loop_per_worker, cfg, output_url, f"train-{cfg.name}", {"train": ds}, {
             "cfg": config_to_dict(cfg), "mlflow_uri": cfg.mlflow.resolved_uri(), "run_id": run_id,
-            "fault_injection": fault_injection,
+            "fault_injection": fault_injection, "manifest": manifest,
             "tokenizer_hash": manifest["tokenizer"]["hash"] if manifest else None})
         result = trainer.fit()
         ckpt_url = checkpoint_url(output_url, result)
         client.set_tag(run_id, "checkpoint_uri", ckpt_url)
+        write_latest(output_url, ckpt_url)
         client.set_tag(run_id, "final_step", str(result.metrics.get("step")))
-        log_sample_grid(client, run_id, cfg, ckpt_url, manifest)
+        model, _ = load_model(ckpt_url)
+        log_sample_grid(client, run_id, model, cfg, _tokenizer(cfg, manifest))
         client.set_terminated(run_id, "FINISHED")
         return TrainResult(ckpt_url, dict(result.metrics), run_id, int(result.metrics.get("start_step", 0)))
     except BaseException:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
+from nestgen.storage import write_latest
 from pipelines.train_common import CKPT_FILE, Reporter, checkpoint_url, maybe_fail, mlflow_run, torch_trainer
 
 
@@ -109,6 +110,7 @@ def fit_tokenizer(cfg: NestgenConfig, data_url: str, output_url: str, split: str
         url = checkpoint_url(output_url, result)
         h = tokenizer_hash(load_tokenizer(url))
         client.set_tag(run_id, "checkpoint_uri", url)
+        write_latest(output_url, url)
         client.set_tag(run_id, "tokenizer_hash", h)
         client.set_terminated(run_id, "FINISHED")
         return TokenizerTrainResult(url, dict(result.metrics), run_id, h)

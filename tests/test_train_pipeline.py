@@ -10,7 +10,7 @@ from pipelines.train import fit
 pytestmark = pytest.mark.timeout(900)
 
 
-def _cfg(shards, steps, tracking_uri="", name="t", **scaling):
+def _cfg(shards, steps, tracking_uri="", name="t", grid_every=0, **scaling):
     return config_from_dict({
         "name": name,
         "model": {"vocab_size": 32, "grid": [4, 4], "num_classes": 10, "width": 64, "depth": 2, "heads": 8},
@@ -18,16 +18,17 @@ def _cfg(shards, steps, tracking_uri="", name="t", **scaling):
         "data": {"source": "shards", "url": str(shards)},
         "scaling": {"num_workers": 2, "checkpoint_every": 10, "max_failures": 2, "shuffle_buffer": 256,
                     **scaling},
-        "mlflow": {"tracking_uri": tracking_uri, "experiment": "test-train"},
+        "mlflow": {"tracking_uri": tracking_uri, "experiment": "test-train", "sample_grid_every": grid_every},
     })
 
 
 def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(digit_shards, mlflow_server, tmp_path):
-    cfg = _cfg(digit_shards, steps=40, tracking_uri=mlflow_server, name="two")
+    cfg = _cfg(digit_shards, steps=40, tracking_uri=mlflow_server, name="two", grid_every=20)
     res = fit(cfg, str(tmp_path / "out"))
     assert res.metrics["step"] == 40 and res.start_step == 0
     ckpt = read_checkpoint(res.checkpoint_url)
     assert ckpt["step"] == 40 and ckpt["tokenizer_hash"]
+    assert read_checkpoint(str(tmp_path / "out"))["step"] == 40       # the output folder's LATEST
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(res.run_id)
@@ -43,6 +44,7 @@ def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(digit_shards, mlf
         assert client.get_metric_history(res.run_id, key)
     arts = [a.path for a in client.list_artifacts(res.run_id)]
     assert "samples_by_nested_size.png" in arts
+    assert "samples_by_nested_size_step00000020.png" in arts                    # periodic grid
 
 
 def test_worker_failure_resumes_from_checkpoint_with_exact_steps(digit_shards, tmp_path):
@@ -54,6 +56,16 @@ def test_worker_failure_resumes_from_checkpoint_with_exact_steps(digit_shards, t
     assert res.start_step == 10
     ckpt = read_checkpoint(res.checkpoint_url)
     assert ckpt["step"] == 20 and ckpt["scheduler"]["last_epoch"] == 20    # 20 optimizer steps, no more
+
+
+def test_run_that_keeps_failing_ends_failed_in_mlflow(digit_shards, tmp_path):
+    cfg = _cfg(digit_shards, steps=20, name="doomed", max_failures=0)
+    with pytest.raises(Exception, match="injected failure"):
+        fit(cfg, str(tmp_path / "out"), fault_injection={"step": 3, "flag": str(tmp_path / "flag")})
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("test-train").experiment_id],
+        filter_string="attributes.run_name = 'train-doomed'")
+    assert [r.info.status for r in runs] == ["FAILED"]
 
 
 def test_second_fit_with_same_output_continues(digit_shards, tmp_path):
@@ -84,6 +96,7 @@ def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, t
     assert flag.exists() and res.metrics["step"] == 60 and res.metrics["start_step"] == 30
     tok = load_tokenizer(res.checkpoint_url)
     assert tokenizer_hash(tok) == res.tokenizer_hash
+    assert tokenizer_hash(load_tokenizer(str(tmp_path / "out"))) == res.tokenizer_hash   # via LATEST
     images, _, _ = read_image_folder(str(digits_png), "val")
     px = images_to_pixels(images)
     ev = evaluate_tokenizer(tok, px)

@@ -75,3 +75,18 @@ def load_split_tokens(url: str, split: str = "train") -> tuple[torch.Tensor, tor
     tokens = torch.from_numpy(flat.reshape(-1, n_tok).astype("int64"))
     labels = torch.from_numpy(t.column("label").to_numpy().astype("int64"))
     return tokens, labels, m
+
+
+def shard_tokenizer(url: str, expected_hash: str | None = None, device="cpu"):
+    """The tokenizer that made a shard set's tokens (to decode generated tokens to pixels).
+
+    With `expected_hash` (a generator checkpoint's tokenizer_hash) a different tokenizer
+    is an error: tokens are never decoded with another tokenizer than the one they came from."""
+    from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+    m = read_manifest(url)
+    tok = load_tokenizer(m["tokenizer"]["url"], device)
+    got = tokenizer_hash(tok)
+    if expected_hash and got != expected_hash:
+        raise ValueError(f"the tokenizer of {url} has hash {got}, but the model was trained on tokens of "
+                         f"tokenizer {expected_hash}")
+    return tok

@@ -16,13 +16,12 @@ import io
 import json
 from typing import Any
 
-import fsspec
 import torch
 
 from nestgen.configschema import from_dict, to_dict
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.tokenizers.model import VQTokenizer
-from nestgen.storage import write_bytes_atomic
+from nestgen.storage import read_bytes, resolve_checkpoint, write_bytes_atomic
 
 FORMAT = "nestgen-tokenizer/1"
 HASH_CHARS = 16
@@ -56,8 +55,9 @@ def save_tokenizer(url: str, model: VQTokenizer, **extra: Any) -> str:
 
 
 def read_tokenizer_checkpoint(url: str) -> dict:
-    with fsspec.open(url, "rb") as f:
-        ckpt = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+    """`url`: a tokenizer checkpoint file, or a training output folder (its LATEST)."""
+    url = resolve_checkpoint(url)
+    ckpt = torch.load(io.BytesIO(read_bytes(url)), map_location="cpu", weights_only=False)
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"{url} is not a tokenizer checkpoint (format {ckpt.get('format')!r})")
     return ckpt
