@@ -137,7 +137,7 @@ def tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str,
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 200)))
     ds = ds.map_batches(
         TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "spec": spec},
-        batch_size=cfg.batch_size, batch_format="numpy", concurrency=cfg.concurrency,
+        batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
         num_gpus=cfg.gpus_per_actor if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
     ).materialize()
 

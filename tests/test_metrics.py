@@ -235,7 +235,8 @@ def test_fid_and_is_through_torchscript_file(tmp_path, monkeypatch):
     # reference from an .npz file: source and hash recorded
     save_stats(str(tmp_path / "ref.npz"), ref)
     from_file = compute_fid(net, fake, str(tmp_path / "ref.npz"))
-    assert from_file.value == pytest.approx(res.value, rel=1e-12)
+    # The .npz round trip is exact; the features are recomputed, which on CUDA varies at ~1e-9.
+    assert from_file.value == pytest.approx(res.value, rel=1e-6)
     assert from_file.protocol["reference"]["source"].endswith("ref.npz")
     # grayscale is repeated to RGB, like StyleGAN2-ADA
     gray = fake[..., 0]

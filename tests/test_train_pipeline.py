@@ -103,3 +103,12 @@ def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, t
     mean_image_psnr = psnr_from_mse(float(((px - px.mean(0, keepdim=True)) ** 2).mean()))
     assert ev["psnr"] > mean_image_psnr + 2.0 and ev["usage"] > 0.3, (ev, mean_image_psnr)
     assert MlflowClient().get_run(res.run_id).info.status == "FINISHED"
+
+
+def test_checkpoints_on_gcs_emulator(digit_shards, gcs_emulator):
+    """Checkpoints and the LATEST pointer on gs:// (a real GCS emulator on 127.0.0.1)."""
+    out = f"gs://{gcs_emulator}/train-out"
+    res = fit(_cfg(digit_shards, steps=10, name="gcs"), out)
+    assert res.checkpoint_url.startswith(f"{out}/") and res.checkpoint_url.endswith("/checkpoint.pt")
+    assert read_checkpoint(res.checkpoint_url)["step"] == 10
+    assert read_checkpoint(out)["step"] == 10
