@@ -70,11 +70,18 @@ def sample_grid(model, cfg: NestgenConfig, d: DecodeConfig, out: str, num: int =
             "seconds_per_sample": seconds / num}
 
 
-def run_demo(cfg: NestgenConfig, out: str) -> dict:
-    """Train on digits, then sample the baseline and the MaGNeTS schedules side by side."""
+DEMO_VARIANTS = [("baseline", "none"), ("baseline", "on_switch"), ("magnets", "none"),
+                 ("magnets", "on_switch"), ("magnets-lite", "on_switch"), ("large-first", "none")]
+
+
+def run_demo(cfg: NestgenConfig, out: str, eval_samples: int = 500) -> dict:
+    """Train on digits, write sample grids of the baseline and MaGNeTS, and score every
+    variant's quality (fd_digits, digits_accuracy) against its GFLOPs."""
     from dataclasses import replace
-    ckpt, history = train_local(cfg, out)
+
     from nestgen.checkpoint import load_model
+    from nestgen.evaluation import Variant, digits_quality, evaluate_variants, pareto_front, results_table
+    ckpt, history = train_local(cfg, out)
     model, cfg = load_model(ckpt)
     variants = {"baseline": replace(cfg.decode, schedule="baseline", steps=12, cache="none"),
                 "magnets": replace(cfg.decode, schedule="magnets", steps=12, cache="none"),
@@ -84,7 +91,15 @@ def run_demo(cfg: NestgenConfig, out: str) -> dict:
     base = samples["baseline"]["gflops_per_sample"]
     for s in samples.values():
         s["gflops_saving"] = base / s["gflops_per_sample"]
+    results = evaluate_variants(model, cfg, [Variant(s, c) for s, c in DEMO_VARIANTS], eval_samples,
+                                digits_quality(cfg.data.holdout_fraction, cfg.data.seed))
+    print(results_table(results, "fd_digits"))
+    front = pareto_front([r.gflops_per_sample for r in results], [r.metrics["fd_digits"] for r in results])
+    evaluation = [{"variant": r.variant.name, "schedule": r.schedule, "cache": r.variant.cache,
+                   "gflops_per_sample": r.gflops_per_sample, "seconds_per_sample": r.seconds_per_sample,
+                   "gflops_saving": results[0].gflops_per_sample / r.gflops_per_sample, "pareto": f, **r.metrics}
+                  for r, f in zip(results, front)]
     summary = {"checkpoint": ckpt, "final_losses": {k: v for k, v in history[-1].items() if k.startswith("loss/")},
-               "samples": samples}
+               "samples": samples, "evaluation": {"num_samples": eval_samples, "variants": evaluation}}
     _write_json(f"{out.rstrip('/')}/summary.json", summary)
     return summary
