@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import io
 
-import fsspec
 import numpy as np
 from PIL import Image
+
+from nestgen.storage import write_bytes_atomic
 
 
 def make_grid(images: np.ndarray, nrow: int, scale: int = 1, pad: int = 1) -> np.ndarray:
@@ -29,10 +30,4 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def save_png(url: str, image: np.ndarray) -> str:
-    fs, path = fsspec.core.url_to_fs(url)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as f:
-        f.write(png_bytes(image))
-    return url
+    return write_bytes_atomic(url, png_bytes(image))

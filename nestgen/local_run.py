@@ -5,10 +5,8 @@ checkpoints; this module only wires them for `nestgen train|sample|demo`.
 """
 from __future__ import annotations
 
-import json
 import time
 
-import fsspec
 import numpy as np
 import torch
 
@@ -18,6 +16,7 @@ from nestgen.decoding.maskgit import decode
 from nestgen.flops import decode_flops
 from nestgen.images import make_grid, save_png
 from nestgen.render import tokens_to_pixels
+from nestgen.storage import url_to_fs, write_json_atomic
 from nestgen.training.loop import train_on_tokens
 
 
@@ -33,19 +32,14 @@ def load_tokens(cfg: NestgenConfig):
                      "not by the single-process loader")
 
 
-def _write_json(url: str, obj) -> None:
-    with fsspec.open(url, "w") as f:
-        json.dump(obj, f, indent=1)
-
-
 def train_local(cfg: NestgenConfig, out: str, progress: bool = True):
     (tokens, labels), _ = load_tokens(cfg)
-    fs, path = fsspec.core.url_to_fs(out)
+    fs, path = url_to_fs(out)
     fs.makedirs(path, exist_ok=True)
     trainer, history = train_on_tokens(cfg, tokens, labels, progress=progress)
     ckpt = save_checkpoint(f"{out.rstrip('/')}/checkpoint.pt", cfg, trainer.core, **trainer.state())
-    _write_json(f"{out.rstrip('/')}/history.json", history)
-    _write_json(f"{out.rstrip('/')}/config.json", config_to_dict(cfg))
+    write_json_atomic(f"{out.rstrip('/')}/history.json", history)
+    write_json_atomic(f"{out.rstrip('/')}/config.json", config_to_dict(cfg))
     return ckpt, history
 
 
@@ -101,5 +95,5 @@ def run_demo(cfg: NestgenConfig, out: str, eval_samples: int = 500) -> dict:
                   for r, f in zip(results, front)]
     summary = {"checkpoint": ckpt, "final_losses": {k: v for k, v in history[-1].items() if k.startswith("loss/")},
                "samples": samples, "evaluation": {"num_samples": eval_samples, "variants": evaluation}}
-    _write_json(f"{out.rstrip('/')}/summary.json", summary)
+    write_json_atomic(f"{out.rstrip('/')}/summary.json", summary)
     return summary

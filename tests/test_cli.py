@@ -65,3 +65,17 @@ def test_data_tokenizer_train_and_tokenize_commands(tmp_path):
     summary = json.loads(res.stdout)
     assert summary["splits"]["train"]["rows"] == info["val"]    # <class>/<file> layout: one split
     assert summary["grid_shape"] == [4, 4] and summary["failed"] == 0
+
+
+def test_demo_writes_grids_and_quality_table(tmp_path):
+    out = tmp_path / "demo"
+    nestgen("demo", "configs/digits.yaml", "--set", "train.steps=10", "--set", "model.width=32",
+            "--set", "train.log_every=5", "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert {p.name for p in out.glob("samples_*.png")} == {
+        "samples_baseline.png", "samples_magnets.png", "samples_magnets-cached.png"}
+    rows = summary["evaluation"]["variants"]
+    assert [r["schedule"] for r in rows][:4] == ["1x12", "1x12", "8x3,4x3,2x3,1x3", "8x3,4x3,2x3,1x3"]
+    assert rows[0]["gflops_saving"] == 1.0 and rows[3]["gflops_saving"] > 4
+    assert all({"fd_digits", "digits_accuracy", "pareto", "seconds_per_sample"} <= set(r) for r in rows)
+    assert any(r["pareto"] for r in rows)
