@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -23,8 +22,6 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
 
 
 def _decode_cfg(base, args):
-    from dataclasses import replace
-
     from nestgen.configschema import from_dict, to_dict
     from nestgen.config import DecodeConfig
     d = to_dict(base)
@@ -35,7 +32,7 @@ def _decode_cfg(base, args):
     if args.schedule is not None and args.steps is None:
         from nestgen.decoding.schedule import resolve_schedule
         d["steps"] = resolve_schedule(args.schedule).steps
-    return replace(from_dict(DecodeConfig, d, "decode"))
+    return from_dict(DecodeConfig, d, "decode")
 
 
 def cmd_validate(args) -> int:

@@ -12,7 +12,6 @@ whose optimizer/scheduler/step state makes the step count exact.
 """
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -24,9 +23,6 @@ from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
 from nestgen.storage import write_latest
 from pipelines.train_common import (CKPT_FILE, Reporter, checkpoint_url, maybe_fail, mlflow_run,
                                     torch_trainer)
-
-log = logging.getLogger(__name__)
-
 
 def train_loop_per_worker(config: dict) -> None:
     import ray.train

@@ -1,5 +1,4 @@
 """The Ray tokenization step end to end: real files -> Ray Data -> Parquet shards + manifest."""
-import io
 import shutil
 
 import numpy as np

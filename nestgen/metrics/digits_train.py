@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
@@ -56,6 +56,24 @@ def predict(net, data, batch_size: int = 256) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+def _fit(net, n: int, epochs: int, batch_size: int, lr: float, gen: torch.Generator,
+         batch_loss: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """AdamW + one-cycle LR over `epochs` shuffled passes; `batch_loss(indices)` -> loss."""
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            loss = batch_loss(perm[i:i + batch_size])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+
+
 def train_digit_classifier(epochs: int = 15, seed: int = 0, holdout_fraction: float = 0.1,
                            data_seed: int = 0, size: int = 16, batch_size: int = 64,
                            lr: float = 2e-3, augment: bool = True, device: str = "cpu"
@@ -69,21 +87,12 @@ def train_digit_classifier(epochs: int = 15, seed: int = 0, holdout_fraction: fl
     gen = torch.Generator().manual_seed(seed)
     x = net.preprocess(tr_x).cpu()
     y = torch.from_numpy(tr_y).long()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            xb = _augment(x[idx], gen) if augment else x[idx]
-            loss = F.cross_entropy(net(xb.to(device)), y[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        xb = _augment(x[idx], gen) if augment else x[idx]
+        return F.cross_entropy(net(xb.to(device)), y[idx].to(device))
+
+    _fit(net, len(x), epochs, batch_size, lr, gen, batch_loss)
     info = {
         "kind": net.kind, "config": dict(net.config), "seed": seed, "epochs": epochs,
         "trained_on": f"sklearn digits train split (holdout_fraction={holdout_fraction}, seed={data_seed})",
@@ -118,31 +127,19 @@ def train_clip_classifier(clips: np.ndarray, labels: np.ndarray, epochs: int = 6
     gen = torch.Generator().manual_seed(seed)
     x = torch.cat([net.preprocess(clips[i:i + 256]).cpu() for i in range(0, len(clips), 256)])
     y = torch.as_tensor(np.asarray(labels)).long()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            if order_task:
-                # negatives: frame-shuffled copies of half the batch (1.5x the cost, not 2x)
-                neg = _shuffle_frames(x[idx[: (len(idx) + 1) // 2]], gen).to(device)
-                both = torch.cat([xb, neg])
-                feats = F.relu(net.features(both))
-                n = len(idx)
-                order_y = torch.cat([torch.ones(n), torch.zeros(len(neg))]).long().to(device)
-                loss = F.cross_entropy(net.head(feats[:n]), yb) + \
-                    F.cross_entropy(net.order_head(feats), order_y)
-            else:
-                loss = F.cross_entropy(net(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        if not order_task:
+            return F.cross_entropy(net(xb), yb)
+        # negatives: frame-shuffled copies of half the batch (1.5x the cost, not 2x)
+        neg = _shuffle_frames(x[idx[: (len(idx) + 1) // 2]], gen).to(device)
+        feats = F.relu(net.features(torch.cat([xb, neg])))
+        n = len(idx)
+        order_y = torch.cat([torch.ones(n), torch.zeros(len(neg))]).long().to(device)
+        return F.cross_entropy(net.head(feats[:n]), yb) + F.cross_entropy(net.order_head(feats), order_y)
+
+    _fit(net, len(x), epochs, batch_size, lr, gen, batch_loss)
     info: dict[str, Any] = {
         "kind": net.kind, "config": dict(net.config), "seed": seed, "epochs": epochs,
         "order_task": order_task, "trained_on": f"{len(x)} clips of shape {tuple(clips.shape[1:])}",
