@@ -64,8 +64,29 @@ def protocol_prefix(url: str) -> str:
 LATEST = "LATEST"
 
 
+MLFLOW_RUN_SCHEMES = ("runs:/", "mlflow-run:")
+
+
+def mlflow_run_checkpoint(uri: str, tracking_uri: str | None = None) -> str:
+    """The `checkpoint_uri` tag of a training run named as runs:/<run_id> or mlflow-run:<run_id>
+    (MLflow from tracking_uri, else $MLFLOW_TRACKING_URI / ./mlflow.db)."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+    run_id = uri.split(":", 1)[1].lstrip("/").split("/", 1)[0]
+    client = MlflowClient(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                          or f"sqlite:///{os.path.abspath('mlflow.db')}")
+    tags = client.get_run(run_id).data.tags
+    if "checkpoint_uri" not in tags:
+        raise FileNotFoundError(f"MLflow run {run_id} has no checkpoint_uri tag: it is not a finished training run")
+    return tags["checkpoint_uri"]
+
+
 def resolve_checkpoint(url: str) -> str:
-    """A checkpoint file URL as given, or, for an output folder, the file its LATEST names."""
+    """A checkpoint file URL as given; for an output folder, the file its LATEST names; for an
+    MLflow run (runs:/<id>, mlflow-run:<id>), the checkpoint its training tagged."""
+    if url.startswith(MLFLOW_RUN_SCHEMES):
+        return resolve_checkpoint(mlflow_run_checkpoint(url))
     fs, path = url_to_fs(url)
     if fs.isdir(path):
         pointer = join(url, LATEST)
