@@ -31,3 +31,19 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def save_png(url: str, image: np.ndarray) -> str:
     return write_bytes_atomic(url, png_bytes(image))
+
+
+def video_grid(clips: np.ndarray, nrow: int, scale: int = 1) -> np.ndarray:
+    """(B, T, H, W[, C]) uint8 clips -> (T, rows*H', nrow*W'[, C]) frames of a grid of clips,
+    padded to even sizes (H.264's yuv420p needs them)."""
+    frames = np.stack([make_grid(clips[:, t], nrow=nrow, scale=scale) for t in range(clips.shape[1])])
+    pad = [(0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2)] + [(0, 0)] * (frames.ndim - 3)
+    return np.pad(frames, pad)
+
+
+def gif_bytes(frames: np.ndarray, fps: float = 8) -> bytes:
+    """(T, H, W[, C]) uint8 frames -> a looping GIF (for viewers without H.264)."""
+    imgs = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
