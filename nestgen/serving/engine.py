@@ -1,0 +1,181 @@
+"""One replica's generator: the checkpoint and its tokenizer, loaded once, answering batches.
+
+`Engine` is what a Ray Serve replica holds (pipelines/serve.py), and it works the same in a
+plain process: resolve() turns a request into a Job (or a RequestError), run() decodes one
+batch of Jobs, grouped by decode settings, and encodes every request's response.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from nestgen.checkpoint import model_from_checkpoint, read_checkpoint
+from nestgen.config import DecodeConfig, ServeConfig
+from nestgen.configschema import to_dict
+from nestgen.decoding.maskgit import decode
+from nestgen.decoding.schedule import presets_for
+from nestgen.device import resolve_device
+from nestgen.flops import decode_flops
+from nestgen.render import tokens_to_pixels
+from nestgen.serving.auto import LatencyModel, calibrate, choose_preset, timer
+from nestgen.serving.batching import group_jobs, row_slices
+from nestgen.serving.conditioning import condition_tokens
+from nestgen.serving.encode import encode_sample
+from nestgen.serving.errors import RequestError
+from nestgen.serving.job import Job, rows_of
+from nestgen.serving.request import GenerateRequest
+from nestgen.serving.resolve import ModelSpec, resolve_request
+from nestgen.storage import resolve_checkpoint
+
+
+def _load_tokenizer(cfg: ServeConfig, model_cfg, ckpt: dict, device):
+    """(tokenizer or None, its URL): the configured one, else the one that made the
+    checkpoint's training shards. A tokenizer whose hash differs from the one the model was
+    trained on is refused: its ids would mean other pixels."""
+    from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+    expected = ckpt.get("tokenizer_hash")
+    if cfg.tokenizer:
+        tok = load_tokenizer(cfg.tokenizer, device)
+        if expected and tokenizer_hash(tok) != expected:
+            raise ValueError(f"serve.tokenizer {cfg.tokenizer} has hash {tokenizer_hash(tok)}, but the "
+                             f"checkpoint was trained on tokens of tokenizer {expected}")
+        return tok, cfg.tokenizer
+    if model_cfg.data.source == "shards":
+        from nestgen.data.shards import read_manifest, shard_tokenizer
+        return shard_tokenizer(model_cfg.data.url, expected, device), read_manifest(model_cfg.data.url)["tokenizer"]["url"]
+    return None, ""
+
+
+def _formats(model_cfg, tokenizer) -> tuple[str, ...]:
+    """Formats this model can answer in, the default first."""
+    from nestgen.data.digits import DIGITS_GRID, DIGITS_VOCAB
+    video = len(model_cfg.model.grid) == 3
+    raw_digits = (tokenizer is None and model_cfg.data.source == "digits" and not video
+                  and model_cfg.model.vocab_size == DIGITS_VOCAB and list(model_cfg.model.grid) == list(DIGITS_GRID))
+    if tokenizer is None and not raw_digits:
+        return ("tokens",)
+    return ("mp4", "png", "tokens") if video else ("png", "tokens")
+
+
+class Engine:
+    def __init__(self, cfg: ServeConfig, device: str | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(device or cfg.device)
+        self.checkpoint_url = resolve_checkpoint(cfg.checkpoint, cfg.mlflow_tracking_uri or None)
+        ckpt = read_checkpoint(self.checkpoint_url)
+        self.model, self.model_cfg = model_from_checkpoint(ckpt, self.device)
+        self.tokenizer, self.tokenizer_url = _load_tokenizer(cfg, self.model_cfg, ckpt, self.device)
+        self.tokenizer_hash = ckpt.get("tokenizer_hash")
+        if self.tokenizer is not None and not self.tokenizer_hash:
+            from nestgen.tokenizers import tokenizer_hash
+            self.tokenizer_hash = tokenizer_hash(self.tokenizer)
+        m = self.model_cfg
+        self.spec = ModelSpec(model=m.model, decode=m.decode, cond_tokens=m.train.cond_tokens,
+                              formats=_formats(m, self.tokenizer), max_samples=cfg.max_samples_per_request)
+        self.presets = presets_for(m.model.nest_factors)
+        self.auto_presets = [p for p in cfg.auto_presets if p in self.presets]
+        self.queue_rows = 0     # rows admitted and not yet answered (the replica's queue depth)
+        self.latency: LatencyModel | None = None
+        if self.auto_presets:
+            self.latency = calibrate(self.auto_presets, self._time_preset, cfg.max_batch_size)
+
+    # ---- requests -> jobs
+    def _decode_cfg(self, preset: str) -> DecodeConfig:
+        s = self.presets[preset]
+        return replace(self.model_cfg.decode, schedule=str(s), steps=s.steps)
+
+    def _time_preset(self, preset: str, rows: int) -> float:
+        labels = torch.zeros(rows, dtype=torch.long)
+        d = self._decode_cfg(preset)
+
+        def once():
+            decode(self.model, labels, d, seeds=range(rows))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        return timer(once)
+
+    def choose_auto(self, rows: int) -> tuple[str, dict]:
+        return choose_preset(self.auto_presets, self.latency, self.queue_rows, rows, self.cfg.auto_latency_target_s)
+
+    def resolve(self, req: GenerateRequest) -> Job:
+        """The validated Job for `req`; RequestError (with its HTTP status) when refused.
+        Tokenizes the conditioning clip, if any: call it off the event loop."""
+        job = resolve_request(req, self.spec, self.choose_auto if self.latency else None)
+        if req.condition is not None:
+            if self.tokenizer is None:
+                raise RequestError("condition: this model has no tokenizer to encode frames with")
+            ids = condition_tokens(req.condition, self.tokenizer, self.spec.cond_tokens, list(self.spec.model.grid))
+            job.cond = ids.expand(job.rows, -1)
+        return job
+
+    # ---- one Serve batch
+    def run(self, jobs: list[Job]) -> list[dict | Exception]:
+        """Responses in the order of `jobs` (an Exception for a group whose decode failed,
+        so that one failure never takes the other requests of the batch with it)."""
+        out: list[dict | Exception] = [RuntimeError("not run")] * len(jobs)
+        for idxs in group_jobs(jobs):
+            try:
+                for i, resp in zip(idxs, self._run_group([jobs[i] for i in idxs])):
+                    out[i] = resp | {"batch_requests": len(jobs), "batch_rows": rows_of(jobs)}
+            except Exception as e:     # noqa: BLE001 - reported to those requests, replica lives on
+                for i in idxs:
+                    out[i] = e
+        return out
+
+    def _run_group(self, jobs: list[Job]) -> list[dict]:
+        d = jobs[0].decode
+        labels = torch.tensor([lab for j in jobs for lab in j.labels])
+        seeds = [s for j in jobs for s in j.seeds]
+        cond = None if jobs[0].cond is None else torch.cat([j.cond for j in jobs])
+        t0 = time.perf_counter()
+        tokens = decode(self.model, labels, d, seeds=seeds, cond=cond).tokens.cpu()
+        seconds = time.perf_counter() - t0
+        pixels = None
+        if any(j.format != "tokens" for j in jobs):
+            pixels = tokens_to_pixels(tokens, list(self.spec.model.grid), self.tokenizer)
+        n_cond = 0 if cond is None else cond.shape[1]
+        gflops = decode_flops(self.spec.model, d, n_cond).gflops
+        responses = []
+        for job, rows in zip(jobs, row_slices(jobs)):
+            samples = [{"seed": seed, **encode_sample(job.format, tokens[r], None if pixels is None else pixels[r],
+                                                     self.cfg.video_fps)}
+                       for seed, r in zip(job.seeds, range(rows.start, rows.stop))]
+            responses.append({
+                "samples": samples, "format": job.format, "class_label": job.labels[0],
+                "schedule": d.schedule, "schedule_name": job.schedule_name, "steps": d.steps, "cache": d.cache,
+                "guidance_scale": d.guidance_scale, "temperature": d.temperature,
+                "gflops_per_sample": gflops, "gflops": gflops * job.rows,
+                "batch_size": len(labels), "decode_seconds": seconds,
+                **({"auto": job.auto} if job.auto else {}),
+            })
+        return responses
+
+    # ---- read-only endpoints
+    def info(self) -> dict:
+        return {
+            "checkpoint": self.checkpoint_url, "kind": self.spec.kind, "formats": list(self.spec.formats),
+            "device": str(self.device), "params": self.model.num_params(),
+            "tokenizer": {"url": self.tokenizer_url, "hash": self.tokenizer_hash} if self.tokenizer else None,
+            "cond_tokens": self.spec.cond_tokens, "num_classes": self.spec.model.num_classes,
+            "config": {k: to_dict(getattr(self.model_cfg, k)) for k in ("model", "decode")} | {"name": self.model_cfg.name},
+            "limits": {k: getattr(self.cfg, k) for k in ("max_samples_per_request", "max_batch_size",
+                                                        "batch_wait_timeout_s", "max_body_bytes")},
+        }
+
+    def schedules(self) -> dict:
+        rows = []
+        for name, s in self.presets.items():
+            d = self._decode_cfg(name)
+            entry = {"name": name, "schedule": str(s), "steps": s.steps, "cache": d.cache,
+                     "gflops_per_sample": decode_flops(self.spec.model, d).gflops,
+                     "gflops_per_sample_no_cache": decode_flops(self.spec.model, replace(d, cache="none")).gflops}
+            if self.latency and name in self.auto_presets:
+                entry["seconds_per_batch_of_1"] = self.latency.batch_seconds(name, 1)
+                entry[f"seconds_per_batch_of_{self.cfg.max_batch_size}"] = self.latency.batch_seconds(
+                    name, self.cfg.max_batch_size)
+            rows.append(entry)
+        return {"default": self.model_cfg.decode.schedule, "presets": rows,
+                "auto": {"presets_best_first": self.auto_presets, "target_s": self.cfg.auto_latency_target_s}
+                if self.latency else None}

@@ -1,0 +1,90 @@
+"""Request -> Job: every check that depends on the served model and the service's limits.
+
+Each failure is a RequestError whose message says what was wrong and what is allowed, so a
+client can fix its request without reading the server's logs.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nestgen.config import DecodeConfig, ModelConfig
+from nestgen.configschema import ConfigError, from_dict, to_dict
+from nestgen.decoding.schedule import PRESETS, resolve_schedule
+from nestgen.serving.errors import RequestError
+from nestgen.serving.job import Job
+from nestgen.serving.request import GenerateRequest
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What request validation needs to know about the served model."""
+    model: ModelConfig
+    decode: DecodeConfig              # the checkpoint's decode settings: the request defaults
+    cond_tokens: int                  # leading tokens given for frame prediction (0: none)
+    formats: tuple[str, ...]          # formats this model can answer in
+    max_samples: int                  # serve.max_samples_per_request
+
+    @property
+    def kind(self) -> str:
+        return "video" if len(self.model.grid) == 3 else "image"
+
+    @property
+    def default_format(self) -> str:
+        return self.formats[0]
+
+
+def _labels(req: GenerateRequest, m: ModelConfig) -> list[int]:
+    if req.class_label is None:
+        return [m.null_class] * req.num_samples
+    if not 0 <= req.class_label < m.num_classes:
+        allowed = f"0..{m.num_classes - 1} or null" if m.num_classes else "only null (unconditional model)"
+        raise RequestError(f"class_label {req.class_label} is out of range: this model takes {allowed}")
+    return [req.class_label] * req.num_samples
+
+
+def _decode_config(req: GenerateRequest, spec: ModelSpec, schedule: str) -> DecodeConfig:
+    d = to_dict(spec.decode)
+    try:
+        sched = resolve_schedule(schedule, spec.model.nest_factors, req.steps)
+    except ValueError as e:
+        raise RequestError(f"schedule: {e}") from None
+    d.update(schedule=str(sched), steps=sched.steps)
+    for key in ("guidance_scale", "temperature", "cache"):
+        if getattr(req, key) is not None:
+            d[key] = getattr(req, key)
+    try:
+        return from_dict(DecodeConfig, d)
+    except ConfigError as e:
+        raise RequestError(str(e)) from None
+
+
+def resolve_request(req: GenerateRequest, spec: ModelSpec,
+                    choose_auto: Callable[[int], tuple[str, dict]] | None = None) -> Job:
+    """Validate `req` against the model; `choose_auto(rows)` picks the preset for "auto"
+    (None: auto is switched off). Conditioning tokens are attached later (they need the
+    tokenizer): here only whether the model takes them is checked."""
+    if req.num_samples > spec.max_samples:
+        raise RequestError(f"num_samples {req.num_samples} is above this service's cap of "
+                           f"{spec.max_samples} per request")
+    labels = _labels(req, spec.model)
+    fmt = req.format or spec.default_format
+    if fmt not in spec.formats:
+        raise RequestError(f"format {fmt!r} is not available for this {spec.kind} model; "
+                           f"choose one of {', '.join(spec.formats)}")
+    if req.condition is not None and spec.cond_tokens == 0:
+        raise RequestError("condition: this model was not trained for frame prediction "
+                           "(its train.cond_tokens is 0)")
+    name = (req.schedule or spec.decode.schedule).strip()
+    auto = None
+    if name == AUTO:
+        if choose_auto is None:
+            raise RequestError("schedule 'auto' is switched off on this service (serve.auto_presets is empty)")
+        if req.steps is not None:
+            raise RequestError("steps: leave it out with schedule 'auto' (each preset has its own)")
+        name, auto = choose_auto(req.num_samples)
+    d = _decode_config(req, spec, name)
+    return Job(labels=labels, seeds=[req.seed + i for i in range(req.num_samples)], decode=d,
+               schedule_name=name if name in PRESETS else "custom", format=fmt, auto=auto)
