@@ -64,19 +64,19 @@ def sample_grid(model, cfg: NestgenConfig, d: DecodeConfig, out: str, num: int =
             "seconds_per_sample": seconds / num}
 
 
-DEMO_VARIANTS = [("baseline", "none"), ("baseline", "on_switch"), ("magnets", "none"),
-                 ("magnets", "on_switch"), ("magnets-lite", "on_switch"), ("large-first", "none")]
-
-
-def run_demo(cfg: NestgenConfig, out: str, eval_samples: int = 500) -> dict:
-    """Train on digits, write sample grids of the baseline and MaGNeTS, and score every
-    variant's quality (fd_digits, digits_accuracy) against its GFLOPs."""
+def run_demo(cfg: NestgenConfig, out: str) -> dict:
+    """Train on digits, write sample grids of the baseline and MaGNeTS, then evaluate every
+    variant of cfg.evaluate (and the searched schedule) in this process: quality
+    (fd_digits, digits_accuracy) against GFLOPs, plot and summary under out/evaluation."""
     from dataclasses import replace
 
     from nestgen.checkpoint import load_model
-    from nestgen.evaluation import Variant, digits_quality, evaluate_variants, pareto_front, results_table
+    from nestgen.evaluation import build_quality_suite, load_eval_data, local_sampler, run_evaluation
+    from nestgen.evaluation.outputs import write_outputs
+    from nestgen.render import tokens_to_pixels
     ckpt, history = train_local(cfg, out)
-    model, cfg = load_model(ckpt)
+    model, trained_cfg = load_model(ckpt)
+    cfg = replace(trained_cfg, evaluate=cfg.evaluate)
     variants = {"baseline": replace(cfg.decode, schedule="baseline", steps=12, cache="none"),
                 "magnets": replace(cfg.decode, schedule="magnets", steps=12, cache="none"),
                 "magnets-cached": replace(cfg.decode, schedule="magnets", steps=12, cache="on_switch")}
@@ -85,15 +85,13 @@ def run_demo(cfg: NestgenConfig, out: str, eval_samples: int = 500) -> dict:
     base = samples["baseline"]["gflops_per_sample"]
     for s in samples.values():
         s["gflops_saving"] = base / s["gflops_per_sample"]
-    results = evaluate_variants(model, cfg, [Variant(s, c) for s, c in DEMO_VARIANTS], eval_samples,
-                                digits_quality(cfg.data.holdout_fraction, cfg.data.seed))
-    print(results_table(results, "fd_digits"))
-    front = pareto_front([r.gflops_per_sample for r in results], [r.metrics["fd_digits"] for r in results])
-    evaluation = [{"variant": r.variant.name, "schedule": r.schedule, "cache": r.variant.cache,
-                   "gflops_per_sample": r.gflops_per_sample, "seconds_per_sample": r.seconds_per_sample,
-                   "gflops_saving": results[0].gflops_per_sample / r.gflops_per_sample, "pareto": f, **r.metrics}
-                  for r, f in zip(results, front)]
+    data = load_eval_data(cfg)
+    render = lambda t: tokens_to_pixels(t, cfg.model.grid)  # noqa: E731
+    report = run_evaluation(cfg, local_sampler(model, cfg), build_quality_suite(cfg, data, render), data,
+                            render, checkpoint=ckpt)
+    print(report.table())
+    files = write_outputs(report, f"{out.rstrip('/')}/evaluation")
     summary = {"checkpoint": ckpt, "final_losses": {k: v for k, v in history[-1].items() if k.startswith("loss/")},
-               "samples": samples, "evaluation": {"num_samples": eval_samples, "variants": evaluation}}
+               "samples": samples, "evaluation": files["summary"]}
     write_json_atomic(f"{out.rstrip('/')}/summary.json", summary)
     return summary

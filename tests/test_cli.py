@@ -70,11 +70,16 @@ def test_data_tokenizer_train_and_tokenize_commands(tmp_path):
 def test_demo_writes_grids_and_quality_table(tmp_path):
     out = tmp_path / "demo"
     nestgen("demo", "configs/digits.yaml", "--set", "train.steps=10", "--set", "model.width=32",
-            "--set", "train.log_every=5", "--out", str(out))
-    summary = json.loads((out / "summary.json").read_text())
+            "--set", "train.log_every=5", "--set", "evaluate.num_samples=100", "--set", "evaluate.search.num_samples=40",
+            "--set", "evaluate.search.max_candidates=3", "--out", str(out))
+    assert json.loads((out / "summary.json").read_text())["evaluation"].endswith("summary.json")
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
     assert {p.name for p in out.glob("samples_*.png")} == {
         "samples_baseline.png", "samples_magnets.png", "samples_magnets-cached.png"}
-    rows = summary["evaluation"]["variants"]
+    assert (out / "evaluation" / "quality_vs_gflops.png").stat().st_size > 1000
+    rows = summary["variants"]
+    assert rows[-1]["label"] == "searched" and summary["search"]["chosen"]["schedule"] == rows[-1]["schedule"]
+    assert rows[-1]["gflops_per_sample"] <= summary["search"]["budget_gflops"]
     assert [r["schedule"] for r in rows][:4] == ["1x12", "1x12", "8x3,4x3,2x3,1x3", "8x3,4x3,2x3,1x3"]
     assert rows[0]["gflops_saving"] == 1.0 and rows[3]["gflops_saving"] > 4
     assert all({"fd_digits", "digits_accuracy", "pareto", "seconds_per_sample"} <= set(r) for r in rows)

@@ -1,20 +1,19 @@
-"""Quality against compute for decode variants (schedule x cache policy x guidance).
+"""Decode variants (schedule x cache policy x guidance) and sampling them with timing.
 
-For each variant: generate N class-conditional samples with fixed seeds, measure wall
-time per sample next to the analytic GFLOPs per sample, and score the samples with a
-quality function. The Ray evaluation step (pipelines) spreads this over workers; this
-module is the single-process core it reuses.
+Every variant decodes the same requests: sample i has label labels[i], seed `seed + i` and,
+for frame prediction, the conditioning tokens cond[i]. Samples are therefore comparable
+across variants and identical however the work is split into batches or workers.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import torch
 
-from nestgen.config import DecodeConfig, NestgenConfig
+from nestgen.config import DecodeConfig, EvaluateConfig, NestgenConfig
 from nestgen.decoding.maskgit import decode
 from nestgen.decoding.schedule import resolve_schedule
 from nestgen.flops import decode_flops
@@ -25,11 +24,12 @@ class Variant:
     schedule: str
     cache: str = "none"
     guidance_scale: float = 0.0
+    label: str = ""               # e.g. "searched": shown before the name
 
     @property
     def name(self) -> str:
         g = f" g{self.guidance_scale:g}" if self.guidance_scale else ""
-        return f"{self.schedule} cache={self.cache}{g}"
+        return f"{self.label + ': ' if self.label else ''}{self.schedule} cache={self.cache}{g}"
 
 
 @dataclass
@@ -37,79 +37,120 @@ class VariantResult:
     variant: Variant
     schedule: str                 # the resolved compact schedule
     gflops_per_sample: float
-    seconds_per_sample: float
+    seconds_per_sample: float     # decode time on one worker, per sample (tokenizer excluded)
     metrics: dict[str, float] = field(default_factory=dict)
     tokens: torch.Tensor | None = None
+    pixels: np.ndarray | None = None
+
+    def row(self, baseline_gflops: float) -> dict:
+        return {"variant": self.variant.name, "label": self.variant.label, "schedule": self.schedule,
+                "cache": self.variant.cache, "guidance_scale": self.variant.guidance_scale,
+                "gflops_per_sample": self.gflops_per_sample, "seconds_per_sample": self.seconds_per_sample,
+                "gflops_saving": baseline_gflops / self.gflops_per_sample, **self.metrics}
 
 
-# A quality function gets (tokens (N, L), requested labels (N,)) and returns named metrics.
-QualityFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+def variants_from_config(e: EvaluateConfig) -> list[Variant]:
+    """schedules x caches x guidance_scales, in config order (the first is the reference row)."""
+    return [Variant(s, c, g) for s, c, g in itertools.product(e.schedules, e.caches, e.guidance_scales)]
 
 
-def evaluate_variants(model, cfg: NestgenConfig, variants: list[Variant], num_samples: int,
-                      quality: QualityFn, seed: int = 0, batch_size: int = 256,
-                      keep_tokens: bool = False) -> list[VariantResult]:
-    """Every variant decodes the same labels with the same seeds (sample i: seed + i)."""
-    labels = torch.arange(num_samples) % max(1, cfg.model.num_classes)
-    results = []
+def decode_config(cfg: NestgenConfig, v: Variant) -> DecodeConfig:
+    sched = resolve_schedule(v.schedule, cfg.model.nest_factors)
+    return replace(cfg.decode, schedule=v.schedule, steps=sched.steps, cache=v.cache,
+                   guidance_scale=v.guidance_scale)
+
+
+def variant_gflops(cfg: NestgenConfig, v: Variant) -> float:
+    return decode_flops(cfg.model, decode_config(cfg, v), cfg.train.cond_tokens).gflops
+
+
+def baseline_variant(cfg: NestgenConfig) -> Variant:
+    """The full model at every step, no cache: what savings are measured against."""
+    return Variant(f"1x{cfg.decode.steps}", "none")
+
+
+@dataclass
+class SampleBatch:
+    tokens: torch.Tensor          # (n, L) on the CPU
+    pixels: np.ndarray | None     # uint8 images / clips when a renderer is set
+    seconds: float                # decode wall time (synchronized on CUDA)
+
+
+class Sampler:
+    """Decodes requests for a variant with one model (and renders pixels): what an
+    evaluation worker holds, loaded once."""
+
+    def __init__(self, model, cfg: NestgenConfig, tokenizer=None, render: bool = True):
+        self.model, self.cfg, self.tokenizer, self.render = model, cfg, tokenizer, render
+        self.device = next(model.parameters()).device
+
+    def warm_up(self, v: Variant) -> None:
+        """One small decode, so one-time costs (allocator, kernels) stay out of the timing."""
+        cond = None
+        if self.cfg.train.cond_tokens:
+            cond = torch.zeros(2, self.cfg.train.cond_tokens, dtype=torch.long)
+        self.run(v, torch.zeros(2, dtype=torch.long), [0, 1], cond, render=False)
+
+    @torch.no_grad()
+    def run(self, v: Variant, labels: torch.Tensor, seeds, cond: torch.Tensor | None = None,
+            render: bool | None = None) -> SampleBatch:
+        d = decode_config(self.cfg, v)
+        self._sync()
+        t0 = time.perf_counter()
+        tokens = decode(self.model, labels, d, seeds=list(seeds), cond=cond).tokens
+        self._sync()
+        seconds = time.perf_counter() - t0
+        pixels = None
+        if self.render if render is None else render:
+            from nestgen.render import tokens_to_pixels
+            pixels = tokens_to_pixels(tokens, self.cfg.model.grid, self.tokenizer)
+        return SampleBatch(tokens.cpu(), pixels, seconds)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+@dataclass
+class Requests:
+    """What every variant is asked for: labels (N,), seeds (N,), optional cond (N, n_cond)
+    and, for frame prediction, the ground-truth pixels the conditioning came from."""
+    labels: torch.Tensor
+    seeds: list[int]
+    cond: torch.Tensor | None = None
+    targets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def chunk(self, start: int, stop: int) -> "Requests":
+        return Requests(self.labels[start:stop], self.seeds[start:stop],
+                        None if self.cond is None else self.cond[start:stop],
+                        None if self.targets is None else self.targets[start:stop])
+
+
+def class_requests(num_classes: int, n: int, seed: int) -> Requests:
+    """Class-balanced labels (classes cycled; the null class when unconditional)."""
+    labels = torch.arange(n) % num_classes if num_classes else torch.zeros(n, dtype=torch.long)
+    return Requests(labels, list(range(seed, seed + n)))
+
+
+def collect(v: Variant, cfg: NestgenConfig, batches: list[SampleBatch], n: int) -> VariantResult:
+    """One variant's result from its batches, in request order."""
+    tokens = torch.cat([b.tokens for b in batches])
+    pixels = None if batches[0].pixels is None else np.concatenate([b.pixels for b in batches])
+    return VariantResult(v, str(resolve_schedule(v.schedule, cfg.model.nest_factors)), variant_gflops(cfg, v),
+                         sum(b.seconds for b in batches) / n, tokens=tokens, pixels=pixels)
+
+
+def sample_variants(sampler: Sampler, variants: list[Variant], requests: Requests,
+                    batch_size: int = 256) -> list[VariantResult]:
+    """Single-process: every variant over all requests, in batches."""
+    if variants:
+        sampler.warm_up(variants[0])
+    out = []
     for v in variants:
-        sched = resolve_schedule(v.schedule, cfg.model.nest_factors)
-        d: DecodeConfig = replace(cfg.decode, schedule=v.schedule, steps=sched.steps, cache=v.cache,
-                                  guidance_scale=v.guidance_scale)
-        out, t0 = [], time.perf_counter()
-        for i in range(0, num_samples, batch_size):
-            lab = labels[i:i + batch_size]
-            out.append(decode(model, lab, d, seeds=range(seed + i, seed + i + len(lab))).tokens.cpu())
-        seconds = (time.perf_counter() - t0) / num_samples
-        tokens = torch.cat(out)
-        results.append(VariantResult(v, str(sched), decode_flops(cfg.model, d).gflops, seconds,
-                                     quality(tokens, labels), tokens if keep_tokens else None))
-    return results
-
-
-def pareto_front(gflops: list[float], quality: list[float], lower_is_better: bool = True) -> list[bool]:
-    """True where no other point has both fewer (or equal) GFLOPs and better (or equal)
-    quality with one of the two strictly better."""
-    q = np.asarray(quality, dtype=float) * (1 if lower_is_better else -1)
-    g = np.asarray(gflops, dtype=float)
-    front = []
-    for i in range(len(g)):
-        dominated = np.any((g <= g[i]) & (q <= q[i]) & ((g < g[i]) | (q < q[i])))
-        front.append(not bool(dominated))
-    return front
-
-
-def digits_quality(holdout_fraction: float = 0.1, seed: int = 0, epochs: int = 15) -> QualityFn:
-    """Quality of raw-digits token samples (8x8, 17 gray levels): `fd_digits` (Fréchet distance
-    in the features of a digits classifier, against the held-out real digits) and
-    `digits_accuracy` (that classifier's accuracy on the samples vs the requested class)."""
-    from nestgen.data.digits import digit_tokens_to_images
-    from nestgen.metrics.digits_metrics import digits_accuracy, digits_stats, fd_digits
-    from nestgen.metrics.digits_train import digits_image_splits, train_digit_classifier
-
-    net, info = train_digit_classifier(epochs=epochs, seed=seed, holdout_fraction=holdout_fraction)
-    (_, _), (held, _) = digits_image_splits(holdout_fraction, seed)
-    ref = digits_stats(net, held)
-
-    def quality(tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        images = digit_tokens_to_images(tokens)
-        return {"fd_digits": fd_digits(net, images, ref, info).value,
-                "digits_accuracy": digits_accuracy(net, images, labels.numpy(), info).value}
-    quality.reference = {"classifier_holdout_accuracy": info.get("holdout_accuracy"),  # type: ignore[attr-defined]
-                         "reference_samples": len(held)}
-    return quality
-
-
-def results_table(results: list[VariantResult], quality_key: str, lower_is_better: bool = True,
-                  baseline: int = 0) -> str:
-    base = results[baseline]
-    front = pareto_front([r.gflops_per_sample for r in results], [r.metrics[quality_key] for r in results],
-                         lower_is_better)
-    keys = sorted({k for r in results for k in r.metrics})
-    head = f"{'variant':34s} {'GFLOPs':>8s} {'saving':>7s} {'ms/sample':>10s} " + " ".join(f"{k:>15s}" for k in keys)
-    rows = [head + "  pareto"]
-    for r, f in zip(results, front):
-        rows.append(f"{r.variant.name:34s} {r.gflops_per_sample:8.3f} {base.gflops_per_sample / r.gflops_per_sample:6.2f}x "
-                    f"{r.seconds_per_sample * 1e3:10.2f} " + " ".join(f"{r.metrics[k]:15.4f}" for k in keys)
-                    + ("  *" if f else ""))
-    return "\n".join(rows)
+        batches = [sampler.run(v, r.labels, r.seeds, r.cond)
+                   for r in (requests.chunk(i, i + batch_size) for i in range(0, len(requests), batch_size))]
+        out.append(collect(v, sampler.cfg, batches, len(requests)))
+    return out

@@ -1,0 +1,79 @@
+"""The held-out data an evaluation compares against, and the requests it sends.
+
+Digits (data.source digits): the generator's own held-out split of the sklearn digits.
+Shards: the held-out split of the shard set (`val`, else `test`, else another non-train
+split), decoded to pixels by the tokenizer that made them: the reference is then what the
+generator could at best reproduce through that tokenizer, and the protocol says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nestgen.config import NestgenConfig
+from nestgen.evaluation.variants import Requests, class_requests
+
+HOLDOUT_SPLITS = ("val", "validation", "test")
+
+
+@dataclass
+class EvalData:
+    kind: str                          # image | video
+    holdout_tokens: torch.Tensor       # (n, L)
+    holdout_labels: torch.Tensor       # (n,)
+    train_tokens: torch.Tensor
+    train_labels: torch.Tensor
+    label_names: list[str]
+    source: str                        # where the held-out split came from (for protocols)
+
+    @property
+    def is_digits(self) -> bool:
+        """Classes are the digits 0..9 in order, so digit classifiers can judge samples."""
+        return self.label_names == [str(i) for i in range(10)]
+
+
+def load_eval_data(cfg: NestgenConfig, max_train: int = 2000) -> EvalData:
+    kind = "video" if len(cfg.model.grid) == 3 else "image"
+    if cfg.data.source == "digits":
+        from nestgen.data.digits import load_digit_tokens
+        (tr_t, tr_y), (ho_t, ho_y) = load_digit_tokens(cfg.data.holdout_fraction, cfg.data.seed)
+        return EvalData(kind, ho_t, ho_y, tr_t[:max_train], tr_y[:max_train], [str(i) for i in range(10)],
+                        f"sklearn digits held-out split (fraction {cfg.data.holdout_fraction}, seed {cfg.data.seed})")
+    from nestgen.data.shards import load_split_tokens, read_manifest
+    m = read_manifest(cfg.data.url)
+    splits = list(m["splits"])
+    holdout = next((s for s in HOLDOUT_SPLITS if s in splits), None) or \
+        next((s for s in splits if s != "train"), "train")
+    ho_t, ho_y, _ = load_split_tokens(cfg.data.url, holdout)
+    tr_t, tr_y, _ = load_split_tokens(cfg.data.url, "train") if "train" in splits else (ho_t, ho_y, m)
+    if len(ho_t) == 0:
+        raise ValueError(f"split {holdout!r} of {cfg.data.url} is empty: nothing to compare samples against")
+    names = m.get("label_map") or {}
+    label_names = [n for n, _ in sorted(names.items(), key=lambda kv: kv[1])] if isinstance(names, dict) else list(names)
+    note = "" if holdout != "train" else " (no held-out split: the TRAINING split is the reference)"
+    return EvalData(kind, ho_t, ho_y, tr_t[:max_train], tr_y[:max_train], label_names,
+                    f"split {holdout!r} of {cfg.data.url} decoded by its tokenizer{note}")
+
+
+def eval_requests(cfg: NestgenConfig, data: EvalData, n: int, seed: int, render=None) -> Requests:
+    """N requests. Frame prediction (train.cond_tokens > 0): each request is conditioned on
+    the leading tokens of a held-out clip (cycled) with that clip's label, and `targets`
+    holds the clip's pixels (through `render`) to score the predicted frames against."""
+    c = cfg.train.cond_tokens
+    if not c:
+        return class_requests(cfg.model.num_classes, n, seed)
+    idx = torch.arange(n) % len(data.holdout_tokens)
+    tokens = data.holdout_tokens[idx]
+    labels = data.holdout_labels[idx] if cfg.model.num_classes else torch.zeros(n, dtype=torch.long)
+    targets = None if render is None else np.asarray(render(tokens))
+    return Requests(labels, list(range(seed, seed + n)), tokens[:, :c].clone(), targets)
+
+
+def cond_frames(cfg: NestgenConfig, pixel_frames: int) -> int:
+    """Pixel frames fully given by the conditioning tokens (whole latent frames only)."""
+    if len(cfg.model.grid) != 3 or not cfg.train.cond_tokens:
+        return 0
+    t, h, w = cfg.model.grid
+    return (cfg.train.cond_tokens // (h * w)) * (pixel_frames // t)

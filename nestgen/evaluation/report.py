@@ -1,0 +1,73 @@
+"""Reading an evaluation: Pareto front, text table, quality-vs-GFLOPs plot, JSON summary."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from nestgen.evaluation.variants import VariantResult
+
+
+def pareto_front(gflops: list[float], quality: list[float], lower_is_better: bool = True) -> list[bool]:
+    """True where no other point has both fewer (or equal) GFLOPs and better (or equal)
+    quality with one of the two strictly better."""
+    q = np.asarray(quality, dtype=float) * (1 if lower_is_better else -1)
+    g = np.asarray(gflops, dtype=float)
+    front = []
+    for i in range(len(g)):
+        dominated = np.any((g <= g[i]) & (q <= q[i]) & ((g < g[i]) | (q < q[i])))
+        front.append(not bool(dominated))
+    return front
+
+
+def results_table(results: list[VariantResult], quality_key: str, lower_is_better: bool = True,
+                  baseline_gflops: float | None = None) -> str:
+    base = baseline_gflops or results[0].gflops_per_sample
+    front = pareto_front([r.gflops_per_sample for r in results], [r.metrics[quality_key] for r in results],
+                         lower_is_better)
+    keys = sorted({k for r in results for k in r.metrics})
+    width = max(34, *(len(r.variant.name) for r in results))
+    head = f"{'variant':{width}s} {'GFLOPs':>8s} {'saving':>7s} {'ms/sample':>10s} " + " ".join(f"{k:>15s}" for k in keys)
+    rows = [head + "  pareto"]
+    for r, f in zip(results, front):
+        rows.append(f"{r.variant.name:{width}s} {r.gflops_per_sample:8.3f} {base / r.gflops_per_sample:6.2f}x "
+                    f"{r.seconds_per_sample * 1e3:10.2f} "
+                    + " ".join(f"{r.metrics.get(k, float('nan')):15.4f}" for k in keys) + ("  *" if f else ""))
+    return "\n".join(rows)
+
+
+def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better: bool,
+                     searched: list[VariantResult] | None = None, title: str = "") -> bytes:
+    """PNG: every variant's quality against its GFLOPs per sample (log x), the Pareto front
+    joined and starred, and the search's scored candidates in grey."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = [r.gflops_per_sample for r in results]
+    q = [r.metrics[metric] for r in results]
+    front = pareto_front(g, q, lower_is_better)
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    if searched:
+        ax.scatter([r.gflops_per_sample for r in searched], [r.metrics[metric] for r in searched],
+                   s=18, c="0.7", label="search candidates (held-out seeds)", zorder=1)
+    for r, gi, qi, f in zip(results, g, q, front):
+        color = "tab:red" if r.variant.label == "searched" else ("tab:blue" if r.variant.cache == "none" else "tab:green")
+        ax.scatter([gi], [qi], s=60 if f else 30, marker="*" if f else "o", c=color, zorder=3)
+        ax.annotate(r.variant.name, (gi, qi), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    pts = sorted((gi, qi) for gi, qi, f in zip(g, q, front) if f)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", c="0.3", lw=1, label="Pareto front", zorder=2)
+    ax.scatter([], [], c="tab:blue", label="no cache")
+    ax.scatter([], [], c="tab:green", label="KV cache")
+    ax.scatter([], [], c="tab:red", label="searched schedule")
+    ax.set_xscale("log")
+    ax.set_xlabel("GFLOPs per sample (analytic)")
+    ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
+    ax.set_title(title or f"{metric} against decode compute")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
