@@ -99,6 +99,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from nestgen.config import load_config
+    from pipelines.evaluate import evaluate
+    cfg = load_config(args.config, args.overrides)
+    if not args.local:
+        from pipelines.ray_runtime import init_ray
+        init_ray(args.ray_address)
+    res = evaluate(cfg, args.out, args.checkpoint or "", use_ray=not args.local, log_mlflow=not args.no_mlflow)
+    s = res.report.summary()
+    print(json.dumps({"summary": res.files["summary"], "plot": res.files["plot"], "mlflow_run_id": res.run_id,
+                      "metric": s["metric"], "baseline": s["baseline"],
+                      "searched": s["search"]["chosen"] if s["search"] else None,
+                      "seconds": round(res.seconds, 1)}, indent=1))
+    return 0
+
+
 def cmd_data(args) -> int:
     if args.dataset == "digits":
         from nestgen.data.image_files import write_digit_images
@@ -151,6 +167,40 @@ def cmd_tokenize(args) -> int:
                      {"failed": len(m["failed"]), "tokenizer_hash": m["tokenizer"]["hash"]}, indent=1))
     for f in m["failed"]:
         print(f"failed {f['source_uri']}: {f['reason']}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from nestgen.serving.deployment import read_serve_file
+    cfg, host, port = read_serve_file(args.config, args.overrides + (
+        [f"checkpoint={args.checkpoint}"] if args.checkpoint else []))
+    from pipelines.serve import run_local
+    run_local(cfg, args.host or host, args.port or port, args.ray_address)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import base64
+    from pathlib import Path
+
+    from nestgen.serving import client
+    fmt = client.FORMAT_OF_SUFFIX.get(Path(args.out).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--out {args.out}: the suffix picks the format: .png, .mp4 or .json (tokens)")
+    payload = {"class_label": args.class_label, "num_samples": args.num, "seed": args.seed, "format": fmt}
+    for key, val in (("schedule", args.schedule), ("steps", args.steps), ("cache", args.cache),
+                     ("guidance_scale", args.guidance), ("temperature", args.temperature)):
+        if val is not None:
+            payload[key] = val
+    if args.condition:
+        payload["condition"] = {"mp4_base64": base64.b64encode(Path(args.condition).read_bytes()).decode()}
+    try:
+        resp = client.generate(args.url, payload, timeout=args.timeout)
+    except client.ServiceError as e:
+        print(f"nestgen generate: the service refused: {e}", file=sys.stderr)
+        return 1
+    written = client.save_samples(resp, args.out)
+    print(json.dumps({k: v for k, v in resp.items() if k != "samples"} | {"written": written}, indent=1))
     return 0
 
 
@@ -222,6 +272,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="quality vs GFLOPs of every schedule x cache x guidance variant "
+                                         "(+ schedule search) on Ray, logged to MLflow")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", help="checkpoint file, output folder, fsspec URL or runs:/<id> "
+                                        "(default: the config's evaluate.checkpoint)")
+    p.add_argument("--out", required=True, help="output URL for sample grids, the plot and summary.json")
+    p.add_argument("--local", action="store_true", help="sample in this process instead of Ray actors")
+    p.add_argument("--no-mlflow", action="store_true", help="write files only")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="run the HTTP generation service on Ray Serve; blocks, prints the URL")
+    p.add_argument("config", help="Serve config YAML (configs/serve_digits.yaml, as for `serve deploy`) "
+                                  "or a nestgen config (its serve: section)")
+    p.add_argument("--checkpoint", help="checkpoint file, output folder, fsspec URL, runs:/<id>, models:/<name>/<v>")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a serve field, e.g. --set max_batch_size=16 (repeatable)")
+    p.add_argument("--host", help="bind address (default: the file's http_options, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: the file's http_options, else 8000)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("generate", help="ask a running service for samples; the --out suffix picks the format")
+    p.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")
+    p.add_argument("--class", dest="class_label", type=int, default=None, help="class id (default: unconditional)")
+    p.add_argument("--num", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    _decode_args(p)
+    p.add_argument("--condition", help="MP4 whose first frames to continue (frame prediction models)")
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--out", required=True, help=".png (a grid when --num > 1), .mp4 (video models) or .json (tokens)")
+    p.set_defaults(func=cmd_generate)
     return ap
 
 

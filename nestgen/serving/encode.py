@@ -18,14 +18,14 @@ def frame_strip(clip: np.ndarray) -> np.ndarray:
     return np.concatenate(list(clip), axis=1)
 
 
-def encode_sample(fmt: str, tokens: torch.Tensor, pixels: np.ndarray | None, fps: int) -> dict:
+def encode_sample(fmt: str, tokens: torch.Tensor, pixels: np.ndarray | None, is_clip: bool, fps: int) -> dict:
     """One sample as {"png": b64} | {"mp4": b64} | {"tokens": [ids]}.
 
-    pixels: (H, W[, C]) for images, (T, H, W[, C]) for clips (None when fmt is tokens)."""
+    pixels: (H, W[, C]) for images, (T, H, W[, C]) for clips (None when fmt is tokens); a
+    clip asked for as PNG comes as one picture of its frames side by side."""
     if fmt == "tokens":
         return {"tokens": tokens.tolist()}
     if fmt == "mp4":
         from nestgen.data.moving_digits import encode_mp4
         return {"mp4": _b64(encode_mp4(pixels, fps=fps))}
-    is_clip = pixels.ndim == 4 or (pixels.ndim == 3 and pixels.shape[-1] not in (1, 3))
     return {"png": _b64(png_bytes(frame_strip(pixels) if is_clip else pixels))}

@@ -140,7 +140,7 @@ class Engine:
         responses = []
         for job, rows in zip(jobs, row_slices(jobs)):
             samples = [{"seed": seed, **encode_sample(job.format, tokens[r], None if pixels is None else pixels[r],
-                                                     self.cfg.video_fps)}
+                                                     self.spec.kind == "video", self.cfg.video_fps)}
                        for seed, r in zip(job.seeds, range(rows.start, rows.stop))]
             responses.append({
                 "samples": samples, "format": job.format, "class_label": job.labels[0],

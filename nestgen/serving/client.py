@@ -1,0 +1,67 @@
+"""A small HTTP client of the service (stdlib only), used by `nestgen generate`."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_OF_SUFFIX = {".png": "png", ".mp4": "mp4", ".json": "tokens"}
+
+
+class ServiceError(RuntimeError):
+    def __init__(self, status: int, detail):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+def request_json(url: str, payload: dict | None = None, timeout: float = 600) -> dict:
+    """GET (payload None) or POST JSON; ServiceError with the service's reason on 4xx/5xx."""
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        try:
+            detail = json.loads(body).get("detail", body.decode(errors="replace"))
+        except ValueError:
+            detail = body.decode(errors="replace")
+        raise ServiceError(e.code, detail) from None
+
+
+def generate(base_url: str, payload: dict, timeout: float = 600) -> dict:
+    return request_json(base_url.rstrip("/") + "/v1/generate", payload, timeout)
+
+
+def save_samples(resp: dict, out: str) -> list[str]:
+    """Write a response's samples to `out`: .json the whole response (tokens); .png one
+    picture (a grid of all samples when there are several); .mp4 one clip, or out_<i>.mp4
+    for several. Returns the paths written."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = resp["samples"]
+    if path.suffix == ".json":
+        path.write_text(json.dumps(resp))
+        return [str(path)]
+    key = path.suffix.lstrip(".")
+    blobs = [base64.b64decode(s[key]) for s in samples]
+    if len(blobs) == 1:
+        path.write_bytes(blobs[0])
+        return [str(path)]
+    if key == "mp4":
+        paths = [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(len(blobs))]
+        for p, b in zip(paths, blobs):
+            p.write_bytes(b)
+        return [str(p) for p in paths]
+    from PIL import Image
+
+    from nestgen.images import make_grid, save_png
+    images = np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in blobs])
+    save_png(str(path), make_grid(images, nrow=len(images)))
+    return [str(path)]

@@ -1,0 +1,203 @@
+"""Ray Serve on 127.0.0.1 (the session's one Ray): batching, seed reproducibility, every bad
+input -> its 4xx while the replica keeps answering, a video model's playable MP4, the client."""
+import base64
+import io
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nestgen.checkpoint import save_checkpoint
+from nestgen.config import ServeConfig, config_from_dict
+from nestgen.model.nested_transformer import NestedTransformer
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _checkpoint(path, cfg_dict) -> str:
+    torch.manual_seed(0)
+    cfg = config_from_dict(cfg_dict)
+    return save_checkpoint(str(path), cfg, NestedTransformer(cfg.model))
+
+
+@pytest.fixture(scope="module")
+def serve_base(ray_local):
+    from ray import serve
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def image_url(serve_base, tmp_path_factory):
+    """A tiny untrained raw-digits model (8x8 gray levels: PNGs need no tokenizer)."""
+    from ray import serve
+
+    from pipelines.serve import build
+    ckpt = _checkpoint(tmp_path_factory.mktemp("img") / "c.pt", {"model": {"width": 32, "depth": 1}})
+    cfg = ServeConfig(checkpoint=ckpt, max_batch_size=16, batch_wait_timeout_s=0.25, max_ongoing_requests=32,
+                      max_samples_per_request=4, max_body_bytes=20_000, cpus_per_replica=0.5,
+                      auto_latency_target_s=1000.0)
+    serve.run(build(cfg), name="img", route_prefix="/img")
+    return serve_base + "/img"
+
+
+@pytest.fixture(scope="module")
+def video_url(serve_base, tmp_path_factory, video_tokenizer):
+    """A tiny untrained frame-prediction model on the conftest video tokenizer's 2x4x4 grid
+    (8 frames of 32x32); the first latent frame (16 tokens, 4 frames) is the conditioning."""
+    from ray import serve
+
+    from pipelines.serve import build
+    ckpt = _checkpoint(tmp_path_factory.mktemp("vid") / "c.pt", {
+        "model": {"vocab_size": 32, "grid": [2, 4, 4], "width": 32, "depth": 1},
+        "train": {"cond_tokens": 16}})
+    cfg = ServeConfig(checkpoint=ckpt, tokenizer=str(video_tokenizer), max_batch_size=8, max_ongoing_requests=16,
+                      max_samples_per_request=2, cpus_per_replica=0.5, auto_presets=[])
+    serve.run(build(cfg), name="vid", route_prefix="/vid")
+    return serve_base + "/vid"
+
+
+def _post(url, body, **kw):
+    return httpx.post(url + "/v1/generate", json=body, timeout=120, **kw)
+
+
+def _tokens(resp):
+    assert resp.status_code == 200, resp.text
+    return [s["tokens"] for s in resp.json()["samples"]]
+
+
+def test_read_endpoints(image_url):
+    assert httpx.get(image_url + "/v1/health").json()["status"] == "ok"
+    info = httpx.get(image_url + "/v1/model").json()
+    assert info["kind"] == "image" and info["formats"] == ["png", "tokens"] and info["checkpoint"].endswith("c.pt")
+    assert info["config"]["model"]["width"] == 32 and info["tokenizer"] is None
+    sched = {p["name"]: p for p in httpx.get(image_url + "/v1/schedules").json()["presets"]}
+    assert sched["magnets"]["schedule"] == "8x3,4x3,2x3,1x3"
+    assert sched["baseline"]["gflops_per_sample"] > 2 * sched["magnets"]["gflops_per_sample"] > 0
+    assert "seconds_per_batch_of_16" in sched["baseline"]
+    assert "/v1/generate" in httpx.get(image_url + "/openapi.json").json()["paths"]
+
+
+def test_concurrent_requests_are_batched_and_match_the_same_seed_alone(image_url):
+    bodies = [{"class_label": i % 10, "seed": 100 + i, "format": "tokens", "num_samples": 1 + i % 2,
+               "schedule": "magnets" if i % 3 else "baseline"} for i in range(12)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: _post(image_url, b), bodies))
+    meta = [r.json() for r in together]
+    assert max(m["batch_size"] for m in meta) > 1, [m["batch_size"] for m in meta]
+    assert max(m["batch_requests"] for m in meta) > 1
+    for b, m in zip(bodies, meta):
+        assert m["schedule_name"] == b["schedule"] and len(m["samples"]) == b["num_samples"]
+        assert [s["seed"] for s in m["samples"]] == [b["seed"] + k for k in range(b["num_samples"])]
+        assert m["gflops"] == pytest.approx(m["gflops_per_sample"] * b["num_samples"])
+    for b, r in zip(bodies, together):      # each alone, one sample at a time
+        for k, toks in enumerate(_tokens(r)):
+            alone = _post(image_url, b | {"seed": b["seed"] + k, "num_samples": 1})
+            assert alone.json()["batch_size"] == 1 and _tokens(alone) == [toks]
+    assert _tokens(together[0]) != _tokens(together[3])          # other seeds, other samples
+
+
+BAD = [  # (body or raw bytes, status, words of the reason)
+    ({"class_label": 10}, 400, "class_label 10 is out of range"),
+    ({"num_samples": 5}, 400, "above this service's cap of 4"),
+    ({"schedule": "8x3,4y3"}, 400, "not of the form FACTORxSTEPS"),
+    ({"schedule": "fastest"}, 400, "unknown schedule preset 'fastest'"),
+    ({"format": "mp4"}, 400, "format 'mp4' is not available for this image model"),
+    ({"condition": {"mp4_base64": "AAAA"}}, 400, "not trained for frame prediction"),
+    ({"class_label": "3"}, 422, "valid integer"),
+    ({"num_samples": 1.5}, 422, "valid integer"),
+    ({"seed": 1, "colour": "red"}, 422, "Extra inputs are not permitted"),
+    (b"{not json", 422, "JSON decode error"),
+    ({"schedule": "x" * 30_000}, 413, "over this service's limit of 20000 bytes"),
+]
+
+
+def test_every_bad_input_gets_its_4xx_and_the_replica_keeps_answering(image_url):
+    ref = {"class_label": 4, "seed": 42, "format": "tokens"}
+    before = _tokens(_post(image_url, ref))
+    for body, status, words in BAD:
+        if isinstance(body, bytes):
+            r = httpx.post(image_url + "/v1/generate", content=body, headers={"content-type": "application/json"})
+        else:
+            r = _post(image_url, body)
+        assert r.status_code == status, (body if len(str(body)) < 100 else "big", r.text[:300])
+        assert words in r.text, (words, r.text[:300])
+    assert _tokens(_post(image_url, ref)) == before
+    png = _post(image_url, {"class_label": 4, "seed": 42, "num_samples": 2}).json()
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(png["samples"][0]["png"]))))
+    assert png["format"] == "png" and img.shape == (8, 8) and img.dtype == np.uint8
+    assert httpx.get(image_url + "/v1/health").json() == {"status": "ok", "queue_rows": 0}
+
+
+def test_auto_reports_the_schedule_it_chose(image_url):
+    m = _post(image_url, {"schedule": "auto", "class_label": 1, "format": "tokens"}).json()
+    # the latency target is 1000 s, so the best-quality preset always holds it
+    assert m["schedule_name"] == "baseline" and m["schedule"] == "1x12"
+    assert m["auto"]["met_target"] and m["auto"]["queue_rows"] == 0 and m["auto"]["expected_latency_s"] > 0
+
+
+def test_video_model_answers_with_a_playable_mp4_and_continues_given_frames(video_url, video_tokenizer):
+    from nestgen.data.moving_digits import decode_mp4, encode_mp4, make_moving_digit_clips
+    from nestgen.tokenizers import clips_to_pixels, load_tokenizer
+    info = httpx.get(video_url + "/v1/model").json()
+    assert info["kind"] == "video" and info["formats"] == ["mp4", "png", "tokens"] and info["cond_tokens"] == 16
+
+    r = _post(video_url, {"class_label": 2, "seed": 3})
+    assert r.status_code == 200, r.text
+    meta = r.json()
+    assert meta["format"] == "mp4"
+    frames = decode_mp4(base64.b64decode(meta["samples"][0]["mp4"]))
+    assert frames.shape == (8, 32, 32, 3)
+    strip = _post(video_url, {"class_label": 2, "seed": 3, "format": "png"}).json()
+    assert np.asarray(Image.open(io.BytesIO(base64.b64decode(strip["samples"][0]["png"])))).shape == (32, 8 * 32)
+
+    clip, _ = make_moving_digit_clips(1, frames=8, size=32, seed=5)
+    tok = load_tokenizer(str(video_tokenizer))
+    padded = np.concatenate([clip[0, :4], np.repeat(clip[0, 3:4], 4, axis=0)])     # first 4 frames, padded
+    expected = tok.encode(clips_to_pixels(padded[None])).reshape(-1)[:16].tolist()
+    given = {"frames": clip[0].tolist()}
+    pred = _tokens(_post(video_url, {"class_label": 2, "seed": 0, "num_samples": 2, "format": "tokens",
+                                     "condition": given}))
+    assert pred[0][:16] == expected and pred[1][:16] == expected and pred[0][16:] != pred[1][16:]
+    as_mp4 = {"mp4_base64": base64.b64encode(encode_mp4(clip[0])).decode()}
+    r = _post(video_url, {"class_label": 2, "condition": as_mp4})
+    assert r.status_code == 200 and decode_mp4(base64.b64decode(r.json()["samples"][0]["mp4"])).shape[0] == 8
+
+    for cond, status, words in [({"mp4_base64": base64.b64encode(b"not a video").decode()}, 400,
+                                 "undecodable conditioning video"),
+                                ({"mp4_base64": "%%%"}, 400, "not valid base64"),
+                                ({"frames": clip[0, :2].tolist()}, 400, "has 2 frames; this model needs at least 4"),
+                                ({"frames": [[[300]]]}, 422, "integers in 0..255"),
+                                ({}, 422, "exactly one of mp4_base64 or frames")]:
+        r = _post(video_url, {"condition": cond})
+        assert r.status_code == status and words in r.text, r.text[:300]
+    assert _tokens(_post(video_url, {"class_label": 2, "seed": 0, "format": "tokens", "condition": given})) == [pred[0]]
+
+
+def test_nestgen_generate_client_writes_png_mp4_and_json(image_url, video_url, tmp_path, capsys):
+    import json
+
+    from nestgen.cli import main
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--url", image_url, "--class", "3", "--schedule", "8x3,4x3,2x3,1x3",
+                 "--num", "3", "--out", str(out)]) == 0
+    assert np.asarray(Image.open(out)).shape == (8 + 2, 3 * 9 + 1)          # 3 samples in a row, 1 px gaps
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["schedule"] == "8x3,4x3,2x3,1x3" and printed["written"] == [str(out)]
+    assert main(["generate", "--url", video_url, "--class", "1", "--out", str(tmp_path / "clip.mp4")]) == 0
+    from nestgen.data.moving_digits import decode_mp4
+    assert decode_mp4((tmp_path / "clip.mp4").read_bytes()).shape == (8, 32, 32, 3)
+    assert main(["generate", "--url", image_url, "--class", "12", "--out", str(tmp_path / "t.json")]) == 1
+    assert "HTTP 400: class_label 12 is out of range" in capsys.readouterr().err

@@ -1,0 +1,180 @@
+"""The serving logic without Ray: request checks, auto schedule choice, batch grouping, body
+limit, Serve config files, registered-model checkpoint URIs."""
+import asyncio
+import json
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from nestgen.checkpoint import save_checkpoint
+from nestgen.config import DecodeConfig, ServeConfig, config_from_dict
+from nestgen.configschema import ConfigError
+from nestgen.model.nested_transformer import NestedTransformer
+from nestgen.serving.auto import LatencyModel, calibrate, choose_preset
+from nestgen.serving.batching import group_jobs, row_slices
+from nestgen.serving.body_limit import BodySizeLimit
+from nestgen.serving.deployment import deployment_options, read_serve_file
+from nestgen.serving.errors import RequestError
+from nestgen.serving.job import Job, rows_of
+from nestgen.serving.request import GenerateRequest
+from nestgen.serving.resolve import ModelSpec, resolve_request
+
+
+def _spec(**kw):
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
+    return ModelSpec(model=cfg.model, decode=cfg.decode, cond_tokens=kw.get("cond_tokens", 0),
+                     formats=kw.get("formats", ("png", "tokens")), max_samples=kw.get("max_samples", 4))
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"class_label": 10}, "class_label 10 is out of range: this model takes 0..9 or null"),
+    ({"num_samples": 5}, "num_samples 5 is above this service's cap of 4"),
+    ({"schedule": "8x3,4y3"}, "is not of the form FACTORxSTEPS"),
+    ({"schedule": "fastest"}, "unknown schedule preset 'fastest'"),
+    ({"schedule": "16x12"}, "uses nest factor 16, but the model has nest factors [1, 2, 4, 8]"),
+    ({"schedule": "magnets", "steps": 8}, "has 12 steps but 8 decoding steps"),
+    ({"format": "mp4"}, "format 'mp4' is not available for this image model; choose one of png, tokens"),
+    ({"cache": "sometimes"}, "unknown cache policy 'sometimes'"),
+    ({"condition": {"frames": [[[0]]]}}, "not trained for frame prediction"),
+    ({"schedule": "auto"}, "schedule 'auto' is switched off"),
+])
+def test_bad_requests_are_refused_with_their_reason(body, reason):
+    with pytest.raises(RequestError) as e:
+        resolve_request(GenerateRequest(**body), _spec())
+    assert e.value.status == 400 and reason in e.value.reason
+
+
+@pytest.mark.parametrize("body", [{"class_label": "3"}, {"num_samples": 1.5}, {"num_samples": 0},
+                                  {"seed": -1}, {"schedule": 8}, {"format": "gif"}, {"guidance": 1.0},
+                                  {"temperature": 0}, {"class_label": True}])
+def test_wrong_json_types_fail_the_schema(body):
+    with pytest.raises(ValidationError):
+        GenerateRequest.model_validate(body)
+
+
+def test_a_good_request_resolves_to_rows_with_consecutive_seeds():
+    job = resolve_request(GenerateRequest(class_label=3, num_samples=3, seed=7, schedule="8x3,4x3,2x3,1x3",
+                                          cache="none", temperature=0.5), _spec())
+    assert job.labels == [3, 3, 3] and job.seeds == [7, 8, 9] and job.format == "png"
+    assert job.decode.schedule == "8x3,4x3,2x3,1x3" and job.decode.steps == 12 and job.decode.cache == "none"
+    assert job.decode.temperature == 0.5 and job.schedule_name == "custom"
+    uncond = resolve_request(GenerateRequest(schedule="magnets-2", format="tokens"), _spec())
+    assert uncond.labels == [10] and uncond.schedule_name == "magnets-2" and uncond.decode.schedule == "2x6,1x6"
+    default = resolve_request(GenerateRequest(), _spec())
+    assert default.decode.schedule == "8x3,4x3,2x3,1x3"        # the checkpoint's decode.schedule (magnets)
+
+
+def test_auto_prefers_quality_until_the_queue_makes_it_too_slow():
+    lat = LatencyModel(fixed_s={"baseline": 0.10, "magnets": 0.04, "magnets-lite": 0.03},
+                       per_row_s={"baseline": 0.010, "magnets": 0.004, "magnets-lite": 0.003}, max_batch=8)
+    presets = ["baseline", "magnets", "magnets-lite"]
+    assert lat.expected_latency("baseline", 0, 1) == pytest.approx(0.11)
+    # 20 rows ahead + 1 own = 21 rows: two full batches of 8, then 5
+    assert lat.expected_latency("baseline", 20, 1) == pytest.approx(2 * 0.18 + 0.15)
+    assert choose_preset(presets, lat, 0, 1, target_s=0.2)[0] == "baseline"
+    assert choose_preset(presets, lat, 20, 1, target_s=0.2)[0] == "magnets-lite"
+    name, info = choose_preset(presets, lat, 8, 1, target_s=0.2)
+    assert name == "magnets" and info["met_target"] and info["queue_rows"] == 8
+    name, info = choose_preset(presets, lat, 500, 1, target_s=0.2)     # nothing holds it: the cheapest
+    assert name == "magnets-lite" and not info["met_target"]
+
+    spec = _spec()
+    job = resolve_request(GenerateRequest(schedule="auto"), spec, lambda rows: choose_preset(presets, lat, 20, rows, 0.2))
+    assert job.schedule_name == "magnets-lite" and job.decode.schedule == "8x4,4x4,2x2,1x2"
+    assert job.auto["expected_latency_s"] == pytest.approx(lat.expected_latency("magnets-lite", 20, 1), abs=1e-4)
+
+
+def test_calibration_fits_fixed_and_per_row_seconds():
+    fake = {"a": (0.5, 0.1), "b": (0.2, 0.01)}
+    lat = calibrate(["a", "b"], lambda p, rows: fake[p][0] + fake[p][1] * rows, max_batch=9)
+    assert lat.fixed_s["a"] == pytest.approx(0.5) and lat.per_row_s["a"] == pytest.approx(0.1)
+    assert lat.batch_seconds("b", 9) == pytest.approx(0.29)
+
+
+def _job(schedule, rows, cache="on_switch", cond=None):
+    return Job(labels=[0] * rows, seeds=list(range(rows)), format="tokens", schedule_name="x",
+               decode=DecodeConfig(schedule=schedule, cache=cache), cond=cond)
+
+
+def test_batch_is_grouped_by_decode_settings_keeping_order():
+    jobs = [_job("1x12", 2), _job("8x3,4x3,2x3,1x3", 1), _job("1x12", 3), _job("1x12", 1, cache="none"),
+            _job("1x12", 1, cond=torch.zeros(1, 4, dtype=torch.long))]
+    assert group_jobs(jobs) == [[0, 2], [1], [3], [4]]
+    assert rows_of(jobs) == 8
+    assert row_slices([jobs[0], jobs[2]]) == [slice(0, 2), slice(2, 5)]
+
+
+def _asgi_call(app, body: bytes, headers):
+    sent = []
+    chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)] or [b""]
+
+    async def receive():
+        c = chunks.pop(0)
+        return {"type": "http.request", "body": c, "more_body": bool(chunks)}
+
+    async def send(msg):
+        sent.append(msg)
+
+    asyncio.run(app({"type": "http", "headers": headers}, receive, send))
+    return sent
+
+
+def test_body_limit_answers_413_and_passes_small_bodies_whole():
+    seen = []
+
+    async def inner(scope, receive, send):
+        msg = await receive()
+        seen.append(msg["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    app = BodySizeLimit(inner, default_max_bytes=5000)
+    out = _asgi_call(app, b"x" * 4000, [])                                   # chunked, under the limit
+    assert out[0]["status"] == 200 and seen == [b"x" * 4000]
+    out = _asgi_call(app, b"x" * 6000, [])                                   # chunked, over
+    assert out[0]["status"] == 413 and b"limit of 5000 bytes" in out[1]["body"]
+    out = _asgi_call(app, b"", [(b"content-length", b"999999")])            # declared, over
+    assert out[0]["status"] == 413 and json.loads(out[1]["body"])["detail"].startswith("request body of 999999")
+    assert len(seen) == 1
+
+
+def test_serve_config_files_and_deployment_options():
+    local, host, port = read_serve_file("configs/serve_digits.yaml")
+    assert host == "127.0.0.1" and port == 8000 and local.checkpoint == "runs/demo/checkpoint.pt"
+    opts = deployment_options(local)
+    assert opts["num_replicas"] == 1 and opts["max_ongoing_requests"] >= local.max_batch_size
+    cluster, host, _ = read_serve_file("configs/serve_digits_cluster.yaml", ["max_replicas=4"])
+    opts = deployment_options(cluster)
+    assert opts["ray_actor_options"]["num_gpus"] == 1.0 and opts["autoscaling_config"]["max_replicas"] == 4
+    assert "num_replicas" not in opts
+    nested, host, port = read_serve_file("configs/digits.yaml", ["checkpoint=x.pt"])
+    assert nested.checkpoint == "x.pt" and (host, port) == ("127.0.0.1", 8000)
+    with pytest.raises(ConfigError, match="max_ongoing_requests: must be >= max_batch_size=32"):
+        ServeConfig(max_ongoing_requests=5).validate()
+    with pytest.raises(ConfigError, match="serve.max_samples_per_request"):
+        read_serve_file("configs/serve_digits.yaml", ["max_samples_per_request=64"])
+
+
+def test_checkpoint_by_registered_mlflow_model(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from nestgen.checkpoint import load_model
+    from nestgen.storage import resolve_checkpoint
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
+    ckpt = save_checkpoint(str(tmp_path / "c.pt"), cfg, NestedTransformer(cfg.model))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("serve-test"))
+    client.set_tag(run.info.run_id, "checkpoint_uri", ckpt)
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model("digits")
+    version = client.create_model_version("digits", ckpt, run_id=run.info.run_id)
+    client.set_registered_model_alias("digits", "prod", version.version)
+    for name in (f"models:/digits/{version.version}", "models:/digits@prod", f"runs:/{run.info.run_id}"):
+        assert resolve_checkpoint(name, uri) == ckpt
+    with pytest.raises(ValueError, match="expected models:/<name>/<version>"):
+        resolve_checkpoint("models:/digits/latest", uri)
+    from nestgen.serving.engine import Engine
+    eng = Engine(ServeConfig(checkpoint="models:/digits@prod", mlflow_tracking_uri=uri, auto_presets=[]))
+    assert eng.checkpoint_url == ckpt and eng.info()["formats"] == ["png", "tokens"]
+    assert load_model(ckpt)[1].model.width == 32
