@@ -16,7 +16,7 @@ from nestgen.decoding.maskgit import decode
 from nestgen.flops import decode_flops
 from nestgen.images import make_grid, save_png
 from nestgen.render import tokens_to_pixels
-from nestgen.storage import url_to_fs, write_json_atomic
+from nestgen.storage import url_to_fs, write_json_atomic, write_latest
 from nestgen.training.loop import train_on_tokens
 
 
@@ -38,6 +38,7 @@ def train_local(cfg: NestgenConfig, out: str, progress: bool = True):
     fs.makedirs(path, exist_ok=True)
     trainer, history = train_on_tokens(cfg, tokens, labels, progress=progress)
     ckpt = save_checkpoint(f"{out.rstrip('/')}/checkpoint.pt", cfg, trainer.core, **trainer.state())
+    write_latest(out, ckpt)
     write_json_atomic(f"{out.rstrip('/')}/history.json", history)
     write_json_atomic(f"{out.rstrip('/')}/config.json", config_to_dict(cfg))
     return ckpt, history

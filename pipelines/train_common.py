@@ -19,15 +19,18 @@ def maybe_fail(fault: dict | None, step: int) -> None:
         raise RuntimeError(f"injected failure at step {step}")
 
 
-def mlflow_run(cfg: NestgenConfig, step_name: str, output_url: str, extra_params: dict | None = None):
-    """(client, run_id) of a new run with every config value as a param."""
+def mlflow_run(cfg: NestgenConfig, step_name: str, output_url: str, extra_params: dict | None = None,
+               parent_run_id: str | None = None):
+    """(client, run_id) of a new run with every config value as a param (a child run of
+    parent_run_id when given, e.g. a step of a pipeline run)."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
     client = MlflowClient(cfg.mlflow.resolved_uri())
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment)
     run = client.create_run(exp_id, run_name=f"{step_name}-{cfg.name}",
-                            tags={"nestgen.step": step_name, "output_url": output_url})
+                            tags={"nestgen.step": step_name, "output_url": output_url,
+                                  **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
     params = {k: str(v)[:6000] for k, v in flatten(config_to_dict(cfg)).items()}
     params.update({k: str(v) for k, v in (extra_params or {}).items()})
     items = list(params.items())

@@ -1,0 +1,180 @@
+"""The Ray evaluation step: quality against GFLOPs for every decode variant, on MLflow.
+
+    driver: checkpoint (+ its tokenizer) -> held-out reference + quality suite
+            -> [schedule search] -> every variant x N requests as batches on an
+            ActorPool of EvalWorkers (model + tokenizer loaded once each, GPU when the
+            cluster has one) -> metrics -> files under the output URL
+            -> MLflow: a parent run with a child run per variant.
+
+The evaluated config is the checkpoint's model, train (conditioning) and data sections
+with the caller's evaluate, decode sampling and mlflow sections: the reference is the data
+the model was trained on, the variants are what the caller asks for.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+
+from nestgen.checkpoint import model_from_checkpoint, read_checkpoint
+from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
+from nestgen.evaluation import (EvaluationReport, Requests, Sampler, Variant, VariantResult,
+                                build_quality_suite, load_eval_data, local_sampler, run_evaluation)
+from nestgen.evaluation.outputs import write_outputs
+from nestgen.evaluation.variants import collect
+from nestgen.render import tokens_to_pixels
+from nestgen.storage import read_bytes, resolve_checkpoint
+
+
+def load_generator(checkpoint: str, device="cpu"):
+    """(model, checkpoint config, tokenizer or None) of a checkpoint URI."""
+    ckpt = read_checkpoint(checkpoint)
+    model, cfg = model_from_checkpoint(ckpt, device)
+    tok = None
+    if cfg.data.source == "shards":
+        from nestgen.data.shards import shard_tokenizer
+        tok = shard_tokenizer(cfg.data.url, ckpt.get("tokenizer_hash"), device)
+    return model, cfg, tok
+
+
+def evaluation_config(user: NestgenConfig, trained: NestgenConfig) -> NestgenConfig:
+    decode = replace(trained.decode, temperature=user.decode.temperature,
+                     temperature_schedule=user.decode.temperature_schedule,
+                     choice_temperature=user.decode.choice_temperature,
+                     guidance_schedule=user.decode.guidance_schedule)
+    return replace(trained, name=user.name, evaluate=user.evaluate, mlflow=user.mlflow, decode=decode)
+
+
+class EvalWorker:
+    """Ray actor: one model and tokenizer, decoding batches of requests for any variant."""
+
+    def __init__(self, checkpoint: str, cfg: dict):
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, _, tok = load_generator(checkpoint, device)
+        self.sampler = Sampler(model, config_from_dict(cfg), tok)
+        self.warm: set[Variant] = set()
+
+    def run(self, v: Variant, requests: Requests):
+        if v not in self.warm:
+            self.sampler.warm_up(v)
+            self.warm.add(v)
+        return self.sampler.run(v, requests.labels, requests.seeds, requests.cond)
+
+    def device(self) -> str:
+        return str(self.sampler.device)
+
+
+def ray_sampler(checkpoint: str, cfg: NestgenConfig):
+    """(SampleFn over an ActorPool of EvalWorkers, worker device names)."""
+    import ray
+    from ray.util import ActorPool
+    e = cfg.evaluate
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    actor = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=gpus)(EvalWorker)
+    workers = [actor.remote(checkpoint, config_to_dict(cfg)) for _ in range(e.num_workers)]
+    devices = ray.get([w.device.remote() for w in workers])
+    pool = ActorPool(workers)
+
+    def sample(variants: list[Variant], requests: Requests) -> list[VariantResult]:
+        n, bs = len(requests), e.batch_size
+        tasks = [(vi, i) for vi in range(len(variants)) for i in range(0, n, bs)]
+        batches = list(pool.map(lambda w, t: w.run.remote(variants[t[0]], requests.chunk(t[1], t[1] + bs)), tasks))
+        per_variant = len(range(0, n, bs))
+        return [collect(v, cfg, batches[k * per_variant:(k + 1) * per_variant], n) for k, v in enumerate(variants)]
+    return sample, devices
+
+
+@dataclass
+class EvaluateResult:
+    report: EvaluationReport
+    files: dict
+    run_id: str | None
+    seconds: float
+
+
+def evaluate(cfg: NestgenConfig, output_url: str, checkpoint: str = "", use_ray: bool = True,
+             parent_run_id: str | None = None, log_mlflow: bool = True) -> EvaluateResult:
+    """Evaluate `checkpoint` (or cfg.evaluate.checkpoint) as cfg.evaluate says; ray.init is the caller's."""
+    t0 = time.perf_counter()
+    checkpoint = resolve_checkpoint(checkpoint or cfg.evaluate.checkpoint)
+    if not checkpoint:
+        raise ValueError("no checkpoint to evaluate: set evaluate.checkpoint or pass --checkpoint")
+    model, trained, tok = load_generator(checkpoint)
+    ecfg = evaluation_config(cfg, trained)
+    data = load_eval_data(ecfg)
+    render = lambda t: tokens_to_pixels(t, ecfg.model.grid, tok)  # noqa: E731
+    suite = build_quality_suite(ecfg, data, render)
+    for name, why in suite.unavailable.items():
+        print(f"[evaluate] {name}: not reported. {why}")
+    if use_ray:
+        sample, devices = ray_sampler(checkpoint, ecfg)
+    else:
+        sample, devices = local_sampler(model, ecfg, tok), ["cpu"]
+    report = run_evaluation(ecfg, sample, suite, data, render, checkpoint,
+                            progress=lambda s: print(f"[evaluate] {s}", flush=True))
+    print(report.table(), flush=True)
+    files = write_outputs(report, output_url)
+    run_id = None
+    if log_mlflow:
+        run_id = log_to_mlflow(ecfg, report, files, output_url, parent_run_id,
+                               {"workers": len(devices), "device": devices[0], "checkpoint": checkpoint})
+    return EvaluateResult(report, files, run_id, time.perf_counter() - t0)
+
+
+def _log_files(client, run_id: str, urls: list[str], artifact_path: str | None = None) -> None:
+    """MLflow logs local files: copy each (maybe remote) output file through a temp dir."""
+    with tempfile.TemporaryDirectory() as d:
+        for url in urls:
+            path = os.path.join(d, os.path.basename(url))
+            with open(path, "wb") as f:
+                f.write(read_bytes(url))
+            client.log_artifact(run_id, path, artifact_path)
+
+
+def log_to_mlflow(cfg: NestgenConfig, report: EvaluationReport, files: dict, output_url: str,
+                  parent_run_id: str | None, extra: dict) -> str:
+    from mlflow.entities import Metric, Param
+
+    from pipelines.train_common import mlflow_run
+    base = report.baseline()
+    search = report.search
+    params = {"evaluate.metric": report.metric, "evaluate.checkpoint_resolved": extra["checkpoint"],
+              "evaluate.workers": extra["workers"], "evaluate.device": extra["device"],
+              "evaluate.reference": report.suite.reference[:500]}
+    if search:
+        params.update({"search.chosen": search.chosen.name, "search.budget_gflops": search.budget_gflops})
+    for name, why in report.suite.unavailable.items():
+        params[f"unavailable.{name}"] = why[:500]
+    client, run_id = mlflow_run(cfg, "evaluate", output_url, params, parent_run_id)
+    try:
+        ts = int(time.time() * 1000)
+        top = [Metric("baseline_gflops_per_sample", base.gflops_per_sample, ts, 0),
+               Metric(f"baseline_{report.metric}", base.metrics[report.metric], ts, 0)]
+        if search:
+            chosen = report.results[-1]
+            top += [Metric("searched_gflops_saving", report.baseline_gflops / chosen.gflops_per_sample, ts, 0),
+                    Metric(f"searched_{report.metric}", chosen.metrics[report.metric], ts, 0)]
+        client.log_batch(run_id, metrics=top)
+        _log_files(client, run_id, [files["plot"], files["summary"]])
+        for row, r in zip(report.summary()["variants"], report.results):
+            child = client.create_run(client.get_run(run_id).info.experiment_id, run_name=r.variant.name,
+                                      tags={"mlflow.parentRunId": run_id, "nestgen.step": "evaluate.variant"})
+            cid = child.info.run_id
+            d = {"schedule": r.schedule, "schedule_requested": r.variant.schedule, "cache": r.variant.cache,
+                 "steps": sum(int(s.split("x")[1]) for s in r.schedule.split(",")),
+                 "guidance_scale": r.variant.guidance_scale, "temperature": cfg.decode.temperature,
+                 "label": r.variant.label or "-", "num_samples": cfg.evaluate.num_samples}
+            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and k != "guidance_scale"}
+            metrics["pareto"] = float(row["pareto"])
+            client.log_batch(cid, params=[Param(k, str(v)) for k, v in d.items()],
+                             metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None])
+            _log_files(client, cid, list(files["samples"].get(r.variant.name, {}).values()), "samples")
+            client.set_terminated(cid, "FINISHED")
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
