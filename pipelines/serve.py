@@ -64,11 +64,11 @@ class Generator:
             job = await asyncio.to_thread(self.engine.resolve, req) if req.condition else self.engine.resolve(req)
         except RequestError as e:
             raise HTTPException(e.status, e.reason) from None
-        self.engine.queue_rows += job.rows
+        admitted = self.engine.admit(job)
         try:
             out = await self.generate_batch(job)
         finally:
-            self.engine.queue_rows -= job.rows
+            self.engine.finish(job, admitted)
         if isinstance(out, Exception):
             raise HTTPException(500, f"generation failed: {type(out).__name__}: {out}")
         return JSONResponse(out)

@@ -13,7 +13,9 @@ from PIL import Image
 
 from nestgen.checkpoint import save_checkpoint
 from nestgen.config import ServeConfig, config_from_dict
+from nestgen.data.moving_digits import decode_mp4, encode_mp4, make_moving_digit_clips
 from nestgen.model.nested_transformer import NestedTransformer
+from nestgen.tokenizers import clips_to_pixels, load_tokenizer
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -149,8 +151,6 @@ def test_auto_reports_the_schedule_it_chose(image_url):
 
 
 def test_video_model_answers_with_a_playable_mp4_and_continues_given_frames(video_url, video_tokenizer):
-    from nestgen.data.moving_digits import decode_mp4, encode_mp4, make_moving_digit_clips
-    from nestgen.tokenizers import clips_to_pixels, load_tokenizer
     info = httpx.get(video_url + "/v1/model").json()
     assert info["kind"] == "video" and info["formats"] == ["mp4", "png", "tokens"] and info["cond_tokens"] == 16
 
@@ -197,7 +197,6 @@ def test_nestgen_generate_client_writes_png_mp4_and_json(image_url, video_url, t
     printed = json.loads(capsys.readouterr().out)
     assert printed["schedule"] == "8x3,4x3,2x3,1x3" and printed["written"] == [str(out)]
     assert main(["generate", "--url", video_url, "--class", "1", "--out", str(tmp_path / "clip.mp4")]) == 0
-    from nestgen.data.moving_digits import decode_mp4
     assert decode_mp4((tmp_path / "clip.mp4").read_bytes()).shape == (8, 32, 32, 3)
     assert main(["generate", "--url", image_url, "--class", "12", "--out", str(tmp_path / "t.json")]) == 1
     assert "HTTP 400: class_label 12 is out of range" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from nestgen.checkpoint import save_checkpoint
 from nestgen.config import DecodeConfig, ServeConfig, config_from_dict
 from nestgen.configschema import ConfigError
 from nestgen.model.nested_transformer import NestedTransformer
-from nestgen.serving.auto import LatencyModel, calibrate, choose_preset
+from nestgen.serving.auto import LatencyFeedback, LatencyModel, calibrate, choose_preset
 from nestgen.serving.batching import group_jobs, row_slices
 from nestgen.serving.body_limit import BodySizeLimit
 from nestgen.serving.deployment import deployment_options, read_serve_file
@@ -58,7 +58,8 @@ def test_a_good_request_resolves_to_rows_with_consecutive_seeds():
                                           cache="none", temperature=0.5), _spec())
     assert job.labels == [3, 3, 3] and job.seeds == [7, 8, 9] and job.format == "png"
     assert job.decode.schedule == "8x3,4x3,2x3,1x3" and job.decode.steps == 12 and job.decode.cache == "none"
-    assert job.decode.temperature == 0.5 and job.schedule_name == "custom"
+    assert job.decode.temperature == 0.5 and job.schedule_name == "magnets"     # the preset it spells
+    assert resolve_request(GenerateRequest(schedule="4x6,1x6"), _spec()).schedule_name == "custom"
     uncond = resolve_request(GenerateRequest(schedule="magnets-2", format="tokens"), _spec())
     assert uncond.labels == [10] and uncond.schedule_name == "magnets-2" and uncond.decode.schedule == "2x6,1x6"
     default = resolve_request(GenerateRequest(), _spec())
@@ -83,6 +84,20 @@ def test_auto_prefers_quality_until_the_queue_makes_it_too_slow():
     job = resolve_request(GenerateRequest(schedule="auto"), spec, lambda rows: choose_preset(presets, lat, 20, rows, 0.2))
     assert job.schedule_name == "magnets-lite" and job.decode.schedule == "8x4,4x4,2x2,1x2"
     assert job.auto["expected_latency_s"] == pytest.approx(lat.expected_latency("magnets-lite", 20, 1), abs=1e-4)
+
+
+def test_auto_feedback_corrects_an_optimistic_latency_model():
+    lat = LatencyModel(fixed_s={"baseline": 0.1, "magnets": 0.05}, per_row_s={"baseline": 0.0, "magnets": 0.0},
+                       max_batch=8)
+    fb = LatencyFeedback()
+    assert choose_preset(["baseline", "magnets"], lat, 0, 1, 0.25, fb.ratio)[0] == "baseline"
+    for _ in range(30):                        # answers keep taking 3x what the model predicts
+        fb.observe(0.1, 0.3)
+    assert fb.ratio == pytest.approx(3.0, rel=0.01)
+    name, info = choose_preset(["baseline", "magnets"], lat, 0, 1, 0.25, fb.ratio)
+    assert name == "magnets" and info["model_latency_s"] == 0.05 and info["expected_latency_s"] == pytest.approx(0.15, abs=1e-3)
+    fb.observe(0.1, 1e6)                       # one stalled request moves it by at most alpha x 20
+    assert fb.ratio < 0.8 * 3 + 0.2 * 20 + 1e-9
 
 
 def test_calibration_fits_fixed_and_per_row_seconds():

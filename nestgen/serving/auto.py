@@ -12,7 +12,9 @@ seconds (two timed points at replica start). A new request of n rows behind q qu
 waits for those rows to run in batches of at most B, then runs itself:
     expected = full_batches * t_p(B) + t_p(rest),  full_batches, rest = divmod(q + n, B)
 This assumes the rows ahead run with the same preset, which is what happens under overload,
-when auto requests dominate the queue.
+when auto requests dominate the queue. What the model leaves out (HTTP and PNG/MP4 encoding
+time, batches that fill less than assumed) is corrected by feedback: the running ratio of
+observed to predicted latency of answered auto requests scales every prediction.
 """
 from __future__ import annotations
 
@@ -38,14 +40,30 @@ class LatencyModel:
         return {"fixed_s": self.fixed_s, "per_row_s": self.per_row_s, "max_batch": self.max_batch}
 
 
+@dataclass
+class LatencyFeedback:
+    """Exponential moving average of observed / predicted latency (clamped, so one stalled
+    request can't swing it far)."""
+    ratio: float = 1.0
+    alpha: float = 0.2
+
+    def observe(self, predicted_s: float, observed_s: float) -> None:
+        if predicted_s > 0:
+            r = min(20.0, max(0.25, observed_s / predicted_s))
+            self.ratio = (1 - self.alpha) * self.ratio + self.alpha * r
+
+
 def choose_preset(presets_best_first: list[str], latency: LatencyModel, queue_rows: int, rows: int,
-                  target_s: float) -> tuple[str, dict]:
-    """(preset, details): the first preset whose expected latency is within target_s, else the
-    last (cheapest). Details say why, for the response."""
-    expected = {p: latency.expected_latency(p, queue_rows, rows) for p in presets_best_first}
-    chosen = next((p for p in presets_best_first if expected[p] <= target_s), presets_best_first[-1])
-    return chosen, {"queue_rows": queue_rows, "target_s": target_s,
-                    "expected_latency_s": round(expected[chosen], 4), "met_target": expected[chosen] <= target_s}
+                  target_s: float, correction: float = 1.0) -> tuple[str, dict]:
+    """(preset, details): the first preset whose expected latency (model x correction) is within
+    target_s, else the last (cheapest). Details say why, for the response; model_latency_s
+    is the uncorrected prediction, which LatencyFeedback compares with what happened."""
+    model = {p: latency.expected_latency(p, queue_rows, rows) for p in presets_best_first}
+    chosen = next((p for p in presets_best_first if model[p] * correction <= target_s), presets_best_first[-1])
+    expected = model[chosen] * correction
+    return chosen, {"queue_rows": queue_rows, "target_s": target_s, "expected_latency_s": round(expected, 4),
+                    "model_latency_s": round(model[chosen], 4), "correction": round(correction, 3),
+                    "met_target": expected <= target_s}
 
 
 def calibrate(presets: list[str], time_decode: Callable[[str, int], float], max_batch: int,

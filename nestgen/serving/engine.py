@@ -19,7 +19,13 @@ from nestgen.decoding.schedule import presets_for
 from nestgen.device import resolve_device
 from nestgen.flops import decode_flops
 from nestgen.render import tokens_to_pixels
-from nestgen.serving.auto import LatencyModel, calibrate, choose_preset, timer
+from nestgen.serving.auto import (
+    LatencyFeedback,
+    LatencyModel,
+    calibrate,
+    choose_preset,
+    timer,
+)
 from nestgen.serving.batching import group_jobs, row_slices
 from nestgen.serving.conditioning import condition_tokens
 from nestgen.serving.encode import encode_sample
@@ -77,6 +83,7 @@ class Engine:
         self.presets = presets_for(m.model.nest_factors)
         self.auto_presets = [p for p in cfg.auto_presets if p in self.presets]
         self.queue_rows = 0     # rows admitted and not yet answered (the replica's queue depth)
+        self.feedback = LatencyFeedback()
         self.latency: LatencyModel | None = None
         if self.auto_presets:
             self.latency = calibrate(self.auto_presets, self._time_preset, cfg.max_batch_size)
@@ -97,7 +104,18 @@ class Engine:
         return timer(once)
 
     def choose_auto(self, rows: int) -> tuple[str, dict]:
-        return choose_preset(self.auto_presets, self.latency, self.queue_rows, rows, self.cfg.auto_latency_target_s)
+        return choose_preset(self.auto_presets, self.latency, self.queue_rows, rows, self.cfg.auto_latency_target_s,
+                             self.feedback.ratio)
+
+    def admit(self, job: Job) -> float:
+        """Count the job's rows into the queue depth; returns its admission time."""
+        self.queue_rows += job.rows
+        return time.perf_counter()
+
+    def finish(self, job: Job, admitted: float) -> None:
+        self.queue_rows -= job.rows
+        if job.auto:
+            self.feedback.observe(job.auto["model_latency_s"], time.perf_counter() - admitted)
 
     def resolve(self, req: GenerateRequest) -> Job:
         """The validated Job for `req`; RequestError (with its HTTP status) when refused.

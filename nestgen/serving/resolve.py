@@ -87,4 +87,11 @@ def resolve_request(req: GenerateRequest, spec: ModelSpec,
         name, auto = choose_auto(req.num_samples)
     d = _decode_config(req, spec, name)
     return Job(labels=labels, seeds=[req.seed + i for i in range(req.num_samples)], decode=d,
-               schedule_name=name if name in PRESETS else "custom", format=fmt, auto=auto)
+               schedule_name=_preset_name(name, d.schedule), format=fmt, auto=auto)
+
+
+def _preset_name(asked: str, schedule: str) -> str:
+    """The preset asked for, or the one a compact string spells out, else "custom"."""
+    if asked in PRESETS:
+        return asked
+    return next((n for n, text in PRESETS.items() if text == schedule), "custom")
