@@ -115,6 +115,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from nestgen.config import load_config
+    from pipelines.pipeline import run_pipeline
+    cfg = load_config(args.config, args.overrides)
+    run_pipeline(cfg, args.from_step, args.only, args.dry_run, args.ray_address)
+    return 0
+
+
 def cmd_data(args) -> int:
     if args.dataset == "digits":
         from nestgen.data.image_files import write_digit_images
@@ -272,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="the whole pipeline as a durable DAG: data -> tokenizer -> tokenize -> "
+                                    "train -> evaluate -> serve; unchanged complete steps are skipped")
+    _add_config_args(p)
+    p.add_argument("--from", dest="from_step", help="re-run this step and everything after it")
+    p.add_argument("--only", help="run just this step (its upstream steps must be complete)")
+    p.add_argument("--dry-run", action="store_true", help="print the DAG and what would run or be skipped")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="quality vs GFLOPs of every schedule x cache x guidance variant "
                                          "(+ schedule search) on Ray, logged to MLflow")

@@ -17,7 +17,7 @@ from nestgen.tokenizers.config import TokenizerConfig
 
 __all__ = [
     "ConfigError", "ModelConfig", "TrainConfig", "DecodeConfig", "DataConfig", "TokenizeConfig",
-    "TokenizerConfig", "ScalingConfig", "MlflowConfig", "ServeConfig", "EvaluateConfig", "SearchConfig", "NestgenConfig",
+    "TokenizerConfig", "ScalingConfig", "MlflowConfig", "ServeConfig", "EvaluateConfig", "SearchConfig", "PipelineConfig", "NestgenConfig",
     "load_config", "config_from_dict", "config_to_dict", "flatten",
 ]
 
@@ -341,6 +341,32 @@ class ServeConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """The workflow DAG (pipelines.dag): data -> tokenizer -> tokenize -> train -> evaluate ->
+    serve. Every step writes under output_url/<step>-<fingerprint>/ with a completion
+    marker written last; steps not applicable to the config (no tokenizer for the raw
+    digits) are left out of the DAG."""
+    output_url: str = "runs/pipeline"   # local path or any fsspec URL (gs://...)
+    raw_data: str = ""                  # raw media folder (<split>/<class>/<file>); "" -> write `dataset`
+    dataset: Literal["digits", "moving-digits"] = "digits"   # the embedded set the data step writes
+    data_size: int = 32                 # pixels of the embedded images / frames
+    clips_per_class: int = 40           # moving-digits clips per class
+    frames: int = 16                    # moving-digits frames per clip
+    tokenizer: str = ""                 # an existing tokenizer checkpoint: skips tokenizer training
+    serve: bool = True                  # the last step: deploy on Serve locally, request a sample, stop
+    retries: int = 2                    # extra attempts of a step after a transient failure
+    retry_backoff_s: float = 5.0
+
+    def validate(self) -> None:
+        check(bool(self.output_url), "output_url", "must not be empty")
+        check(self.data_size >= 8, "data_size", "must be >= 8")
+        check(self.clips_per_class >= 1, "clips_per_class", "must be >= 1")
+        check(self.frames >= 1, "frames", "must be >= 1")
+        check(self.retries >= 0, "retries", "must be >= 0")
+        check(self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
+
+
+@dataclass
 class NestgenConfig:
     name: str = "digits"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -353,6 +379,7 @@ class NestgenConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def validate(self) -> None:
         from nestgen.decoding.schedule import resolve_schedule

@@ -104,14 +104,15 @@ def _tokenizer(cfg: NestgenConfig, manifest: dict | None):
     return shard_tokenizer(cfg.data.url, manifest["tokenizer"]["hash"])
 
 
-def fit(cfg: NestgenConfig, output_url: str, fault_injection: dict | None = None) -> TrainResult:
+def fit(cfg: NestgenConfig, output_url: str, fault_injection: dict | None = None,
+        parent_run_id: str | None = None) -> TrainResult:
     """Train on the current Ray cluster (ray.init done by the caller); see the module doc."""
     from pipelines.train_data import token_dataset
 
     ds, manifest = token_dataset(cfg)
     extra = ({"data.manifest_url": cfg.data.url, "data.tokenizer_hash": manifest["tokenizer"]["hash"],
               "data.input_fingerprint": manifest["input_fingerprint"]} if manifest else {})
-    client, run_id = mlflow_run(cfg, "train", output_url, extra)
+    client, run_id = mlflow_run(cfg, "train", output_url, extra, parent_run_id)
     try:
         trainer = torch_trainer(train_loop_per_worker, cfg, output_url, f"train-{cfg.name}", {"train": ds}, {
             "cfg": config_to_dict(cfg), "mlflow_uri": cfg.mlflow.resolved_uri(), "run_id": run_id,

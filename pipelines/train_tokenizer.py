@@ -85,7 +85,7 @@ class TokenizerTrainResult:
 
 
 def fit_tokenizer(cfg: NestgenConfig, data_url: str, output_url: str, split: str = "train",
-                  fault_injection: dict | None = None) -> TokenizerTrainResult:
+                  fault_injection: dict | None = None, parent_run_id: str | None = None) -> TokenizerTrainResult:
     """Train cfg.tokenizer on the raw files under data_url (Ray must be initialized)."""
     import ray
 
@@ -101,7 +101,7 @@ def fit_tokenizer(cfg: NestgenConfig, data_url: str, output_url: str, split: str
                            clips_per_video=cfg.tokenize.clips_per_video))
     ds = ray.data.from_items(items).randomize_block_order().map_batches(
         _decode_batch, fn_kwargs={"kind": t.kind, "spec": spec}, batch_size=64, batch_format="numpy")
-    client, run_id = mlflow_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url})
+    client, run_id = mlflow_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url}, parent_run_id)
     try:
         trainer = torch_trainer(tokenizer_loop_per_worker, cfg, output_url, f"tokenizer-{cfg.name}",
                                 {"train": ds}, {"cfg": config_to_dict(cfg), "mlflow_uri": cfg.mlflow.resolved_uri(),

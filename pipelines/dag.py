@@ -1,0 +1,221 @@
+"""A small durable DAG runner (`ray.workflow` is gone and `ray.dag` execution is deprecated).
+
+A step declares its upstream steps, the config it depends on, and a function that writes
+its outputs under a folder it is given. Its *fingerprint* hashes that config with the
+upstream fingerprints (and the step's own input listing, e.g. raw files), so it changes
+exactly when something the step reads changes. Step folders are named by fingerprint
+(`<output>/<step>-<fp12>/`): a changed config never resumes or overwrites another
+config's outputs, and a killed step resumes in its own folder (Ray Train continues from
+its last checkpoint there). A step is done when `<folder>/_COMPLETE.json` exists, written
+last, holding its outputs: a re-run skips done steps and runs from the first undone one.
+Transient failures are retried with backoff; input and config errors (ValueError,
+TypeError, KeyError, FileNotFoundError) fail at once.
+
+The runner executes steps in the driver in dependency order; the steps fan out on the
+cluster themselves (Ray Data, Ray Train, actors, Serve).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nestgen.storage import exists, join, read_json, write_json_atomic
+
+MARKER = "_COMPLETE.json"
+DAG_FILE = "dag.json"
+PERMANENT = (ValueError, TypeError, KeyError, FileNotFoundError, NotImplementedError)
+
+
+@dataclass
+class StepContext:
+    folder: str                              # where this step writes (under the run's output URL)
+    inputs: dict[str, dict]                  # upstream step name -> its outputs
+    parent_run_id: str | None                # the pipeline's MLflow run
+    attempt: int = 1
+
+
+@dataclass
+class Step:
+    name: str
+    run: Callable[[StepContext], dict]       # returns JSON-able outputs
+    deps: list[str] = field(default_factory=list)
+    config: Callable[[], Any] = lambda: None  # what the outputs depend on (JSON-able)
+    input_listing: Callable[[], str] = lambda: ""   # e.g. a hash of raw files the step reads
+    about: str = ""
+
+
+@dataclass
+class StepRecord:
+    name: str
+    deps: list[str]
+    fingerprint: str
+    folder: str
+    status: str = "pending"                  # pending | skipped | done | failed | not_run
+    attempts: int = 0
+    seconds: float = 0.0
+    outputs: dict = field(default_factory=dict)
+    error: str = ""
+    mlflow_run_id: str | None = None
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def topological(steps: list[Step]) -> list[Step]:
+    by_name = {s.name: s for s in steps}
+    order, seen, visiting = [], set(), set()
+
+    def visit(s: Step) -> None:
+        if s.name in seen:
+            return
+        if s.name in visiting:
+            raise ValueError(f"the DAG has a cycle through {s.name!r}")
+        visiting.add(s.name)
+        for d in s.deps:
+            if d not in by_name:
+                raise ValueError(f"step {s.name!r} depends on unknown step {d!r}")
+            visit(by_name[d])
+        visiting.discard(s.name)
+        seen.add(s.name)
+        order.append(s)
+    for s in steps:
+        visit(s)
+    return order
+
+
+def fingerprints(steps: list[Step]) -> dict[str, str]:
+    fps: dict[str, str] = {}
+    for s in topological(steps):
+        h = hashlib.sha256(s.name.encode())
+        h.update(json.dumps(s.config(), sort_keys=True, default=str).encode())
+        h.update(s.input_listing().encode())
+        for d in sorted(s.deps):
+            h.update(fps[d].encode())
+        fps[s.name] = h.hexdigest()
+    return fps
+
+
+def downstream(steps: list[Step], name: str) -> set[str]:
+    out = {name}
+    for s in topological(steps):
+        if any(d in out for d in s.deps):
+            out.add(s.name)
+    return out
+
+
+class Runner:
+    """Plans and runs a DAG under `output_url`; `tracker` (optional) mirrors it in MLflow."""
+
+    def __init__(self, steps: list[Step], output_url: str, tracker=None, retries: int = 2,
+                 backoff_s: float = 5.0, faults: dict[str, int] | None = None):
+        self.steps = topological(steps)
+        self.output_url = output_url.rstrip("/")
+        self.tracker, self.retries, self.backoff_s = tracker, retries, backoff_s
+        self.faults = dict(faults or {})     # test hook: step -> attempts that raise a transient error
+        fps = fingerprints(self.steps)
+        self.records = {s.name: StepRecord(s.name, s.deps, fps[s.name], join(self.output_url, f"{s.name}-{fps[s.name][:12]}"))
+                        for s in self.steps}
+
+    def plan(self, from_step: str | None = None, only: str | None = None) -> dict[str, str]:
+        """step -> 'skip' (complete, unchanged) | 'run' | 'not selected'."""
+        for name in (from_step, only):
+            if name and name not in self.records:
+                raise ValueError(f"unknown step {name!r}; steps: {[s.name for s in self.steps]}")
+        forced = downstream(self.steps, from_step) if from_step else set()
+        out = {}
+        for s in self.steps:
+            r = self.records[s.name]
+            if only and s.name != only:
+                out[s.name] = "not selected"
+            elif s.name in forced:
+                out[s.name] = "run"
+            else:
+                out[s.name] = "skip" if exists(join(r.folder, MARKER)) else "run"
+        return out
+
+    def describe(self, plan: dict[str, str]) -> str:
+        lines = [f"DAG under {self.output_url}:"]
+        for s in self.steps:
+            r = self.records[s.name]
+            deps = f" <- {', '.join(s.deps)}" if s.deps else ""
+            lines.append(f"  {s.name:10s}{deps:28s} {plan[s.name]:13s} {r.folder}")
+        return "\n".join(lines)
+
+    def run(self, from_step: str | None = None, only: str | None = None) -> dict[str, StepRecord]:
+        plan = self.plan(from_step, only)
+        print(self.describe(plan), flush=True)
+        if self.tracker:
+            self.tracker.start(self)
+        failed = None
+        try:
+            for s in self.steps:
+                r = self.records[s.name]
+                if failed or plan[s.name] == "not selected":
+                    r.status = "not_run" if failed else r.status
+                    if plan[s.name] == "not selected" and exists(join(r.folder, MARKER)):
+                        r.outputs, r.status = read_json(join(r.folder, MARKER))["outputs"], "skipped"
+                    continue
+                missing = [d for d in s.deps if self.records[d].status not in ("done", "skipped")]
+                if missing:
+                    raise StepFailed(f"step {s.name!r} needs {missing} to be complete first "
+                                     f"(run without --only, or with --only {missing[0]})")
+                if plan[s.name] == "skip":
+                    marker = read_json(join(r.folder, MARKER))
+                    r.outputs, r.status = marker["outputs"], "skipped"
+                    print(f"[dag] {s.name}: up to date, skipped ({r.folder})", flush=True)
+                    if self.tracker:
+                        self.tracker.step(r)
+                    continue
+                try:
+                    self._run_step(s, r)
+                except StepFailed as e:
+                    failed = e
+                if self.tracker:
+                    self.tracker.step(r)
+        finally:
+            write_json_atomic(join(self.output_url, DAG_FILE), self.summary())
+            if self.tracker:
+                self.tracker.finish(self, failed)
+        if failed:
+            raise failed
+        return self.records
+
+    def _run_step(self, s: Step, r: StepRecord) -> None:
+        inputs = {d: self.records[d].outputs for d in s.deps}
+        for attempt in range(1, self.retries + 2):
+            r.attempts = attempt
+            print(f"[dag] {s.name}: running (attempt {attempt}) -> {r.folder}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                if self.faults.get(s.name, 0) >= attempt:
+                    raise ConnectionError(f"injected transient failure of {s.name} (attempt {attempt})")
+                parent = self.tracker.step_parent(r) if self.tracker else None
+                outputs = s.run(StepContext(r.folder, inputs, parent, attempt)) or {}
+                r.seconds += time.perf_counter() - t0
+                r.outputs, r.status, r.error = outputs, "done", ""
+                write_json_atomic(join(r.folder, MARKER), {
+                    "step": s.name, "fingerprint": r.fingerprint, "outputs": outputs,
+                    "seconds": r.seconds, "attempts": attempt, "finished_at": time.time()})
+                print(f"[dag] {s.name}: done in {r.seconds:.1f} s", flush=True)
+                return
+            except Exception as e:          # noqa: BLE001 - classified below
+                r.seconds += time.perf_counter() - t0
+                r.error = f"{type(e).__name__}: {e}"
+                permanent = isinstance(e, PERMANENT)
+                print(f"[dag] {s.name}: attempt {attempt} failed: {r.error}", flush=True)
+                if permanent or attempt > self.retries:
+                    r.status = "failed"
+                    traceback.print_exc()
+                    why = "input/config error, not retried" if permanent else f"after {attempt} attempts"
+                    raise StepFailed(f"step {s.name!r} failed ({why}): {r.error}") from e
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+
+    def summary(self) -> dict:
+        return {"output_url": self.output_url,
+                "steps": [{k: v for k, v in vars(self.records[s.name]).items()} | {"about": s.about}
+                          for s in self.steps]}

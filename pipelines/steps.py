@@ -1,0 +1,174 @@
+"""nestgen's pipeline as DAG steps (see pipelines.dag for the runner's contract).
+
+    data -> tokenizer -> tokenize -> train -> evaluate -> serve
+
+`data` writes the embedded set (digits PNGs or moving-digit MP4s) or checks a raw folder;
+`tokenizer` trains the VQ tokenizer with Ray Train (or takes pipeline.tokenizer);
+`tokenize` writes token shards with Ray Data; `train` trains the nested transformer with
+Ray Train; `evaluate` sweeps schedules on Ray actors; `serve` deploys the checkpoint on
+Ray Serve on 127.0.0.1, asks for one sample over HTTP, writes it and stops the service.
+Configs whose data.source is `digits` (raw 8x8 levels, no tokenizer) start at `train`.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+from dataclasses import replace
+
+from nestgen.config import NestgenConfig
+from nestgen.configschema import to_dict
+from nestgen.storage import join, url_to_fs, write_bytes_atomic
+from pipelines.dag import Step, StepContext
+
+
+def _listing_hash(url: str) -> str:
+    """Names and sizes of every file under a raw folder: changes when the data do."""
+    fs, path = url_to_fs(url)
+    if not fs.exists(path):
+        return f"missing:{url}"
+    h = hashlib.sha256()
+    for name, info in sorted(fs.find(path, detail=True).items()):
+        h.update(f"{name[len(path):]}|{info.get('size')}".encode())
+    return h.hexdigest()
+
+
+def data_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+    p = cfg.pipeline
+    if p.raw_data:
+        fs, path = url_to_fs(p.raw_data)
+        if not fs.isdir(path):
+            raise FileNotFoundError(f"pipeline.raw_data {p.raw_data} is not a folder")
+        return {"raw_url": p.raw_data, "written": False}
+    out = join(ctx.folder, "raw")
+    if p.dataset == "digits":
+        from nestgen.data.image_files import write_digit_images
+        info = write_digit_images(out, size=p.data_size, holdout_fraction=cfg.data.holdout_fraction,
+                                  seed=cfg.data.seed)
+    else:
+        from nestgen.data.moving_digits import write_moving_digits
+        info = write_moving_digits(out, num_clips_per_class=p.clips_per_class, frames=p.frames, size=p.data_size,
+                                   seed=cfg.data.seed, holdout_fraction=max(cfg.data.holdout_fraction, 0.1))
+    return {"raw_url": out, "written": True, "train": info["train"], "val": info["val"]}
+
+
+def tokenizer_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+    if cfg.pipeline.tokenizer:
+        from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+        return {"tokenizer_url": cfg.pipeline.tokenizer,
+                "tokenizer_hash": tokenizer_hash(load_tokenizer(cfg.pipeline.tokenizer))}
+    from pipelines.train_tokenizer import fit_tokenizer
+    res = fit_tokenizer(cfg, ctx.inputs["data"]["raw_url"], ctx.folder, "train", parent_run_id=ctx.parent_run_id)
+    return {"tokenizer_url": res.checkpoint_url, "tokenizer_hash": res.tokenizer_hash, "mlflow_run_id": res.run_id,
+            **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}}
+
+
+def tokenize_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+    from pipelines.tokenize import tokenize_to_shards
+    m = tokenize_to_shards(ctx.inputs["data"]["raw_url"], ctx.folder, ctx.inputs["tokenizer"]["tokenizer_url"],
+                           cfg.tokenize)
+    return {"shards_url": ctx.folder, "rows": {s: v["rows"] for s, v in m["splits"].items()},
+            "failed": len(m["failed"]), "grid_shape": m["grid_shape"], "tokenizer_hash": m["tokenizer"]["hash"]}
+
+
+def train_config(cfg: NestgenConfig, inputs: dict) -> NestgenConfig:
+    if "tokenize" in inputs:
+        return replace(cfg, data=replace(cfg.data, source="shards", url=inputs["tokenize"]["shards_url"]))
+    return cfg
+
+
+def train_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+    from pipelines.train import fit
+    res = fit(train_config(cfg, ctx.inputs), ctx.folder, parent_run_id=ctx.parent_run_id)
+    return {"checkpoint_url": res.checkpoint_url, "mlflow_run_id": res.run_id, "start_step": res.start_step,
+            **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float)) and k.startswith("loss")}}
+
+
+def evaluate_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+    from pipelines.evaluate import evaluate
+    res = evaluate(cfg, ctx.folder, ctx.inputs["train"]["checkpoint_url"], use_ray=True,
+                   parent_run_id=ctx.parent_run_id)
+    s = res.report.summary()
+    base = s["baseline"]
+    out = {"summary_url": res.files["summary"], "plot_url": res.files["plot"], "mlflow_run_id": res.run_id,
+           "metric": s["metric"], "baseline_gflops": base["gflops_per_sample"], "baseline_quality": base[s["metric"]]}
+    if s["search"]:
+        row = s["variants"][-1]
+        out.update(searched_schedule=row["schedule"], searched_cache=row["cache"],
+                   searched_gflops_saving=row["gflops_saving"], searched_quality=row[s["metric"]])
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _first_val_clip(ctx: StepContext) -> str:
+    """A held-out raw clip (base64 MP4) to condition a frame-prediction request on."""
+    from nestgen.data.raw_files import list_raw_files
+    from nestgen.storage import read_bytes
+    items, _, _ = list_raw_files(ctx.inputs["data"]["raw_url"])
+    clips = sorted((it for it in items if it["kind"] == "video"), key=lambda it: (it["split"] == "train", it["uri"]))
+    if not clips:
+        raise FileNotFoundError("frame prediction needs a raw video to condition on; none found")
+    return base64.b64encode(read_bytes(clips[0]["uri"])).decode()
+
+
+def serve_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+    """Deploy on Serve (127.0.0.1, a free port), one sample per schedule preset asked over
+    HTTP, then stop: proof that the checkpoint serves. `nestgen serve` keeps one running."""
+    from ray import serve
+
+    from nestgen.serving.client import generate, request_json
+    from pipelines.serve import run_local
+    scfg = replace(cfg.serve, checkpoint=ctx.inputs["train"]["checkpoint_url"])
+    url = run_local(scfg, "127.0.0.1", _free_port(), block=False)
+    try:
+        video = len(cfg.model.grid) == 3
+        fmt = "mp4" if video else "png"
+        out = {"health": request_json(f"{url}/v1/health")}
+        extra = {"condition": {"mp4_base64": _first_val_clip(ctx)}} if cfg.train.cond_tokens else {}
+        for schedule in ("baseline", "magnets"):
+            resp = generate(url, {"class_label": 3 % max(1, cfg.model.num_classes), "num_samples": 1, "seed": 0,
+                                  "schedule": schedule, "format": fmt, "cache": "on_switch", **extra})
+            blob = base64.b64decode(resp["samples"][0][fmt])
+            out[f"sample_{schedule}"] = write_bytes_atomic(join(ctx.folder, f"sample_{schedule}.{fmt}"), blob)
+            out[f"gflops_{schedule}"] = resp.get("gflops_per_sample", resp.get("gflops"))
+    finally:
+        serve.shutdown()
+    return out
+
+
+def build_steps(cfg: NestgenConfig) -> list[Step]:
+    """The DAG for cfg: each step with the config sections its outputs depend on."""
+    sec = lambda *names: (lambda: {n: to_dict(getattr(cfg, n)) for n in names})  # noqa: E731
+    p = cfg.pipeline
+    steps: list[Step] = []
+    raw = cfg.data.source != "digits"          # raw files -> tokenizer -> shards (else the 8x8 digits levels)
+    if raw:
+        steps += [
+            Step("data", lambda ctx: data_step(cfg, ctx), [],
+                 lambda: {k: v for k, v in to_dict(p).items() if k in ("raw_data", "dataset", "data_size",
+                                                                       "clips_per_class", "frames")}
+                 | {"holdout": cfg.data.holdout_fraction, "seed": cfg.data.seed},
+                 (lambda: _listing_hash(p.raw_data)) if p.raw_data else (lambda: ""),
+                 "write the embedded raw set (or check pipeline.raw_data)"),
+            Step("tokenizer", lambda ctx: tokenizer_step(cfg, ctx), ["data"],
+                 lambda: {"tokenizer": to_dict(cfg.tokenizer), "existing": p.tokenizer,
+                          "clip": [cfg.tokenize.fps, cfg.tokenize.clips_per_video]},
+                 about="train the VQ tokenizer on Ray Train (or load pipeline.tokenizer)"),
+            Step("tokenize", lambda ctx: tokenize_step(cfg, ctx), ["data", "tokenizer"], sec("tokenize"),
+                 about="raw files -> Parquet token shards with Ray Data"),
+        ]
+    steps.append(Step("train", lambda ctx: train_step(cfg, ctx), ["tokenize"] if raw else [],
+                      lambda: sec("model", "train", "scaling")() | {"data": None if raw else to_dict(cfg.data)},
+                      about="nested transformer on Ray Train (DDP)"))
+    steps.append(Step("evaluate", lambda ctx: evaluate_step(cfg, ctx), ["train"], sec("evaluate", "decode"),
+                      about="quality vs GFLOPs for every schedule + search, on Ray actors"))
+    if p.serve:
+        steps.append(Step("serve", lambda ctx: serve_step(cfg, ctx), ["train"] + (["data"] if raw else []),
+                          lambda: {k: v for k, v in to_dict(cfg.serve).items() if k != "checkpoint"},
+                          about="deploy on Ray Serve (127.0.0.1), request samples over HTTP, stop"))
+    return steps
