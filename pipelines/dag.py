@@ -126,7 +126,8 @@ class Runner:
         for name in (from_step, only):
             if name and name not in self.records:
                 raise ValueError(f"unknown step {name!r}; steps: {[s.name for s in self.steps]}")
-        forced = downstream(self.steps, from_step) if from_step else set()
+        # --from re-runs a step and what depends on it; --only runs exactly one step, done or not
+        forced = downstream(self.steps, from_step) if from_step else ({only} if only else set())
         out = {}
         for s in self.steps:
             r = self.records[s.name]

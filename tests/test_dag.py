@@ -1,0 +1,156 @@
+"""The DAG runner: fingerprints, completion markers, skip/resume, retries, --from/--only,
+and its MLflow record. Steps here are small functions writing files, so every behaviour of
+the runner is checked without Ray; the full pipeline runs in test_pipeline_job.py."""
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from nestgen.config import config_from_dict
+from pipelines.dag import MARKER, Runner, Step, StepFailed, fingerprints
+from pipelines.dag_mlflow import MlflowTracker
+from pipelines.steps import build_steps
+
+
+class Calls:
+    def __init__(self):
+        self.log: list[str] = []
+        self.fail: dict[str, Exception] = {}
+
+    def step(self, name, deps=(), config=lambda: None):
+        def run(ctx):
+            self.log.append(name)
+            if name in self.fail:
+                raise self.fail.pop(name)
+            with open(f"{ctx.folder}/out.txt", "w") as f:       # outputs live in the step's folder
+                f.write(name + "".join(ctx.inputs[d]["value"] for d in deps))
+            return {"value": name[0] + "".join(ctx.inputs[d]["value"] for d in deps)}
+        return Step(name, _mkdir(run), list(deps), config)
+
+
+def _mkdir(run):
+    def wrapped(ctx):
+        import os
+        os.makedirs(ctx.folder, exist_ok=True)
+        return run(ctx)
+    return wrapped
+
+
+def _dag(calls, cfg):
+    return [calls.step("a", config=lambda: cfg["a"]), calls.step("b", ["a"], lambda: cfg["b"]),
+            calls.step("c", ["a"]), calls.step("d", ["b", "c"])]
+
+
+def test_runs_in_order_then_skips_everything(tmp_path):
+    calls, cfg = Calls(), {"a": 1, "b": 1}
+    recs = Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0).run()
+    assert calls.log == ["a", "b", "c", "d"] and recs["d"].outputs == {"value": "dbaca"}
+    assert all((tmp_path / f"{r.name}-{r.fingerprint[:12]}" / MARKER).exists() for r in recs.values())
+    dag = json.loads((tmp_path / "dag.json").read_text())
+    assert [s["status"] for s in dag["steps"]] == ["done"] * 4
+    calls.log.clear()
+    recs = Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0).run()
+    assert calls.log == [] and [r.status for r in recs.values()] == ["skipped"] * 4
+    assert recs["d"].outputs == {"value": "dbaca"}                  # outputs come back from the markers
+
+
+def test_config_change_reruns_the_step_and_downstream_only(tmp_path):
+    calls, cfg = Calls(), {"a": 1, "b": 1}
+    Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0).run()
+    before = fingerprints(_dag(calls, cfg))
+    cfg["b"] = 2
+    after = fingerprints(_dag(calls, cfg))
+    assert before["a"] == after["a"] and before["c"] == after["c"]
+    assert before["b"] != after["b"] and before["d"] != after["d"]   # d depends on b
+    calls.log.clear()
+    runner = Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0)
+    assert runner.plan() == {"a": "skip", "b": "run", "c": "skip", "d": "run"}
+    runner.run()
+    assert calls.log == ["b", "d"]
+
+
+def test_failed_run_resumes_from_the_first_incomplete_step(tmp_path):
+    calls, cfg = Calls(), {"a": 1, "b": 1}
+    calls.fail["c"] = ValueError("bad input")                      # permanent: not retried
+    with pytest.raises(StepFailed, match="input/config error"):
+        Runner(_dag(calls, cfg), str(tmp_path), retries=3, backoff_s=0).run()
+    assert calls.log == ["a", "b", "c"]
+    dag = {s["name"]: s for s in json.loads((tmp_path / "dag.json").read_text())["steps"]}
+    assert dag["c"]["status"] == "failed" and dag["c"]["attempts"] == 1 and "bad input" in dag["c"]["error"]
+    assert dag["d"]["status"] == "not_run"
+    calls.log.clear()
+    Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0).run()
+    assert calls.log == ["c", "d"]
+
+
+def test_transient_failures_are_retried(tmp_path):
+    calls, cfg = Calls(), {"a": 1, "b": 1}
+    recs = Runner(_dag(calls, cfg), str(tmp_path), retries=2, backoff_s=0, faults={"b": 2}).run()
+    assert recs["b"].status == "done" and recs["b"].attempts == 3
+    calls2 = Calls()
+    with pytest.raises(StepFailed, match="after 2 attempts"):
+        Runner(_dag(calls2, cfg), str(tmp_path / "x"), retries=1, backoff_s=0, faults={"a": 5}).run()
+
+
+def test_from_and_only(tmp_path):
+    calls, cfg = Calls(), {"a": 1, "b": 1}
+    Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0).run()
+    calls.log.clear()
+    runner = Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0)
+    assert runner.plan(from_step="b") == {"a": "skip", "b": "run", "c": "skip", "d": "run"}
+    runner.run(from_step="b")
+    assert calls.log == ["b", "d"]
+    calls.log.clear()
+    Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0).run(only="c")
+    assert calls.log == ["c"]
+    with pytest.raises(StepFailed, match="needs \\['a'\\]"):
+        Runner(_dag(Calls(), cfg), str(tmp_path / "fresh"), backoff_s=0).run(only="b")
+    with pytest.raises(ValueError, match="unknown step"):
+        Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0).plan(only="zz")
+
+
+def test_cycles_and_unknown_deps_are_errors():
+    calls = Calls()
+    with pytest.raises(ValueError, match="cycle"):
+        Runner([calls.step("a", ["b"]), calls.step("b", ["a"])], "/tmp/x")
+    with pytest.raises(ValueError, match="unknown step 'q'"):
+        Runner([calls.step("a", ["q"])], "/tmp/x")
+
+
+def test_mlflow_parent_run_and_a_child_per_step(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = config_from_dict({"name": "dagt", "mlflow": {"tracking_uri": uri, "experiment": "dag-test"}})
+    calls = Calls()
+    steps = _dag(calls, {"a": 1, "b": 1})
+    tracker = MlflowTracker(cfg)
+    Runner(steps, str(tmp_path / "out"), tracker, backoff_s=0).run()
+    client = MlflowClient(uri)
+    parent = client.get_run(tracker.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["nestgen.dag"] == "a -> b -> c -> d"
+    assert {a.path for a in client.list_artifacts(tracker.run_id)} == {"dag.json", "dag.mmd"}
+    assert {"step_seconds.a", "step_seconds.d", "pipeline_seconds"} <= set(parent.data.metrics)
+    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
+    assert sorted(k.info.run_name for k in kids) == ["step-a", "step-b", "step-c", "step-d"]
+    assert all(k.data.tags["dag.status"] == "done" and k.data.params["output.value"] for k in kids)
+    # a re-run is a new parent whose children say "skipped"
+    tracker2 = MlflowTracker(cfg)
+    Runner(_dag(Calls(), {"a": 1, "b": 1}), str(tmp_path / "out"), tracker2, backoff_s=0).run()
+    kids2 = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker2.run_id}'")
+    assert {k.data.tags["dag.status"] for k in kids2} == {"skipped"}
+
+
+def test_nestgen_dag_shapes_and_fingerprints():
+    raw = config_from_dict({"data": {"source": "shards", "url": "x"}, "model": {"vocab_size": 128}})
+    names = [s.name for s in build_steps(raw)]
+    assert names == ["data", "tokenizer", "tokenize", "train", "evaluate", "serve"]
+    digits = config_from_dict({"pipeline": {"serve": False}})
+    assert [s.name for s in build_steps(digits)] == ["train", "evaluate"]
+    base = fingerprints(build_steps(raw))
+    more = config_from_dict({"data": {"source": "shards", "url": "x"}, "model": {"vocab_size": 128},
+                             "evaluate": {"num_samples": 99}, "mlflow": {"experiment": "elsewhere"}})
+    fp = fingerprints(build_steps(more))
+    assert [n for n in names if fp[n] != base[n]] == ["evaluate"]   # tracking never changes outputs
+    tok = config_from_dict({"data": {"source": "shards", "url": "x"}, "model": {"vocab_size": 128},
+                            "tokenizer": {"steps": 7}})
+    fp = fingerprints(build_steps(tok))
+    assert [n for n in names if fp[n] != base[n]] == ["tokenizer", "tokenize", "train", "evaluate", "serve"]
