@@ -9,7 +9,9 @@ the next. Reports throughput (samples/s), p50/p99 latency, the batch sizes the s
 reported and, for schedule "auto", which presets it chose. Scenarios:
   - batching off (max_batch_size 1) vs on, for the baseline and MaGNeTS schedules;
   - the baseline vs the MaGNeTS presets with batching on;
-  - overload (--overload-clients): fixed baseline vs "auto" with a latency target.
+  - high load (--overload-clients): fixed baseline and magnets vs "auto" with a latency
+    target. With closed-loop clients, latency >= clients / throughput: past what the cheapest
+    preset can serve, no schedule holds the target and auto falls back to the cheapest.
 The clients run in this process, on the same machine as the service: on a small machine they
 take CPU from it, so absolute numbers are lower bounds; compare rows with each other.
 """
@@ -95,7 +97,7 @@ def _deploy(ckpt: str, batching: bool, args):
     from pipelines.serve import build
     cfg = ServeConfig(checkpoint=ckpt, max_batch_size=args.max_batch_size if batching else 1,
                       batch_wait_timeout_s=args.batch_wait if batching else 0.0,
-                      max_ongoing_requests=max(args.overload_clients, 2 * args.max_batch_size),
+                      max_ongoing_requests=max(*args.overload_clients, 2 * args.max_batch_size),
                       max_samples_per_request=1, cpus_per_replica=1.0,
                       auto_presets=["baseline", "magnets", "magnets-lite"],
                       auto_latency_target_s=args.auto_target)
@@ -119,10 +121,8 @@ def run(args) -> dict:
         ("batching on", True, "baseline", args.clients),
         ("batching on", True, "magnets", args.clients),
         ("batching on", True, "magnets-lite", args.clients),
-        ("overload", True, "baseline", args.overload_clients),
-        ("overload", True, "magnets", args.overload_clients),
-        ("overload", True, "auto", args.overload_clients),
-    ]
+    ] + [(f"load C={c}", True, schedule, c) for c in args.overload_clients
+         for schedule in ("baseline", "magnets", "auto")]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = _checkpoint(tmp, args.width, args.depth)
@@ -168,7 +168,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients C")
-    ap.add_argument("--overload-clients", type=int, default=64)
+    ap.add_argument("--overload-clients", type=int, nargs="+", default=[32, 64],
+                    help="client counts of the high-load scenarios (baseline vs magnets vs auto)")
     ap.add_argument("--seconds", type=float, default=12.0, help="T per scenario")
     ap.add_argument("--max-requests", type=int, default=5000, help="per scenario")
     ap.add_argument("--max-batch-size", type=int, default=32)
