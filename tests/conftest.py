@@ -32,6 +32,11 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='nestge
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(config, items):
+    """`cluster` tests start their own Ray head after stopping the session's: they go last."""
+    items.sort(key=lambda it: it.get_closest_marker("cluster") is not None)
+
+
 @pytest.fixture
 def small_model_cfg():
     from nestgen.config import ModelConfig

@@ -1,0 +1,105 @@
+"""The whole embedded pipeline as users run it on a cluster: `ray start --head` on 127.0.0.1,
+`ray job submit -- nestgen run`, wait for SUCCEEDED, check every step's outputs and MLflow,
+submit again (every step skipped), stop the head with `ray stop`.
+
+Runs last in the session (conftest orders `cluster` tests last) and shuts the session's
+in-process Ray down first: two Ray clusters do not fit this 2-core machine."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import socket
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["tokenizer.image_size=16", "tokenizer.steps=10", "tokenizer.batch_size=32", "model.grid=[4,4]",
+        "model.width=32", "model.depth=1", "train.steps=10", "train.log_every=5", "scaling.checkpoint_every=10",
+        "scaling.num_workers=1", "pipeline.data_size=16", "evaluate.num_samples=20", "evaluate.batch_size=20",
+        "evaluate.schedules=[baseline,magnets]", "evaluate.caches=[none]", "evaluate.search.num_samples=10",
+        "evaluate.search.max_candidates=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args, env, timeout=180):
+    exe = str(Path(sys.executable).parent / "ray")
+    return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def head(tmp_path_factory):
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    tmp = Path(f"/tmp/ngj{os.getpid()}")            # Ray's socket paths must stay short
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+               RAY_AUTH_MODE="disabled")
+    gcs, dash, agent = _free_port(), _free_port(), _free_port()
+    res = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=4",
+               "--disable-usage-stats", f"--temp-dir={tmp}", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        stop = _ray("stop", "--force", env=env)
+        shutil.rmtree(tmp, ignore_errors=True)
+        assert stop.returncode == 0, stop.stderr
+
+
+def _submit(address, env, cfg_args, tracking):
+    sets = [x for kv in cfg_args for x in ("--set", kv)]
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": tracking, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
+    res = _ray("job", "submit", "--address", address, "--working-dir", str(REPO), "--runtime-env-json", runtime_env,
+               "--", sys.executable, "-m", "nestgen", "run", "configs/digits_vq.yaml", *sets, env=env, timeout=800)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    assert "succeeded" in (res.stdout + res.stderr).lower()
+    return res.stdout
+
+
+def test_ray_job_submit_runs_the_whole_pipeline(head, tmp_path):
+    address, env = head
+    out, tracking = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
+    t0 = time.time()
+    log = _submit(address, env, TINY + [f"pipeline.output_url={out}", "mlflow.experiment=job-test"], tracking)
+    first = time.time() - t0
+    dag = {s["name"]: s for s in json.loads((out / "dag.json").read_text())["steps"]}
+    assert list(dag) == ["data", "tokenizer", "tokenize", "train", "evaluate", "serve"]
+    assert all(s["status"] == "done" for s in dag.values()), dag
+    for s in dag.values():
+        assert (Path(s["folder"]) / "_COMPLETE.json").exists()
+    shards = dag["tokenize"]["outputs"]
+    assert shards["rows"]["train"] > 1000 and shards["failed"] == 0
+    ev = json.loads(Path(dag["evaluate"]["outputs"]["summary_url"]).read_text())
+    assert [v["schedule"] for v in ev["variants"]][:2] == ["1x12", "8x3,4x3,2x3,1x3"]
+    assert Path(dag["evaluate"]["outputs"]["plot_url"]).read_bytes()[:4] == b"\x89PNG"
+    assert Path(dag["serve"]["outputs"]["sample_magnets"]).read_bytes()[:4] == b"\x89PNG"
+    assert "mlflow ui --backend-store-uri" in log and "nestgen generate --url" in log
+
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name("job-test")
+    parents = client.search_runs([exp.experiment_id], "tags.`nestgen.step` = 'pipeline'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert sorted(k.data.tags["nestgen.step"] for k in kids) == sorted(
+        ["data", "train-tokenizer", "tokenize", "train", "evaluate", "serve"])
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"dag.json", "dag.mmd"}
+
+    t0 = time.time()
+    _submit(address, env, TINY + [f"pipeline.output_url={out}", "mlflow.experiment=job-test"], tracking)
+    again = time.time() - t0
+    dag = json.loads((out / "dag.json").read_text())["steps"]
+    assert [s["status"] for s in dag] == ["skipped"] * 6
+    print(f"first run {first:.0f} s, re-run {again:.0f} s (all steps skipped)")
