@@ -3,7 +3,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-DEMO_OUT ?= runs/demo
+DEMO_OUT ?= runs/pipeline
 
 .PHONY: install demo test bench-decode clean
 
@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install "$(TORCH)" -e ".[dev]"
 	touch $@
 
+# The whole embedded pipeline as a DAG on a local Ray: data -> tokenizer -> tokenize -> train
+# -> evaluate -> served sample, tracked in ./mlflow.db. Re-running skips finished steps.
 demo: install
-	$(VENV)/bin/nestgen demo configs/digits.yaml --out $(DEMO_OUT)
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 \
+	$(VENV)/bin/nestgen run configs/digits_vq.yaml --set pipeline.output_url=$(DEMO_OUT)
 
 # pytest exits 5 when it collects no test: that is a broken suite, not a pass.
 test: install

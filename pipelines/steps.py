@@ -80,6 +80,8 @@ def train_config(cfg: NestgenConfig, inputs: dict) -> NestgenConfig:
 def train_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
     from pipelines.train import fit
     res = fit(train_config(cfg, ctx.inputs), ctx.folder, parent_run_id=ctx.parent_run_id)
+    from nestgen.storage import write_latest
+    write_latest(cfg.pipeline.output_url, res.checkpoint_url)   # the run's folder names its newest model
     return {"checkpoint_url": res.checkpoint_url, "mlflow_run_id": res.run_id, "start_step": res.start_step,
             **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float)) and k.startswith("loss")}}
 
