@@ -42,3 +42,15 @@ def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", use_em
 def load_model(url: str, device: str | torch.device = "cpu", use_ema: bool = True
                ) -> tuple[NestedTransformer, NestgenConfig]:
     return model_from_checkpoint(read_checkpoint(url), device, use_ema)
+
+
+def load_generator(url: str, device: str | torch.device = "cpu", use_ema: bool = True):
+    """(model, config, tokenizer or None): a generator checkpoint with the tokenizer that made
+    its training tokens (checked by hash), ready to decode samples to pixels."""
+    ckpt = read_checkpoint(url)
+    model, cfg = model_from_checkpoint(ckpt, device, use_ema)
+    tok = None
+    if cfg.data.source == "shards":
+        from nestgen.data.shards import shard_tokenizer
+        tok = shard_tokenizer(cfg.data.url, ckpt.get("tokenizer_hash"), device)
+    return model, cfg, tok

@@ -74,13 +74,8 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     from nestgen.local_run import sample_grid
-    from nestgen.checkpoint import model_from_checkpoint, read_checkpoint
-    ckpt = read_checkpoint(args.checkpoint)
-    model, cfg = model_from_checkpoint(ckpt, args.device)
-    tok = None
-    if cfg.data.source == "shards":
-        from nestgen.data.shards import shard_tokenizer
-        tok = shard_tokenizer(cfg.data.url, ckpt.get("tokenizer_hash"), args.device)
+    from nestgen.checkpoint import load_generator
+    model, cfg, tok = load_generator(args.checkpoint, args.device)
     d = _decode_cfg(cfg.decode, args)
     info = sample_grid(model, cfg, d, args.out, num=args.num, class_label=args.class_label, seed=args.seed,
                        tokenizer=tok)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 
-from nestgen.checkpoint import model_from_checkpoint, read_checkpoint
+from nestgen.checkpoint import load_generator
 from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
 from nestgen.evaluation import (EvaluationReport, Requests, Sampler, Variant, VariantResult,
                                 build_quality_suite, load_eval_data, local_sampler, run_evaluation)
@@ -25,17 +25,6 @@ from nestgen.evaluation.outputs import write_outputs
 from nestgen.evaluation.variants import collect
 from nestgen.render import tokens_to_pixels
 from nestgen.storage import read_bytes, resolve_checkpoint
-
-
-def load_generator(checkpoint: str, device="cpu"):
-    """(model, checkpoint config, tokenizer or None) of a checkpoint URI."""
-    ckpt = read_checkpoint(checkpoint)
-    model, cfg = model_from_checkpoint(ckpt, device)
-    tok = None
-    if cfg.data.source == "shards":
-        from nestgen.data.shards import shard_tokenizer
-        tok = shard_tokenizer(cfg.data.url, ckpt.get("tokenizer_hash"), device)
-    return model, cfg, tok
 
 
 def evaluation_config(user: NestgenConfig, trained: NestgenConfig) -> NestgenConfig:
