@@ -193,3 +193,11 @@ def test_checkpoint_by_registered_mlflow_model(tmp_path):
     eng = Engine(ServeConfig(checkpoint="models:/digits@prod", mlflow_tracking_uri=uri, auto_presets=[]))
     assert eng.checkpoint_url == ckpt and eng.info()["formats"] == ["png", "tokens"]
     assert load_model(ckpt)[1].model.width == 32
+
+
+def test_nestgen_serve_refuses_a_bad_config_before_starting_anything(capsys):
+    from nestgen.cli import main
+    assert main(["serve", "configs/serve_digits.yaml", "--set", "max_samples_per_request=64"]) == 2
+    assert "serve.max_samples_per_request: must be in [1, max_batch_size=32]" in capsys.readouterr().err
+    assert main(["serve", "configs/serve_digits.yaml", "--set", "max_batch_sise=8"]) == 2
+    assert "unknown key(s) ['max_batch_sise']" in capsys.readouterr().err
