@@ -216,6 +216,8 @@ class MlflowConfig:
     tracking_uri: str = ""           # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
     experiment: str = "nestgen"
     sample_grid_every: int = 0       # also log sample grids every N steps (0: only at the end)
+    registered_model: str = ""       # register each trained checkpoint as a version of this model
+    registered_alias: str = ""       # and point this alias at it (e.g. production: models:/<name>@production)
 
     def resolved_uri(self) -> str:
         import os

@@ -104,6 +104,21 @@ def _tokenizer(cfg: NestgenConfig, manifest: dict | None):
     return shard_tokenizer(cfg.data.url, manifest["tokenizer"]["hash"])
 
 
+def register_model(client, run_id: str, ckpt_url: str, name: str, alias: str = "") -> str:
+    """A new version of registered model `name` for this run (served as models:/<name>/<v>,
+    or models:/<name>@<alias>); the run's checkpoint_uri tag is what the version resolves to."""
+    from mlflow.exceptions import MlflowException
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass                                   # it exists: add a version
+    version = client.create_model_version(name, source=ckpt_url, run_id=run_id).version
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    client.set_tag(run_id, "registered_model", f"models:/{name}/{version}")
+    return str(version)
+
+
 def fit(cfg: NestgenConfig, output_url: str, fault_injection: dict | None = None,
         parent_run_id: str | None = None) -> TrainResult:
     """Train on the current Ray cluster (ray.init done by the caller); see the module doc."""
@@ -123,6 +138,8 @@ def fit(cfg: NestgenConfig, output_url: str, fault_injection: dict | None = None
         client.set_tag(run_id, "checkpoint_uri", ckpt_url)
         write_latest(output_url, ckpt_url)
         client.set_tag(run_id, "final_step", str(result.metrics.get("step")))
+        if cfg.mlflow.registered_model:
+            register_model(client, run_id, ckpt_url, cfg.mlflow.registered_model, cfg.mlflow.registered_alias)
         model, _ = load_model(ckpt_url)
         log_sample_grid(client, run_id, model, cfg, _tokenizer(cfg, manifest))
         client.set_terminated(run_id, "FINISHED")

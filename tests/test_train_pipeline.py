@@ -24,7 +24,11 @@ def _cfg(shards, steps, tracking_uri="", name="t", grid_every=0, **scaling):
 
 def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(digit_shards, mlflow_server, tmp_path):
     cfg = _cfg(digit_shards, steps=40, tracking_uri=mlflow_server, name="two", grid_every=20)
+    cfg.mlflow.registered_model, cfg.mlflow.registered_alias = "digits-test", "production"
     res = fit(cfg, str(tmp_path / "out"))
+    from nestgen.storage import resolve_checkpoint
+    for uri in ("models:/digits-test/1", "models:/digits-test@production", f"runs:/{res.run_id}"):
+        assert resolve_checkpoint(uri, mlflow_server) == res.checkpoint_url
     assert res.metrics["step"] == 40 and res.start_step == 0
     ckpt = read_checkpoint(res.checkpoint_url)
     assert ckpt["step"] == 40 and ckpt["tokenizer_hash"]
