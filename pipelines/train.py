@@ -112,7 +112,10 @@ def register_model(client, run_id: str, ckpt_url: str, name: str, alias: str = "
         client.create_registered_model(name)
     except MlflowException:
         pass                                   # it exists: add a version
-    version = client.create_model_version(name, source=ckpt_url, run_id=run_id).version
+    # The source is the run (servers refuse plain paths outside a run's artifacts); the
+    # checkpoint itself is the run's checkpoint_uri tag, copied onto the version for readers.
+    version = client.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id,
+                                          tags={"checkpoint_uri": ckpt_url}).version
     if alias:
         client.set_registered_model_alias(name, alias, version)
     client.set_tag(run_id, "registered_model", f"models:/{name}/{version}")
