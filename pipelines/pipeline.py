@@ -44,8 +44,11 @@ def next_steps(cfg: NestgenConfig, runner: Runner, seconds: float) -> str:
                  " --port 5000   (then open http://127.0.0.1:5000)")
     ckpt = (out.get("train") or {}).get("checkpoint_url")
     if ckpt:
+        fmt = "mp4" if len(cfg.model.grid) == 3 else "png"
+        given = " --condition GIVEN.mp4" if cfg.train.cond_tokens else ""
         lines.append(f"  serve it: nestgen serve configs/serve_digits.yaml --checkpoint {ckpt}")
-        lines.append("  query it: nestgen generate --url http://127.0.0.1:8000 --class 3 --schedule magnets --out sample.png")
+        lines.append(f"  query it: nestgen generate --url http://127.0.0.1:8000 --class 3 --schedule magnets{given}"
+                     f" --out sample.{fmt}")
         lines.append("        or: curl -s -X POST http://127.0.0.1:8000/v1/generate -H 'content-type: application/json'"
-                     " -d '{\"class_label\": 3, \"schedule\": \"magnets\", \"format\": \"png\"}'")
+                     f" -d '{{\"class_label\": 3, \"schedule\": \"magnets\", \"format\": \"{fmt}\"}}'")
     return "\n".join(lines)
