@@ -86,11 +86,10 @@ def mlflow_run_checkpoint(uri: str, tracking_uri: str | None = None) -> str:
     """The `checkpoint_uri` tag of a training run named as runs:/<run_id>, mlflow-run:<run_id>
     or by a registered model version (models:/<name>/<version>, models:/<name>@<alias>)
     (MLflow from tracking_uri, else $MLFLOW_TRACKING_URI / ./mlflow.db)."""
-    import os
-
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                          or f"sqlite:///{os.path.abspath('mlflow.db')}")
+
+    from nestgen.config import MlflowConfig
+    client = MlflowClient(MlflowConfig(tracking_uri=tracking_uri or "").resolved_uri())
     run_id = _mlflow_run_id(client, uri)
     tags = client.get_run(run_id).data.tags
     if "checkpoint_uri" not in tags:

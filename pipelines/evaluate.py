@@ -22,7 +22,7 @@ from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
 from nestgen.evaluation import (EvaluationReport, Requests, Sampler, Variant, VariantResult,
                                 build_quality_suite, load_eval_data, local_sampler, run_evaluation)
 from nestgen.evaluation.outputs import write_outputs
-from nestgen.evaluation.variants import collect
+from nestgen.evaluation.variants import collect, decode_config
 from nestgen.render import tokens_to_pixels
 from nestgen.storage import read_bytes, resolve_checkpoint
 
@@ -147,12 +147,13 @@ def log_to_mlflow(cfg: NestgenConfig, report: EvaluationReport, files: dict, out
                     Metric(f"searched_{report.metric}", chosen.metrics[report.metric], ts, 0)]
         client.log_batch(run_id, metrics=top)
         _log_files(client, run_id, [files["plot"], files["summary"]])
+        exp_id = client.get_run(run_id).info.experiment_id
         for row, r in zip(report.summary()["variants"], report.results):
-            child = client.create_run(client.get_run(run_id).info.experiment_id, run_name=r.variant.name,
+            child = client.create_run(exp_id, run_name=r.variant.name,
                                       tags={"mlflow.parentRunId": run_id, "nestgen.step": "evaluate.variant"})
             cid = child.info.run_id
             d = {"schedule": r.schedule, "schedule_requested": r.variant.schedule, "cache": r.variant.cache,
-                 "steps": sum(int(s.split("x")[1]) for s in r.schedule.split(",")),
+                 "steps": decode_config(cfg, r.variant).steps,
                  "guidance_scale": r.variant.guidance_scale, "temperature": cfg.decode.temperature,
                  "label": r.variant.label or "-", "num_samples": cfg.evaluate.num_samples}
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -8,6 +8,8 @@ generator could at best reproduce through that tokenizer, and the protocol says 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,10 +25,21 @@ class EvalData:
     kind: str                          # image | video
     holdout_tokens: torch.Tensor       # (n, L)
     holdout_labels: torch.Tensor       # (n,)
-    train_tokens: torch.Tensor
-    train_labels: torch.Tensor
+    load_train: Callable[[], tuple[torch.Tensor, torch.Tensor]]   # read only if a metric needs it
     label_names: list[str]
     source: str                        # where the held-out split came from (for protocols)
+
+    @cached_property
+    def _train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.load_train()
+
+    @property
+    def train_tokens(self) -> torch.Tensor:
+        return self._train[0]
+
+    @property
+    def train_labels(self) -> torch.Tensor:
+        return self._train[1]
 
     @property
     def is_digits(self) -> bool:
@@ -39,7 +52,7 @@ def load_eval_data(cfg: NestgenConfig, max_train: int = 2000) -> EvalData:
     if cfg.data.source == "digits":
         from nestgen.data.digits import load_digit_tokens
         (tr_t, tr_y), (ho_t, ho_y) = load_digit_tokens(cfg.data.holdout_fraction, cfg.data.seed)
-        return EvalData(kind, ho_t, ho_y, tr_t[:max_train], tr_y[:max_train], [str(i) for i in range(10)],
+        return EvalData(kind, ho_t, ho_y, lambda: (tr_t[:max_train], tr_y[:max_train]), [str(i) for i in range(10)],
                         f"sklearn digits held-out split (fraction {cfg.data.holdout_fraction}, seed {cfg.data.seed})")
     from nestgen.data.shards import load_split_tokens, read_manifest
     m = read_manifest(cfg.data.url)
@@ -47,13 +60,16 @@ def load_eval_data(cfg: NestgenConfig, max_train: int = 2000) -> EvalData:
     holdout = next((s for s in HOLDOUT_SPLITS if s in splits), None) or \
         next((s for s in splits if s != "train"), "train")
     ho_t, ho_y, _ = load_split_tokens(cfg.data.url, holdout)
-    tr_t, tr_y, _ = load_split_tokens(cfg.data.url, "train") if "train" in splits else (ho_t, ho_y, m)
+
+    def load_train():
+        tr_t, tr_y, _ = load_split_tokens(cfg.data.url, "train") if "train" in splits else (ho_t, ho_y, m)
+        return tr_t[:max_train], tr_y[:max_train]
     if len(ho_t) == 0:
         raise ValueError(f"split {holdout!r} of {cfg.data.url} is empty: nothing to compare samples against")
     names = m.get("label_map") or {}
     label_names = [n for n, _ in sorted(names.items(), key=lambda kv: kv[1])] if isinstance(names, dict) else list(names)
     note = "" if holdout != "train" else " (no held-out split: the TRAINING split is the reference)"
-    return EvalData(kind, ho_t, ho_y, tr_t[:max_train], tr_y[:max_train], label_names,
+    return EvalData(kind, ho_t, ho_y, load_train, label_names,
                     f"split {holdout!r} of {cfg.data.url} decoded by its tokenizer{note}")
 
 

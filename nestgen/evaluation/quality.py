@@ -75,8 +75,14 @@ class _Context:
     data: EvalData
     render: Callable
     device: str
-    ref_pixels: np.ndarray | None      # held-out pixels (None for raw digits: 8x8 levels)
     memo: dict = field(default_factory=dict)
+
+    @property
+    def ref_pixels(self) -> np.ndarray | None:
+        """Held-out pixels through the renderer, made on first use (None for raw digits: 8x8 levels)."""
+        if self.cfg.data.source == "digits":
+            return None
+        return self.once("ref_pixels", lambda: np.asarray(self.render(self.data.holdout_tokens)))
 
     def once(self, key: str, make):
         if key not in self.memo:
@@ -88,8 +94,7 @@ def build_quality_suite(cfg: NestgenConfig, data: EvalData, render, device: str 
     """`render(tokens) -> uint8 pixels` (the tokenizer's decoder, or the raw digits levels)."""
     e = cfg.evaluate
     names = requested_metrics(e, cfg, data)
-    ctx = _Context(cfg, data, render, device,
-                   None if cfg.data.source == "digits" else np.asarray(render(data.holdout_tokens)))
+    ctx = _Context(cfg, data, render, device)
     suite = QualitySuite({}, "", reference=data.source)
     for name in names:
         try:
@@ -216,9 +221,9 @@ def _fvd(ctx: _Context) -> Scorer:
     from nestgen.metrics.feature_nets import I3D
     from nestgen.metrics.fvd import compute_fvd, compute_video_stats
     net = _feature_net(ctx, I3D)
-    frames = None if ctx.ref_pixels is None else int(ctx.ref_pixels.shape[1])
-    ref = _reference(ctx, "i3d_ref", lambda px: compute_video_stats(net, px, num_frames=frames))
-    return lambda pixels, requests: [compute_fvd(net, pixels, ref, num_frames=frames)]
+    # every frame of a clip counts: samples and held-out clips come out of one tokenizer
+    ref = _reference(ctx, "i3d_ref", lambda px: compute_video_stats(net, px, num_frames=int(px.shape[1])))
+    return lambda pixels, requests: [compute_fvd(net, pixels, ref, num_frames=int(pixels.shape[1]))]
 
 
 def _frame_pred(ctx: _Context) -> Scorer:
