@@ -33,7 +33,7 @@ class ModelConfig:
     heads: int = 8                  # head dim = width / heads, the same in every nested size
     mlp_ratio: int = 4
     nest_factors: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    attention_width: Literal["nested", "full"] = "nested"   # full = MoNE-style attention at D
+    attention_width: Literal["nested", "full"] = "nested"   # full: attention at D (all heads), MLP sliced
     output_head: Literal["tied", "separate"] = "tied"
 
     @property
@@ -139,7 +139,7 @@ class DecodeConfig:
     cache: str = "on_switch"         # none | on_switch | never_within_size | every:r
     temperature: float = 1.0         # token sampling temperature
     temperature_schedule: Literal["constant", "linear"] = "constant"
-    choice_temperature: float = 4.5  # Gumbel noise on confidences, annealed by (1 - (t+1)/K)
+    choice_temperature: float = 4.5  # Gumbel noise on confidences x (1 - (t+1)/K) at step t
     guidance_scale: float = 0.0      # logits = (1+g) cond - g uncond; 0 skips the uncond pass
     guidance_schedule: Literal["constant", "linear", "cosine"] = "constant"
 

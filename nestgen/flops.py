@@ -1,10 +1,11 @@
-"""Analytic FLOP accounting per generated sample (METHOD.md, compute accounting).
+"""Analytic FLOP accounting per generated sample (docs/method.md, "FLOP count").
 
 Matmul FLOPs only (2 per multiply-add), as torch.utils.flop_counter counts them:
 per layer 2 n_q (3 D_m d_a + d_a D_m + 2 R D_m^2) for the q/k/v/o and MLP projections
 plus 4 n_q n_kv d_a for attention, where d_a = D_m (nested attention) or D (`full`);
-plus the output head 2 n_h D_m V, with n_h the positions whose logits are needed (the
-still-masked ones when decoding). Guided steps run twice (conditional + unconditional).
+plus the output head 2 n_h D_m V, with n_h the positions whose logits are computed: when
+decoding only the still-masked ones, on full and cached passes alike (the model is asked for
+no other logits); in training all N. Guided steps run twice (conditional + unconditional).
 """
 from __future__ import annotations
 

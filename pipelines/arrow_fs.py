@@ -1,7 +1,7 @@
 """Hand Ray Data an explicit Arrow filesystem built from fsspec, never a bare URL.
 
-A bare gs:// path makes Arrow resolve credentials itself (it hung for minutes against the
-emulator, see STACK-NOTES); wrapping the fsspec filesystem uses exactly the storage
+A bare gs:// path makes Arrow resolve credentials itself (it hung for minutes against a
+local GCS emulator); wrapping the fsspec filesystem uses exactly the storage
 configuration that the rest of nestgen uses.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ import os
 def init_ray(address: str | None = None, num_cpus: int | None = None):
     """ray.init once. Locally every socket binds 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)
     and at least 4 logical CPUs are declared: on a 2-core machine, 2 train workers plus Ray Data
-    deadlock otherwise (STACK-NOTES)."""
+    deadlock otherwise (Ray Train cannot start its workers while Ray Data holds the CPUs)."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray

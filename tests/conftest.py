@@ -19,7 +19,8 @@ def _free_port() -> int:
 
 
 # Tests talk to loopback only. These must be set before Ray starts (its workers inherit
-# them) and before gcsfs is imported (STACK-NOTES: the HNS probe stalls 60 s per call).
+# them) and before gcsfs is imported (its hierarchical-namespace probe otherwise stalls 60 s
+# per call against the emulator).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

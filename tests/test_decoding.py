@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nestgen.config import DecodeConfig
+from nestgen.decoding import noise
 from nestgen.decoding.maskgit import decode
 from nestgen.masking import decode_mask_counts
 from nestgen.model.nested_transformer import NestedTransformer
@@ -90,3 +91,28 @@ def test_samples_do_not_depend_on_batch_neighbours(model):
 def test_seed_count_must_match(model):
     with pytest.raises(ValueError, match="2 seeds for 3 samples"):
         decode(model, torch.tensor([0, 1, 2]), DecodeConfig(schedule="1x12"), seeds=[1, 2])
+
+
+@pytest.mark.parametrize("choice_temperature", [0.0, 4.5])
+def test_first_step_fixes_the_most_confident_under_annealed_gumbel_noise(model, choice_temperature):
+    """Step 0 of K rebuilt by hand: sample every masked position by inverse CDF, score it by
+    log-probability + choice_temperature * (1 - 1/K) * Gumbel noise (MaskGIT's annealing), fix
+    the top scores. The decoder must fix exactly those positions with exactly those tokens."""
+    k, seeds, labels = 3, [7, 8], torch.tensor([0, 2])
+    cfg = model.cfg
+    d = DecodeConfig(schedule=f"1x{k}", steps=k, cache="none", choice_temperature=choice_temperature)
+    first = decode(model, labels, d, seeds=seeds, keep_history=True).history[0]
+    seed_t = torch.tensor(seeds)
+    pos = torch.arange(cfg.num_tokens).expand(2, -1)
+    with torch.no_grad():
+        logp = model(torch.full((2, cfg.num_tokens), cfg.mask_id), labels, 1).log_softmax(-1)
+    cdf = logp.exp().cumsum(-1)
+    u = noise.uniform(seed_t, 0, pos, stream=0)
+    sampled = (cdf < u[..., None] * cdf[..., -1:]).sum(-1).clamp(max=cfg.vocab_size - 1)
+    score = logp.gather(-1, sampled[..., None])[..., 0] \
+        + choice_temperature * (1 - 1 / k) * noise.gumbel(seed_t, 0, pos, stream=1)
+    n_fixed = cfg.num_tokens - decode_mask_counts(cfg.num_tokens, k)[1]
+    expected = torch.full_like(first, cfg.mask_id)
+    top = score.topk(n_fixed, dim=1).indices
+    expected.scatter_(1, top, sampled.gather(1, top))
+    assert torch.equal(first, expected)

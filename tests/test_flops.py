@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nestgen.config import DecodeConfig, ModelConfig
 from nestgen.decoding.maskgit import decode
 from nestgen.flops import decode_flops, forward_flops
-from nestgen.model.nested_transformer import NestedTransformer
+from nestgen.model.nested_transformer import KVCache, NestedTransformer
 
 CFG = ModelConfig(vocab_size=64, grid=[8, 8], num_classes=4, width=128, depth=3, heads=8)
 
@@ -54,3 +54,21 @@ def test_magnets_schedule_with_cache_saves_at_least_2_5x():
     base = decode_flops(CFG, DecodeConfig(schedule="1x12", cache="none")).total
     mag = decode_flops(CFG, DecodeConfig(schedule="magnets", cache="on_switch")).total
     assert base / mag >= 2.5
+
+
+def test_output_head_is_charged_only_on_the_requested_positions():
+    """Decoding asks for logits at the still-masked positions only; the count charges the
+    head on exactly those (n_head), on full and cached passes alike."""
+    model = NestedTransformer(CFG).eval()
+    positions = torch.tensor([[3, 9, 17, 40, 63]] * 2)
+    tokens, labels = torch.zeros(2, 64, dtype=torch.long), torch.tensor([0, 1])
+    for f in (1, 4):
+        cache = KVCache()
+        full, cached = FlopCounterMode(display=False), FlopCounterMode(display=False)
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            with full:
+                model(tokens, labels, f, cache=cache, head_positions=positions)
+            with cached:
+                model.forward_active(tokens, positions, f, cache, n_head=2)
+        assert full.get_total_flops() == 2 * forward_flops(CFG, f, 65, 65, 5)
+        assert cached.get_total_flops() == 2 * forward_flops(CFG, f, 5, 65, 2)

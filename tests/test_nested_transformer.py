@@ -83,7 +83,8 @@ def test_sub_model_equals_dense_transformer_of_its_slices(small_model_cfg, facto
 
 
 def test_full_width_attention_variant(small_model_cfg):
-    """MoNE-style: residual stream sliced to D/f, attention at full width D (all heads)."""
+    """Residual stream and MLP sliced to D/f, attention at full width D (all heads); unlike
+    MoNE, the MLP hidden layer stays at R*D/f."""
     cfg = dataclasses.replace(small_model_cfg, attention_width="full", depth=1)
     torch.manual_seed(1)
     model = NestedTransformer(cfg).eval()

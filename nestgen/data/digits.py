@@ -1,7 +1,7 @@
 """scikit-learn's handwritten digits as a ready-made token grid.
 
 The raw digits are 8x8 images with 17 gray levels (0..16): already a token grid with
-vocab 17, usable without a VQ tokenizer (METHOD.md, embedded scale).
+vocab 17, usable without a VQ tokenizer (docs/method.md, "Choices").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""KV-cache refresh policies for cached decoding (METHOD.md, idea 3).
+"""KV-cache refresh policies for cached decoding (docs/method.md, "KV cache rule").
 
 - `none`: no cache; every step is a full pass over all tokens (the MaskGIT baseline).
 - `on_switch` (alias `never_within_size`): full pass at step 0 and whenever the schedule

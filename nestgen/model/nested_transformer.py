@@ -9,7 +9,7 @@ slices (tests/test_nested_transformer.py checks this against torch's own encoder
 Sequence layout: [class token] + N grid tokens (flattened T*H*W). Token id `vocab_size` is
 [MASK]; class id `num_classes` is the null class used for classifier-free guidance.
 
-Cached decoding (METHOD.md idea 3): `forward(..., cache=c)` is a full pass that fills `c`
+Cached decoding (docs/method.md, "KV cache rule"): `forward(..., cache=c)` is a full pass that fills `c`
 with every layer's K/V; `forward_active(..., positions, cache=c)` runs only the given grid
 positions as queries, writes their fresh K/V into `c` and attends over all cached K/V.
 """

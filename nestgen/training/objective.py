@@ -1,4 +1,4 @@
-"""The nested masked-token objective with online distillation (METHOD.md, training).
+"""The nested masked-token objective with online distillation (docs/method.md, "Training objective").
 
   L = CE(full) + sum_m [ lambda CE(m) + (1 - lambda) CE(m, stopgrad(softmax(full))) ]
 

@@ -1,0 +1,54 @@
+"""Documentation and comments point only at things a clone of the repository has."""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Notes that used to live beside the repository; their content is docs/method.md now.
+GONE = ("METHOD" + ".md", "STACK" + "-NOTES")
+RELATIVE_PATH = re.compile(r"(?:\.\./)+[\w./-]*\w")
+MD_LINK = re.compile(r"\]\(([^)\s#]+)")
+
+
+def _tracked_text_files() -> list[Path]:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout and git to list the tracked files")
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    out = []
+    for name in filter(None, names):
+        path = ROOT / name
+        if path.is_file() and b"\0" not in path.read_bytes()[:4096]:
+            out.append(path)
+    return out
+
+
+def _inside_repo(base: Path, target: str) -> bool:
+    resolved = (base / target).resolve()
+    return resolved.is_relative_to(ROOT) and resolved.exists()
+
+
+def test_no_file_points_outside_the_repository():
+    problems = []
+    for path in _tracked_text_files():
+        text = path.read_text(errors="replace")
+        rel = path.relative_to(ROOT)
+        for name in GONE:
+            if name in text:
+                problems.append(f"{rel}: mentions {name}")
+        targets = RELATIVE_PATH.findall(text)
+        if path.suffix == ".md":
+            targets += [t for t in MD_LINK.findall(text) if "://" not in t and not t.startswith("mailto:")]
+        problems += [f"{rel}: {t} is not a file in the repository"
+                     for t in targets if not _inside_repo(path.parent, t)]
+    assert not problems, "\n".join(problems)
+
+
+def test_readme_links_every_document_in_docs():
+    readme = (ROOT / "README.md").read_text()
+    docs = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    assert docs, "docs/ holds no documents"
+    assert [d for d in docs if f"]({d})" not in readme] == []
