@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 NAMESPACE = "nestgen"
 SERVICE_ACCOUNT = "nestgen"
+SERVE_SERVICE_ACCOUNT = "nestgen-serve"     # read-only storage: the Serve cluster's pods
 # The Serve application KubeRay runs (pipelines/serve.py); one constant to change.
 SERVE_IMPORT_PATH = "pipelines.serve:app_builder"
 # Where infra/Dockerfile puts the repo's configs/ inside the image.
@@ -141,7 +142,7 @@ def test_ray_cluster_nodes_image_and_setup(cluster):
         assert any("nvidia-smi" in c for c in t["initialization_commands"]), name
     assert cluster["docker"]["image"] == IMAGE
     # The checkout is synced to every node and installed there.
-    assert cluster["file_mounts"] == {"~/nestgen": "."}
+    assert cluster["file_mounts"]["~/nestgen"] == "."
     assert any(re.search(r"pip install .*~/nestgen\b", c) for c in cluster["setup_commands"])
     assert ".venv" in cluster["rsync_exclude"]
     assert cluster["provider"]["project_id"] == "PROJECT_ID"
@@ -189,8 +190,9 @@ def _container_problems(where: str, c: dict, *, gpu: bool | None) -> list[str]:
     return p
 
 
-def cluster_spec_problems(spec: dict) -> list[str]:
-    """A KubeRay RayClusterSpec: head and worker groups, images, resources, GPUs, MLflow env."""
+def cluster_spec_problems(spec: dict, service_account: str) -> list[str]:
+    """A KubeRay RayClusterSpec: head and worker groups, images, resources, GPUs, MLflow env,
+    every pod under the given service account."""
     p = []
     ray_version = _dockerfile_args()["RAY_VERSION"]
     if spec.get("rayVersion") != ray_version:
@@ -199,7 +201,7 @@ def cluster_spec_problems(spec: dict) -> list[str]:
     if not head or "template" not in head:
         return p + ["headGroupSpec.template missing"]
     hpod = head["template"]["spec"]
-    if hpod.get("serviceAccountName") != SERVICE_ACCOUNT:
+    if hpod.get("serviceAccountName") != service_account:
         p.append("head: serviceAccountName")
     p += _container_problems("head", hpod["containers"][0], gpu=False)
     groups = spec.get("workerGroupSpecs") or []
@@ -211,7 +213,7 @@ def cluster_spec_problems(spec: dict) -> list[str]:
         if not (0 <= g.get("minReplicas", 0) <= g.get("replicas", 0) <= g.get("maxReplicas", -1)):
             p.append(f"{name}: need minReplicas <= replicas <= maxReplicas")
         pod = g["template"]["spec"]
-        if pod.get("serviceAccountName") != SERVICE_ACCOUNT:
+        if pod.get("serviceAccountName") != service_account:
             p.append(f"{name}: serviceAccountName")
         accel = pod.get("nodeSelector", {}).get("cloud.google.com/gke-accelerator")
         any_gpu |= bool(accel)
@@ -236,7 +238,7 @@ def rayjob_problems(job: dict) -> list[str]:
         p.append(f"entrypoint config {cfg} is not a shipped config inside the image")
     if "rayClusterSpec" not in job.get("spec", {}):
         return p + ["spec.rayClusterSpec missing"]
-    return p + cluster_spec_problems(job["spec"]["rayClusterSpec"])
+    return p + cluster_spec_problems(job["spec"]["rayClusterSpec"], SERVICE_ACCOUNT)
 
 
 def rayservice_problems(svc: dict) -> list[str]:
@@ -257,7 +259,7 @@ def rayservice_problems(svc: dict) -> list[str]:
     # RayService names its cluster `rayClusterConfig` (RayJob: `rayClusterSpec`).
     if "rayClusterConfig" not in spec:
         return p + ["spec.rayClusterConfig missing"]
-    return p + cluster_spec_problems(spec["rayClusterConfig"])
+    return p + cluster_spec_problems(spec["rayClusterConfig"], SERVE_SERVICE_ACCOUNT)
 
 
 def test_every_manifest_parses_with_required_fields():
@@ -385,7 +387,7 @@ def test_mlflow_server_names_ports_and_credentials():
     pg_c = pg["spec"]["template"]["spec"]["containers"][0]
     assert pg_c["ports"][0]["containerPort"] == pg_port
     secrets = {e["secretRef"]["name"] for e in c["envFrom"] + pg_c["envFrom"]}
-    assert secrets == {"mlflow-postgres"}, secrets
+    assert secrets == {"mlflow-postgres", "mlflow-auth"}, secrets
     # MLflow's host-header guard admits the in-cluster name the clients use.
     allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert urlparse(_mlflow_uri()).netloc in allowed
@@ -461,6 +463,7 @@ def test_dockerfile():
     project = [s for s in pip_cmds if "/home/ray/nestgen-src" in s]
     assert len(project) == 1 and "-c /opt/venv/torch-constraint.txt" in project[0]
     assert '"ray[default,serve,train,data]==${RAY_VERSION}"' in project[0]
+    assert '"mlflow[auth]"' in project[0], "the MLflow servers run the basic-auth app"
     assert 'echo "torch==${TORCH_VERSION}" > /opt/venv/torch-constraint.txt' in text
     # Every COPY source exists in the repo, and the configs land where rayjob.yaml reads them.
     for srcs in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", text, flags=re.MULTILINE):
@@ -471,3 +474,553 @@ def test_dockerfile():
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in text
     ignore = (INFRA / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
+
+
+# ---- exposure: the VM cluster's dashboard, tokens and secrets ----------------------------
+
+def _start_command(cluster: dict, key: str) -> str:
+    return next(c for c in cluster[key] if "ray start" in c)
+
+
+def _before_ray_start(cmd: str, text: str) -> bool:
+    return text in cmd and cmd.index(text) < cmd.index("ray start")
+
+
+def cluster_exposure_problems(cluster: dict) -> list[str]:
+    """ray_cluster.yaml: dashboard and job API on the head's loopback, Ray token auth on every
+    node with the token file synced from the user's machine, the secrets file loaded before
+    `ray start`, MLflow behind its basic-auth app."""
+    p = []
+    mounts = cluster.get("file_mounts", {})
+    head = _start_command(cluster, "head_start_ray_commands")
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", head)
+    if hosts != ["127.0.0.1"]:
+        p.append(f"head: --dashboard-host {hosts}, want exactly 127.0.0.1 (reached through the SSH tunnel)")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        cmd = _start_command(cluster, key)
+        if not re.search(r"export [^;]*\bRAY_AUTH_MODE=token\b", cmd) or not _before_ray_start(cmd, "RAY_AUTH_MODE"):
+            p.append(f"{key}: RAY_AUTH_MODE=token must be exported before `ray start`")
+        m = re.search(r"RAY_AUTH_TOKEN_PATH=\$HOME/(\S+?);", cmd)
+        if not m or f"~/{m.group(1)}" not in mounts:
+            p.append(f"{key}: RAY_AUTH_TOKEN_PATH must name a file that file_mounts syncs to every node")
+        m = re.search(r"set -a; \. ~/(\S+); set \+a;", cmd)
+        if not m or f"~/{m.group(1)}" not in mounts or not _before_ray_start(cmd, m.group(0)):
+            p.append(f"{key}: the secrets file must be synced and loaded before `ray start`")
+    server = next((c for c in cluster["head_start_ray_commands"] if "mlflow server" in c), "")
+    if "--app-name basic-auth" not in server:
+        p.append("the head's MLflow server must run the basic-auth app")
+    m = re.search(r"MLFLOW_AUTH_CONFIG_PATH=\$HOME/nestgen/(\S+)", server)
+    if not m or not (ROOT / m.group(1)).is_file():
+        p.append("the head's MLflow auth config must be a file of this checkout (synced to ~/nestgen)")
+    if "MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD" not in server:
+        p.append("the head's MLflow admin must be the cluster's MLflow user (from the secrets file)")
+    return p
+
+
+def test_ray_cluster_exposure(cluster):
+    assert cluster_exposure_problems(cluster) == []
+    # The checkout holds no token and no secrets file: they come from the user's machine.
+    assert all(not (ROOT / src.replace("~/", "")).exists() for dst, src in cluster["file_mounts"].items()
+               if dst != "~/nestgen")
+
+
+def _swap_in(key, old, new):
+    def edit(c):
+        c[key] = [x.replace(old, new) for x in c[key]]
+    edit.__name__ = f"{key}:{old}->{new}"
+    return edit
+
+
+@pytest.mark.parametrize("breakage", [
+    _swap_in("head_start_ray_commands", "--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0"),
+    _swap_in("head_start_ray_commands", " --dashboard-host=127.0.0.1", ""),
+    _swap_in("worker_start_ray_commands", "RAY_AUTH_MODE=token ", ""),
+    _swap_in("head_start_ray_commands", "--app-name basic-auth ", ""),
+    lambda c: c["file_mounts"].pop("~/.ray/auth_token"),
+    lambda c: c["file_mounts"].pop("~/.nestgen/cluster.env"),
+])
+def test_ray_cluster_exposure_catches_broken_copies(cluster, breakage):
+    broken = copy.deepcopy(cluster)
+    breakage(broken)
+    assert cluster_exposure_problems(broken)
+    _ray_validate(broken)      # still a valid cluster config: only the exposure check sees it
+
+
+def _auth_config(ini_text: str, tmp_path, monkeypatch):
+    """MLflow's own reader of its basic-auth config (what `--app-name basic-auth` reads)."""
+    # Loaded by file: the auth package's __init__ needs Flask-WTF (mlflow[auth], in the image),
+    # its config reader does not.
+    import importlib.util
+    import mlflow
+    spec = importlib.util.spec_from_file_location(
+        "mlflow_auth_config", Path(mlflow.__file__).parent / "server" / "auth" / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    read_auth_config = module.read_auth_config
+    path = tmp_path / "basic_auth.ini"
+    path.write_text(ini_text)
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "admin-from-secret")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "password-from-secret")
+    return read_auth_config()
+
+
+def test_vm_mlflow_auth_config(cluster, tmp_path, monkeypatch):
+    server = next(c for c in cluster["head_start_ray_commands"] if "mlflow server" in c)
+    ini = re.search(r"MLFLOW_AUTH_CONFIG_PATH=\$HOME/nestgen/(\S+)", server).group(1)
+    conf = _auth_config((ROOT / ini).read_text(), tmp_path, monkeypatch)
+    assert conf.admin_password == "password-from-secret"     # never from the file
+    assert conf.default_permission == "READ"
+    # Users beside the runs, on the head VM's MLflow volume (docker.head_run_options).
+    store = re.search(r"--backend-store-uri sqlite:///(\S+)/mlflow\.db", server).group(1)
+    assert conf.database_uri == f"sqlite:///{store}/basic_auth.db"
+    assert any(store in o for o in cluster["docker"]["head_run_options"])
+
+
+# ---- exposure: Kubernetes pods ----------------------------------------------------------
+
+def _docker_uid() -> int:
+    text = (INFRA / "Dockerfile").read_text()
+    uid = int(re.search(r"useradd [^\n]*--uid (\d+)", text).group(1))
+    assert re.search(rf"^USER {uid}(:\d+)?$", text, flags=re.MULTILINE), "the image must run as its user"
+    return uid
+
+
+def _pod_templates(docs: dict) -> list[tuple[str, dict, dict]]:
+    """(where, pod template {metadata, spec}, the owning manifest) for every pod the manifests make."""
+    out = []
+    for (kind, name), d in docs.items():
+        spec = d.get("spec", {})
+        if kind in ("Deployment", "StatefulSet"):
+            out.append((f"{kind}/{name}", spec["template"], d))
+        elif kind in ("RayJob", "RayService"):
+            rc = spec.get("rayClusterSpec") or spec.get("rayClusterConfig")
+            out.append((f"{kind}/{name}/head", rc["headGroupSpec"]["template"], d))
+            for g in rc.get("workerGroupSpecs", []):
+                out.append((f"{kind}/{name}/{g['groupName']}", g["template"], d))
+            if kind == "RayJob":
+                if "submitterPodTemplate" not in spec:
+                    out.append((f"{kind}/{name}/submitter", {"spec": {}}, d))   # KubeRay's default: not hardened
+                else:
+                    out.append((f"{kind}/{name}/submitter", spec["submitterPodTemplate"], d))
+    return out
+
+
+def _ray_cluster_spec(d: dict) -> dict | None:
+    return d.get("spec", {}).get("rayClusterSpec") or d.get("spec", {}).get("rayClusterConfig")
+
+
+def container_security_problems(where: str, c: dict, volumes: dict) -> list[str]:
+    p = []
+    sc = c.get("securityContext") or {}
+    if sc.get("allowPrivilegeEscalation") is not False:
+        p.append(f"{where}: allowPrivilegeEscalation must be false")
+    if "ALL" not in (sc.get("capabilities") or {}).get("drop", []) or (sc.get("capabilities") or {}).get("add"):
+        p.append(f"{where}: capabilities must drop ALL and add none")
+    if sc.get("privileged"):
+        p.append(f"{where}: privileged")
+    if sc.get("runAsUser") == 0 or sc.get("runAsNonRoot") is False:
+        p.append(f"{where}: runs as root")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        p.append(f"{where}: readOnlyRootFilesystem must be true")
+    tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+    if not tmp or "emptyDir" not in volumes.get(tmp[0]["name"], {}):
+        p.append(f"{where}: a read-only root needs an emptyDir at /tmp")
+    return p
+
+
+def pod_security_problems(where: str, template: dict, owner: dict, service_accounts: dict) -> list[str]:
+    """Non-root, RuntimeDefault seccomp, hardened containers (the autoscaler sidecar KubeRay adds
+    to a Ray head included), no Kubernetes API token unless the pod is a Ray head whose
+    autoscaler needs one."""
+    p = []
+    pod = template.get("spec", {})
+    psc = pod.get("securityContext") or {}
+    if psc.get("runAsNonRoot") is not True:
+        p.append(f"{where}: runAsNonRoot must be true")
+    if not isinstance(psc.get("runAsUser"), int) or psc["runAsUser"] == 0:
+        p.append(f"{where}: runAsUser must be a non-zero uid")
+    if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        p.append(f"{where}: seccompProfile must be RuntimeDefault")
+    if any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")):
+        p.append(f"{where}: host namespaces")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    containers = pod.get("containers", []) + pod.get("initContainers", [])
+    if not containers and not where.endswith("/submitter"):
+        p.append(f"{where}: no containers")
+    for c in containers:
+        p += container_security_problems(f"{where}/{c.get('name')}", c, volumes)
+        if c.get("image") == IMAGE and psc.get("runAsUser") != _docker_uid():
+            p.append(f"{where}: runAsUser {psc.get('runAsUser')} is not the image's user {_docker_uid()}")
+    rc = _ray_cluster_spec(owner)
+    is_head = where.endswith("/head")
+    if rc and is_head and rc.get("enableInTreeAutoscaling"):
+        auto = rc.get("autoscalerOptions") or {}
+        p += container_security_problems(f"{where}/autoscaler", auto, volumes)
+    sa = service_accounts.get(pod.get("serviceAccountName", "default"), {})
+    automount = pod.get("automountServiceAccountToken", sa.get("automountServiceAccountToken", True))
+    may_automount = bool(rc and is_head and rc.get("enableInTreeAutoscaling"))
+    if automount and not may_automount:
+        p.append(f"{where}: mounts a Kubernetes API token it does not need")
+    return p
+
+
+def _service_accounts(docs: dict) -> dict:
+    return {name: d for (kind, name), d in docs.items() if kind == "ServiceAccount"}
+
+
+def _all_pod_problems(docs: dict) -> list[str]:
+    sas = _service_accounts(docs)
+    return [x for where, t, owner in _pod_templates(docs) for x in pod_security_problems(where, t, owner, sas)]
+
+
+def test_every_pod_runs_hardened():
+    docs = _manifests()
+    assert len(_pod_templates(docs)) >= 9
+    assert _all_pod_problems(docs) == []
+
+
+def _ray_head(docs, kind, name):
+    return _ray_cluster_spec(docs[(kind, name)])["headGroupSpec"]["template"]["spec"]
+
+
+def _mlflow_pod(docs):
+    return docs[("Deployment", "mlflow")]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda m: _mlflow_pod(m).pop("securityContext"),
+    lambda m: _mlflow_pod(m)["securityContext"].update(runAsUser=0),
+    lambda m: _mlflow_pod(m)["containers"][0].pop("securityContext"),
+    lambda m: _mlflow_pod(m)["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
+    lambda m: _mlflow_pod(m)["containers"][0]["securityContext"].update(capabilities={"drop": ["NET_RAW"]}),
+    lambda m: _mlflow_pod(m)["containers"][0]["volumeMounts"].pop(),          # no /tmp
+    lambda m: _mlflow_pod(m).update(automountServiceAccountToken=True),
+    lambda m: _ray_head(m, "RayService", "nestgen-serve")["securityContext"].pop("seccompProfile"),
+    lambda m: _ray_cluster_spec(m[("RayService", "nestgen-serve")])["autoscalerOptions"].pop("securityContext"),
+    lambda m: _ray_cluster_spec(m[("RayJob", "nestgen-pipeline")])["workerGroupSpecs"][1]["template"]["spec"][
+        "containers"][0]["securityContext"].update(readOnlyRootFilesystem=False),
+    lambda m: m[("RayJob", "nestgen-pipeline")]["spec"].pop("submitterPodTemplate"),
+    lambda m: m[("ServiceAccount", "nestgen-serve")].update(automountServiceAccountToken=True),
+    lambda m: m[("StatefulSet", "mlflow-postgres")]["spec"]["template"]["spec"]["securityContext"].pop("runAsNonRoot"),
+])
+def test_pod_checks_catch_broken_copies(breakage):
+    docs = copy.deepcopy(_manifests())
+    breakage(docs)
+    assert _all_pod_problems(docs)
+
+
+def test_serve_service_account_can_only_read_storage():
+    """The Serve pods run as nestgen-serve: its Google SA is granted only object reads (the
+    README's gcloud commands are the binding), it mounts no Kubernetes token (the head's
+    autoscaler aside), and no manifest grants it a Kubernetes role."""
+    docs = _manifests()
+    sa = docs[("ServiceAccount", "nestgen-serve")]
+    gsa = sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+    assert gsa == "nestgen-serve@PROJECT_ID.iam.gserviceaccount.com"
+    assert sa["automountServiceAccountToken"] is False
+    rc = _ray_cluster_spec(docs[("RayService", "nestgen-serve")])
+    pods = [rc["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in rc["workerGroupSpecs"]]
+    assert {p["serviceAccountName"] for p in pods} == {"nestgen-serve"}
+    assert not any(p.get("automountServiceAccountToken") for p in pods[1:])
+    for (kind, _), d in docs.items():
+        if kind in ("RoleBinding", "ClusterRoleBinding"):
+            assert all(s.get("name") != "nestgen-serve" for s in d.get("subjects", [])), d
+    # The pipeline's own account writes; Serve's does not share it.
+    assert docs[("ServiceAccount", SERVICE_ACCOUNT)]["metadata"]["annotations"][
+        "iam.gke.io/gcp-service-account"] != gsa
+    readme = re.sub(r"\s*\\\n\s*", " ", (INFRA / "README.md").read_text())
+    roles = {}
+    for line in readme.splitlines():
+        if "add-iam-policy-binding" in line and re.search(r"--role", line):
+            member = re.search(r"--member\s+\"?([^\s\"]+)", line).group(1)
+            roles.setdefault(member, set()).add(re.search(r"--role\s+(\S+)", line).group(1))
+    assert roles.get(f"serviceAccount:{gsa}") == {"roles/storage.objectViewer"}, roles
+    wi = [line for line in readme.splitlines() if "workloadIdentityUser" in line and gsa in line]
+    assert wi and "[nestgen/nestgen-serve]" in wi[0]
+
+
+# ---- exposure: NetworkPolicies ----------------------------------------------------------
+
+OPERATOR = ({"kubernetes.io/metadata.name": "kuberay-system"}, {"app.kubernetes.io/name": "kuberay-operator"})
+OUR_NS = {"kubernetes.io/metadata.name": NAMESPACE}
+GCLB = "35.191.3.4"          # a Google Cloud load balancer / health-check address
+
+
+def _selects(selector: dict | None, labels: dict) -> bool:
+    if selector is None:
+        return False
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        has, val = e["key"] in labels, labels.get(e["key"])
+        ok = {"In": has and val in e.get("values", []), "NotIn": not has or val not in e.get("values", []),
+              "Exists": has, "DoesNotExist": not has}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_admits(peer: dict, src: dict) -> bool:
+    if "ipBlock" in peer:
+        import ipaddress
+        return src.get("ip") is not None and ipaddress.ip_address(src["ip"]) in ipaddress.ip_network(peer["ipBlock"]["cidr"])
+    if src.get("pod") is None:
+        return False
+    ns_ok = _selects(peer["namespaceSelector"], src["ns"]) if "namespaceSelector" in peer else src["ns"] == OUR_NS
+    pod_ok = _selects(peer["podSelector"], src["pod"]) if "podSelector" in peer else True
+    return ns_ok and pod_ok
+
+
+def _port_admits(rule_ports, port: int) -> bool:
+    if not rule_ports:
+        return True
+    return any(p.get("protocol", "TCP") == "TCP" and p["port"] <= port <= p.get("endPort", p["port"])
+               for p in rule_ports)
+
+
+def admitted(policies: list[dict], dst: dict, src: dict, port: int) -> bool:
+    """Kubernetes NetworkPolicy ingress semantics for one TCP connection to a pod of this
+    namespace with labels dst: a pod no Ingress policy selects takes everything; a selected
+    pod takes what any rule of any selecting policy admits."""
+    selecting = [p for p in policies if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+                 and _selects(p["spec"]["podSelector"], dst)]
+    if not selecting:
+        return True
+    for pol in selecting:
+        for rule in pol["spec"].get("ingress") or []:
+            peers = rule.get("from")
+            if (not peers or any(_peer_admits(peer, src) for peer in peers)) and _port_admits(rule.get("ports"), port):
+                return True
+    return False
+
+
+def _pod_src(labels: dict, ns: dict = OUR_NS) -> dict:
+    return {"ns": ns, "pod": labels}
+
+
+def _ray_pods(docs: dict, kind: str, name: str) -> list[tuple[dict, list[int]]]:
+    """(labels, ports it listens on) for each pod group of a KubeRay manifest: the template's
+    labels plus what KubeRay adds (ray.io/node-type), its container ports and every fixed Ray
+    port of its rayStartParams (the worker-port range by its ends)."""
+    rc = _ray_cluster_spec(docs[(kind, name)])
+    out = []
+    for node_type, group in [("head", rc["headGroupSpec"])] + [("worker", g) for g in rc["workerGroupSpecs"]]:
+        labels = dict(group["template"].get("metadata", {}).get("labels", {}), **{"ray.io/node-type": node_type})
+        params = group.get("rayStartParams", {})
+        ports = [int(v) for k, v in params.items() if k.endswith("-port")]
+        # Serve's HTTP port is for clients (serve-http), not for Ray's own traffic.
+        ports += [p["containerPort"] for c in group["template"]["spec"]["containers"] for p in c.get("ports", [])
+                  if p.get("name") != "serve"]
+        out.append((labels, sorted(set(ports))))
+    return out
+
+
+def network_problems(docs: dict) -> list[str]:
+    policies = [d for (kind, _), d in docs.items() if kind == "NetworkPolicy"]
+    p = []
+    if not any(pol["spec"]["podSelector"] == {} and pol["spec"].get("policyTypes") == ["Ingress"]
+               and not pol["spec"].get("ingress") for pol in policies):
+        p.append("no default-deny ingress policy for the namespace")
+    stranger = _pod_src({"app": "something-else"})
+    other_ns = _pod_src({"nestgen.io/component": "serve"}, ns={"kubernetes.io/metadata.name": "elsewhere"})
+    mlflow = docs[("Deployment", "mlflow")]["spec"]["template"]["metadata"]["labels"]
+    pg = docs[("StatefulSet", "mlflow-postgres")]["spec"]["template"]["metadata"]["labels"]
+    clusters = {"pipeline": _ray_pods(docs, "RayJob", "nestgen-pipeline"),
+                "serve": _ray_pods(docs, "RayService", "nestgen-serve")}
+    for comp, pods in clusters.items():
+        other = next(o for o in clusters if o != comp)
+        for dst, ports in pods:
+            for src, _ in pods:
+                for port in ports:
+                    if not admitted(policies, dst, _pod_src(src), port):
+                        p.append(f"{comp}: {src} -> {dst}:{port} refused (Ray needs it)")
+            for port in ports:
+                for name, src in (("another cluster's pod", _pod_src(clusters[other][0][0])),
+                                  ("a stranger pod", stranger), ("another namespace", other_ns),
+                                  ("the MLflow server", _pod_src(mlflow))):
+                    if port != 8000 and admitted(policies, dst, src, port):
+                        p.append(f"{comp}: {name} reaches {dst}:{port}")
+            if dst["ray.io/node-type"] == "head" and not admitted(policies, dst, _pod_src(OPERATOR[1], OPERATOR[0]), 8265):
+                p.append(f"{comp}: the KubeRay operator cannot reach the head's dashboard")
+        if not admitted(policies, mlflow, _pod_src(pods[-1][0]), 5000):
+            p.append(f"{comp}: its pods cannot reach MLflow")
+    submitter = docs[("RayJob", "nestgen-pipeline")]["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    head = clusters["pipeline"][0][0]
+    if not admitted(policies, head, _pod_src(submitter), 8265):
+        p.append("the RayJob submitter cannot reach the dashboard")
+    if admitted(policies, head, _pod_src(submitter), 6379):
+        p.append("the RayJob submitter reaches the GCS")
+    serve_worker = clusters["serve"][-1][0]
+    if not admitted(policies, serve_worker, {"ip": GCLB}, 8000):
+        p.append("a Google Cloud load balancer cannot reach Serve's port 8000")
+    for name, src in (("a stranger pod", stranger), ("another namespace", other_ns), ("the internet", {"ip": "8.8.8.8"}),
+                      ("a pipeline pod", _pod_src(head))):
+        if admitted(policies, serve_worker, src, 8000):
+            p.append(f"{name} reaches Serve's port 8000")
+    for name, src in (("a stranger pod", stranger), ("another namespace", other_ns), ("the submitter", _pod_src(submitter))):
+        if admitted(policies, mlflow, src, 5000):
+            p.append(f"{name} reaches MLflow")
+    if not admitted(policies, pg, _pod_src(mlflow), 5432):
+        p.append("MLflow cannot reach PostgreSQL")
+    for name, src in (("a stranger pod", stranger), ("a Ray pod", _pod_src(head)), ("a Serve pod", _pod_src(serve_worker))):
+        if admitted(policies, pg, src, 5432):
+            p.append(f"{name} reaches PostgreSQL")
+    if not any(_selects(pol["spec"]["podSelector"], pg) and "Egress" in pol["spec"].get("policyTypes", [])
+               and not pol["spec"].get("egress") for pol in policies):
+        p.append("PostgreSQL may connect out")
+    return p
+
+
+def test_network_policies_admit_only_what_each_component_needs():
+    docs = _manifests()
+    assert network_problems(docs) == []
+    # The selectors select real pods: every policy's podSelector matches some pod template.
+    labels = [dict(t.get("metadata", {}).get("labels", {}), **({"ray.io/node-type": "head"} if w.endswith("/head") else {}))
+              for w, t, _ in _pod_templates(docs)]
+    for (kind, name), pol in docs.items():
+        if kind == "NetworkPolicy":
+            assert any(_selects(pol["spec"]["podSelector"], lb) for lb in labels), name
+
+
+def _policy(docs, name):
+    return docs[("NetworkPolicy", name)]["spec"]
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda m: m.pop(("NetworkPolicy", "default-deny-ingress")),
+    lambda m: m.pop(("NetworkPolicy", "ray-serve-internal")),
+    lambda m: _policy(m, "ray-pipeline-internal")["ingress"][0]["ports"].pop(0),          # no GCS
+    lambda m: _policy(m, "ray-pipeline-internal")["ingress"][0].update({"from": [{"podSelector": {}}]}),
+    lambda m: _policy(m, "mlflow")["ingress"][0].pop("from"),
+    lambda m: _policy(m, "mlflow-postgres")["ingress"][0]["from"][0]["podSelector"].update(matchLabels={}),
+    lambda m: _policy(m, "mlflow-postgres").update(policyTypes=["Ingress"]),
+    lambda m: _policy(m, "mlflow-postgres").update(egress=[{}]),                          # egress anywhere
+    lambda m: _policy(m, "serve-http")["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}),
+    lambda m: _policy(m, "ray-pipeline-dashboard")["ingress"][0]["from"].pop(0),
+    # A pinned port moved in the RayService but not in the policies.
+    lambda m: _ray_cluster_spec(m[("RayService", "nestgen-serve")])["headGroupSpec"]["rayStartParams"].update(
+        {"node-manager-port": "7000"}),
+])
+def test_network_checks_catch_broken_copies(breakage):
+    docs = copy.deepcopy(_manifests())
+    breakage(docs)
+    assert network_problems(docs)
+
+
+# ---- exposure: credentials, by Secret name ---------------------------------------------
+
+def _readme_secrets() -> dict[str, set[str]]:
+    """Secret name -> keys, from the `kubectl create secret generic` commands in infra/README.md."""
+    text = re.sub(r"\s*\\\n\s*", " ", (INFRA / "README.md").read_text())
+    out = {}
+    for m in re.finditer(r'kubectl -n nestgen create secret generic (\S+)((?: --from-literal=\w+=(?:"[^"]*"|\S+))+)', text):
+        out[m.group(1)] = set(re.findall(r"--from-literal=(\w+)=", m.group(2)))
+    return out
+
+
+def _secret_uses(docs: dict) -> dict[str, set[str]]:
+    """Secret name -> keys the manifests read (envFrom: the env names the container uses)."""
+    uses: dict[str, set[str]] = {}
+
+    def walk(node, container=None):
+        if isinstance(node, dict):
+            if "image" in node and "name" in node:
+                container = node
+            ref = node.get("secretKeyRef")
+            if ref:
+                uses.setdefault(ref["name"], set()).add(ref["key"])
+            if "secretRef" in node:
+                uses.setdefault(node["secretRef"]["name"], set())
+            for v in node.values():
+                walk(v, container)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, container)
+    for d in docs.values():
+        walk(d)
+        if d["kind"] == "RayService":
+            walk(yaml.safe_load(d["spec"]["serveConfigV2"]))
+    return uses
+
+
+ENV_FROM_KEYS = {"mlflow-postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
+                 "mlflow-auth": {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                                 "MLFLOW_FLASK_SERVER_SECRET_KEY"}}
+
+
+def test_secrets_referenced_consistently_by_name():
+    """Every Secret a manifest reads is one infra/README.md tells you to create, with the keys
+    read; every Secret the README creates is read; envFrom Secrets carry the variables their
+    consumers need (MLflow's admin and CSRF key, PostgreSQL's user)."""
+    uses = _secret_uses(_manifests())
+    made = _readme_secrets()
+    assert set(uses) == set(made), (uses, made)
+    for name, keys in uses.items():
+        assert keys <= made[name], (name, keys, made[name])
+    for name, keys in ENV_FROM_KEYS.items():
+        assert made[name] == keys, name
+    assert {"mlflow-pipeline-client", "mlflow-serve-client", "nestgen-api-keys"} <= set(made)
+
+
+def _ray_containers(docs, kind, name):
+    rc = _ray_cluster_spec(docs[(kind, name)])
+    groups = [rc["headGroupSpec"]] + rc["workerGroupSpecs"]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def test_ray_pods_authenticate_and_serve_wants_api_keys():
+    """Ray token auth on both KubeRay clusters; every Ray container logs in to MLflow with its
+    cluster's own user (from a Secret, never a literal); the Serve app wants bearer tokens
+    whose keys every Serve container has from a Secret; the local Serve config leaves them off."""
+    docs = _manifests()
+    for kind, name, secret in (("RayJob", "nestgen-pipeline", "mlflow-pipeline-client"),
+                               ("RayService", "nestgen-serve", "mlflow-serve-client")):
+        assert _ray_cluster_spec(docs[(kind, name)])["authOptions"] == {"mode": "token"}, name
+        for c in _ray_containers(docs, kind, name):
+            env = {e["name"]: e for e in c["env"]}
+            for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                assert env[var]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": var}, (name, var)
+            assert not any("RAY_AUTH_TOKEN" in e for e in env), "KubeRay's authOptions sets the token"
+    app = yaml.safe_load(docs[("RayService", "nestgen-serve")]["spec"]["serveConfigV2"])["applications"][0]
+    var = app["args"]["api_keys_env"]
+    for c in _ray_containers(docs, "RayService", "nestgen-serve"):
+        ref = {e["name"]: e for e in c["env"]}[var]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "nestgen-api-keys", ref
+    serve_files = {p.name: yaml.safe_load(p.read_text()) for p in (ROOT / "configs").glob("serve_*.yaml")}
+    for fname, cfg in serve_files.items():
+        args = cfg["applications"][0]["args"]
+        on_cluster = cfg["http_options"]["host"] not in ("127.0.0.1", "localhost")
+        assert bool(args.get("api_keys_env")) == on_cluster, f"{fname}: api keys on exactly when not on loopback"
+        if on_cluster:
+            # The VM cluster exports it from the secrets file; README says to put it there.
+            assert args["api_keys_env"] == var
+            assert f"{var}=" in (INFRA / "README.md").read_text()
+
+
+def test_mlflow_requires_auth(tmp_path, monkeypatch):
+    """The Kubernetes MLflow server runs the basic-auth app, reads its config from the mounted
+    ConfigMap (which MLflow's own reader accepts), keeps users in the PostgreSQL Service's
+    database with credentials from the environment, and its admin from the Secret."""
+    docs = _manifests()
+    pod = _mlflow_pod(docs)
+    c = pod["containers"][0]
+    assert "--app-name=basic-auth" in c["args"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mount = next(m for m in c["volumeMounts"] if env["MLFLOW_AUTH_CONFIG_PATH"].startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    cm = docs[("ConfigMap", volume["configMap"]["name"])]
+    ini = cm["data"][env["MLFLOW_AUTH_CONFIG_PATH"][len(mount["mountPath"]) + 1:]]
+    conf = _auth_config(ini, tmp_path, monkeypatch)
+    assert conf.admin_password == "password-from-secret" and "admin_password" not in ini
+    assert conf.default_permission == "READ"
+    db = urlparse(conf.database_uri)
+    pg_svc = docs[("Service", "mlflow-postgres")]
+    assert (db.scheme, db.hostname, db.port) == ("postgresql", "mlflow-postgres", pg_svc["spec"]["ports"][0]["port"])
+    assert db.password is None, "no password in a ConfigMap"
+    assert (env["PGUSER"], env["PGPASSWORD"], env["PGDATABASE"]) == (
+        "$(POSTGRES_USER)", "$(POSTGRES_PASSWORD)", "$(POSTGRES_DB)")
+    assert "mlflow-auth" in {e["secretRef"]["name"] for e in c["envFrom"]}
+    # Probes hit /health, which the auth app leaves open.
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
