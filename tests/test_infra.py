@@ -1,6 +1,8 @@
 """Cluster infrastructure: ray_cluster.yaml against Ray's own cluster-config validation, the
 KubeRay / MLflow manifests in infra/ (fields, names, ports, images consistent), the
-Dockerfile. Files only: no Ray runtime, no cloud, no network.
+Dockerfile, and the cluster's exposure (loopback dashboard and Ray token auth on the VMs,
+hardened pods, NetworkPolicies evaluated against the manifests' pods and ports, the read-only
+Serve account, MLflow auth, Secrets by name). Files only: no Ray runtime, no cloud, no network.
 
 Each manifest check returns a list of problems, so the tests can show on broken copies that
 they do fail."""
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import ipaddress
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -764,7 +767,6 @@ def _selects(selector: dict | None, labels: dict) -> bool:
 
 def _peer_admits(peer: dict, src: dict) -> bool:
     if "ipBlock" in peer:
-        import ipaddress
         return src.get("ip") is not None and ipaddress.ip_address(src["ip"]) in ipaddress.ip_network(peer["ipBlock"]["cidr"])
     if src.get("pod") is None:
         return False
@@ -921,27 +923,23 @@ def _readme_secrets() -> dict[str, set[str]]:
 
 
 def _secret_uses(docs: dict) -> dict[str, set[str]]:
-    """Secret name -> keys the manifests read (envFrom: the env names the container uses)."""
+    """Secret name -> keys the manifests read by secretKeyRef (an envFrom secretRef reads all)."""
     uses: dict[str, set[str]] = {}
 
-    def walk(node, container=None):
+    def walk(node):
         if isinstance(node, dict):
-            if "image" in node and "name" in node:
-                container = node
             ref = node.get("secretKeyRef")
             if ref:
                 uses.setdefault(ref["name"], set()).add(ref["key"])
             if "secretRef" in node:
                 uses.setdefault(node["secretRef"]["name"], set())
             for v in node.values():
-                walk(v, container)
+                walk(v)
         elif isinstance(node, list):
             for v in node:
-                walk(v, container)
+                walk(v)
     for d in docs.values():
         walk(d)
-        if d["kind"] == "RayService":
-            walk(yaml.safe_load(d["spec"]["serveConfigV2"]))
     return uses
 
 
