@@ -13,7 +13,8 @@ import torch
 
 from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
 from nestgen.model.nested_transformer import NestedTransformer
-from nestgen.storage import read_bytes, resolve_checkpoint, write_bytes_atomic
+from nestgen.storage import resolve_checkpoint, write_bytes_atomic
+from nestgen.torchfile import read_torch
 
 
 def save_checkpoint(url: str, cfg: NestgenConfig, model: torch.nn.Module, **state: Any) -> str:
@@ -24,9 +25,9 @@ def save_checkpoint(url: str, cfg: NestgenConfig, model: torch.nn.Module, **stat
 
 
 def read_checkpoint(url: str, map_location: str | torch.device = "cpu") -> dict:
-    """`url`: a checkpoint file, or a training output folder (its LATEST checkpoint)."""
-    data = read_bytes(resolve_checkpoint(url))
-    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    """`url`: a checkpoint file, or a training output folder (its LATEST checkpoint).
+    Refuses (UnsafeCheckpointError) a file holding anything but tensors and plain data."""
+    return read_torch(resolve_checkpoint(url), map_location)
 
 
 def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", use_ema: bool = True

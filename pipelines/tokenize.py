@@ -45,13 +45,14 @@ def _fingerprint(items: list[dict], tok_hash: str, cfg: TokenizeConfig) -> str:
 class TokenizeFiles:
     """Ray Data actor: decode a batch of files and tokenize them in one tokenizer call."""
 
-    def __init__(self, tokenizer_url: str, spec: dict):
+    def __init__(self, tokenizer_url: str, tokenizer_hash: str, spec: dict):
         import torch
 
-        from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+        from nestgen.tokenizers import load_tokenizer
         self.torch = torch
-        self.tok = load_tokenizer(tokenizer_url, "cuda" if torch.cuda.is_available() else "cpu")
-        self.hash = tokenizer_hash(self.tok)
+        # the driver's hash: a file replaced meanwhile is refused, not mixed into the shards
+        self.tok = load_tokenizer(tokenizer_url, "cuda" if torch.cuda.is_available() else "cpu", tokenizer_hash)
+        self.hash = tokenizer_hash
         self.spec = ClipSpec(**spec)
         self.grid = list(self.tok.cfg.grid)
         self.schema = shard_schema(int(np.prod(self.grid))).append(pa.field("error", pa.string()))
@@ -136,7 +137,7 @@ def tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str,
                            channels=tok.cfg.channels, clips_per_video=cfg.clips_per_video))
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 200)))
     ds = ds.map_batches(
-        TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "spec": spec},
+        TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "tokenizer_hash": tok_hash, "spec": spec},
         batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
         num_gpus=cfg.gpus_per_actor if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
     ).materialize()

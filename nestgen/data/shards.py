@@ -80,13 +80,13 @@ def load_split_tokens(url: str, split: str = "train") -> tuple[torch.Tensor, tor
 def shard_tokenizer(url: str, expected_hash: str | None = None, device="cpu"):
     """The tokenizer that made a shard set's tokens (to decode generated tokens to pixels).
 
-    With `expected_hash` (a generator checkpoint's tokenizer_hash) a different tokenizer
-    is an error: tokens are never decoded with another tokenizer than the one they came from."""
-    from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+    The tokenizer file must still have the hash the manifest recorded, and with
+    `expected_hash` (a generator checkpoint's tokenizer_hash) a different tokenizer is an
+    error too: tokens are never decoded with another tokenizer than the one they came from."""
+    from nestgen.tokenizers import load_tokenizer
     m = read_manifest(url)
-    tok = load_tokenizer(m["tokenizer"]["url"], device)
-    got = tokenizer_hash(tok)
-    if expected_hash and got != expected_hash:
-        raise ValueError(f"the tokenizer of {url} has hash {got}, but the model was trained on tokens of "
+    recorded = m["tokenizer"]["hash"]
+    if expected_hash and recorded != expected_hash:
+        raise ValueError(f"the tokenizer of {url} has hash {recorded}, but the model was trained on tokens of "
                          f"tokenizer {expected_hash}")
-    return tok
+    return load_tokenizer(m["tokenizer"]["url"], device, expected_hash=recorded)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from nestgen.metrics.digits_nets import DigitClipNet, DigitImageNet, build_digits_net, net_hash
 from nestgen.metrics.protocol import bytes_sha256
 from nestgen.storage import write_bytes_atomic
+from nestgen.torchfile import load_torch_bytes
 
 __all__ = ["digits_image_splits", "train_digit_classifier", "train_clip_classifier",
            "save_digits_net", "load_digits_net", "predict"]
@@ -168,7 +169,7 @@ def load_digits_net(url: str, device: str | torch.device = "cpu"):
     """(net in eval mode, info) with info['file_sha256'] and info['net_hash'] filled in."""
     with fsspec.open(url, "rb") as f:
         data = f.read()
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    payload = load_torch_bytes(data, url)
     net = build_digits_net(payload["kind"], payload["config"])
     net.load_state_dict(payload["state_dict"])
     net = net.to(device).eval()

@@ -21,7 +21,8 @@ import torch
 from nestgen.configschema import from_dict, to_dict
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.tokenizers.model import VQTokenizer
-from nestgen.storage import read_bytes, resolve_checkpoint, write_bytes_atomic
+from nestgen.storage import resolve_checkpoint, write_bytes_atomic
+from nestgen.torchfile import read_torch
 
 FORMAT = "nestgen-tokenizer/1"
 HASH_CHARS = 16
@@ -57,14 +58,16 @@ def save_tokenizer(url: str, model: VQTokenizer, **extra: Any) -> str:
 def read_tokenizer_checkpoint(url: str) -> dict:
     """`url`: a tokenizer checkpoint file, or a training output folder (its LATEST)."""
     url = resolve_checkpoint(url)
-    ckpt = torch.load(io.BytesIO(read_bytes(url)), map_location="cpu", weights_only=False)
+    ckpt = read_torch(url)
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"{url} is not a tokenizer checkpoint (format {ckpt.get('format')!r})")
     return ckpt
 
 
-def load_tokenizer(url: str, device: str | torch.device = "cpu") -> VQTokenizer:
-    """The tokenizer in eval mode on `device`; raises if its weights don't match the stored hash."""
+def load_tokenizer(url: str, device: str | torch.device = "cpu", expected_hash: str | None = None) -> VQTokenizer:
+    """The tokenizer in eval mode on `device`; raises if its weights don't match the stored
+    hash, or `expected_hash` (what a shard manifest or generator checkpoint recorded): a file
+    replaced on storage since then would turn token ids into other pixels."""
     ckpt = read_tokenizer_checkpoint(url)
     cfg = from_dict(TokenizerConfig, ckpt["config"])
     model = VQTokenizer(cfg)
@@ -72,4 +75,7 @@ def load_tokenizer(url: str, device: str | torch.device = "cpu") -> VQTokenizer:
     got = tokenizer_hash(model)
     if got != ckpt["hash"]:
         raise ValueError(f"{url}: content hash {got} != stored {ckpt['hash']} (corrupt or edited)")
+    if expected_hash and got != expected_hash:
+        raise ValueError(f"{url}: tokenizer hash {got}, but {expected_hash} was recorded for it "
+                         "(the file was replaced since)")
     return model.to(device).eval()
