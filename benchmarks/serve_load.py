@@ -9,6 +9,9 @@ the next. Reports throughput (samples/s), p50/p99 latency, the batch sizes the s
 reported and, for schedule "auto", which presets it chose. Scenarios:
   - batching off (max_batch_size 1) vs on, for the baseline and MaGNeTS schedules;
   - the baseline vs the MaGNeTS presets with batching on;
+  - float settings (MaGNeTS, batching on): every client the same temperature, near-equal ones
+    (1.0 + 0.0004 k: rounded to one setting, so one decode per batch), distinct ones (0.5 + 0.1 k:
+    one decode per client in every batch);
   - high load (--overload-clients): fixed baseline and magnets vs "auto" with a latency
     target. With closed-loop clients, latency >= clients / throughput: past what the cheapest
     preset can serve, no schedule holds the target and auto falls back to the cheapest.
@@ -55,7 +58,13 @@ def _percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
-async def _load(url: str, body: dict, clients: int, seconds: float, max_requests: int, target_s: float) -> dict:
+# Per-client temperatures of the float-settings scenarios: the service rounds them to 0.01,
+# so near-equal values share one decode per batch while distinct ones each need their own.
+TEMPERATURES = {"equal": lambda k: 1.0, "near-equal": lambda k: 1.0 + 0.0004 * k, "distinct": lambda k: 0.5 + 0.1 * k}
+
+
+async def _load(url: str, body: dict, clients: int, seconds: float, max_requests: int, target_s: float,
+                temperature=None) -> dict:
     import httpx
     lat, batch, chosen, errors, samples = [], [], Counter(), Counter(), 0
     issued = 0
@@ -64,11 +73,12 @@ async def _load(url: str, body: dict, clients: int, seconds: float, max_requests
     async def client(http, k):
         nonlocal issued, samples
         seed = 1000 * k
+        mine = body if temperature is None else body | {"temperature": temperature(k)}
         while time.perf_counter() < deadline and issued < max_requests:
             issued += 1
             seed += 1
             t0 = time.perf_counter()
-            r = await http.post(url + "/v1/generate", json=body | {"seed": seed}, timeout=120)
+            r = await http.post(url + "/v1/generate", json=mine | {"seed": seed}, timeout=120)
             if r.status_code != 200:
                 errors[r.status_code] += 1
                 continue
@@ -121,7 +131,8 @@ def run(args) -> dict:
         ("batching on", True, "baseline", args.clients),
         ("batching on", True, "magnets", args.clients),
         ("batching on", True, "magnets-lite", args.clients),
-    ] + [(f"load C={c}", True, schedule, c) for c in args.overload_clients
+    ] + [(f"temps {t}", True, "magnets", args.clients) for t in TEMPERATURES] \
+      + [(f"load C={c}", True, schedule, c) for c in args.overload_clients
          for schedule in ("baseline", "magnets", "auto")]
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +144,9 @@ def run(args) -> dict:
                     deployed = batching
                     presets = {p["name"]: p for p in httpx.get(url + "/v1/schedules").json()["presets"]}
                 body = {"class_label": 3, "schedule": schedule, "format": "png"}
-                res = asyncio.run(_load(url, body, clients, args.seconds, args.max_requests, args.auto_target))
+                temps = TEMPERATURES.get(name.removeprefix("temps ")) if name.startswith("temps ") else None
+                res = asyncio.run(_load(url, body, clients, args.seconds, args.max_requests, args.auto_target,
+                                        temps))
                 gf = presets.get(schedule, {}).get("gflops_per_sample")
                 rows.append({"scenario": name, "schedule": schedule, "clients": clients,
                              "max_batch_size": args.max_batch_size if batching else 1,

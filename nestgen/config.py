@@ -308,7 +308,10 @@ class ServeConfig:
     max_ongoing_requests: int = 64   # per replica; >= max_batch_size (Serve's default of 5 caps batches)
     max_queued_requests: int = -1    # requests waiting for a replica beyond that (-1: no cap; else 503)
     max_samples_per_request: int = 16
+    max_steps: int = 0               # decoding steps a request may ask for; 0 -> 4 x the checkpoint's decode.steps
     max_body_bytes: int = 4_000_000  # larger bodies get 413
+    decode_deadline_s: float = 300.0  # a decode running longer fails the replica's health check (Serve replaces it)
+    api_keys_env: str = ""           # env var holding accepted bearer tokens (comma-separated); "" -> no auth
     video_fps: int = 8               # frame rate of returned MP4s
     auto_presets: list[str] = field(default_factory=lambda: ["baseline", "magnets", "magnets-lite"])
     auto_latency_target_s: float = 1.0   # schedule "auto": best preset expected within this latency
@@ -330,7 +333,9 @@ class ServeConfig:
               "must be -1 (no cap) or >= 1")
         check(1 <= self.max_samples_per_request <= self.max_batch_size, "max_samples_per_request",
               f"must be in [1, max_batch_size={self.max_batch_size}] (a request runs in one batch)")
+        check(self.max_steps >= 0, "max_steps", "must be >= 0 (0: 4 x the checkpoint's decode.steps)")
         check(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
+        check(self.decode_deadline_s > 0, "decode_deadline_s", "must be > 0")
         check(self.video_fps >= 1, "video_fps", "must be >= 1")
         unknown = [p for p in self.auto_presets if p not in PRESETS]
         check(not unknown, "auto_presets", f"unknown preset(s) {unknown}; presets: {sorted(PRESETS)}")

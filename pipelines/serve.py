@@ -15,13 +15,17 @@ No `from __future__ import annotations` here: FastAPI reads the endpoint's annot
 import asyncio
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
 from nestgen.config import ServeConfig
 from nestgen.configschema import to_dict
+from nestgen.serving.auth import BearerAuth, read_api_keys
+from nestgen.serving.memory import rss_mb
 from nestgen.serving.body_limit import BodySizeLimit
 from nestgen.serving.deployment import deployment_options, serve_config_from_args
 from nestgen.serving.errors import RequestError
@@ -34,6 +38,15 @@ api = FastAPI(
     version="1",
 )
 api.add_middleware(BodySizeLimit)
+api.add_middleware(BearerAuth)     # added last = outermost: no body is read without a key
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(_request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field, without echoing the input: an echoed Infinity or NaN cannot be
+    written as JSON (a 500), and a large input would be sent back whole."""
+    return JSONResponse(status_code=422, content={"detail": [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]})
 
 
 @serve.deployment(name="Generator")
@@ -47,39 +60,60 @@ class Generator:
         # One intra-op thread per reserved CPU: oversubscribed OpenMP threads were measured
         # to slow a small decode down 50x on a busy 2-core machine.
         torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
+        api.state.api_keys = read_api_keys(cfg.api_keys_env)
         self.engine = Engine(cfg)
         api.state.max_body_bytes = cfg.max_body_bytes
+        self.deadline_s = cfg.decode_deadline_s
+        # Decoding has a thread of its own, and conditioning clips (PyAV decodes) their own
+        # pool, so that slow clips never hold up decoding and neither blocks the event loop.
+        self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="nestgen-decode")
+        self.media_pool = ThreadPoolExecutor(max(1, int(cfg.cpus_per_replica)), thread_name_prefix="nestgen-media")
         self.generate_batch.set_max_batch_size(cfg.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02, batch_size_fn=rows_of)
     async def generate_batch(self, jobs: list[Job]) -> list:
-        # Decoding runs in a thread so the replica keeps admitting (and counting) requests
+        # Decoding runs in its thread so the replica keeps admitting (and counting) requests
         # for the next batch meanwhile.
-        return await asyncio.to_thread(self.engine.run, jobs)
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.engine.run, jobs)
 
     @api.post("/v1/generate", summary="Generate samples")
     async def generate(self, req: GenerateRequest) -> JSONResponse:
+        # Counted from arrival, conditioning work included; `finally` also runs when the
+        # client disconnects (Serve cancels this coroutine), so the count never drifts.
+        rows = min(req.num_samples, self.engine.spec.max_samples)
+        admitted, job = self.engine.admit(rows), None
         try:
-            job = await asyncio.to_thread(self.engine.resolve, req) if req.condition else self.engine.resolve(req)
+            if req.condition:
+                job = await asyncio.get_running_loop().run_in_executor(self.media_pool, self.engine.resolve, req, rows)
+            else:
+                job = self.engine.resolve(req, rows)
+            out = await self.generate_batch(job)
         except RequestError as e:
             raise HTTPException(e.status, e.reason) from None
-        admitted = self.engine.admit(job)
-        try:
-            out = await self.generate_batch(job)
         finally:
-            self.engine.finish(job, admitted)
+            self.engine.finish(rows, admitted, job)
         if isinstance(out, Exception):
-            raise HTTPException(500, f"generation failed: {type(out).__name__}: {out}")
+            raise HTTPException(500, str(out))
         return JSONResponse(out)
 
     @api.get("/v1/schedules", summary="Schedule presets with their GFLOPs per sample")
     def schedules(self) -> dict:
         return self.engine.schedules()
 
-    @api.get("/v1/health", summary="Liveness and the replica's queue depth")
+    @api.get("/v1/health", summary="Liveness, the replica's queue depth and the age of its decode in flight")
     def health(self) -> dict:
-        return {"status": "ok", "queue_rows": self.engine.queue_rows}
+        age = self.engine.decode_age_s()
+        return {"status": "ok" if age <= self.deadline_s else "stuck", "queue_rows": self.engine.queue_rows,
+                "decode_age_s": round(age, 3), "decode_deadline_s": self.deadline_s,
+                "replica": serve.get_replica_context().replica_id.unique_id, "rss_mb": rss_mb()}
+
+    def check_health(self):
+        """Serve's own replica probe: a decode past its deadline marks the replica unhealthy,
+        and Serve replaces it (the HTTP health endpoint above only reports)."""
+        age = self.engine.decode_age_s()
+        if age > self.deadline_s:
+            raise RuntimeError(f"decode in flight for {age:.0f} s, past serve.decode_deadline_s={self.deadline_s:g}")
 
     @api.get("/v1/model", summary="Model config, tokenizer hash, checkpoint")
     def model(self) -> dict:

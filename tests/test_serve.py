@@ -3,6 +3,7 @@ input -> its 4xx while the replica keeps answering, a video model's playable MP4
 import base64
 import io
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -53,6 +54,25 @@ def image_url(serve_base, tmp_path_factory):
                       auto_latency_target_s=1000.0)
     serve.run(build(cfg), name="img", route_prefix="/img")
     return serve_base + "/img"
+
+
+@pytest.fixture(scope="module")
+def guarded_url(serve_base, tmp_path_factory):
+    """The same kind of model behind bearer auth, allowed long decodes and a 1 s decode deadline.
+    The key reaches the replica as an environment variable, as a cluster Secret would."""
+    from ray import serve
+
+    from nestgen.configschema import to_dict
+    from nestgen.serving.deployment import deployment_options
+    from pipelines.serve import Generator
+    ckpt = _checkpoint(tmp_path_factory.mktemp("guard") / "c.pt", {"model": {"width": 32, "depth": 1}})
+    cfg = ServeConfig(checkpoint=ckpt, max_batch_size=8, max_ongoing_requests=16, max_samples_per_request=4,
+                      cpus_per_replica=0.5, auto_presets=[], max_steps=5000, decode_deadline_s=1.0,
+                      api_keys_env="NESTGEN_TEST_KEYS")
+    opts = deployment_options(cfg)
+    opts["ray_actor_options"]["runtime_env"] = {"env_vars": {"NESTGEN_TEST_KEYS": "key-a,key-b"}}
+    serve.run(Generator.options(**opts).bind(to_dict(cfg)), name="guard", route_prefix="/guard")
+    return serve_base + "/guard"
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +143,12 @@ BAD = [  # (body or raw bytes, status, words of the reason)
     ({"seed": 1, "colour": "red"}, 422, "Extra inputs are not permitted"),
     (b"{not json", 422, "JSON decode error"),
     ({"schedule": "x" * 30_000}, 413, "over this service's limit of 20000 bytes"),
+    # bounded work and finite numbers (the default cap: 4 x the checkpoint's 12 steps)
+    ({"schedule": "1x99999999999999"}, 400, "above this service's cap of 48 (serve.max_steps)"),
+    ({"steps": 10**9, "schedule": "baseline"}, 400, "above this service's cap of 48"),
+    (b'{"temperature": Infinity}', 422, "finite number"),
+    (b'{"guidance_scale": 1e400}', 422, "finite number"),
+    ({"temperature": 1e-320}, 422, "greater than or equal to 0.01"),
 ]
 
 
@@ -140,7 +166,8 @@ def test_every_bad_input_gets_its_4xx_and_the_replica_keeps_answering(image_url)
     png = _post(image_url, {"class_label": 4, "seed": 42, "num_samples": 2}).json()
     img = np.asarray(Image.open(io.BytesIO(base64.b64decode(png["samples"][0]["png"]))))
     assert png["format"] == "png" and img.shape == (8, 8) and img.dtype == np.uint8
-    assert httpx.get(image_url + "/v1/health").json() == {"status": "ok", "queue_rows": 0}
+    health = httpx.get(image_url + "/v1/health").json()
+    assert health["status"] == "ok" and health["queue_rows"] == 0 and health["decode_age_s"] == 0
 
 
 def test_auto_reports_the_schedule_it_chose(image_url):
@@ -200,3 +227,43 @@ def test_nestgen_generate_client_writes_png_mp4_and_json(image_url, video_url, t
     assert decode_mp4((tmp_path / "clip.mp4").read_bytes()).shape == (8, 32, 32, 3)
     assert main(["generate", "--url", image_url, "--class", "12", "--out", str(tmp_path / "t.json")]) == 1
     assert "HTTP 400: class_label 12 is out of range" in capsys.readouterr().err
+
+
+KEY = {"authorization": "Bearer key-b"}
+
+
+def test_api_keys_guard_everything_but_health(guarded_url):
+    assert httpx.get(guarded_url + "/v1/health").status_code == 200
+    for r in (httpx.get(guarded_url + "/v1/model"), _post(guarded_url, {"format": "tokens"}),
+              _post(guarded_url, {"format": "tokens"}, headers={"authorization": "Bearer key-c"})):
+        assert r.status_code == 401 and "Authorization: Bearer" in r.text
+    assert _post(guarded_url, {"format": "tokens", "seed": 1}, headers=KEY).status_code == 200
+
+
+def test_a_client_that_disconnects_leaves_the_queue_count_whole(guarded_url):
+    slow = {"format": "tokens", "schedule": "1x600", "num_samples": 4}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(guarded_url + "/v1/generate", json=slow, headers=KEY, timeout=0.3)
+    deadline = time.time() + 60
+    while (h := httpx.get(guarded_url + "/v1/health").json())["queue_rows"] != 0 and time.time() < deadline:
+        time.sleep(0.2)
+    assert h["queue_rows"] == 0, h
+    assert _post(guarded_url, {"format": "tokens", "seed": 2}, headers=KEY).status_code == 200
+
+
+def test_a_stuck_decode_is_reported_and_serve_replaces_the_replica(guarded_url):
+    first = httpx.get(guarded_url + "/v1/health").json()["replica"]
+    stuck = {"format": "tokens", "schedule": "1x4000", "num_samples": 4}
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(lambda: httpx.post(guarded_url + "/v1/generate", json=stuck, headers=KEY, timeout=120))
+        seen, deadline = [], time.time() + 60
+        while time.time() < deadline:
+            h = httpx.get(guarded_url + "/v1/health", timeout=10).json()
+            seen.append(h["status"])
+            if h["replica"] != first:
+                break
+            time.sleep(0.2)
+        pending.result()        # answered or cut off with the old replica; either way it returns
+    assert "stuck" in seen, seen
+    assert h["replica"] != first and h["status"] == "ok", h
+    assert _post(guarded_url, {"format": "tokens", "seed": 2}, headers=KEY).status_code == 200

@@ -24,7 +24,8 @@ from nestgen.serving.resolve import ModelSpec, resolve_request
 def _spec(**kw):
     cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
     return ModelSpec(model=cfg.model, decode=cfg.decode, cond_tokens=kw.get("cond_tokens", 0),
-                     formats=kw.get("formats", ("png", "tokens")), max_samples=kw.get("max_samples", 4))
+                     formats=kw.get("formats", ("png", "tokens")), max_samples=kw.get("max_samples", 4),
+                     max_steps=kw.get("max_steps", 48))
 
 
 @pytest.mark.parametrize("body, reason", [
@@ -38,6 +39,11 @@ def _spec(**kw):
     ({"cache": "sometimes"}, "unknown cache policy 'sometimes'"),
     ({"condition": {"frames": [[[0]]]}}, "not trained for frame prediction"),
     ({"schedule": "auto"}, "schedule 'auto' is switched off"),
+    # bounded work: every way of asking for steps meets the cap before anything is sized by it
+    ({"schedule": "1x99999999999999"}, "99999999999999 decoding steps is above this service's cap of 48"),
+    ({"schedule": "1x40,8x9"}, "49 decoding steps is above this service's cap of 48"),
+    ({"schedule": "baseline", "steps": 10**9}, "1000000000 decoding steps is above this service's cap of 48"),
+    ({"steps": 10**30}, "decoding steps is above this service's cap of 48"),
 ])
 def test_bad_requests_are_refused_with_their_reason(body, reason):
     with pytest.raises(RequestError) as e:
@@ -47,10 +53,28 @@ def test_bad_requests_are_refused_with_their_reason(body, reason):
 
 @pytest.mark.parametrize("body", [{"class_label": "3"}, {"num_samples": 1.5}, {"num_samples": 0},
                                   {"seed": -1}, {"schedule": 8}, {"format": "gif"}, {"guidance": 1.0},
-                                  {"temperature": 0}, {"class_label": True}])
-def test_wrong_json_types_fail_the_schema(body):
+                                  {"temperature": 0}, {"class_label": True},
+                                  {"temperature": float("inf")}, {"guidance_scale": float("inf")},
+                                  {"guidance_scale": float("nan")}, {"temperature": 1e-320},
+                                  {"temperature": 11.0}, {"guidance_scale": 21.0}, {"schedule": "8x1," * 100},
+                                  {"cache": "every:" + "9" * 40}])
+def test_wrong_json_types_and_unbounded_values_fail_the_schema(body):
     with pytest.raises(ValidationError):
         GenerateRequest.model_validate(body)
+
+
+def test_non_finite_json_numbers_are_refused_as_parsed_from_the_wire():
+    # Python's JSON parser turns the bare words Infinity / NaN into floats: the schema still refuses them
+    for raw in ('{"temperature": Infinity}', '{"guidance_scale": NaN}', '{"guidance_scale": -Infinity}'):
+        with pytest.raises(ValidationError, match="finite number"):
+            GenerateRequest.model_validate(json.loads(raw))
+
+
+def test_near_equal_float_settings_share_one_decode_group():
+    jobs = [resolve_request(GenerateRequest(temperature=t, guidance_scale=g, format="tokens"), _spec())
+            for t, g in [(1.0, 0.5), (1.0001, 0.4999), (0.9999, 0.5004), (1.5, 0.5)]]
+    assert [j.decode.temperature for j in jobs] == [1.0, 1.0, 1.0, 1.5]
+    assert group_jobs(jobs) == [[0, 1, 2], [3]]
 
 
 def test_a_good_request_resolves_to_rows_with_consecutive_seeds():

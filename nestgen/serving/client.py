@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,10 +20,17 @@ class ServiceError(RuntimeError):
         self.status, self.detail = status, detail
 
 
+API_KEY_ENV = "NESTGEN_API_KEY"   # the key the client sends, when the service requires one
+
+
 def request_json(url: str, payload: dict | None = None, timeout: float = 600) -> dict:
-    """GET (payload None) or POST JSON; ServiceError with the service's reason on 4xx/5xx."""
+    """GET (payload None) or POST JSON; ServiceError with the service's reason on 4xx/5xx.
+    Sends `Authorization: Bearer $NESTGEN_API_KEY` when that variable is set."""
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if os.environ.get(API_KEY_ENV):
+        headers["authorization"] = f"Bearer {os.environ[API_KEY_ENV]}"
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())

@@ -21,6 +21,8 @@ def deployment_options(cfg: ServeConfig) -> dict:
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
         "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+        # Serve probes check_health this often; a decode past its deadline fails the probe.
+        "health_check_period_s": min(10.0, cfg.decode_deadline_s / 2),
     }
     if cfg.max_replicas > cfg.num_replicas:
         # A replica is busy, not overloaded, while it holds about one batch of requests.

@@ -6,6 +6,7 @@ batch of Jobs, grouped by decode settings, and encodes every request's response.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 
@@ -34,6 +35,8 @@ from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import GenerateRequest
 from nestgen.serving.resolve import ModelSpec, resolve_request
 from nestgen.storage import resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def _load_tokenizer(cfg: ServeConfig, model_cfg, ckpt: dict, device):
@@ -65,6 +68,18 @@ def _formats(model_cfg, tokenizer) -> tuple[str, ...]:
     return ("mp4", "png", "tokens") if video else ("png", "tokens")
 
 
+MAX_STEPS_FACTOR = 4      # serve.max_steps = 0: a request may take 4x the checkpoint's steps
+FAILED = "generation failed on the server; the cause is in the replica's log"
+
+
+class DecodeFailed(RuntimeError):
+    """A decode that raised: its requests get this generic reason (HTTP 500), never the
+    exception's own text, which can name files, shapes or library internals."""
+
+    def __init__(self):
+        super().__init__(FAILED)
+
+
 class Engine:
     def __init__(self, cfg: ServeConfig, device: str | None = None):
         self.cfg = cfg
@@ -79,10 +94,12 @@ class Engine:
             self.tokenizer_hash = tokenizer_hash(self.tokenizer)
         m = self.model_cfg
         self.spec = ModelSpec(model=m.model, decode=m.decode, cond_tokens=m.train.cond_tokens,
-                              formats=_formats(m, self.tokenizer), max_samples=cfg.max_samples_per_request)
+                              formats=_formats(m, self.tokenizer), max_samples=cfg.max_samples_per_request,
+                              max_steps=cfg.max_steps or MAX_STEPS_FACTOR * m.decode.steps)
         self.presets = presets_for(m.model.nest_factors)
         self.auto_presets = [p for p in cfg.auto_presets if p in self.presets]
         self.queue_rows = 0     # rows admitted and not yet answered (the replica's queue depth)
+        self.decoding_since: float | None = None   # monotonic start of the decode in flight
         self.feedback = LatencyFeedback()
         self.latency: LatencyModel | None = None
         if self.auto_presets:
@@ -103,24 +120,30 @@ class Engine:
                 torch.cuda.synchronize(self.device)
         return timer(once)
 
-    def choose_auto(self, rows: int) -> tuple[str, dict]:
-        return choose_preset(self.auto_presets, self.latency, self.queue_rows, rows, self.cfg.auto_latency_target_s,
-                             self.feedback.ratio)
-
-    def admit(self, job: Job) -> float:
-        """Count the job's rows into the queue depth; returns its admission time."""
-        self.queue_rows += job.rows
+    def admit(self, rows: int) -> float:
+        """Count a request's rows into the queue depth from its arrival (conditioning work
+        included); returns its admission time. Pair with finish() in a `finally`."""
+        self.queue_rows += rows
         return time.perf_counter()
 
-    def finish(self, job: Job, admitted: float) -> None:
-        self.queue_rows -= job.rows
-        if job.auto:
+    def finish(self, rows: int, admitted: float, job: Job | None = None) -> None:
+        self.queue_rows -= rows
+        if job is not None and job.auto:
             self.feedback.observe(job.auto["model_latency_s"], time.perf_counter() - admitted)
 
-    def resolve(self, req: GenerateRequest) -> Job:
+    def decode_age_s(self) -> float:
+        """Seconds the decode in flight has run (0 when idle): how a stuck replica shows."""
+        since = self.decoding_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def resolve(self, req: GenerateRequest, admitted_rows: int = 0) -> Job:
         """The validated Job for `req`; RequestError (with its HTTP status) when refused.
-        Tokenizes the conditioning clip, if any: call it off the event loop."""
-        job = resolve_request(req, self.spec, self.choose_auto if self.latency else None)
+        Tokenizes the conditioning clip, if any: call it off the event loop.
+        `admitted_rows`: the request's own rows already in queue_rows (not queue ahead of it)."""
+        def choose_auto(rows: int) -> tuple[str, dict]:
+            return choose_preset(self.auto_presets, self.latency, self.queue_rows - admitted_rows, rows,
+                                 self.cfg.auto_latency_target_s, self.feedback.ratio)
+        job = resolve_request(req, self.spec, choose_auto if self.latency else None)
         if req.condition is not None:
             if self.tokenizer is None:
                 raise RequestError("condition: this model has no tokenizer to encode frames with")
@@ -130,16 +153,18 @@ class Engine:
 
     # ---- one Serve batch
     def run(self, jobs: list[Job]) -> list[dict | Exception]:
-        """Responses in the order of `jobs` (an Exception for a group whose decode failed,
+        """Responses in the order of `jobs` (a DecodeFailed for a group whose decode failed,
         so that one failure never takes the other requests of the batch with it)."""
-        out: list[dict | Exception] = [RuntimeError("not run")] * len(jobs)
+        out: list[dict | Exception] = [DecodeFailed()] * len(jobs)
         for idxs in group_jobs(jobs):
+            self.decoding_since = time.monotonic()
             try:
                 for i, resp in zip(idxs, self._run_group([jobs[i] for i in idxs])):
                     out[i] = resp | {"batch_requests": len(jobs), "batch_rows": rows_of(jobs)}
-            except Exception as e:     # noqa: BLE001 - reported to those requests, replica lives on
-                for i in idxs:
-                    out[i] = e
+            except Exception:     # noqa: BLE001 - reported to those requests, replica lives on
+                log.exception("decode of %d request(s) with %s failed", len(idxs), jobs[idxs[0]].decode)
+            finally:
+                self.decoding_since = None
         return out
 
     def _run_group(self, jobs: list[Job]) -> list[dict]:
@@ -179,7 +204,8 @@ class Engine:
             "cond_tokens": self.spec.cond_tokens, "num_classes": self.spec.model.num_classes,
             "config": {k: to_dict(getattr(self.model_cfg, k)) for k in ("model", "decode")} | {"name": self.model_cfg.name},
             "limits": {k: getattr(self.cfg, k) for k in ("max_samples_per_request", "max_batch_size",
-                                                        "batch_wait_timeout_s", "max_body_bytes")},
+                                                        "batch_wait_timeout_s", "max_body_bytes",
+                                                        "decode_deadline_s")} | {"max_steps": self.spec.max_steps},
         }
 
     def schedules(self) -> dict:

@@ -12,6 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_SEED = 2**31 - 1       # seeds are hashed as 32-bit counters (nestgen.decoding.noise)
+# Float settings are finite and bounded: Python's JSON parser accepts Infinity and NaN, and a
+# temperature near 0 turns logits / temperature into inf (NaN sampling). Within the bounds
+# every value decodes; beyond them no sampler setting is useful.
+MAX_GUIDANCE_SCALE = 20.0
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0
+MAX_SCHEDULE_CHARS = 256   # a schedule string is parsed before its step count is known
 
 
 class Condition(BaseModel):
@@ -31,13 +37,18 @@ class GenerateRequest(BaseModel):
     num_samples: int = Field(1, ge=1, description="samples to generate; each is one batch row")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="sample i uses seed + i: the same seed gives "
                                                        "the same sample alone or in any batch")
-    schedule: str | None = Field(None, description="preset name (GET /v1/schedules), a compact "
+    schedule: str | None = Field(None, max_length=MAX_SCHEDULE_CHARS, description="preset name (GET /v1/schedules), a compact "
                                                   "schedule such as '8x3,4x3,2x3,1x3', or 'auto'; "
                                                   "null: the checkpoint's decode.schedule")
-    steps: int | None = Field(None, ge=1, description="decoding steps K; null: the schedule's own")
-    guidance_scale: float | None = Field(None, ge=0, description="classifier-free guidance scale")
-    temperature: float | None = Field(None, gt=0, description="token sampling temperature")
-    cache: str | None = Field(None, description="KV cache policy: none | on_switch | every:R")
+    steps: int | None = Field(None, ge=1, description="decoding steps K; null: the schedule's own; "
+                                                     "at most the service's serve.max_steps (GET /v1/model)")
+    guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE_SCALE, allow_inf_nan=False,
+                                         description="classifier-free guidance scale, finite, in "
+                                                     f"[0, {MAX_GUIDANCE_SCALE:g}]; rounded to 0.01")
+    temperature: float | None = Field(None, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False,
+                                      description="token sampling temperature, finite, in "
+                                                  f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]; rounded to 0.01")
+    cache: str | None = Field(None, max_length=32, description="KV cache policy: none | on_switch | every:R")
     format: Literal["png", "mp4", "tokens"] | None = Field(
         None, description="png (images; a strip of frames for video), mp4 (video models) or tokens; "
                           "null: png for image models, mp4 for video models")

@@ -26,6 +26,7 @@ class ModelSpec:
     cond_tokens: int                  # leading tokens given for frame prediction (0: none)
     formats: tuple[str, ...]          # formats this model can answer in
     max_samples: int                  # serve.max_samples_per_request
+    max_steps: int                    # decoding steps a request may ask for (serve.max_steps)
 
     @property
     def kind(self) -> str:
@@ -45,16 +46,33 @@ def _labels(req: GenerateRequest, m: ModelConfig) -> list[int]:
     return [req.class_label] * req.num_samples
 
 
+# Float settings are rounded so that near-equal values share one decode call in a batch
+# (a batch runs one decode per distinct setting; see nestgen.serving.batching).
+FLOAT_DECIMALS = 2
+
+
+def _steps_cap(steps: int, spec: ModelSpec) -> None:
+    if steps > spec.max_steps:
+        raise RequestError(f"{steps} decoding steps is above this service's cap of {spec.max_steps} "
+                           "(serve.max_steps)")
+
+
 def _decode_config(req: GenerateRequest, spec: ModelSpec, schedule: str) -> DecodeConfig:
     d = to_dict(spec.decode)
+    if req.steps is not None:
+        _steps_cap(req.steps, spec)
     try:
+        # Parsing is bounded by the schedule's length; nothing is sized by its steps before the cap.
         sched = resolve_schedule(schedule, spec.model.nest_factors, req.steps)
     except ValueError as e:
         raise RequestError(f"schedule: {e}") from None
+    _steps_cap(sched.steps, spec)
     d.update(schedule=str(sched), steps=sched.steps)
-    for key in ("guidance_scale", "temperature", "cache"):
+    for key in ("guidance_scale", "temperature"):
         if getattr(req, key) is not None:
-            d[key] = getattr(req, key)
+            d[key] = round(getattr(req, key), FLOAT_DECIMALS)
+    if req.cache is not None:
+        d["cache"] = req.cache
     try:
         return from_dict(DecodeConfig, d)
     except ConfigError as e:
