@@ -65,7 +65,7 @@ def test_queue_rows_count_from_arrival_and_come_back_to_zero(engine):
     assert engine.queue_rows == 0
 
 
-def _call(app, path, headers=()):
+def _call(app, path, headers=(), root_path=""):
     sent = []
 
     async def receive():
@@ -73,7 +73,7 @@ def _call(app, path, headers=()):
 
     async def send(m):
         sent.append(m)
-    scope = {"type": "http", "path": path, "headers": list(headers), "app": app}
+    scope = {"type": "http", "path": root_path + path, "root_path": root_path, "headers": list(headers), "app": app}
     asyncio.run(BearerAuth(app)(scope, receive, send))
     return sent
 
@@ -99,6 +99,8 @@ def test_bearer_auth_refuses_missing_and_wrong_keys_and_leaves_health_open(monke
     assert "Authorization: Bearer" in body["detail"] and app.reached == 0
     assert _call(app, "/v1/generate", [(b"authorization", b"Bearer k-two")])[0]["status"] == 200
     assert _call(app, "/v1/health")[0]["status"] == 200 and app.reached == 2
+    assert _call(app, "/v1/health", root_path="/img")[0]["status"] == 200        # under a route prefix
+    assert _call(app, "/v1/model", root_path="/img")[0]["status"] == 401
     assert _call(_App(read_api_keys("")), "/v1/generate")[0]["status"] == 200     # auth off
 
 

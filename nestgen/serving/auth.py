@@ -34,6 +34,15 @@ def _authorized(header: bytes, keys: frozenset[str]) -> bool:
     return any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys)
 
 
+def _route_path(scope) -> str:
+    """The path below the application's route prefix (Serve mounts apps at e.g. /img; the
+    ASGI `path` includes that `root_path`)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path.rstrip("/")
+
+
 async def _reject(send) -> None:
     body = json.dumps({"detail": "missing or invalid API key: send 'Authorization: Bearer <key>'"}).encode()
     await send({"type": "http.response.start", "status": 401,
@@ -50,7 +59,7 @@ class BearerAuth:
 
     async def __call__(self, scope, receive, send):
         keys = getattr(getattr(scope.get("app"), "state", None), "api_keys", None)
-        if scope["type"] != "http" or not keys or scope.get("path", "").rstrip("/") in OPEN_PATHS:
+        if scope["type"] != "http" or not keys or _route_path(scope) in OPEN_PATHS:
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         if not _authorized(header, keys):
