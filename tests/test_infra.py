@@ -982,6 +982,12 @@ def test_ray_pods_authenticate_and_serve_wants_api_keys():
                 assert env[var]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": var}, (name, var)
             assert not any("RAY_AUTH_TOKEN" in e for e in env), "KubeRay's authOptions sets the token"
     var = "NESTGEN_API_KEYS"
+    serve_args = yaml.safe_load(docs[("RayService", "nestgen-serve")]["spec"]["serveConfigV2"])
+    assert serve_args["applications"][0]["args"]["api_keys_env"] == var
+    cluster_file = yaml.safe_load((ROOT / "configs" / "serve_digits_cluster.yaml").read_text())
+    assert cluster_file["applications"][0]["args"]["api_keys_env"] == var
+    assert "api_keys_env" not in yaml.safe_load((ROOT / "configs" / "serve_digits.yaml").read_text())[
+        "applications"][0]["args"]
     for c in _ray_containers(docs, "RayService", "nestgen-serve"):
         ref = {e["name"]: e for e in c["env"]}[var]["valueFrom"]["secretKeyRef"]
         assert ref["name"] == "nestgen-api-keys", ref
