@@ -9,8 +9,8 @@ from PIL import Image
 
 from nestgen.data.digits import load_digit_tokens
 from nestgen.data.image_files import CLASS_NAMES, digit_images, read_image_folder, write_digit_images
-from nestgen.data.moving_digits import (decode_mp4, encode_mp4, make_moving_digit_clips,
-                                        read_video_folder, write_moving_digits)
+from nestgen.data.media import decode_mp4, encode_mp4
+from nestgen.data.moving_digits import make_moving_digit_clips, read_video_folder, write_moving_digits
 
 # ---------------------------------------------------------------- digit PNGs
 

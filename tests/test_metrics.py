@@ -362,7 +362,8 @@ def test_digit_training_is_seeded():
 
 def _moving_clips():
     try:
-        from nestgen.data.image_files import digit_split, upscaled_digits
+        from nestgen.data.digits import digit_split
+        from nestgen.data.image_files import upscaled_digits
         from nestgen.data.moving_digits import make_moving_digit_clips
     except ImportError:                                   # pragma: no cover - data module absent
         pytest.skip("nestgen.data.moving_digits is not available")

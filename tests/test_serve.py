@@ -14,7 +14,8 @@ from PIL import Image
 
 from nestgen.checkpoint import save_checkpoint
 from nestgen.config import ServeConfig, config_from_dict
-from nestgen.data.moving_digits import decode_mp4, encode_mp4, make_moving_digit_clips
+from nestgen.data.media import decode_mp4, encode_mp4
+from nestgen.data.moving_digits import make_moving_digit_clips
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.tokenizers import clips_to_pixels, load_tokenizer
 

@@ -77,7 +77,7 @@ def test_bad_files_are_reported_and_skipped(ray_local, digits_png, moving_digits
     assert reasons["broken.png"].startswith("unreadable file")
     assert m["splits"]["val"]["rows"] == good
 
-    from nestgen.data.moving_digits import encode_mp4
+    from nestgen.data.media import encode_mp4
     vraw = tmp_path / "raw_video"
     shutil.copytree(moving_digits_mp4, vraw)
     real = next((vraw / "train").rglob("*.mp4"))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nestgen.configschema import ConfigError, from_dict, to_dict
-from nestgen.data.image_files import digit_images, digit_split
+from nestgen.data.digits import digit_split
+from nestgen.data.image_files import digit_images
 from nestgen.data.moving_digits import make_moving_digit_clips
 from nestgen.tokenizers import (TokenizerConfig, TokenizerTrainer, VQTokenizer, clips_to_pixels,
                                 evaluate_tokenizer, images_to_pixels, load_tokenizer, psnr_from_mse,

@@ -7,9 +7,9 @@
 folders gives the class index, as torchvision's ImageFolder assumes); <id> is the digit's
 index in `sklearn.datasets.load_digits()`, zero-padded to 4 places. The 8x8 images with
 17 gray levels are upscaled (bicubic) to size x size and stored as RGB (gray in all three
-channels), so the files look like any RGB image set. The train/val split is the one of
-`nestgen.data.digits.load_digit_tokens` for the same holdout_fraction and seed, so the
-file-based and the token-based pipelines hold out the same digits.
+channels), so the files look like any RGB image set. The train/val split is
+`nestgen.data.digits.digit_split`, so the file-based and the token-based pipelines hold out
+the same digits for the same holdout_fraction and seed.
 """
 from __future__ import annotations
 
@@ -18,34 +18,19 @@ import io
 
 import fsspec
 import numpy as np
-import torch
 from PIL import Image
 
+from nestgen.data.digits import digit_split, raw_digits
 from nestgen.images import png_bytes
 
 CLASS_NAMES = [str(i) for i in range(10)]
 SPLITS = ("train", "val")
 
 
-@functools.lru_cache(maxsize=1)
-def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return d.images.astype(np.float32), d.target.astype(np.int64)
-
-
-def digit_split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train_indices, holdout_indices), identical to load_digit_tokens' split."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-    n_hold = int(round(n * holdout_fraction))
-    return perm[n_hold:], perm[:n_hold]
-
-
 @functools.lru_cache(maxsize=8)
 def upscaled_digits(size: int) -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 digits as (N, size, size) uint8 gray (0..255) and their labels (N,)."""
-    raw, labels = _raw_digits()
+    raw, labels = raw_digits()
     out = np.empty((len(raw), size, size), dtype=np.uint8)
     for i, img in enumerate(raw):
         small = Image.fromarray(np.round(img * (255.0 / 16.0)).astype(np.uint8))

@@ -13,12 +13,12 @@ seen in both splits. Everything is deterministic given the seed.
 """
 from __future__ import annotations
 
-import io
-
 import fsspec
 import numpy as np
 
-from nestgen.data.image_files import CLASS_NAMES, SPLITS, digit_split, upscaled_digits
+from nestgen.data.digits import digit_split
+from nestgen.data.image_files import CLASS_NAMES, SPLITS, upscaled_digits
+from nestgen.data.media import decode_mp4, encode_mp4
 
 
 def _trajectory(rng: np.random.Generator, frames: int, limit: int) -> np.ndarray:
@@ -72,41 +72,6 @@ def make_moving_digit_clips(n: int, frames: int = 16, size: int = 64, digits_per
                 view = clips[i, t, y:y + ds, x:x + ds]
                 np.maximum(view, glyphs[g], out=view)
     return clips, labels.astype(np.int64)
-
-
-def encode_mp4(frames: np.ndarray, fps: int = 8, crf: int = 18) -> bytes:
-    """(T, H, W) gray or (T, H, W, 3) RGB uint8 -> H.264 MP4 bytes (yuv420p: H, W even)."""
-    import av  # imported here: the array functions above work without PyAV
-
-    if frames.ndim == 3:
-        frames = np.repeat(frames[..., None], 3, axis=-1)
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"yuv420p needs even frame sizes, got {h}x{w}")
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # Bit-identical output run to run: x264's macroblock-tree rate control was measured to
-        # vary between identical encodes of these small clips (PyAV 18), so it is off; one
-        # thread keeps the result independent of the machine's core count.
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
-def decode_mp4(data: bytes, gray: bool = False) -> np.ndarray:
-    """MP4 bytes -> (T, H, W, 3) uint8 RGB, or (T, H, W) when gray (the mean of RGB)."""
-    import av
-
-    with av.open(io.BytesIO(data), mode="r") as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    out = np.stack(frames)
-    return np.round(out.mean(-1)).astype(np.uint8) if gray else out
 
 
 def write_moving_digits(out_url: str, num_clips_per_class: int = 20, frames: int = 16, size: int = 64,

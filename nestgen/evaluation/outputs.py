@@ -31,7 +31,7 @@ def sample_files(r: VariantResult, n: int, nrow: int) -> dict[str, bytes]:
     scale = 4 if px.shape[1] <= 16 else 2
     if px.ndim == 5 or (px.ndim == 4 and px.shape[-1] not in (1, 3)):         # clips
         frames = video_grid(px, nrow=nrow, scale=scale)
-        from nestgen.data.moving_digits import encode_mp4
+        from nestgen.data.media import encode_mp4
         return {"mp4": encode_mp4(frames), "gif": gif_bytes(frames),
                 "png": png_bytes(np.concatenate(list(frames), axis=1))}
     return {"png": png_bytes(make_grid(px, nrow=nrow, scale=scale))}

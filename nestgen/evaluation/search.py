@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from nestgen.config import NestgenConfig
+from nestgen.decoding.schedule import Schedule, parse_schedule
 from nestgen.evaluation.variants import Variant, VariantResult, baseline_variant, variant_gflops
 
 
@@ -27,7 +28,7 @@ def step_splits(factors: list[int], steps: int) -> list[str]:
         if i == len(order) - 1:
             return [[(order[i], left)]]
         return [[(order[i], k)] + rest for k in range(left + 1) for rest in rec(i + 1, left - k)]
-    return [",".join(f"{f}x{k}" for f, k in split if k) for split in rec(0, steps)]
+    return [str(Schedule(tuple((f, k) for f, k in split if k))) for split in rec(0, steps)]
 
 
 @dataclass
@@ -61,15 +62,11 @@ def pick_candidates(cfg: NestgenConfig, budget: float) -> tuple[list[tuple[Varia
                 if g > budget:
                     continue
                 fits += 1
-                key = (k, sum(n for f, n in _segments(sched) if f == full), cache)
+                key = (k, sum(n for f, n in parse_schedule(sched).segments if f == full), cache)
                 if key not in best or g > best[key][1]:
                     best[key] = (v, g)
     ranked = sorted(best.values(), key=lambda vg: -vg[1])
     return ranked[:s.max_candidates], every, fits
-
-
-def _segments(sched: str) -> list[tuple[int, int]]:
-    return [tuple(int(x) for x in item.split("x")) for item in sched.split(",")]
 
 
 def search_schedule(cfg: NestgenConfig, score: Callable[[list[Variant]], list[VariantResult]],

@@ -8,8 +8,7 @@ Embedded, offline (feature nets trained here on the sklearn digits):
   frame_error.frame_prediction_error
 Shared: frechet (stats, distance, .npz), feature_nets (loading), protocol (MetricResult).
 """
-from nestgen.metrics.digits_metrics import (digit_clip_accuracy, digits_accuracy, digits_features,
-                                            digits_stats, fd_digits, fvd_digits)
+from nestgen.metrics.digits_metrics import digit_clip_accuracy, digits_accuracy, digits_stats, fd_digits, fvd_digits
 from nestgen.metrics.digits_nets import DigitClipNet, DigitImageNet, net_hash
 from nestgen.metrics.digits_train import (load_digits_net, save_digits_net, train_clip_classifier,
                                           train_digit_classifier)
@@ -32,6 +31,6 @@ __all__ = [
     "compute_fvd", "compute_video_stats",
     "DigitImageNet", "DigitClipNet", "net_hash", "train_digit_classifier", "train_clip_classifier",
     "save_digits_net", "load_digits_net",
-    "fd_digits", "fvd_digits", "digits_accuracy", "digit_clip_accuracy", "digits_features",
+    "fd_digits", "fvd_digits", "digits_accuracy", "digit_clip_accuracy",
     "digits_stats", "frame_prediction_error",
 ]

@@ -17,8 +17,7 @@ from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance
 from nestgen.metrics.inputs import iter_batches
 from nestgen.metrics.protocol import MetricResult, low_sample_note
 
-__all__ = ["digits_features", "digits_stats", "fd_digits", "fvd_digits", "digits_accuracy",
-           "digit_clip_accuracy"]
+__all__ = ["digits_stats", "fd_digits", "fvd_digits", "digits_accuracy", "digit_clip_accuracy"]
 
 _INPUT_TEXT = {
     "digits_image_cnn": "uint8 0..255 images, any size, (N,H,W) | (N,H,W,C) | (N,C,H,W); RGB "
@@ -34,14 +33,6 @@ def _net_record(net, info: dict[str, Any] | None) -> dict[str, Any]:
         if info and k in info:
             rec[k] = info[k]
     return rec
-
-
-@torch.no_grad()
-def digits_features(net, data, batch_size: int = 256) -> np.ndarray:
-    """(N, feat_dim) float64 penultimate features of uint8 images or clips."""
-    net.eval()
-    return np.concatenate([net.features(net.preprocess(b)).double().cpu().numpy()
-                           for b in iter_batches(data, batch_size)])
 
 
 @torch.no_grad()

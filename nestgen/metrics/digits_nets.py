@@ -134,9 +134,6 @@ class DigitClipNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(F.relu(self.features(x)))
 
-    def order_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.order_head(F.relu(self.features(x)))
-
 
 _KINDS = {DigitImageNet.kind: DigitImageNet, DigitClipNet.kind: DigitClipNet}
 

@@ -26,10 +26,6 @@ class MetricResult:
     protocol: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)   # e.g. inception_score_std
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "extra": dict(self.extra),
-                "protocol": dict(self.protocol)}
-
     def flat(self) -> dict[str, Any]:
         """{name: value, name/extra_key: ..., name/protocol/a.b: ...} for metric/param loggers."""
         out: dict[str, Any] = {self.name: self.value}

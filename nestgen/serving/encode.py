@@ -26,6 +26,6 @@ def encode_sample(fmt: str, tokens: torch.Tensor, pixels: np.ndarray | None, is_
     if fmt == "tokens":
         return {"tokens": tokens.tolist()}
     if fmt == "mp4":
-        from nestgen.data.moving_digits import encode_mp4
+        from nestgen.data.media import encode_mp4
         return {"mp4": _b64(encode_mp4(pixels, fps=fps))}
     return {"png": _b64(png_bytes(frame_strip(pixels) if is_clip else pixels))}
