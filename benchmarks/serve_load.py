@@ -103,7 +103,7 @@ async def _load(url: str, body: dict, clients: int, seconds: float, max_requests
 def _deploy(ckpt: str, batching: bool, args):
     from ray import serve
 
-    from nestgen.config import ServeConfig
+    from nestgen.serving.config import ServeConfig
     from pipelines.serve import build
     cfg = ServeConfig(checkpoint=ckpt, max_batch_size=args.max_batch_size if batching else 1,
                       batch_wait_timeout_s=args.batch_wait if batching else 0.0,

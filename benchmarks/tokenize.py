@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import write_json
-from nestgen.config import TokenizeConfig
 from nestgen.tokenizers import TokenizerConfig, VQTokenizer, save_tokenizer
+from pipelines.config import TokenizeConfig
 
 
 def _measure(src: str, tok: str, workers: int, batch: int, repeats: int, tmp: Path) -> tuple[float, int]:

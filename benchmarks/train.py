@@ -17,12 +17,12 @@ import time
 import torch
 
 from benchmarks.common import write_json
-from nestgen.config import config_from_dict
 from nestgen.flops import training_flops_per_sample
+from pipelines.config import run_config_from_dict
 
 
 def _cfg(args, steps):
-    return config_from_dict({
+    return run_config_from_dict({
         "name": "bench", "model": {"vocab_size": args.vocab, "grid": [args.tokens_side] * 2, "num_classes": 10,
                                    "width": args.width, "depth": args.depth, "heads": args.heads},
         "train": {"steps": steps, "batch_size": args.batch_size, "log_every": max(1, steps // 4),

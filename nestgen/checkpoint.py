@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
+from nestgen.config import NestgenConfig, config_from_dict, config_to_dict, library_sections
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.storage import resolve_checkpoint, write_bytes_atomic
 from nestgen.torchfile import read_torch
@@ -32,8 +32,9 @@ def read_checkpoint(url: str, map_location: str | torch.device = "cpu") -> dict:
 
 def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", use_ema: bool = True
                           ) -> tuple[NestedTransformer, NestgenConfig]:
-    """The model (EMA weights when the checkpoint has them and use_ema) and its config."""
-    cfg = config_from_dict(ckpt["config"])
+    """The model (EMA weights when the checkpoint has them and use_ema) and the library part
+    of its config (a pipeline run also saves its orchestration sections)."""
+    cfg = config_from_dict(library_sections(ckpt["config"]))
     model = NestedTransformer(cfg.model)
     state = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
     model.load_state_dict(state)

@@ -1,15 +1,19 @@
 """Typed dataclass <-> plain dict conversion with validation that names the bad field.
 
-The config schema itself lives in `nestgen.config`; this module only knows how to turn a
-nested dict (from YAML) into those dataclasses strictly: unknown keys, wrong types and
-values rejected by a dataclass's own `validate()` are errors naming the dotted field path.
+Each config section lives next to the code that owns it and `nestgen.config` composes the
+library's sections; this module only knows how to turn a nested dict (from YAML, with
+`key=value` overrides) into those dataclasses strictly: unknown keys, wrong types and values
+rejected by a dataclass's own `validate()` are errors naming the dotted field path.
 """
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Union
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -127,3 +131,34 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """`data` with 'a.b=value' overrides applied (a copy; sections are created as needed).
+    Values are parsed as YAML, so 3, 1e-3 and [1, 2] keep their types."""
+    out = _copy_sections(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        dotted, raw = item.split("=", 1)
+        dotted = dotted.strip()
+        keys = dotted.split(".")
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: {k} is not a section")
+        node[keys[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def _copy_sections(d: dict) -> dict:
+    return {k: _copy_sections(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """The top-level mapping of a YAML file (an empty file is {})."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data

@@ -5,6 +5,8 @@ import contextlib
 
 import torch
 
+from nestgen.configschema import check
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -20,3 +22,9 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def check_device(name: str, field: str = "device") -> None:
+    """The one check of a config's device field (ConfigError names `field`)."""
+    check(name in ("auto", "cpu", "cuda") or name.startswith("cuda:"), field,
+          f"must be auto, cpu or cuda[:i], got {name!r}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nestgen.config import DecodeConfig, ModelConfig
+from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.cache_policy import parse_cache_policy
 from nestgen.decoding.plan import StepPlan, plan_decode
 from nestgen.decoding.schedule import resolve_schedule
+from nestgen.model.config import ModelConfig
 
 
 def forward_flops(m: ModelConfig, factor: int, n_query: int, n_kv: int, n_head: int) -> int:

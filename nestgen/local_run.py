@@ -1,7 +1,8 @@
 """Single-process train and sample on one machine: the quick path before Ray.
 
 The distributed pipeline (pipelines/) reuses the same pieces: NestedTrainer, decode,
-checkpoints; this module only wires them for `nestgen train|sample|demo`.
+checkpoints, the tokenizer trainer; this module only wires them for `nestgen train|sample|demo`
+and `nestgen tokenizer-train --local`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from nestgen.flops import decode_flops
 from nestgen.images import make_grid, save_png
 from nestgen.render import tokens_to_pixels
 from nestgen.storage import url_to_fs, write_json_atomic, write_latest
+from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.training.loop import train_on_tokens
 
 
@@ -42,6 +44,23 @@ def train_local(cfg: NestgenConfig, out: str, progress: bool = True):
     write_json_atomic(f"{out.rstrip('/')}/history.json", history)
     write_json_atomic(f"{out.rstrip('/')}/config.json", config_to_dict(cfg))
     return ckpt, history
+
+
+def train_tokenizer_local(t: TokenizerConfig, data_url: str, split: str, out: str, fps: float) -> dict:
+    """Train the tokenizer `t` on one split of a raw media folder, evaluate it on the same
+    pixels and save it to `out`. Videos are resampled to `fps`. Returns the checkpoint URL,
+    the number of samples, the metrics and the files that could not be read (`skipped`)."""
+    from nestgen.data.media import ClipSpec
+    from nestgen.data.raw_files import load_raw_split
+    from nestgen.tokenizers import (clips_to_pixels, evaluate_tokenizer, images_to_pixels, save_tokenizer,
+                                    train_tokenizer)
+    clip = ClipSpec(frames=t.frames, fps=fps, size=t.image_size, channels=t.channels)
+    arrays, _, failed = load_raw_split(data_url, split, t.kind, t.image_size, t.channels, clip)
+    pixels = (clips_to_pixels if t.kind == "video" else images_to_pixels)(arrays)
+    model, history = train_tokenizer(t, pixels)
+    metrics = evaluate_tokenizer(model, pixels)
+    save_tokenizer(out, model, history=history, metrics=metrics)
+    return {"checkpoint": out, "samples": len(arrays), **metrics, "skipped": failed}
 
 
 def sample_grid(model, cfg: NestgenConfig, d: DecodeConfig, out: str, num: int = 40,

@@ -6,6 +6,7 @@ folder and are moved into place, so no reader ever sees a half-written file.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from typing import Any
 
@@ -82,14 +83,18 @@ def _mlflow_run_id(client, uri: str) -> str:
     return uri.split(":", 1)[1].lstrip("/").split("/", 1)[0]
 
 
+def mlflow_tracking_uri(uri: str | None = None) -> str:
+    """The MLflow tracking URI: `uri`, else $MLFLOW_TRACKING_URI, else ./mlflow.db (SQLite)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
 def mlflow_run_checkpoint(uri: str, tracking_uri: str | None = None) -> str:
     """The `checkpoint_uri` tag of a training run named as runs:/<run_id>, mlflow-run:<run_id>
     or by a registered model version (models:/<name>/<version>, models:/<name>@<alias>)
     (MLflow from tracking_uri, else $MLFLOW_TRACKING_URI / ./mlflow.db)."""
     from mlflow.tracking import MlflowClient
 
-    from nestgen.config import MlflowConfig
-    client = MlflowClient(MlflowConfig(tracking_uri=tracking_uri or "").resolved_uri())
+    client = MlflowClient(mlflow_tracking_uri(tracking_uri))
     run_id = _mlflow_run_id(client, uri)
     tags = client.get_run(run_id).data.tags
     if "checkpoint_uri" not in tags:

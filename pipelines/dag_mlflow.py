@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 
-from nestgen.config import NestgenConfig
+from pipelines.config import RunConfig
 from pipelines.dag import Runner, StepRecord
 
 
@@ -26,7 +26,7 @@ def mermaid(runner: Runner) -> str:
 
 
 class MlflowTracker:
-    def __init__(self, cfg: NestgenConfig):
+    def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.client = None
         self.run_id: str | None = None

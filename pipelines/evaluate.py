@@ -12,27 +12,34 @@ the model was trained on, the variants are what the caller asks for.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from nestgen.checkpoint import load_generator
-from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
+from nestgen.config import NestgenConfig, config_to_dict
 from nestgen.evaluation import (EvaluationReport, Requests, Sampler, Variant, VariantResult,
                                 build_quality_suite, load_eval_data, local_sampler, run_evaluation)
 from nestgen.evaluation.outputs import write_outputs
 from nestgen.evaluation.variants import collect, decode_config
 from nestgen.render import tokens_to_pixels
 from nestgen.storage import read_bytes, resolve_checkpoint
+from pipelines.cli_args import add_config_args, add_ray_address
+from pipelines.config import RunConfig, run_config_from_dict
+from pipelines.ray_runtime import init_ray
 
 
-def evaluation_config(user: NestgenConfig, trained: NestgenConfig) -> NestgenConfig:
+def evaluation_config(user: RunConfig, trained: NestgenConfig) -> RunConfig:
+    """The trained model's library sections with this run's name, evaluation, sampling knobs
+    and orchestration sections (tracking, scaling)."""
     decode = replace(trained.decode, temperature=user.decode.temperature,
                      temperature_schedule=user.decode.temperature_schedule,
                      choice_temperature=user.decode.choice_temperature,
                      guidance_schedule=user.decode.guidance_schedule)
-    return replace(trained, name=user.name, evaluate=user.evaluate, mlflow=user.mlflow, decode=decode)
+    library = {f.name: getattr(trained, f.name) for f in fields(NestgenConfig)}
+    return replace(user, **(library | {"name": user.name, "evaluate": user.evaluate, "decode": decode}))
 
 
 class EvalWorker:
@@ -42,7 +49,7 @@ class EvalWorker:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model, _, tok = load_generator(checkpoint, device)
-        self.sampler = Sampler(model, config_from_dict(cfg), tok)
+        self.sampler = Sampler(model, run_config_from_dict(cfg), tok)
         self.warm: set[Variant] = set()
 
     def run(self, v: Variant, requests: Requests):
@@ -55,7 +62,7 @@ class EvalWorker:
         return str(self.sampler.device)
 
 
-def ray_sampler(checkpoint: str, cfg: NestgenConfig):
+def ray_sampler(checkpoint: str, cfg: RunConfig):
     """(SampleFn over an ActorPool of EvalWorkers, worker device names)."""
     import ray
     from ray.util import ActorPool
@@ -83,7 +90,7 @@ class EvaluateResult:
     seconds: float
 
 
-def evaluate(cfg: NestgenConfig, output_url: str, checkpoint: str = "", use_ray: bool = True,
+def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: bool = True,
              parent_run_id: str | None = None, log_mlflow: bool = True) -> EvaluateResult:
     """Evaluate `checkpoint` (or cfg.evaluate.checkpoint) as cfg.evaluate says; ray.init is the caller's."""
     t0 = time.perf_counter()
@@ -122,7 +129,7 @@ def _log_files(client, run_id: str, urls: list[str], artifact_path: str | None =
             client.log_artifact(run_id, path, artifact_path)
 
 
-def log_to_mlflow(cfg: NestgenConfig, report: EvaluationReport, files: dict, output_url: str,
+def log_to_mlflow(cfg: RunConfig, report: EvaluationReport, files: dict, output_url: str,
                   parent_run_id: str | None, extra: dict) -> str:
     from mlflow.entities import Metric, Param
 
@@ -168,3 +175,29 @@ def log_to_mlflow(cfg: NestgenConfig, report: EvaluationReport, files: dict, out
         client.set_terminated(run_id, "FAILED")
         raise
     return run_id
+
+
+def cmd_evaluate(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    if not args.local:
+        init_ray(args.ray_address)
+    res = evaluate(cfg, args.out, args.checkpoint or "", use_ray=not args.local, log_mlflow=not args.no_mlflow)
+    s = res.report.summary()
+    print(json.dumps({"summary": res.files["summary"], "plot": res.files["plot"], "mlflow_run_id": res.run_id,
+                      "metric": s["metric"], "baseline": s["baseline"],
+                      "searched": s["search"]["chosen"] if s["search"] else None,
+                      "seconds": round(res.seconds, 1)}, indent=1))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="quality vs GFLOPs of every schedule x cache x guidance variant "
+                                         "(+ schedule search) on Ray, logged to MLflow")
+    add_config_args(p)
+    p.add_argument("--checkpoint", help="checkpoint file, output folder, fsspec URL or runs:/<id> "
+                                        "(default: the config's evaluate.checkpoint)")
+    p.add_argument("--out", required=True, help="output URL for sample grids, the plot and summary.json")
+    p.add_argument("--local", action="store_true", help="sample in this process instead of Ray actors")
+    p.add_argument("--no-mlflow", action="store_true", help="write files only")
+    add_ray_address(p)
+    p.set_defaults(func=cmd_evaluate)

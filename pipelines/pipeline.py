@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import time
 
-from nestgen.config import NestgenConfig
+from pipelines.cli_args import add_config_args, add_ray_address
+from pipelines.config import RunConfig
 from pipelines.dag import Runner
 from pipelines.steps import build_steps
 
 
-def make_runner(cfg: NestgenConfig, track: bool = True, faults: dict | None = None) -> Runner:
+def make_runner(cfg: RunConfig, track: bool = True, faults: dict | None = None) -> Runner:
     from pipelines.dag_mlflow import MlflowTracker
     return Runner(build_steps(cfg), cfg.pipeline.output_url, MlflowTracker(cfg) if track else None,
                   cfg.pipeline.retries, cfg.pipeline.retry_backoff_s, faults)
 
 
-def run_pipeline(cfg: NestgenConfig, from_step: str | None = None, only: str | None = None,
+def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None = None,
                  dry_run: bool = False, ray_address: str | None = None, faults: dict | None = None) -> Runner:
     runner = make_runner(cfg, track=not dry_run, faults=faults)
     if dry_run:
@@ -28,7 +29,7 @@ def run_pipeline(cfg: NestgenConfig, from_step: str | None = None, only: str | N
     return runner
 
 
-def next_steps(cfg: NestgenConfig, runner: Runner, seconds: float) -> str:
+def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:
     out = {name: r.outputs for name, r in runner.records.items()}
     lines = [f"\npipeline finished in {seconds / 60:.1f} min; outputs under {runner.output_url} (dag.json lists them)"]
     ev = out.get("evaluate") or {}
@@ -44,7 +45,7 @@ def next_steps(cfg: NestgenConfig, runner: Runner, seconds: float) -> str:
                  " --port 5000   (then open http://127.0.0.1:5000)")
     ckpt = (out.get("train") or {}).get("checkpoint_url")
     if ckpt:
-        fmt = "mp4" if len(cfg.model.grid) == 3 else "png"
+        fmt = "mp4" if cfg.model.is_video else "png"
         given = " --condition GIVEN.mp4" if cfg.train.cond_tokens else ""
         lines.append(f"  serve it: nestgen serve configs/serve_digits.yaml --checkpoint {ckpt}")
         lines.append(f"  query it: nestgen generate --url http://127.0.0.1:8000 --class 3 --schedule magnets{given}"
@@ -52,3 +53,20 @@ def next_steps(cfg: NestgenConfig, runner: Runner, seconds: float) -> str:
         lines.append("        or: curl -s -X POST http://127.0.0.1:8000/v1/generate -H 'content-type: application/json'"
                      f" -d '{{\"class_label\": 3, \"schedule\": \"magnets\", \"format\": \"{fmt}\"}}'")
     return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    run_pipeline(load_run_config(args.config, args.overrides), args.from_step, args.only, args.dry_run,
+                 args.ray_address)
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="the whole pipeline as a durable DAG: data -> tokenizer -> tokenize -> "
+                                    "train -> evaluate -> serve; unchanged complete steps are skipped")
+    add_config_args(p)
+    p.add_argument("--from", dest="from_step", help="re-run this step and everything after it")
+    p.add_argument("--only", help="run just this step (its upstream steps must be complete)")
+    p.add_argument("--dry-run", action="store_true", help="print the DAG and what would run or be skipped")
+    add_ray_address(p, "$RAY_ADDRESS or a local Ray")
+    p.set_defaults(func=cmd_run)

@@ -22,15 +22,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from nestgen.config import ServeConfig
 from nestgen.configschema import to_dict
 from nestgen.serving.auth import BearerAuth, read_api_keys
 from nestgen.serving.memory import rss_mb
 from nestgen.serving.body_limit import BodySizeLimit
-from nestgen.serving.deployment import deployment_options, serve_config_from_args
+from nestgen.serving.config import ServeConfig
+from nestgen.serving.deployment import deployment_options, read_serve_file, serve_config_from_args
 from nestgen.serving.errors import RequestError
 from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import GenerateRequest
+from pipelines.cli_args import add_ray_address, add_set_arg
+from pipelines.config import RunConfig
+from pipelines.ray_runtime import init_ray
 
 api = FastAPI(
     title="nestgen",
@@ -135,7 +138,6 @@ def run_local(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, ray_a
               block: bool = True) -> str:
     """Start the application on a local (loopback) Ray or `ray_address`; with `block`, serve
     until Ctrl-C or SIGTERM, then shut Serve down. Returns the base URL."""
-    from pipelines.ray_runtime import init_ray
     init_ray(ray_address)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build(cfg), name="nestgen", route_prefix="/")
@@ -151,3 +153,22 @@ def run_local(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, ray_a
         finally:
             serve.shutdown()
     return url
+
+
+def cmd_serve(args):
+    cfg, host, port = read_serve_file(args.config, args.overrides + (
+        [f"checkpoint={args.checkpoint}"] if args.checkpoint else []), schema=RunConfig)
+    run_local(cfg, args.host or host, args.port or port, args.ray_address)
+    return 0
+
+
+def add_parser(sub):
+    p = sub.add_parser("serve", help="run the HTTP generation service on Ray Serve; blocks, prints the URL")
+    p.add_argument("config", help="Serve config YAML (configs/serve_digits.yaml, as for `serve deploy`) "
+                                  "or a nestgen config (its serve: section)")
+    p.add_argument("--checkpoint", help="checkpoint file, output folder, fsspec URL, runs:/<id>, models:/<name>/<v>")
+    add_set_arg(p, "override a serve field, e.g. --set max_batch_size=16 (repeatable)")
+    p.add_argument("--host", help="bind address (default: the file's http_options, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: the file's http_options, else 8000)")
+    add_ray_address(p)
+    p.set_defaults(func=cmd_serve)

@@ -16,9 +16,9 @@ import hashlib
 import socket
 from dataclasses import replace
 
-from nestgen.config import NestgenConfig
 from nestgen.configschema import to_dict
 from nestgen.storage import join, url_to_fs, write_bytes_atomic
+from pipelines.config import RunConfig
 from pipelines.dag import Step, StepContext
 
 
@@ -33,7 +33,7 @@ def _listing_hash(url: str) -> str:
     return h.hexdigest()
 
 
-def data_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+def data_step(cfg: RunConfig, ctx: StepContext) -> dict:
     p = cfg.pipeline
     if p.raw_data:
         fs, path = url_to_fs(p.raw_data)
@@ -52,7 +52,7 @@ def data_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
     return {"raw_url": out, "written": True, "train": info["train"], "val": info["val"]}
 
 
-def tokenizer_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+def tokenizer_step(cfg: RunConfig, ctx: StepContext) -> dict:
     if cfg.pipeline.tokenizer:
         from nestgen.tokenizers import load_tokenizer, tokenizer_hash
         return {"tokenizer_url": cfg.pipeline.tokenizer,
@@ -63,7 +63,7 @@ def tokenizer_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
             **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}}
 
 
-def tokenize_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+def tokenize_step(cfg: RunConfig, ctx: StepContext) -> dict:
     from pipelines.tokenize import tokenize_to_shards
     m = tokenize_to_shards(ctx.inputs["data"]["raw_url"], ctx.folder, ctx.inputs["tokenizer"]["tokenizer_url"],
                            cfg.tokenize)
@@ -71,13 +71,13 @@ def tokenize_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
             "failed": len(m["failed"]), "grid_shape": m["grid_shape"], "tokenizer_hash": m["tokenizer"]["hash"]}
 
 
-def train_config(cfg: NestgenConfig, inputs: dict) -> NestgenConfig:
+def train_config(cfg: RunConfig, inputs: dict) -> RunConfig:
     if "tokenize" in inputs:
         return replace(cfg, data=replace(cfg.data, source="shards", url=inputs["tokenize"]["shards_url"]))
     return cfg
 
 
-def train_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+def train_step(cfg: RunConfig, ctx: StepContext) -> dict:
     from pipelines.train import fit
     res = fit(train_config(cfg, ctx.inputs), ctx.folder, parent_run_id=ctx.parent_run_id)
     from nestgen.storage import write_latest
@@ -86,7 +86,7 @@ def train_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
             **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float)) and k.startswith("loss")}}
 
 
-def evaluate_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+def evaluate_step(cfg: RunConfig, ctx: StepContext) -> dict:
     from pipelines.evaluate import evaluate
     res = evaluate(cfg, ctx.folder, ctx.inputs["train"]["checkpoint_url"], use_ray=True,
                    parent_run_id=ctx.parent_run_id)
@@ -118,7 +118,7 @@ def _first_val_clip(ctx: StepContext) -> str:
     return base64.b64encode(read_bytes(clips[0]["uri"])).decode()
 
 
-def serve_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
+def serve_step(cfg: RunConfig, ctx: StepContext) -> dict:
     """Deploy on Serve (127.0.0.1, a free port), one sample per schedule preset asked over
     HTTP, then stop: proof that the checkpoint serves. `nestgen serve` keeps one running."""
     from ray import serve
@@ -128,7 +128,7 @@ def serve_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
     scfg = replace(cfg.serve, checkpoint=ctx.inputs["train"]["checkpoint_url"])
     url = run_local(scfg, "127.0.0.1", _free_port(), block=False)
     try:
-        video = len(cfg.model.grid) == 3
+        video = cfg.model.is_video
         fmt = "mp4" if video else "png"
         out = {"health": request_json(f"{url}/v1/health")}
         extra = {"condition": {"mp4_base64": _first_val_clip(ctx)}} if cfg.train.cond_tokens else {}
@@ -143,7 +143,7 @@ def serve_step(cfg: NestgenConfig, ctx: StepContext) -> dict:
     return out
 
 
-def build_steps(cfg: NestgenConfig) -> list[Step]:
+def build_steps(cfg: RunConfig) -> list[Step]:
     """The DAG for cfg: each step with the config sections its outputs depend on."""
     sec = lambda *names: (lambda: {n: to_dict(getattr(cfg, n)) for n in names})  # noqa: E731
     p = cfg.pipeline

@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import sys
 import uuid
 from dataclasses import asdict
 from typing import Any
@@ -23,13 +24,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nestgen.config import TokenizeConfig
 from nestgen.configschema import to_dict
 from nestgen.data.media import ClipSpec, MediaError, load_image, load_video_clips
 from nestgen.data.raw_files import list_raw_files
 from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
 from nestgen.storage import (exists, join, protocol_prefix, read_bytes, remove_tree, resolve_checkpoint, url_to_fs,
                              write_json_atomic)
+from pipelines.cli_args import add_ray_address, add_set_arg
+from pipelines.config import TokenizeConfig
+from pipelines.ray_runtime import init_ray
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +180,26 @@ def tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str,
         if name.startswith("shards-") and name != run_dir:
             remove_tree(protocol_prefix(output_url) + d)
     return manifest
+
+
+def cmd_tokenize(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    init_ray(args.ray_address)
+    m = tokenize_to_shards(args.input, args.output, args.tokenizer, cfg.tokenize, force=args.force)
+    print(json.dumps({k: m[k] for k in ("splits", "grid_shape", "vocab_size", "shards_dir")} |
+                     {"failed": len(m["failed"]), "tokenizer_hash": m["tokenizer"]["hash"]}, indent=1))
+    for f in m["failed"]:
+        print(f"failed {f['source_uri']}: {f['reason']}", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tokenize", help="Ray step: raw files -> Parquet token shards + manifest")
+    p.add_argument("--input", required=True, help="raw files URL (local, file://, gs://, ...)")
+    p.add_argument("--output", required=True, help="shard folder URL")
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint URL")
+    p.add_argument("--config", default=None, help="YAML config (its `tokenize` section)")
+    add_set_arg(p)
+    add_ray_address(p)
+    p.add_argument("--force", action="store_true", help="re-tokenize even if the output is up to date")
+    p.set_defaults(func=cmd_tokenize)

@@ -12,6 +12,7 @@ whose optimizer/scheduler/step state makes the step count exact.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -19,8 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from nestgen.checkpoint import load_model, read_checkpoint, save_checkpoint
-from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
+from nestgen.config import config_to_dict
+from nestgen.local_run import train_local
 from nestgen.storage import write_latest
+from pipelines.cli_args import add_config_args, add_ray_address
+from pipelines.config import RunConfig, run_config_from_dict
+from pipelines.ray_runtime import init_ray
 from pipelines.train_common import (CKPT_FILE, Reporter, checkpoint_url, maybe_fail, mlflow_run,
                                     torch_trainer)
 
@@ -30,7 +35,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from nestgen.training.loop import NestedTrainer
 
-    cfg = config_from_dict(config["cfg"])
+    cfg = run_config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -75,7 +80,7 @@ class TrainResult:
     start_step: int
 
 
-def log_sample_grid(client, run_id: str, model, cfg: NestgenConfig, tokenizer=None,
+def log_sample_grid(client, run_id: str, model, cfg: RunConfig, tokenizer=None,
                     name: str = "samples_by_nested_size.png") -> None:
     """One row of class-conditional samples per nested size (schedule FxK, no cache)."""
     from dataclasses import replace
@@ -97,7 +102,7 @@ def log_sample_grid(client, run_id: str, model, cfg: NestgenConfig, tokenizer=No
         client.log_artifact(run_id, path)
 
 
-def _tokenizer(cfg: NestgenConfig, manifest: dict | None):
+def _tokenizer(cfg: RunConfig, manifest: dict | None):
     if not manifest:
         return None
     from nestgen.data.shards import shard_tokenizer
@@ -122,7 +127,7 @@ def register_model(client, run_id: str, ckpt_url: str, name: str, alias: str = "
     return str(version)
 
 
-def fit(cfg: NestgenConfig, output_url: str, fault_injection: dict | None = None,
+def fit(cfg: RunConfig, output_url: str, fault_injection: dict | None = None,
         parent_run_id: str | None = None) -> TrainResult:
     """Train on the current Ray cluster (ray.init done by the caller); see the module doc."""
     from pipelines.train_data import token_dataset
@@ -150,3 +155,26 @@ def fit(cfg: NestgenConfig, output_url: str, fault_injection: dict | None = None
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+
+
+def cmd_train(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    if args.local:
+        ckpt, history = train_local(cfg, args.out)
+        print(json.dumps(history[-1], indent=1))
+        print(f"checkpoint: {ckpt}")
+        return 0
+    init_ray(args.ray_address)
+    res = fit(cfg, args.out)
+    print(json.dumps({"checkpoint": res.checkpoint_url, "mlflow_run_id": res.run_id,
+                      "start_step": res.start_step, **res.metrics}, indent=1, default=str))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a nested transformer with Ray Train (or --local)")
+    add_config_args(p)
+    p.add_argument("--out", required=True, help="output folder or URL (checkpoints; same URL resumes)")
+    add_ray_address(p)
+    p.add_argument("--local", action="store_true", help="single process, no Ray")
+    p.set_defaults(func=cmd_train)

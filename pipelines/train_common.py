@@ -7,7 +7,8 @@ import tempfile
 import time
 from typing import Callable
 
-from nestgen.config import NestgenConfig, config_to_dict, flatten
+from nestgen.config import config_to_dict, flatten
+from pipelines.config import RunConfig
 
 CKPT_FILE = "checkpoint.pt"
 
@@ -19,7 +20,7 @@ def maybe_fail(fault: dict | None, step: int) -> None:
         raise RuntimeError(f"injected failure at step {step}")
 
 
-def mlflow_run(cfg: NestgenConfig, step_name: str, output_url: str, extra_params: dict | None = None,
+def mlflow_run(cfg: RunConfig, step_name: str, output_url: str, extra_params: dict | None = None,
                parent_run_id: str | None = None):
     """(client, run_id) of a new run with every config value as a param (a child run of
     parent_run_id when given, e.g. a step of a pipeline run)."""
@@ -83,7 +84,7 @@ class Reporter:
             ray.train.report(out, checkpoint=ck, checkpoint_dir_name=f"checkpoint_{step:08d}")
 
 
-def torch_trainer(loop, cfg: NestgenConfig, output_url: str, name: str, datasets: dict, loop_config: dict):
+def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: dict, loop_config: dict):
     """A TorchTrainer from cfg.scaling: GPU workers when the cluster has GPUs (unless
     use_gpu says otherwise), storage at output_url through its fsspec filesystem."""
     import ray

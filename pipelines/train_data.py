@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from nestgen.config import NestgenConfig
 from nestgen.data.shards import read_manifest, shard_urls
 from nestgen.storage import url_to_fs
+from pipelines.config import RunConfig
 
 
 def _to_numpy(t: pa.Table) -> dict[str, np.ndarray]:
@@ -16,7 +16,7 @@ def _to_numpy(t: pa.Table) -> dict[str, np.ndarray]:
             "label": t.column("label").to_numpy().astype(np.int64)}
 
 
-def check_manifest_fits(cfg: NestgenConfig, manifest: dict) -> None:
+def check_manifest_fits(cfg: RunConfig, manifest: dict) -> None:
     m = cfg.model
     if list(manifest["grid_shape"]) != list(m.grid) or manifest["vocab_size"] != m.vocab_size:
         raise ValueError(f"model.grid={m.grid} / model.vocab_size={m.vocab_size} do not match the shards' "
@@ -25,7 +25,7 @@ def check_manifest_fits(cfg: NestgenConfig, manifest: dict) -> None:
         raise ValueError(f"model.num_classes={m.num_classes} < {len(manifest['label_map'])} classes in the shards")
 
 
-def token_dataset(cfg: NestgenConfig, split: str = "train"):
+def token_dataset(cfg: RunConfig, split: str = "train"):
     """(ray Dataset of {"tokens": (N,) int64, "label": int64}, manifest or None)."""
     import ray
 

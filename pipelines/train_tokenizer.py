@@ -6,14 +6,20 @@ decoded by Ray Data tasks (nestgen.data.media) and streamed to the workers as ui
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from nestgen.config import NestgenConfig, config_from_dict, config_to_dict
+from nestgen.config import config_to_dict
+from nestgen.local_run import train_tokenizer_local
 from nestgen.storage import write_latest
+from pipelines.cli_args import add_config_args, add_ray_address
+from pipelines.config import RunConfig, run_config_from_dict
+from pipelines.ray_runtime import init_ray
 from pipelines.train_common import CKPT_FILE, Reporter, checkpoint_url, maybe_fail, mlflow_run, torch_trainer
 
 
@@ -42,7 +48,7 @@ def tokenizer_loop_per_worker(config: dict) -> None:
     from nestgen.tokenizers import TokenizerTrainer, VQTokenizer, clips_to_pixels, images_to_pixels, save_tokenizer
     from nestgen.tokenizers.checkpoint import read_tokenizer_checkpoint
 
-    cfg = config_from_dict(config["cfg"])
+    cfg = run_config_from_dict(config["cfg"])
     t = cfg.tokenizer
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -84,7 +90,7 @@ class TokenizerTrainResult:
     tokenizer_hash: str
 
 
-def fit_tokenizer(cfg: NestgenConfig, data_url: str, output_url: str, split: str = "train",
+def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "train",
                   fault_injection: dict | None = None, parent_run_id: str | None = None) -> TokenizerTrainResult:
     """Train cfg.tokenizer on the raw files under data_url (Ray must be initialized)."""
     import ray
@@ -117,3 +123,31 @@ def fit_tokenizer(cfg: NestgenConfig, data_url: str, output_url: str, split: str
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+
+
+def cmd_tokenizer_train(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    if args.local:
+        res = train_tokenizer_local(cfg.tokenizer, args.data, args.split, args.out, cfg.tokenize.fps)
+        for f in res.pop("skipped"):
+            print(f"skipped {f['source_uri']}: {f['reason']}", file=sys.stderr)
+        print(json.dumps(res, indent=1))
+        return 0
+    init_ray(args.ray_address)
+    res = fit_tokenizer(cfg, args.data, args.out, args.split)
+    print(json.dumps({"checkpoint": res.checkpoint_url, "tokenizer_hash": res.tokenizer_hash,
+                      "mlflow_run_id": res.run_id, **res.metrics}, indent=1, default=str))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tokenizer-train",
+                       help="train the VQ tokenizer of CONFIG on a raw media folder (Ray Train or --local)")
+    add_config_args(p)
+    p.add_argument("--data", required=True, help="raw files (ImageNet-/UCF101-like folders)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True,
+                   help="with --local: the checkpoint URL; with Ray: the output folder (same folder resumes)")
+    add_ray_address(p)
+    p.add_argument("--local", action="store_true", help="single process, no Ray")
+    p.set_defaults(func=cmd_tokenizer_train)

@@ -8,7 +8,7 @@ from PIL import Image
 
 
 def nestgen(*args, check=True):
-    res = subprocess.run([sys.executable, "-m", "nestgen", *args], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "pipelines", *args], capture_output=True, text=True, timeout=300)
     if check and res.returncode != 0:
         raise AssertionError(f"nestgen {args} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res

@@ -49,3 +49,37 @@ def test_float_fields_accept_ints_but_not_strings():
     assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0
     with pytest.raises(ConfigError, match="train.lr: expected a number"):
         config_from_dict({"train": {"lr": "fast"}})
+
+
+def test_overrides_leave_the_given_dict_alone():
+    data = {"train": {"steps": 3}}
+    assert config_from_dict(data, ["train.steps=9"]).train.steps == 9
+    assert data == {"train": {"steps": 3}}
+
+
+def test_the_library_schema_knows_only_library_sections():
+    """Orchestration sections belong to the pipeline's schema: the library rejects them in a
+    config, and the pipeline's schema is the library's plus those sections."""
+    from pipelines.config import RunConfig, run_config_from_dict
+    with pytest.raises(ConfigError, match=r"top level: unknown key\(s\) \['scaling'\]"):
+        config_from_dict({"scaling": {"num_workers": 1}})
+    run = run_config_from_dict({"scaling": {"num_workers": 1}, "train": {"steps": 4}})
+    assert isinstance(run, RunConfig) and run.scaling.num_workers == 1 and run.train.steps == 4
+    with pytest.raises(ConfigError, match="scaling.num_workers: must be >= 1"):
+        run_config_from_dict({"scaling": {"num_workers": 0}})
+
+
+def test_a_pipeline_checkpoint_loads_in_the_library(tmp_path):
+    """A checkpoint written with a pipeline run's config holds the orchestration sections too;
+    the library reads back its own sections, still strictly."""
+    from nestgen.checkpoint import load_model, save_checkpoint
+    from nestgen.model.nested_transformer import NestedTransformer
+    from pipelines.config import run_config_from_dict
+    run = run_config_from_dict({"model": {"width": 32, "depth": 1}, "mlflow": {"experiment": "x"}})
+    url = save_checkpoint(str(tmp_path / "c.pt"), run, NestedTransformer(run.model))
+    model, cfg = load_model(url)
+    assert type(cfg).__name__ == "NestgenConfig" and cfg.model == run.model and cfg.train == run.train
+    bad = config_to_dict(run) | {"model": {"width": 32, "depth": 1, "widht": 3}}
+    with pytest.raises(ConfigError, match="widht"):
+        from nestgen.config import library_sections
+        config_from_dict(library_sections(bad))

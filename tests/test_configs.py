@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nestgen.config import load_config
+from pipelines.config import load_run_config as load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -47,7 +47,7 @@ def test_config_loads_and_matches_its_tokenizer(path):
         assert cfg.model.grid == cfg.tokenizer.grid, (path.name, cfg.model.grid, cfg.tokenizer.grid)
     if cfg.train.cond_tokens:
         # Frame prediction conditions on whole leading latent frames of a [t, h, w] grid.
-        assert len(cfg.model.grid) == 3, path.name
+        assert cfg.model.is_video, path.name
         per_frame = cfg.model.grid[1] * cfg.model.grid[2]
         assert cfg.train.cond_tokens % per_frame == 0, path.name
         assert cfg.train.cond_tokens // per_frame < cfg.model.grid[0], path.name

@@ -6,7 +6,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nestgen.config import config_from_dict
+from pipelines.config import run_config_from_dict
 from pipelines.dag import MARKER, Runner, Step, StepFailed, fingerprints
 from pipelines.dag_mlflow import MlflowTracker
 from pipelines.steps import build_steps
@@ -119,7 +119,7 @@ def test_cycles_and_unknown_deps_are_errors():
 
 def test_mlflow_parent_run_and_a_child_per_step(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = config_from_dict({"name": "dagt", "mlflow": {"tracking_uri": uri, "experiment": "dag-test"}})
+    cfg = run_config_from_dict({"name": "dagt", "mlflow": {"tracking_uri": uri, "experiment": "dag-test"}})
     calls = Calls()
     steps = _dag(calls, {"a": 1, "b": 1})
     tracker = MlflowTracker(cfg)
@@ -140,17 +140,17 @@ def test_mlflow_parent_run_and_a_child_per_step(tmp_path):
 
 
 def test_nestgen_dag_shapes_and_fingerprints():
-    raw = config_from_dict({"data": {"source": "shards", "url": "x"}, "model": {"vocab_size": 128}})
+    raw = run_config_from_dict({"data": {"source": "shards", "url": "x"}, "model": {"vocab_size": 128}})
     names = [s.name for s in build_steps(raw)]
     assert names == ["data", "tokenizer", "tokenize", "train", "evaluate", "serve"]
-    digits = config_from_dict({"pipeline": {"serve": False}})
+    digits = run_config_from_dict({"pipeline": {"serve": False}})
     assert [s.name for s in build_steps(digits)] == ["train", "evaluate"]
     base = fingerprints(build_steps(raw))
-    more = config_from_dict({"data": {"source": "shards", "url": "x"}, "model": {"vocab_size": 128},
+    more = run_config_from_dict({"data": {"source": "shards", "url": "x"}, "model": {"vocab_size": 128},
                              "evaluate": {"num_samples": 99}, "mlflow": {"experiment": "elsewhere"}})
     fp = fingerprints(build_steps(more))
     assert [n for n in names if fp[n] != base[n]] == ["evaluate"]   # tracking never changes outputs
-    tok = config_from_dict({"data": {"source": "shards", "url": "x"}, "model": {"vocab_size": 128},
+    tok = run_config_from_dict({"data": {"source": "shards", "url": "x"}, "model": {"vocab_size": 128},
                             "tokenizer": {"steps": 7}})
     fp = fingerprints(build_steps(tok))
     assert [n for n in names if fp[n] != base[n]] == ["tokenizer", "tokenize", "train", "evaluate", "serve"]

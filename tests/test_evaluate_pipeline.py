@@ -9,9 +9,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from nestgen.checkpoint import save_checkpoint
-from nestgen.config import config_from_dict
 from nestgen.data.shards import read_manifest
 from nestgen.model.nested_transformer import NestedTransformer
+from pipelines.config import run_config_from_dict
 from pipelines.evaluate import evaluate
 
 pytestmark = pytest.mark.timeout(600)
@@ -21,7 +21,7 @@ def _checkpoint(path, shards, grid, vocab, **train):
     """An untrained generator over the shards' tokens: the step's plumbing does not need a
     good model, and the metrics are computed all the same."""
     m = read_manifest(str(shards))
-    cfg = config_from_dict({"model": {"vocab_size": vocab, "grid": grid, "num_classes": 10, "width": 32,
+    cfg = run_config_from_dict({"model": {"vocab_size": vocab, "grid": grid, "num_classes": 10, "width": 32,
                                       "depth": 1, "heads": 8},
                             "train": train, "data": {"source": "shards", "url": str(shards)}})
     torch.manual_seed(0)
@@ -29,7 +29,7 @@ def _checkpoint(path, shards, grid, vocab, **train):
 
 
 def _user_cfg(tracking_uri, **evaluate):
-    return config_from_dict({"name": "evtest", "mlflow": {"tracking_uri": tracking_uri, "experiment": "test-eval"},
+    return run_config_from_dict({"name": "evtest", "mlflow": {"tracking_uri": tracking_uri, "experiment": "test-eval"},
                              "evaluate": {"num_samples": 40, "batch_size": 20, **evaluate}})
 
 

@@ -63,7 +63,7 @@ def _submit(address, env, cfg_args, tracking):
     sets = [x for kv in cfg_args for x in ("--set", kv)]
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": tracking, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
     res = _ray("job", "submit", "--address", address, "--working-dir", str(REPO), "--runtime-env-json", runtime_env,
-               "--", sys.executable, "-m", "nestgen", "run", "configs/digits_vq.yaml", *sets, env=env, timeout=800)
+               "--", sys.executable, "-m", "pipelines", "run", "configs/digits_vq.yaml", *sets, env=env, timeout=800)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     assert "succeeded" in (res.stdout + res.stderr).lower()
     return res.stdout

@@ -217,7 +217,7 @@ def test_video_model_answers_with_a_playable_mp4_and_continues_given_frames(vide
 def test_nestgen_generate_client_writes_png_mp4_and_json(image_url, video_url, tmp_path, capsys):
     import json
 
-    from nestgen.cli import main
+    from pipelines.cli import main
     out = tmp_path / "grid.png"
     assert main(["generate", "--url", image_url, "--class", "3", "--schedule", "8x3,4x3,2x3,1x3",
                  "--num", "3", "--out", str(out)]) == 0

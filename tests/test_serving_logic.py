@@ -220,7 +220,7 @@ def test_checkpoint_by_registered_mlflow_model(tmp_path):
 
 
 def test_nestgen_serve_refuses_a_bad_config_before_starting_anything(capsys):
-    from nestgen.cli import main
+    from pipelines.cli import main
     assert main(["serve", "configs/serve_digits.yaml", "--set", "max_samples_per_request=64"]) == 2
     assert "serve.max_samples_per_request: must be in [1, max_batch_size=32]" in capsys.readouterr().err
     assert main(["serve", "configs/serve_digits.yaml", "--set", "max_batch_sise=8"]) == 2

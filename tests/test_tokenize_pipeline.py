@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nestgen.config import TokenizeConfig
 from nestgen.data.shards import load_split_tokens, read_manifest, shard_urls
 from nestgen.tokenizers import images_to_pixels, load_tokenizer
+from pipelines.config import TokenizeConfig
 from pipelines.tokenize import tokenize_to_shards
 
 pytestmark = pytest.mark.timeout(600)

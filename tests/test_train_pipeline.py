@@ -4,14 +4,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from nestgen.checkpoint import read_checkpoint
-from nestgen.config import config_from_dict
+from pipelines.config import run_config_from_dict
 from pipelines.train import fit
 
 pytestmark = pytest.mark.timeout(900)
 
 
 def _cfg(shards, steps, tracking_uri="", name="t", grid_every=0, **scaling):
-    return config_from_dict({
+    return run_config_from_dict({
         "name": name,
         "model": {"vocab_size": 32, "grid": [4, 4], "num_classes": 10, "width": 64, "depth": 2, "heads": 8},
         "train": {"steps": steps, "batch_size": 32, "lr": 3e-3, "warmup_steps": 2, "log_every": 5},
@@ -88,7 +88,7 @@ def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, t
                                     tokenizer_hash)
     from nestgen.data.image_files import read_image_folder
     from pipelines.train_tokenizer import fit_tokenizer
-    cfg = config_from_dict({
+    cfg = run_config_from_dict({
         "name": "tok",
         "tokenizer": {"kind": "image", "channels": 3, "image_size": 16, "base_width": 8, "max_width": 16,
                       "downsample": 4, "codebook_size": 32, "code_dim": 8, "steps": 60, "batch_size": 32,

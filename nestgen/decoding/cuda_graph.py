@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from nestgen.config import DecodeConfig
+from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.maskgit import decode, decode_loop, prepare, seed_tensor
 from nestgen.model.nested_transformer import NestedTransformer
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from nestgen.config import DecodeConfig
+from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding import noise
 from nestgen.decoding.cache_policy import CachePolicy, parse_cache_policy
 from nestgen.decoding.plan import StepPlan, plan_decode

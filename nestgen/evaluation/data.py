@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from nestgen.config import NestgenConfig
 from nestgen.evaluation.variants import Requests, class_requests
+
+if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
+    from nestgen.config import NestgenConfig
 
 HOLDOUT_SPLITS = ("val", "validation", "test")
 
@@ -48,7 +50,7 @@ class EvalData:
 
 
 def load_eval_data(cfg: NestgenConfig, max_train: int = 2000) -> EvalData:
-    kind = "video" if len(cfg.model.grid) == 3 else "image"
+    kind = "video" if cfg.model.is_video else "image"
     if cfg.data.source == "digits":
         from nestgen.data.digits import load_digit_tokens
         (tr_t, tr_y), (ho_t, ho_y) = load_digit_tokens(cfg.data.holdout_fraction, cfg.data.seed)

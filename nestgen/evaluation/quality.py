@@ -10,14 +10,17 @@ digits Fréchet distance, else the first metric.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from nestgen.config import EvaluateConfig, NestgenConfig
+from nestgen.evaluation.config import EvaluateConfig
 from nestgen.evaluation.data import EvalData, cond_frames
 from nestgen.evaluation.variants import Requests, VariantResult
 from nestgen.metrics.protocol import MetricResult
+
+if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
+    from nestgen.config import NestgenConfig
 
 KNOWN = ("fid", "is", "fvd", "fd_digits", "digits_accuracy", "fvd_digits", "digit_clip_accuracy",
          "frame_pred")

@@ -7,15 +7,17 @@ Sampling is injected (`SampleFn`), so the same evaluation runs in one process
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from nestgen.config import NestgenConfig
 from nestgen.evaluation.data import EvalData, eval_requests
 from nestgen.evaluation.quality import QualitySuite
 from nestgen.evaluation.report import pareto_front, results_table
 from nestgen.evaluation.search import SearchResult, search_schedule
 from nestgen.evaluation.variants import (Requests, Sampler, Variant, VariantResult, baseline_variant,
                                          sample_variants, variant_gflops, variants_from_config)
+
+if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
+    from nestgen.config import NestgenConfig
 
 # (variants, requests) -> one result per variant, in order, with tokens and pixels
 SampleFn = Callable[[list[Variant], Requests], list[VariantResult]]

@@ -13,11 +13,13 @@ every other variant.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from nestgen.config import NestgenConfig
 from nestgen.decoding.schedule import Schedule, parse_schedule
 from nestgen.evaluation.variants import Variant, VariantResult, baseline_variant, variant_gflops
+
+if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
+    from nestgen.config import NestgenConfig
 
 
 def step_splits(factors: list[int], steps: int) -> list[str]:

@@ -9,14 +9,19 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from nestgen.config import DecodeConfig, EvaluateConfig, NestgenConfig
+from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.maskgit import decode
 from nestgen.decoding.schedule import resolve_schedule
+from nestgen.evaluation.config import EvaluateConfig
 from nestgen.flops import decode_flops
+
+if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
+    from nestgen.config import NestgenConfig
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nestgen.config import ModelConfig
+from nestgen.model.config import ModelConfig
 
 
 def sliced_linear(layer: nn.Linear, x: torch.Tensor, d_in: int, d_out: int) -> torch.Tensor:

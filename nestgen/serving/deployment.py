@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from nestgen.config import ServeConfig, config_from_dict
-from nestgen.configschema import ConfigError, from_dict, to_dict
+from nestgen.config import NestgenConfig, config_from_dict
+from nestgen.configschema import ConfigError, apply_overrides, from_dict, read_yaml_mapping, to_dict
+from nestgen.serving.config import ServeConfig
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 
@@ -39,22 +38,18 @@ def serve_config_from_args(args: dict | None) -> ServeConfig:
 
 
 def _override(args: dict, overrides: list[str]) -> dict:
-    out = dict(args)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        out[key.strip().removeprefix("serve.")] = yaml.safe_load(raw)
-    return out
+    """Overrides name serve fields with or without the `serve.` prefix."""
+    prefixed = [o if o.strip().startswith("serve.") else f"serve.{o.strip()}" for o in overrides]
+    return apply_overrides({"serve": args}, prefixed)["serve"]
 
 
-def read_serve_file(path: str | Path, overrides: list[str] | None = None) -> tuple[ServeConfig, str, int]:
+def read_serve_file(path: str | Path, overrides: list[str] | None = None,
+                    schema: type[NestgenConfig] = NestgenConfig) -> tuple[ServeConfig, str, int]:
     """(ServeConfig, host, port) from either a Serve config file (the one `serve deploy` takes:
-    the first application's args, and http_options) or a nestgen config (its `serve:` section;
-    127.0.0.1:8000). `overrides` are key=value on the serve fields."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    the first application's args, and http_options) or a nestgen config of type `schema`,
+    checked whole (its `serve:` section; 127.0.0.1:8000). `overrides` are key=value on the
+    serve fields."""
+    data = read_yaml_mapping(path)
     if "applications" in data:
         apps = data["applications"] or []
         if not apps:
@@ -63,5 +58,5 @@ def read_serve_file(path: str | Path, overrides: list[str] | None = None) -> tup
         args = apps[0].get("args") or {}
         return serve_config_from_args(_override(args, overrides or [])), \
             http.get("host", DEFAULT_HOST), int(http.get("port", DEFAULT_PORT))
-    cfg = config_from_dict(data)
+    cfg = config_from_dict(data, schema=schema)
     return serve_config_from_args(_override(to_dict(cfg.serve), overrides or [])), DEFAULT_HOST, DEFAULT_PORT

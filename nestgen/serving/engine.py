@@ -13,8 +13,8 @@ from dataclasses import replace
 import torch
 
 from nestgen.checkpoint import model_from_checkpoint, read_checkpoint
-from nestgen.config import DecodeConfig, ServeConfig
 from nestgen.configschema import to_dict
+from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.maskgit import decode
 from nestgen.decoding.schedule import presets_for
 from nestgen.device import resolve_device
@@ -29,6 +29,7 @@ from nestgen.serving.auto import (
 )
 from nestgen.serving.batching import group_jobs, row_slices
 from nestgen.serving.conditioning import condition_tokens
+from nestgen.serving.config import ServeConfig
 from nestgen.serving.encode import encode_sample
 from nestgen.serving.errors import RequestError
 from nestgen.serving.job import Job, rows_of
@@ -60,7 +61,7 @@ def _load_tokenizer(cfg: ServeConfig, model_cfg, ckpt: dict, device):
 def _formats(model_cfg, tokenizer) -> tuple[str, ...]:
     """Formats this model can answer in, the default first."""
     from nestgen.data.digits import DIGITS_GRID, DIGITS_VOCAB
-    video = len(model_cfg.model.grid) == 3
+    video = model_cfg.model.is_video
     raw_digits = (tokenizer is None and model_cfg.data.source == "digits" and not video
                   and model_cfg.model.vocab_size == DIGITS_VOCAB and list(model_cfg.model.grid) == list(DIGITS_GRID))
     if tokenizer is None and not raw_digits:

@@ -5,7 +5,7 @@ from dataclasses import astuple, dataclass
 
 import torch
 
-from nestgen.config import DecodeConfig
+from nestgen.decoding.config import DecodeConfig
 
 
 @dataclass

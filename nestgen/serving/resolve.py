@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nestgen.config import DecodeConfig, ModelConfig
+from nestgen.decoding.config import DecodeConfig
+from nestgen.model.config import ModelConfig
 from nestgen.configschema import ConfigError, from_dict, to_dict
 from nestgen.decoding.schedule import PRESETS, resolve_schedule
 from nestgen.serving.errors import RequestError
@@ -30,7 +31,7 @@ class ModelSpec:
 
     @property
     def kind(self) -> str:
-        return "video" if len(self.model.grid) == 3 else "image"
+        return "video" if self.model.is_video else "image"
 
     @property
     def default_format(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nestgen.configschema import check
+from nestgen.device import check_device
 
 
 def _is_pow2(n: int) -> bool:
@@ -122,5 +123,4 @@ class TokenizerConfig:
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
         check(self.usage_window >= 1, "usage_window", "must be >= 1")
         check(self.log_every >= 1, "log_every", "must be >= 1")
-        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
-              f"must be auto, cpu or cuda[:i], got {self.device!r}")
+        check_device(self.device)

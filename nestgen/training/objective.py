@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nestgen.config import TrainConfig
 from nestgen.masking import random_training_mask
+from nestgen.training.config import TrainConfig
 
 
 def distill_lambda(cfg: TrainConfig, step: int) -> float:

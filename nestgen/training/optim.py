@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from nestgen.config import TrainConfig
+from nestgen.training.config import TrainConfig
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

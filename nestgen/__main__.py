@@ -1,5 +1,0 @@
-import sys
-
-from nestgen.cli import main
-
-sys.exit(main())

@@ -1,0 +1,166 @@
+"""The `nestgen` command line.
+
+The commands that need no cluster (validate, flops, sample, data, demo, generate) are here;
+each pipeline step module registers its own (`add_parser`): train, tokenizer-train, tokenize,
+evaluate, serve and run. A config or value error ends a command with one line,
+`nestgen <command>: error: ...`, and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from nestgen.checkpoint import load_generator
+from nestgen.config import config_to_dict
+from nestgen.configschema import ConfigError
+from nestgen.flops import decode_flops
+from nestgen.local_run import run_demo, sample_grid
+from nestgen.serving import client
+from pipelines import evaluate, pipeline, serve, tokenize, train, train_tokenizer
+from pipelines.cli_args import add_config_args, add_decode_args, add_set_arg, decode_config, decode_overrides
+from pipelines.config import load_run_config
+
+STEP_MODULES = (train, train_tokenizer, tokenize, pipeline, evaluate, serve)
+
+
+def cmd_validate(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    print(f"# {args.config}: valid", file=sys.stderr)
+    return 0
+
+
+def cmd_flops(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    d = decode_config(cfg.decode, args)
+    print(f"schedule {d.schedule} steps {d.steps} cache {d.cache} guidance {d.guidance_scale}")
+    print(decode_flops(cfg.model, d, cfg.train.cond_tokens).table())
+    return 0
+
+
+def cmd_sample(args) -> int:
+    model, cfg, tok = load_generator(args.checkpoint, args.device)
+    d = decode_config(cfg.decode, args)
+    info = sample_grid(model, cfg, d, args.out, num=args.num, class_label=args.class_label, seed=args.seed,
+                       tokenizer=tok)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    t0 = time.perf_counter()
+    summary = run_demo(cfg, args.out)
+    print(json.dumps(summary, indent=1))
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; sample grids under {args.out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    if args.dataset == "digits":
+        from nestgen.data.image_files import write_digit_images
+        info = write_digit_images(args.out, size=args.size or 32, holdout_fraction=args.holdout, seed=args.seed)
+    else:
+        from nestgen.data.moving_digits import write_moving_digits
+        info = write_moving_digits(args.out, num_clips_per_class=args.clips_per_class, frames=args.frames,
+                                   size=args.size or 64, fps=args.fps, digits_per_clip=args.digits_per_clip,
+                                   seed=args.seed, holdout_fraction=args.holdout)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    fmt = client.FORMAT_OF_SUFFIX.get(Path(args.out).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--out {args.out}: the suffix picks the format: .png, .mp4 or .json (tokens)")
+    payload = {"class_label": args.class_label, "num_samples": args.num, "seed": args.seed, "format": fmt,
+               **decode_overrides(args)}
+    if args.condition:
+        payload["condition"] = {"mp4_base64": base64.b64encode(Path(args.condition).read_bytes()).decode()}
+    try:
+        resp = client.generate(args.url, payload, timeout=args.timeout)
+    except client.ServiceError as e:
+        print(f"nestgen generate: the service refused: {e}", file=sys.stderr)
+        return 1
+    written = client.save_samples(resp, args.out)
+    print(json.dumps({k: v for k, v in resp.items() if k != "samples"} | {"written": written}, indent=1))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("validate", help="load a config strictly and print it resolved")
+    add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("flops", help="analytic GFLOPs per sample of a decode, step by step")
+    add_config_args(p)
+    add_decode_args(p)
+    p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("sample", help="generate a PNG grid from a checkpoint")
+    p.add_argument("checkpoint")
+    add_decode_args(p)
+    p.add_argument("--num", type=int, default=40)
+    p.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="class id (default: cycle through all classes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="PNG path or URL")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("data", help="write the embedded data sets as real files")
+    p.add_argument("dataset", choices=["digits", "moving-digits"])
+    p.add_argument("out", help="output folder or fsspec URL")
+    p.add_argument("--size", type=int, help="frame side in pixels (digits 32, moving-digits 64)")
+    p.add_argument("--holdout", type=float, default=0.1, help="share written to the val split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clips-per-class", type=int, default=20)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--digits-per-clip", type=int, default=1, choices=[1, 2])
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="train on digits, then sample with every preset")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (default: the built-in digits config)")
+    add_set_arg(p)
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate", help="ask a running service for samples; the --out suffix picks the format")
+    p.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")
+    p.add_argument("--class", dest="class_label", type=int, default=None, help="class id (default: unconditional)")
+    p.add_argument("--num", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    add_decode_args(p)
+    p.add_argument("--condition", help="MP4 whose first frames to continue (frame prediction models)")
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--out", required=True, help=".png (a grid when --num > 1), .mp4 (video models) or .json (tokens)")
+    p.set_defaults(func=cmd_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nestgen", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    for module in STEP_MODULES:
+        module.add_parser(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"nestgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The config of a pipeline run: the library's sections (nestgen.config.NestgenConfig) plus
+the orchestration sections only the Ray steps read (tokenize, scaling, mlflow, pipeline).
+
+Loaded by the same strict loader as the library's config (`schema=RunConfig`); the library
+never sees these sections, and checkpoints it reads back are loaded by their library part.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from nestgen.config import NestgenConfig, config_from_dict, load_config
+from nestgen.configschema import check
+from nestgen.storage import mlflow_tracking_uri
+
+
+@dataclass
+class TokenizeConfig:
+    """The Ray tokenization step: raw files -> Parquet token shards (pipelines.tokenize)."""
+    batch_size: int = 64             # files per tokenizer call
+    concurrency: int = 1             # tokenizer actors (each loads the tokenizer once)
+    gpus_per_actor: float = 1.0      # used only when the cluster has GPUs
+    cpus_per_actor: float = 1.0
+    fps: float = 8.0                 # videos are resampled to this rate
+    clips_per_video: int = 1         # up to this many non-overlapping clips per video
+    rows_per_shard: int = 4096
+
+    def validate(self) -> None:
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.concurrency >= 1, "concurrency", "must be >= 1")
+        check(self.gpus_per_actor >= 0, "gpus_per_actor", "must be >= 0")
+        check(self.cpus_per_actor > 0, "cpus_per_actor", "must be > 0")
+        check(self.fps >= 0, "fps", "must be >= 0 (0 keeps the source rate)")
+        check(self.clips_per_video >= 1, "clips_per_video", "must be >= 1")
+        check(self.rows_per_shard >= 1, "rows_per_shard", "must be >= 1")
+
+
+@dataclass
+class ScalingConfig:
+    """Ray Train workers (pipelines.train). GPU when the cluster has one and use_gpu allows."""
+    num_workers: int = 2
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    strategy: Literal["ddp", "fsdp"] = "ddp"   # Ray Train's prepare_model parallel strategy
+    cpus_per_worker: float = 1.0
+    checkpoint_every: int = 200      # optimizer steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2
+    max_failures: int = 2            # worker failures survived by restoring the last checkpoint
+    shuffle_buffer: int = 2048       # rows in each worker's local shuffle buffer
+
+    def validate(self) -> None:
+        check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        check(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = ""           # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
+    experiment: str = "nestgen"
+    sample_grid_every: int = 0       # also log sample grids every N steps (0: only at the end)
+    registered_model: str = ""       # register each trained checkpoint as a version of this model
+    registered_alias: str = ""       # and point this alias at it (e.g. production: models:/<name>@production)
+
+    def resolved_uri(self) -> str:
+        return mlflow_tracking_uri(self.tracking_uri)
+
+    def validate(self) -> None:
+        check(bool(self.experiment), "experiment", "must not be empty")
+        check(self.sample_grid_every >= 0, "sample_grid_every", "must be >= 0")
+
+
+@dataclass
+class PipelineConfig:
+    """The workflow DAG (pipelines.dag): data -> tokenizer -> tokenize -> train -> evaluate ->
+    serve. Every step writes under output_url/<step>-<fingerprint>/ with a completion
+    marker written last; steps not applicable to the config (no tokenizer for the raw
+    digits) are left out of the DAG."""
+    output_url: str = "runs/pipeline"   # local path or any fsspec URL (gs://...)
+    raw_data: str = ""                  # raw media folder (<split>/<class>/<file>); "" -> write `dataset`
+    dataset: Literal["digits", "moving-digits"] = "digits"   # the embedded set the data step writes
+    data_size: int = 32                 # pixels of the embedded images / frames
+    clips_per_class: int = 40           # moving-digits clips per class
+    frames: int = 16                    # moving-digits frames per clip
+    tokenizer: str = ""                 # an existing tokenizer checkpoint: skips tokenizer training
+    serve: bool = True                  # the last step: deploy on Serve locally, request a sample, stop
+    retries: int = 2                    # extra attempts of a step after a transient failure
+    retry_backoff_s: float = 5.0
+
+    def validate(self) -> None:
+        check(bool(self.output_url), "output_url", "must not be empty")
+        check(self.data_size >= 8, "data_size", "must be >= 8")
+        check(self.clips_per_class >= 1, "clips_per_class", "must be >= 1")
+        check(self.frames >= 1, "frames", "must be >= 1")
+        check(self.retries >= 0, "retries", "must be >= 0")
+        check(self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
+
+
+@dataclass
+class RunConfig(NestgenConfig):
+    """Everything a pipeline run reads: the library's sections and the orchestration ones."""
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+def run_config_from_dict(data: dict | None, overrides: list[str] | None = None) -> RunConfig:
+    return config_from_dict(data, overrides, schema=RunConfig)
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    return load_config(path, overrides, schema=RunConfig)
