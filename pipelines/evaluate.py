@@ -27,7 +27,7 @@ from nestgen.evaluation.variants import collect, decode_config
 from nestgen.render import tokens_to_pixels
 from nestgen.storage import read_bytes, resolve_checkpoint
 from pipelines.cli_args import add_config_args, add_ray_address
-from pipelines.config import RunConfig, run_config_from_dict
+from pipelines.config import RunConfig, load_run_config, run_config_from_dict
 from pipelines.ray_runtime import init_ray
 
 

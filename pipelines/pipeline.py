@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from pipelines.cli_args import add_config_args, add_ray_address
-from pipelines.config import RunConfig
+from pipelines.config import RunConfig, load_run_config
 from pipelines.dag import Runner
 from pipelines.steps import build_steps
 

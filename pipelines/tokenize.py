@@ -31,7 +31,7 @@ from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
 from nestgen.storage import (exists, join, protocol_prefix, read_bytes, remove_tree, resolve_checkpoint, url_to_fs,
                              write_json_atomic)
 from pipelines.cli_args import add_ray_address, add_set_arg
-from pipelines.config import TokenizeConfig
+from pipelines.config import TokenizeConfig, load_run_config
 from pipelines.ray_runtime import init_ray
 
 log = logging.getLogger(__name__)

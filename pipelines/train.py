@@ -24,7 +24,7 @@ from nestgen.config import config_to_dict
 from nestgen.local_run import train_local
 from nestgen.storage import write_latest
 from pipelines.cli_args import add_config_args, add_ray_address
-from pipelines.config import RunConfig, run_config_from_dict
+from pipelines.config import RunConfig, load_run_config, run_config_from_dict
 from pipelines.ray_runtime import init_ray
 from pipelines.train_common import (CKPT_FILE, Reporter, checkpoint_url, maybe_fail, mlflow_run,
                                     torch_trainer)
