@@ -17,7 +17,7 @@ from nestgen.decoding.maskgit import decode
 from nestgen.flops import decode_flops
 from nestgen.images import make_grid, save_png
 from nestgen.render import tokens_to_pixels
-from nestgen.storage import url_to_fs, write_json_atomic, write_latest
+from nestgen.storage import publish_checkpoint, url_to_fs, write_json_atomic, write_latest
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.training.loop import train_on_tokens
 
@@ -40,6 +40,7 @@ def train_local(cfg: NestgenConfig, out: str, progress: bool = True):
     fs.makedirs(path, exist_ok=True)
     trainer, history = train_on_tokens(cfg, tokens, labels, progress=progress)
     ckpt = save_checkpoint(f"{out.rstrip('/')}/checkpoint.pt", cfg, trainer.core, **trainer.state())
+    ckpt = publish_checkpoint(out, ckpt, trainer.step)     # LATEST names a copy the next run can't overwrite
     write_latest(out, ckpt)
     write_json_atomic(f"{out.rstrip('/')}/history.json", history)
     write_json_atomic(f"{out.rstrip('/')}/config.json", config_to_dict(cfg))

@@ -5,6 +5,7 @@ folder and are moved into place, so no reader ever sees a half-written file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -119,3 +120,21 @@ def resolve_checkpoint(url: str, tracking_uri: str | None = None) -> str:
 
 def write_latest(output_url: str, checkpoint_url: str) -> None:
     write_bytes_atomic(join(output_url, LATEST), checkpoint_url.encode())
+
+
+PUBLISHED = "published"
+
+
+def publish_checkpoint(output_url: str, checkpoint_url: str, step: int) -> str:
+    """An immutable copy of a checkpoint: <output_url>/published/step<step>-<sha256[:12]>.pt.
+
+    What LATEST, an MLflow run's checkpoint_uri or a registered model version names must
+    outlive the trainer's own folder, whose rotation (num_to_keep) and resumed runs delete
+    and rewrite checkpoints. Nothing deletes or rewrites published/: the name carries the
+    content hash, so publishing the same checkpoint again is a no-op and another one never
+    takes its name."""
+    data = read_bytes(checkpoint_url)
+    url = join(output_url, PUBLISHED, f"step{step:08d}-{hashlib.sha256(data).hexdigest()[:12]}.pt")
+    if not exists(url):
+        write_bytes_atomic(url, data)
+    return url

@@ -22,7 +22,7 @@ import torch
 from nestgen.checkpoint import load_model, read_checkpoint, save_checkpoint
 from nestgen.config import config_to_dict
 from nestgen.local_run import train_local
-from nestgen.storage import write_latest
+from nestgen.storage import publish_checkpoint, write_latest
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, run_config_from_dict
 from pipelines.ray_runtime import init_ray
@@ -142,7 +142,7 @@ def fit(cfg: RunConfig, output_url: str, fault_injection: dict | None = None,
             "fault_injection": fault_injection, "manifest": manifest,
             "tokenizer_hash": manifest["tokenizer"]["hash"] if manifest else None})
         result = trainer.fit()
-        ckpt_url = checkpoint_url(output_url, result)
+        ckpt_url = publish_checkpoint(output_url, checkpoint_url(output_url, result), int(result.metrics.get("step", 0)))
         client.set_tag(run_id, "checkpoint_uri", ckpt_url)
         write_latest(output_url, ckpt_url)
         client.set_tag(run_id, "final_step", str(result.metrics.get("step")))

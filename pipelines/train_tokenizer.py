@@ -16,7 +16,7 @@ import torch
 
 from nestgen.config import config_to_dict
 from nestgen.local_run import train_tokenizer_local
-from nestgen.storage import write_latest
+from nestgen.storage import publish_checkpoint, write_latest
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, run_config_from_dict
 from pipelines.ray_runtime import init_ray
@@ -113,7 +113,7 @@ def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "
                                 {"train": ds}, {"cfg": config_to_dict(cfg), "mlflow_uri": cfg.mlflow.resolved_uri(),
                                                 "run_id": run_id, "fault_injection": fault_injection})
         result = trainer.fit()
-        url = checkpoint_url(output_url, result)
+        url = publish_checkpoint(output_url, checkpoint_url(output_url, result), int(result.metrics.get("step", 0)))
         h = tokenizer_hash(load_tokenizer(url))
         client.set_tag(run_id, "checkpoint_uri", url)
         write_latest(output_url, url)

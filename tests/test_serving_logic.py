@@ -179,7 +179,7 @@ def test_body_limit_answers_413_and_passes_small_bodies_whole():
 
 def test_serve_config_files_and_deployment_options():
     local, host, port = read_serve_file("configs/serve_digits.yaml")
-    assert host == "127.0.0.1" and port == 8000 and local.checkpoint == "runs/pipeline"
+    assert host == "127.0.0.1" and port == 8000 and local.checkpoint == "runs/pipeline/digits-vq"
     opts = deployment_options(local)
     assert opts["num_replicas"] == 1 and opts["max_ongoing_requests"] >= local.max_batch_size
     cluster, host, _ = read_serve_file("configs/serve_digits_cluster.yaml", ["max_replicas=4"])

@@ -72,15 +72,28 @@ def test_run_that_keeps_failing_ends_failed_in_mlflow(digit_shards, tmp_path):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-def test_second_fit_with_same_output_continues(digit_shards, tmp_path):
+def test_second_fit_continues_and_never_deletes_what_was_published(digit_shards, tmp_path):
+    """Rotation (keep_checkpoints=1) and a resumed run with more steps delete Ray's own
+    checkpoint folders; the published checkpoint LATEST and a registered version named stays."""
+    from nestgen.storage import resolve_checkpoint
     out = str(tmp_path / "out")
-    first = fit(_cfg(digit_shards, steps=10, name="resume"), out)
-    assert first.metrics["step"] == 10
-    second = fit(_cfg(digit_shards, steps=20, name="resume"), out)
+    cfg = _cfg(digit_shards, steps=10, name="resume", keep_checkpoints=1)
+    cfg.mlflow.registered_model, cfg.mlflow.registered_alias = "resume-test", "production"
+    first = fit(cfg, out)
+    assert first.metrics["step"] == 10 and first.checkpoint_url.startswith(f"{out}/published/")
+    assert resolve_checkpoint(out) == first.checkpoint_url                      # LATEST names the copy
+    ray_ckpt = tmp_path / "out" / "train-resume" / "checkpoint_00000010"
+    assert ray_ckpt.exists()
+    cfg.train.steps, cfg.mlflow.registered_alias = 20, ""
+    second = fit(cfg, out)
+    assert not ray_ckpt.exists()                          # rotated away by Ray (num_to_keep=1) ...
     assert second.start_step == 10 and second.metrics["step"] == 20
-    a, b = read_checkpoint(first.checkpoint_url), read_checkpoint(second.checkpoint_url)
-    assert b["step"] == 20 and b["scheduler"]["last_epoch"] == 20
+    a, b = read_checkpoint(first.checkpoint_url), read_checkpoint(second.checkpoint_url)   # ... the copy stays
+    assert a["step"] == 10 and b["step"] == 20 and b["scheduler"]["last_epoch"] == 20
     assert not torch.equal(a["model"]["ln_f.weight"], b["model"]["ln_f.weight"])
+    assert read_checkpoint("models:/resume-test@production")["step"] == 10    # the alias' version still loads
+    assert read_checkpoint("models:/resume-test/2")["step"] == 20
+    assert read_checkpoint(out)["step"] == 20
 
 
 def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, tmp_path):
@@ -113,6 +126,6 @@ def test_checkpoints_on_gcs_emulator(digit_shards, gcs_emulator):
     """Checkpoints and the LATEST pointer on gs:// (a real GCS emulator on 127.0.0.1)."""
     out = f"gs://{gcs_emulator}/train-out"
     res = fit(_cfg(digit_shards, steps=10, name="gcs"), out)
-    assert res.checkpoint_url.startswith(f"{out}/") and res.checkpoint_url.endswith("/checkpoint.pt")
+    assert res.checkpoint_url.startswith(f"{out}/published/step00000010-") and res.checkpoint_url.endswith(".pt")
     assert read_checkpoint(res.checkpoint_url)["step"] == 10
     assert read_checkpoint(out)["step"] == 10

@@ -13,7 +13,7 @@ from nestgen.device import check_device
 class ServeConfig:
     """The HTTP generation service (pipelines.serve): what each replica loads, how it batches,
     its limits, and the replicas' resources. Host and port are Serve's `http_options`."""
-    checkpoint: str = "runs/pipeline"  # file, output folder (LATEST), fsspec URL, runs:/<id>, models:/<name>/<v>
+    checkpoint: str = "runs/pipeline/digits-vq"  # (make demo's LATEST) file, output folder (LATEST), fsspec URL, runs:/<id>, models:/<name>/<v>
     tokenizer: str = ""              # tokenizer URL; "" -> the checkpoint's shard tokenizer (none: raw digits)
     mlflow_tracking_uri: str = ""    # for runs:/ and models:/ ("" -> $MLFLOW_TRACKING_URI, ./mlflow.db)
     device: str = "auto"             # auto: CUDA when the replica has a GPU
