@@ -16,6 +16,7 @@ import asyncio
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
@@ -123,8 +124,24 @@ class Generator:
         return self.engine.info()
 
 
+def pin_model_version(uri: str, tracking_uri: str = "") -> str:
+    """models:/<name>@<alias> -> models:/<name>/<version> the alias names now; any other URI
+    as given."""
+    if not (uri.startswith("models:/") and "@" in uri):
+        return uri
+    from mlflow.tracking import MlflowClient
+
+    from nestgen.config import MlflowConfig
+    name, alias = uri[len("models:/"):].strip("/").split("@", 1)
+    client = MlflowClient(MlflowConfig(tracking_uri=tracking_uri).resolved_uri())
+    return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
+
+
 def build(cfg: ServeConfig):
-    """The Serve application for `cfg` (serve.run / serve deploy)."""
+    """The Serve application for `cfg` (serve.run / serve deploy). A models:/<name>@<alias>
+    checkpoint is resolved here, once, to the version it names now: replicas started later
+    serve that version even after the alias moves (redeploy to follow it)."""
+    cfg = replace(cfg, checkpoint=pin_model_version(cfg.checkpoint, cfg.mlflow_tracking_uri))
     return Generator.options(**deployment_options(cfg)).bind(to_dict(cfg))
 
 

@@ -219,6 +219,34 @@ def test_checkpoint_by_registered_mlflow_model(tmp_path):
     assert load_model(ckpt)[1].model.width == 32
 
 
+def test_a_deployment_pins_the_version_its_alias_names_at_deploy_time(tmp_path):
+    """Replicas started after the alias moved (autoscaling) still serve the deployed version."""
+    from mlflow.tracking import MlflowClient
+
+    from nestgen.serving.deployment import serve_config_from_args
+    from nestgen.serving.engine import Engine
+    from pipelines.serve import build
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("pin-test")
+    client.create_registered_model("digits")
+    ckpts = []
+    for width in (32, 64):
+        cfg = config_from_dict({"model": {"width": width, "depth": 1}})
+        ckpts.append(save_checkpoint(str(tmp_path / f"c{width}.pt"), cfg, NestedTransformer(cfg.model)))
+        run = client.create_run(exp).info.run_id
+        client.set_tag(run, "checkpoint_uri", ckpts[-1])
+        client.create_model_version("digits", ckpts[-1], run_id=run)
+    client.set_registered_model_alias("digits", "prod", "1")
+    app = build(ServeConfig(checkpoint="models:/digits@prod", mlflow_tracking_uri=uri, auto_presets=[]))
+    client.set_registered_model_alias("digits", "prod", "2")       # the alias moves after deployment
+    replica_args = app._bound_deployment.init_args[0]              # what every replica is started with
+    assert replica_args["checkpoint"] == "models:/digits/1"
+    later = Engine(serve_config_from_args(replica_args))
+    assert later.checkpoint_url == ckpts[0] and later.model_cfg.model.width == 32
+    assert build(ServeConfig(checkpoint=ckpts[1], auto_presets=[]))._bound_deployment.init_args[0]["checkpoint"] == ckpts[1]
+
+
 def test_nestgen_serve_refuses_a_bad_config_before_starting_anything(capsys):
     from pipelines.cli import main
     assert main(["serve", "configs/serve_digits.yaml", "--set", "max_samples_per_request=64"]) == 2
