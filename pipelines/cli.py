@@ -25,6 +25,7 @@ from nestgen.serving import client
 from pipelines import evaluate, pipeline, serve, tokenize, train, train_tokenizer
 from pipelines.cli_args import add_config_args, add_decode_args, add_set_arg, decode_config, decode_overrides
 from pipelines.config import load_run_config
+from pipelines.lease import LeaseHeld
 
 STEP_MODULES = (train, train_tokenizer, tokenize, pipeline, evaluate, serve)
 
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, LeaseHeld) as e:
         print(f"nestgen {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -21,10 +21,13 @@ def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None 
     if dry_run:
         print(runner.describe(runner.plan(from_step, only)))
         return runner
+    from pipelines.lease import Lease
     from pipelines.ray_runtime import init_ray
-    init_ray(ray_address)
-    t0 = time.perf_counter()
-    runner.run(from_step, only)
+    # one writer per output folder: a second `nestgen run` there is refused, naming the first
+    with Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"):
+        init_ray(ray_address)
+        t0 = time.perf_counter()
+        runner.run(from_step, only)
     print(next_steps(cfg, runner, time.perf_counter() - t0), flush=True)
     return runner
 

@@ -112,7 +112,33 @@ def _only_failed(t: pa.Table) -> pa.Table:
 
 def tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str,
                        cfg: TokenizeConfig | None = None, force: bool = False) -> dict:
-    """Run the step; returns the manifest. Needs `ray.init()` (or an address) done by the caller."""
+    """Run the step; returns the manifest. Needs `ray.init()` (or an address) done by the caller.
+    Holds the output folder's lease meanwhile: a second writer there is refused, naming this one."""
+    from pipelines.lease import Lease
+    with Lease(output_url, "nestgen tokenize"):
+        return _tokenize_to_shards(input_url, output_url, tokenizer_url, cfg, force)
+
+
+def remove_stale_shards(output_url: str, run_dir: str) -> list[str]:
+    """Delete the shards-* folders that the manifest on storage does not reference and that
+    are older than run_dir (by the UTC time in their names): replaced or abandoned runs. A
+    newer folder is another writer's run in progress; a folder the manifest names is read.
+    Returns the names deleted."""
+    fs, out_path = url_to_fs(output_url)
+    referenced = {read_manifest(output_url).get("shards_dir")} if exists(join(output_url, MANIFEST)) else set()
+    deleted = []
+    for d in fs.ls(out_path, detail=False, refresh=True):
+        name = d.rstrip("/").rsplit("/", 1)[-1]
+        # shards-<YYYYmmddTHHMMSS>-<uid>: the fixed-width UTC stamp orders runs by start time
+        if (name.startswith("shards-") and name not in referenced and name != run_dir
+                and name[len("shards-"):][:15] < run_dir[len("shards-"):][:15]):
+            remove_tree(protocol_prefix(output_url) + d)
+            deleted.append(name)
+    return deleted
+
+
+def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg: TokenizeConfig | None,
+                        force: bool) -> dict:
     import ray
     from ray.data.expressions import col
 
@@ -173,12 +199,7 @@ def tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str,
         "splits": splits, "failed": sorted(failed, key=lambda f: f["source_uri"]),
     }
     write_json_atomic(manifest_url, manifest)               # the commit point
-    # Older runs' shards (replaced, or left by a run that died before its manifest) are
-    # referenced by no manifest any more.
-    for d in fs.ls(out_path, detail=False):
-        name = d.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith("shards-") and name != run_dir:
-            remove_tree(protocol_prefix(output_url) + d)
+    remove_stale_shards(output_url, run_dir)
     return manifest
 
 

@@ -1,0 +1,67 @@
+"""Shared output folders: one writer at a time (a lease on local paths and on gs:// through
+a real GCS emulator), and tokenize deleting only shard folders nobody can be reading."""
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from nestgen.storage import write_json_atomic
+from pipelines.lease import Lease, LeaseHeld
+
+
+@pytest.fixture(params=["local", "gs"])
+def folder(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "out")
+    bucket = request.getfixturevalue("gcs_emulator")
+    return f"gs://{bucket}/lease-{request.node.name}-{os.getpid()}-{time.time_ns()}"
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(folder):
+    with Lease(folder, "nestgen run (digits-vq)"):
+        with pytest.raises(LeaseHeld) as e:
+            Lease(folder, "nestgen tokenize").acquire()
+        msg = str(e.value)
+        assert "nestgen run (digits-vq)" in msg and f"pid {os.getpid()}" in msg
+        assert f"host {socket.gethostname()}" in msg and "since 20" in msg and "expires 20" in msg
+    with Lease(folder, "nestgen tokenize"):                   # released at the end: the next one gets it
+        pass
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_holder_learns_it(folder):
+    dead = Lease(folder, "a run that died", ttl_s=1.0).acquire()   # never renewed, never released
+    with pytest.raises(LeaseHeld, match="a run that died"):
+        Lease(folder, "second").acquire()
+    time.sleep(1.5)
+    with Lease(folder, "second"):
+        with pytest.raises(LeaseHeld, match="lost the lease.*second"):
+            dead.renew()
+        dead.release()                                       # does not free what it no longer holds
+        with pytest.raises(LeaseHeld, match="second"):
+            Lease(folder, "third").acquire()
+
+
+def test_a_held_lease_is_renewed_past_its_ttl(folder):
+    with Lease(folder, "long step", ttl_s=3.0):
+        time.sleep(4.5)                                      # longer than the TTL: renewed meanwhile
+        with pytest.raises(LeaseHeld, match="long step"):
+            Lease(folder, "other").acquire()
+
+
+def test_tokenize_deletes_only_unreferenced_shard_folders_older_than_its_run(tmp_path):
+    from nestgen.data.shards import FORMAT, MANIFEST
+    from pipelines.tokenize import remove_stale_shards
+    names = {"referenced": "shards-20260101T000000-aaaaaa",    # what the manifest on storage names
+             "replaced": "shards-20260102T000000-bbbbbb",      # an older run nobody references
+             "mine": "shards-20260103T000000-cccccc",
+             "newer": "shards-20260104T000000-dddddd"}        # another writer's run in progress
+    for n in names.values():
+        (tmp_path / n / "train").mkdir(parents=True)
+        (tmp_path / n / "train" / "part-0.parquet").write_bytes(b"x")
+    write_json_atomic(str(tmp_path / MANIFEST), {"format": FORMAT, "shards_dir": names["referenced"], "splits": {}})
+    assert remove_stale_shards(str(tmp_path), names["mine"]) == [names["replaced"]]
+    assert sorted(p.name for p in tmp_path.glob("shards-*")) == sorted(
+        [names["referenced"], names["mine"], names["newer"]])
+    assert json.loads((tmp_path / MANIFEST).read_text())["shards_dir"] == names["referenced"]
