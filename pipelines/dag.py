@@ -9,7 +9,9 @@ config's outputs, and a killed step resumes in its own folder (Ray Train continu
 its last checkpoint there). A step is done when `<folder>/_COMPLETE.json` exists, written
 last, holding its outputs: a re-run skips done steps and runs from the first undone one.
 Transient failures are retried with backoff; input and config errors (ValueError,
-TypeError, KeyError, FileNotFoundError) fail at once.
+TypeError, KeyError, FileNotFoundError) fail at once, also when they come wrapped (a Ray
+Train WorkerGroupError holding a worker's ConfigError: Ray Train already spent its own
+max_failures on it).
 
 The runner executes steps in the driver in dependency order; the steps fan out on the
 cluster themselves (Ray Data, Ray Train, actors, Serve).
@@ -64,6 +66,26 @@ class StepRecord:
 
 class StepFailed(RuntimeError):
     pass
+
+
+def causes(e: BaseException):
+    """e and every exception it wraps: __cause__, a Ray Train WorkerGroupError's per-worker
+    failures (each wrapped with its traceback string as `_base_exc`), a ControllerError's
+    controller_failure, a RayTaskError's cause."""
+    seen, stack = set(), [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        stack.extend((getattr(x, "worker_failures", None) or {}).values())
+        stack.extend(getattr(x, a, None) for a in ("_base_exc", "controller_failure", "cause", "__cause__"))
+
+
+def permanent_cause(e: BaseException) -> BaseException | None:
+    """The input/config error inside e, if any: retrying would fail the same way."""
+    return next((c for c in causes(e) if isinstance(c, PERMANENT)), None)
 
 
 def topological(steps: list[Step]) -> list[Step]:
@@ -207,12 +229,14 @@ class Runner:
             except Exception as e:          # noqa: BLE001 - classified below
                 r.seconds += time.perf_counter() - t0
                 r.error = f"{type(e).__name__}: {e}"
-                permanent = isinstance(e, PERMANENT)
+                permanent = permanent_cause(e)
+                if permanent is not None and permanent is not e:
+                    r.error = f"{type(permanent).__name__}: {permanent} (inside {type(e).__name__})"
                 print(f"[dag] {s.name}: attempt {attempt} failed: {r.error}", flush=True)
-                if permanent or attempt > self.retries:
+                if permanent is not None or attempt > self.retries:
                     r.status = "failed"
                     traceback.print_exc()
-                    why = "input/config error, not retried" if permanent else f"after {attempt} attempts"
+                    why = "input/config error, not retried" if permanent is not None else f"after {attempt} attempts"
                     raise StepFailed(f"step {s.name!r} failed ({why}): {r.error}") from e
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
 

@@ -92,6 +92,25 @@ def test_transient_failures_are_retried(tmp_path):
         Runner(_dag(calls2, cfg), str(tmp_path / "x"), retries=1, backoff_s=0, faults={"a": 5}).run()
 
 
+def test_a_config_error_inside_ray_train_is_not_retried(tmp_path):
+    """Ray Train reports a worker's ConfigError as a WorkerGroupError (after its own
+    max_failures): the runner classifies it by the cause and does not retry it again."""
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    from nestgen.configschema import ConfigError
+    calls, cfg = Calls(), {"a": 1, "b": 1}
+    bad = ConfigError("model.width: must be a positive multiple of heads=8, got 100")
+    calls.fail["a"] = WorkerGroupError("rank 0 failed", {0: UserExceptionWithTraceback(bad, "Traceback ...")})
+    with pytest.raises(StepFailed, match=r"not retried.*ConfigError: model.width.*inside WorkerGroupError"):
+        Runner(_dag(calls, cfg), str(tmp_path), retries=3, backoff_s=0).run()
+    assert calls.log == ["a"]                                       # one attempt, no DAG retries
+    calls.log.clear()
+    calls.fail["a"] = WorkerGroupError("rank 1 died", {1: ConnectionError("peer reset")})
+    recs = Runner(_dag(calls, cfg), str(tmp_path), retries=3, backoff_s=0).run()
+    assert calls.log[:2] == ["a", "a"] and recs["a"].attempts == 2       # transient: retried
+
+
 def test_from_and_only(tmp_path):
     calls, cfg = Calls(), {"a": 1, "b": 1}
     Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0).run()
