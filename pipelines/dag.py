@@ -38,6 +38,7 @@ class StepContext:
     inputs: dict[str, dict]                  # upstream step name -> its outputs
     parent_run_id: str | None                # the pipeline's MLflow run
     attempt: int = 1
+    fingerprint: str = ""                    # keys the step's own MLflow run: a retry or resume reuses it
 
 
 @dataclass
@@ -218,7 +219,7 @@ class Runner:
                 if self.faults.get(s.name, 0) >= attempt:
                     raise ConnectionError(f"injected transient failure of {s.name} (attempt {attempt})")
                 parent = self.tracker.step_parent(r) if self.tracker else None
-                outputs = s.run(StepContext(r.folder, inputs, parent, attempt)) or {}
+                outputs = s.run(StepContext(r.folder, inputs, parent, attempt, r.fingerprint)) or {}
                 r.seconds += time.perf_counter() - t0
                 r.outputs, r.status, r.error = outputs, "done", ""
                 write_json_atomic(join(r.folder, MARKER), {

@@ -58,7 +58,8 @@ def tokenizer_step(cfg: RunConfig, ctx: StepContext) -> dict:
         return {"tokenizer_url": cfg.pipeline.tokenizer,
                 "tokenizer_hash": tokenizer_hash(load_tokenizer(cfg.pipeline.tokenizer))}
     from pipelines.train_tokenizer import fit_tokenizer
-    res = fit_tokenizer(cfg, ctx.inputs["data"]["raw_url"], ctx.folder, "train", parent_run_id=ctx.parent_run_id)
+    res = fit_tokenizer(cfg, ctx.inputs["data"]["raw_url"], ctx.folder, "train", parent_run_id=ctx.parent_run_id,
+                        run_key=ctx.fingerprint)
     return {"tokenizer_url": res.checkpoint_url, "tokenizer_hash": res.tokenizer_hash, "mlflow_run_id": res.run_id,
             **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}}
 
@@ -84,7 +85,7 @@ def train_config(cfg: RunConfig, inputs: dict) -> RunConfig:
 
 def train_step(cfg: RunConfig, ctx: StepContext) -> dict:
     from pipelines.train import fit
-    res = fit(train_config(cfg, ctx.inputs), ctx.folder, parent_run_id=ctx.parent_run_id)
+    res = fit(train_config(cfg, ctx.inputs), ctx.folder, parent_run_id=ctx.parent_run_id, run_key=ctx.fingerprint)
     from nestgen.storage import write_latest
     # <output_url>/<config name>/LATEST: configs sharing an output folder each name their own newest model
     write_latest(pipeline_folder(cfg), res.checkpoint_url)

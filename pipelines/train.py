@@ -110,17 +110,21 @@ def _tokenizer(cfg: RunConfig, manifest: dict | None):
 
 
 def register_model(client, run_id: str, ckpt_url: str, name: str, alias: str = "") -> str:
-    """A new version of registered model `name` for this run (served as models:/<name>/<v>,
-    or models:/<name>@<alias>); the run's checkpoint_uri tag is what the version resolves to."""
+    """The version of registered model `name` for this run's checkpoint (served as
+    models:/<name>/<v>, or models:/<name>@<alias>); the run's checkpoint_uri tag is what the
+    version resolves to. A checkpoint already registered for this run (a retried or resumed
+    step) keeps its version: one version per trained checkpoint."""
     from mlflow.exceptions import MlflowException
     try:
         client.create_registered_model(name)
     except MlflowException:
         pass                                   # it exists: add a version
+    same = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+            if v.tags.get("checkpoint_uri") == ckpt_url]
     # The source is the run (servers refuse plain paths outside a run's artifacts); the
     # checkpoint itself is the run's checkpoint_uri tag, copied onto the version for readers.
-    version = client.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id,
-                                          tags={"checkpoint_uri": ckpt_url}).version
+    version = same[0].version if same else client.create_model_version(
+        name, source=f"runs:/{run_id}/checkpoint", run_id=run_id, tags={"checkpoint_uri": ckpt_url}).version
     if alias:
         client.set_registered_model_alias(name, alias, version)
     client.set_tag(run_id, "registered_model", f"models:/{name}/{version}")
@@ -128,14 +132,14 @@ def register_model(client, run_id: str, ckpt_url: str, name: str, alias: str = "
 
 
 def fit(cfg: RunConfig, output_url: str, fault_injection: dict | None = None,
-        parent_run_id: str | None = None) -> TrainResult:
+        parent_run_id: str | None = None, run_key: str = "") -> TrainResult:
     """Train on the current Ray cluster (ray.init done by the caller); see the module doc."""
     from pipelines.train_data import token_dataset
 
     ds, manifest = token_dataset(cfg)
     extra = ({"data.manifest_url": cfg.data.url, "data.tokenizer_hash": manifest["tokenizer"]["hash"],
               "data.input_fingerprint": manifest["input_fingerprint"]} if manifest else {})
-    client, run_id = mlflow_run(cfg, "train", output_url, extra, parent_run_id)
+    client, run_id = mlflow_run(cfg, "train", output_url, extra, parent_run_id, run_key)
     try:
         trainer = torch_trainer(train_loop_per_worker, cfg, output_url, f"train-{cfg.name}", {"train": ds}, {
             "cfg": config_to_dict(cfg), "mlflow_uri": cfg.mlflow.resolved_uri(), "run_id": run_id,

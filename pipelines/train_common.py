@@ -20,17 +20,31 @@ def maybe_fail(fault: dict | None, step: int) -> None:
         raise RuntimeError(f"injected failure at step {step}")
 
 
+RUN_KEY_TAG = "nestgen.run_key"
+
+
 def mlflow_run(cfg: RunConfig, step_name: str, output_url: str, extra_params: dict | None = None,
-               parent_run_id: str | None = None):
+               parent_run_id: str | None = None, run_key: str = ""):
     """(client, run_id) of a new run with every config value as a param (a child run of
-    parent_run_id when given, e.g. a step of a pipeline run)."""
+    parent_run_id when given, e.g. a step of a pipeline run). With run_key (a DAG step's
+    fingerprint) the run tagged with that key is reused when there is one: a retried or
+    resumed step continues its run instead of adding another."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
     client = MlflowClient(cfg.mlflow.resolved_uri())
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment)
+    if run_key:
+        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            if parent_run_id:                  # shown under the pipeline run that resumed it
+                client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+            return client, run_id              # its params: logged at creation (same key, same config)
     run = client.create_run(exp_id, run_name=f"{step_name}-{cfg.name}",
                             tags={"nestgen.step": step_name, "output_url": output_url,
+                                  **({RUN_KEY_TAG: run_key} if run_key else {}),
                                   **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
     params = {k: str(v)[:6000] for k, v in flatten(config_to_dict(cfg)).items()}
     params.update({k: str(v) for k, v in (extra_params or {}).items()})

@@ -91,7 +91,8 @@ class TokenizerTrainResult:
 
 
 def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "train",
-                  fault_injection: dict | None = None, parent_run_id: str | None = None) -> TokenizerTrainResult:
+                  fault_injection: dict | None = None, parent_run_id: str | None = None,
+                  run_key: str = "") -> TokenizerTrainResult:
     """Train cfg.tokenizer on the raw files under data_url (Ray must be initialized)."""
     import ray
 
@@ -107,7 +108,8 @@ def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "
                            clips_per_video=cfg.tokenize.clips_per_video))
     ds = ray.data.from_items(items).randomize_block_order().map_batches(
         _decode_batch, fn_kwargs={"kind": t.kind, "spec": spec}, batch_size=64, batch_format="numpy")
-    client, run_id = mlflow_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url}, parent_run_id)
+    client, run_id = mlflow_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url}, parent_run_id,
+                                run_key)
     try:
         trainer = torch_trainer(tokenizer_loop_per_worker, cfg, output_url, f"tokenizer-{cfg.name}",
                                 {"train": ds}, {"cfg": config_to_dict(cfg), "mlflow_uri": cfg.mlflow.resolved_uri(),

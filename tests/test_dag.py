@@ -173,3 +173,32 @@ def test_nestgen_dag_shapes_and_fingerprints():
                             "tokenizer": {"steps": 7}})
     fp = fingerprints(build_steps(tok))
     assert [n for n in names if fp[n] != base[n]] == ["tokenizer", "tokenize", "train", "evaluate", "serve"]
+
+
+def test_retries_do_not_multiply_mlflow_runs_or_model_versions(tmp_path):
+    """A retried (and a resumed) step continues the MLflow run keyed by its fingerprint, and
+    registering the same checkpoint again keeps its version."""
+    from pipelines.train import register_model
+    from pipelines.train_common import mlflow_run
+    cfg = config_from_dict({"name": "reuse", "mlflow": {"experiment": "reuse-test"}})
+    seen = []
+
+    def train(ctx):
+        client, run_id = mlflow_run(cfg, "train", ctx.folder, None, ctx.parent_run_id, ctx.fingerprint)
+        seen.append(run_id)
+        if len(seen) == 1:
+            raise ConnectionError("lost the cluster")
+        version = register_model(client, run_id, f"{ctx.folder}/published/a.pt", "reuse-model", "prod")
+        client.set_terminated(run_id, "FINISHED")
+        return {"mlflow_run_id": run_id, "version": version}
+
+    recs = Runner([Step("train", _mkdir(train))], str(tmp_path), MlflowTracker(cfg), retries=2, backoff_s=0).run()
+    assert recs["train"].attempts == 2 and len(seen) == 2 and seen[0] == seen[1]
+    recs = Runner([Step("train", _mkdir(train))], str(tmp_path), MlflowTracker(cfg), backoff_s=0).run(from_step="train")
+    assert seen[2] == seen[0] and recs["train"].outputs["version"] == "1"
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("reuse-test").experiment_id
+    train_runs = client.search_runs([exp], filter_string="tags.`nestgen.step` = 'train'")
+    assert [r.info.run_id for r in train_runs] == [seen[0]] and train_runs[0].info.status == "FINISHED"
+    assert [str(v.version) for v in client.search_model_versions("name = 'reuse-model'")] == ["1"]
+    assert register_model(client, seen[0], f"{tmp_path}/published/b.pt", "reuse-model") == "2"   # a new checkpoint
