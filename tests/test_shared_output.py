@@ -65,3 +65,18 @@ def test_tokenize_deletes_only_unreferenced_shard_folders_older_than_its_run(tmp
     assert sorted(p.name for p in tmp_path.glob("shards-*")) == sorted(
         [names["referenced"], names["mine"], names["newer"]])
     assert json.loads((tmp_path / MANIFEST).read_text())["shards_dir"] == names["referenced"]
+
+
+def test_nestgen_run_and_tokenize_refuse_a_held_output_folder(tmp_path):
+    """Both take the lease before they touch Ray or the folder's contents."""
+    from nestgen.config import load_config
+    from pipelines.pipeline import run_pipeline
+    from pipelines.tokenize import tokenize_to_shards
+    out = str(tmp_path / "pipeline")
+    cfg = load_config("configs/digits_vq.yaml", [f"pipeline.output_url={out}"])
+    with Lease(out, "nestgen run (an earlier one)"):
+        with pytest.raises(LeaseHeld, match=r"in use by 'nestgen run \(an earlier one\)'"):
+            run_pipeline(cfg)
+        with pytest.raises(LeaseHeld, match="in use by"):
+            tokenize_to_shards(str(tmp_path / "raw"), out, str(tmp_path / "tok.pt"))
+    assert sorted(p.name for p in (tmp_path / "pipeline").iterdir()) == ["_lease"]
