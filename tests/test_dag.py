@@ -180,7 +180,7 @@ def test_retries_do_not_multiply_mlflow_runs_or_model_versions(tmp_path):
     registering the same checkpoint again keeps its version."""
     from pipelines.train import register_model
     from pipelines.train_common import mlflow_run
-    cfg = config_from_dict({"name": "reuse", "mlflow": {"experiment": "reuse-test"}})
+    cfg = run_config_from_dict({"name": "reuse", "mlflow": {"experiment": "reuse-test"}})
     seen = []
 
     def train(ctx):

@@ -69,11 +69,11 @@ def test_tokenize_deletes_only_unreferenced_shard_folders_older_than_its_run(tmp
 
 def test_nestgen_run_and_tokenize_refuse_a_held_output_folder(tmp_path):
     """Both take the lease before they touch Ray or the folder's contents."""
-    from nestgen.config import load_config
+    from pipelines.config import load_run_config
     from pipelines.pipeline import run_pipeline
     from pipelines.tokenize import tokenize_to_shards
     out = str(tmp_path / "pipeline")
-    cfg = load_config("configs/digits_vq.yaml", [f"pipeline.output_url={out}"])
+    cfg = load_run_config("configs/digits_vq.yaml", [f"pipeline.output_url={out}"])
     with Lease(out, "nestgen run (an earlier one)"):
         with pytest.raises(LeaseHeld, match=r"in use by 'nestgen run \(an earlier one\)'"):
             run_pipeline(cfg)
