@@ -131,7 +131,7 @@ def pin_model_version(uri: str, tracking_uri: str = "") -> str:
         return uri
     from mlflow.tracking import MlflowClient
 
-    from nestgen.config import MlflowConfig
+    from pipelines.config import MlflowConfig
     name, alias = uri[len("models:/"):].strip("/").split("@", 1)
     client = MlflowClient(MlflowConfig(tracking_uri=tracking_uri).resolved_uri())
     return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
