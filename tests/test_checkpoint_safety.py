@@ -91,3 +91,20 @@ def test_a_tokenizer_replaced_since_the_manifest_recorded_it_is_refused(tmp_path
     with pytest.raises(ValueError, match="trained on tokens of tokenizer"):
         shard_tokenizer(str(shards), expected_hash="0" * 16)
     assert os.path.exists(url)
+
+
+def test_what_latest_names_outlives_the_next_run_in_the_same_folder(tmp_path):
+    """A second run rewrites the folder's working checkpoint; the published copy the first
+    LATEST named stays, byte for byte (the Ray Train version of this is in test_train_pipeline)."""
+    from nestgen.config import config_from_dict
+    from nestgen.local_run import train_local
+    from nestgen.storage import resolve_checkpoint
+    out = str(tmp_path / "run")
+    small = {"model": {"width": 32, "depth": 1}, "train": {"steps": 2, "batch_size": 8, "log_every": 1}}
+    first = train_local(config_from_dict(small), out, progress=False)[0]
+    assert first.startswith(f"{out}/published/step00000002-") and resolve_checkpoint(out) == first
+    before = open(first, "rb").read()
+    second = train_local(config_from_dict({**small, "train": {**small["train"], "steps": 3}}), out, progress=False)[0]
+    assert resolve_checkpoint(out) == second != first
+    assert open(first, "rb").read() == before and read_checkpoint(first)["step"] == 2
+    assert read_checkpoint(out)["step"] == 3
