@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from nestgen.storage import join, write_latest
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config
 from pipelines.dag import Runner
@@ -27,9 +28,26 @@ def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None 
     with Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"):
         init_ray(ray_address)
         t0 = time.perf_counter()
-        runner.run(from_step, only)
+        try:
+            runner.run(from_step, only)
+        finally:
+            name_latest(cfg, runner)
     print(next_steps(cfg, runner, time.perf_counter() - t0), flush=True)
     return runner
+
+
+def pipeline_folder(cfg: RunConfig) -> str:
+    """<output_url>/<config name>: where a config's pipeline names its model (LATEST), so
+    configs sharing an output folder don't overwrite each other's."""
+    return join(cfg.pipeline.output_url, cfg.name)
+
+
+def name_latest(cfg: RunConfig, runner: Runner) -> None:
+    """Point the config's LATEST at the train step's checkpoint once that step is complete,
+    whether it ran now or earlier (also when a later step fails)."""
+    train = runner.records.get("train")
+    if train is not None and train.status in ("done", "skipped") and train.outputs.get("checkpoint_url"):
+        write_latest(pipeline_folder(cfg), train.outputs["checkpoint_url"])
 
 
 def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:

@@ -72,11 +72,6 @@ def tokenize_step(cfg: RunConfig, ctx: StepContext) -> dict:
             "failed": len(m["failed"]), "grid_shape": m["grid_shape"], "tokenizer_hash": m["tokenizer"]["hash"]}
 
 
-def pipeline_folder(cfg: RunConfig) -> str:
-    """Where a config's pipeline names its newest trained model (LATEST)."""
-    return join(cfg.pipeline.output_url, cfg.name)
-
-
 def train_config(cfg: RunConfig, inputs: dict) -> RunConfig:
     if "tokenize" in inputs:
         return replace(cfg, data=replace(cfg.data, source="shards", url=inputs["tokenize"]["shards_url"]))
@@ -86,9 +81,6 @@ def train_config(cfg: RunConfig, inputs: dict) -> RunConfig:
 def train_step(cfg: RunConfig, ctx: StepContext) -> dict:
     from pipelines.train import fit
     res = fit(train_config(cfg, ctx.inputs), ctx.folder, parent_run_id=ctx.parent_run_id, run_key=ctx.fingerprint)
-    from nestgen.storage import write_latest
-    # <output_url>/<config name>/LATEST: configs sharing an output folder each name their own newest model
-    write_latest(pipeline_folder(cfg), res.checkpoint_url)
     return {"checkpoint_url": res.checkpoint_url, "mlflow_run_id": res.run_id, "start_step": res.start_step,
             **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float)) and k.startswith("loss")}}
 

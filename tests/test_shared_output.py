@@ -80,3 +80,32 @@ def test_nestgen_run_and_tokenize_refuse_a_held_output_folder(tmp_path):
         with pytest.raises(LeaseHeld, match="in use by"):
             tokenize_to_shards(str(tmp_path / "raw"), out, str(tmp_path / "tok.pt"))
     assert sorted(p.name for p in (tmp_path / "pipeline").iterdir()) == ["_lease"]
+
+
+def test_configs_sharing_an_output_folder_each_name_their_own_latest(tmp_path, small_model_cfg):
+    from nestgen.checkpoint import read_checkpoint, save_checkpoint
+    from nestgen.config import NestgenConfig
+    from nestgen.model.nested_transformer import NestedTransformer
+    from pipelines.config import run_config_from_dict
+    from pipelines.dag import Runner, Step
+    from pipelines.pipeline import name_latest
+    out = str(tmp_path / "shared")
+
+    def train_step(step):
+        def run(ctx):
+            url = save_checkpoint(f"{ctx.folder}/c.pt", NestgenConfig(model=small_model_cfg),
+                                  NestedTransformer(small_model_cfg), step=step)
+            return {"checkpoint_url": url}
+        return run
+
+    for name, step in (("first", 1), ("second", 2)):
+        cfg = run_config_from_dict({"name": name, "pipeline": {"output_url": out}})
+        runner = Runner([Step("train", train_step(step), config=lambda n=name: n)], out, backoff_s=0)
+        runner.run()
+        name_latest(cfg, runner)
+    assert read_checkpoint(f"{out}/first")["step"] == 1 and read_checkpoint(f"{out}/second")["step"] == 2
+    again = Runner([Step("train", train_step(9), config=lambda: "first")], out, backoff_s=0)
+    again.run()                                              # skipped: complete; LATEST still named
+    assert again.records["train"].status == "skipped"
+    name_latest(run_config_from_dict({"name": "first", "pipeline": {"output_url": out}}), again)
+    assert read_checkpoint(f"{out}/first")["step"] == 1
