@@ -18,8 +18,8 @@ DECODE_FLAGS = (
 )
 
 
-def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("config", nargs=None if required else "?", help="YAML config file")
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
     add_set_arg(p, "override a config field, e.g. --set train.steps=200 (repeatable)")
 
 

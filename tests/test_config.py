@@ -73,13 +73,13 @@ def test_a_pipeline_checkpoint_loads_in_the_library(tmp_path):
     """A checkpoint written with a pipeline run's config holds the orchestration sections too;
     the library reads back its own sections, still strictly."""
     from nestgen.checkpoint import load_model, save_checkpoint
+    from nestgen.config import NestgenConfig, library_sections
     from nestgen.model.nested_transformer import NestedTransformer
     from pipelines.config import run_config_from_dict
     run = run_config_from_dict({"model": {"width": 32, "depth": 1}, "mlflow": {"experiment": "x"}})
     url = save_checkpoint(str(tmp_path / "c.pt"), run, NestedTransformer(run.model))
-    model, cfg = load_model(url)
-    assert type(cfg).__name__ == "NestgenConfig" and cfg.model == run.model and cfg.train == run.train
+    _, cfg = load_model(url)
+    assert type(cfg) is NestgenConfig and cfg.model == run.model and cfg.train == run.train
     bad = config_to_dict(run) | {"model": {"width": 32, "depth": 1, "widht": 3}}
     with pytest.raises(ConfigError, match="widht"):
-        from nestgen.config import library_sections
         config_from_dict(library_sections(bad))
