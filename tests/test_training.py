@@ -120,3 +120,43 @@ def test_grad_accumulation_and_sampled_sizes_run(small_model_cfg):
     ema = trainer.eval_model()
     assert ema is not trainer.core
     assert not torch.equal(ema.blocks[0].attn.qkv.weight, trainer.core.blocks[0].attn.qkv.weight)
+
+
+def _loss_and_grads(model, tcfg, factors, step=0):
+    tokens, labels = _synthetic_task(n=8)
+    model.zero_grad()
+    out = nested_loss(model, tokens, labels, tcfg, step, factors, torch.Generator().manual_seed(5))
+    out.total.backward()
+    return out, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("output_head", ["tied", "separate"])
+def test_chunked_loss_equals_whole_batch_loss(small_model_cfg, output_head):
+    """Head + CE over chunks of masked tokens (7 does not divide their count): the same loss,
+    per-size CEs and gradients of every parameter as the whole-batch loss, distillation on."""
+    torch.manual_seed(0)
+    model = NestedTransformer(dataclasses.replace(small_model_cfg, output_head=output_head))
+    whole = config_from_dict({"train": {"distill": {"schedule": "fixed", "value": 0.3}}}).train
+    chunked = dataclasses.replace(whole, loss_chunk=7)
+    ref, ref_grads = _loss_and_grads(model, whole, [1, 2, 4, 8])
+    out, grads = _loss_and_grads(model, chunked, [1, 2, 4, 8])
+    torch.testing.assert_close(out.total, ref.total)
+    assert out.per_size.keys() == ref.per_size.keys()
+    for f in ref.per_size:
+        torch.testing.assert_close(out.per_size[f], ref.per_size[f])
+    assert grads.keys() == ref_grads.keys() and "tok_emb.weight" in grads
+    for k in ref_grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], msg=k)
+
+
+def test_activation_checkpointing_keeps_gradients(small_model_cfg):
+    torch.manual_seed(0)
+    model = NestedTransformer(small_model_cfg)
+    tcfg = config_from_dict({"train": {"distill": {"schedule": "fixed", "value": 0.5}}}).train
+    ref, ref_grads = _loss_and_grads(model, tcfg, [1, 4])
+    model.checkpoint_blocks = True
+    out, grads = _loss_and_grads(model, tcfg, [1, 4])
+    torch.testing.assert_close(out.total, ref.total)
+    assert grads.keys() == ref_grads.keys()
+    for k in ref_grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], msg=k)

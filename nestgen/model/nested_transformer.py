@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from nestgen.model.config import ModelConfig
 
@@ -126,6 +127,19 @@ class NestedTransformer(nn.Module):
         self.head = nn.Linear(d, cfg.vocab_size, bias=False) if cfg.output_head == "separate" else None
         self.apply(self._init)
         nn.init.normal_(self.pos_emb, std=0.02)
+        # Training only: recompute each block's activations in backward instead of keeping
+        # them (memory for batch size); full passes without a cache honour it.
+        self.checkpoint_blocks = False
+
+    def compile_blocks(self) -> bool:
+        """torch.compile every block in place (parameter names unchanged). Blocks, not the
+        whole model: the nested widths and the decode loop's varying query counts only
+        recompile one small graph. False (and eager) where this torch cannot compile."""
+        if not hasattr(torch, "compile") or not torch._dynamo.is_dynamo_supported():
+            return False
+        for block in self.blocks:
+            block.compile()
+        return True
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -139,24 +153,40 @@ class NestedTransformer(nn.Module):
             raise ValueError(f"nest factor {factor} is not one of {self.cfg.nest_factors}")
         return self.cfg.width // factor
 
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
-        w = h.shape[-1]
+    def head_weight(self, width: int) -> torch.Tensor:
+        """(V, width) output projection of the sub-model of that width (tied: the token embedding)."""
         weight = self.head.weight if self.head is not None else self.tok_emb.weight[: self.cfg.vocab_size]
-        return F.linear(sliced_layer_norm(self.ln_f, h), weight[:, :w], self.head_bias)
+        return weight[:, :width]
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Final-norm features (..., w) from `features` -> logits (..., V)."""
+        return F.linear(features, self.head_weight(features.shape[-1]), self.head_bias)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.logits(sliced_layer_norm(self.ln_f, h))
+
+    def features(self, tokens: torch.Tensor, labels: torch.Tensor, factor: int = 1,
+                 cache: KVCache | None = None) -> torch.Tensor:
+        """Full pass up to the output head: final-norm features (B, N, D/factor) of the grid."""
+        return sliced_layer_norm(self.ln_f, self._trunk(tokens, labels, factor, cache))
+
+    def _trunk(self, tokens, labels, factor, cache):
+        w = self.width_of(factor)
+        x = torch.cat([self.cls_emb.weight[labels, None, :w], self.tok_emb.weight[tokens, :w]], dim=1)
+        x = x + self.pos_emb[:, :w]
+        if cache is not None:
+            cache.factor = factor
+        recompute = self.checkpoint_blocks and cache is None and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x, cache, i)
+        return x[:, 1:]
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor, factor: int = 1,
                 cache: KVCache | None = None, head_positions: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """Full pass. tokens (B, N) ids (mask id allowed), labels (B,) -> logits (B, N, V),
         or (B, n, V) at grid `head_positions` (B, n) only (decoding needs no other logits)."""
-        w = self.width_of(factor)
-        x = torch.cat([self.cls_emb.weight[labels, None, :w], self.tok_emb.weight[tokens, :w]], dim=1)
-        x = x + self.pos_emb[:, :w]
-        if cache is not None:
-            cache.factor = factor
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
-        x = x[:, 1:]
+        x = self._trunk(tokens, labels, factor, cache)
         if head_positions is not None:
             x = x.gather(1, head_positions[..., None].expand(-1, -1, x.shape[-1]))
         return self._head(x)

@@ -38,6 +38,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16 = autocast on CUDA
+    # Speed / memory levers (benchmarks/train.py measures each); none changes the loss.
+    loss_chunk: int = 0              # > 0: head + CE over this many masked tokens at a time
+    activation_checkpointing: bool = False   # recompute block activations in backward
+    compile: bool = False            # torch.compile each transformer block
 
     def num_sampled_sizes(self) -> int | None:
         """None for all sizes, else k from 'sample:k'."""
@@ -66,4 +70,5 @@ class TrainConfig:
         check(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
         check(self.cond_tokens >= 0, "cond_tokens", "must be >= 0")
         check(self.log_every >= 1, "log_every", "must be >= 1")
+        check(self.loss_chunk >= 0, "loss_chunk", "must be >= 0 (0: whole batch at once)")
         check_device(self.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import warnings
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -30,6 +31,9 @@ class NestedTrainer:
         self.device = device or resolve_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)
         self.model = (model or NestedTransformer(cfg.model)).to(self.device)
+        self.model.checkpoint_blocks = cfg.train.activation_checkpointing
+        if cfg.train.compile and not self.model.compile_blocks():
+            warnings.warn("train.compile: torch.compile is not available here; training eagerly")
         self.objective = NestedObjective(self.model, cfg.train)
         if wrap is not None:
             self.objective = wrap(self.objective)

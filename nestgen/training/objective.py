@@ -3,6 +3,11 @@
   L = CE(full) + sum_m [ lambda CE(m) + (1 - lambda) CE(m, stopgrad(softmax(full))) ]
 
 computed on one masked batch for every nested size (or a sampled subset), in one backward.
+
+With `loss_chunk` > 0 the head and both CEs run over chunks of that many masked tokens
+under activation checkpointing: the (masked tokens x vocabulary) fp32 logits of a size,
+and the teacher's softmax, then exist for one chunk at a time, in forward and backward,
+instead of for the whole batch (the same loss and gradients, one extra head matmul).
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from nestgen.masking import random_training_mask
 from nestgen.training.config import TrainConfig
@@ -58,21 +64,43 @@ def nested_loss(model, tokens: torch.Tensor, labels: torch.Tensor, cfg: TrainCon
     target = tokens[mask]
     lam = distill_lambda(cfg, step)
 
-    full_logits = model(inputs, labels, 1)[mask].float()
-    total = F.cross_entropy(full_logits, target, label_smoothing=cfg.label_smoothing)
-    per_size = {1: total.detach()}
-    teacher = full_logits.detach().softmax(-1)
-    for f in factors:
-        if f == 1:
-            continue
-        logits = model(inputs, labels, f)[mask].float()
-        ce = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
-        per_size[f] = ce.detach()
-        loss = lam * ce
-        if lam < 1.0:
-            loss = loss + (1.0 - lam) * F.cross_entropy(logits, teacher)
-        total = total + loss
+    if cfg.loss_chunk > 0:
+        feats = [model.features(inputs, labels, f)[mask] for f in factors]
+        sums = [torch.zeros((), device=tokens.device) for _ in range(3)]
+        for i in range(0, target.shape[0], cfg.loss_chunk):
+            part = checkpoint(_chunk_ce_sums, model, [x[i:i + cfg.loss_chunk] for x in feats],
+                              target[i:i + cfg.loss_chunk], cfg.label_smoothing, lam < 1.0,
+                              use_reentrant=False)
+            sums = [a + b for a, b in zip(sums, part)]
+        full_ce, small_ce, distill = (x / target.shape[0] for x in sums)
+    else:
+        logits = [model(inputs, labels, f)[mask].float() for f in factors]
+        full_ce, small_ce, distill = _ce_sums(logits, target, cfg.label_smoothing, lam < 1.0, "mean")
+    per_size = {1: full_ce.detach()} | {f: small_ce[j].detach() for j, f in enumerate(factors[1:])}
+    total = full_ce + lam * small_ce.sum() + (1.0 - lam) * distill.sum()
     return LossOutput(total, per_size, lam)
+
+
+def _ce_sums(logits: list[torch.Tensor], target: torch.Tensor, smoothing: float, distill: bool,
+             reduction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CE(full), CE(m) and CE(m, stopgrad(softmax(full))) for every smaller size m, from
+    fp32 logits (full first) of the same masked tokens."""
+    full_ce = F.cross_entropy(logits[0], target, label_smoothing=smoothing, reduction=reduction)
+    small = logits[1:]
+    zero = full_ce.new_zeros(len(small))
+    if not small:
+        return full_ce, zero, zero
+    small_ce = torch.stack([F.cross_entropy(x, target, label_smoothing=smoothing, reduction=reduction)
+                            for x in small])
+    if not distill:
+        return full_ce, small_ce, zero
+    teacher = logits[0].detach().softmax(-1)
+    return full_ce, small_ce, torch.stack([F.cross_entropy(x, teacher, reduction=reduction) for x in small])
+
+
+def _chunk_ce_sums(model, feats: list[torch.Tensor], target: torch.Tensor, smoothing: float,
+                   distill: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _ce_sums([model.logits(x).float() for x in feats], target, smoothing, distill, "sum")
 
 
 class NestedObjective(torch.nn.Module):
