@@ -1,6 +1,11 @@
 """Decode benchmark: full-size MaskGIT baseline vs MaGNeTS schedule and KV cache.
 
   python -m benchmarks.decode --json runs/bench_decode.json
+  python -m benchmarks.decode --modes fp32 bf16 fp32+compile     # CPU: what each mode buys
+
+`--modes` runs all four variants once per mode (precision, optionally `+compile`: every
+block torch.compile'd) in this one process, and reports each mode's speed against the first
+next to the baseline / MaGNeTS ratios. bf16 is autocast, on CPU as on GPU.
 
 Every variant runs in this one process, after a warm-up, as the median of --repeats runs,
 so ratios are comparable even on a noisy machine. Weights are random: speed and FLOPs do
@@ -9,6 +14,7 @@ not depend on them (the number of tokens fixed per step is deterministic).
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -33,8 +39,7 @@ VARIANTS = [  # (name, schedule, cache)
 
 def _time_decode(model, d, batch, device, precision, repeats, graphed):
     labels = torch.arange(batch, device=device) % model.cfg.num_classes
-    ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" and device.type == "cuda"
-           else torch.autocast("cpu", enabled=False))
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     if graphed:
         dec = GraphedDecoder(model, precision)
         run_once = lambda: dec(labels, d, range(batch))          # noqa: E731
@@ -64,26 +69,45 @@ def run(args) -> dict:
     model = NestedTransformer(cfg).to(device).eval()
     rows = []
     graphed = args.cuda_graphs and device.type == "cuda"
+    modes = args.modes or [args.precision]
+    models = {}
+    for mode in modes:
+        precision, _, compiled = mode.partition("+")
+        models[mode] = model
+        if compiled:
+            models[mode] = copy.deepcopy(model)
+            if not models[mode].compile_blocks():
+                print(f"  {mode}: torch.compile is not available here; eager", flush=True)
     for batch in args.batch_sizes:
-        for name, schedule, cache in VARIANTS:
-            d = DecodeConfig(schedule=schedule, steps=12, cache=cache, guidance_scale=args.guidance)
-            sec = _time_decode(model, d, batch, device, args.precision, args.repeats, graphed)
-            rows.append({"variant": name, "schedule": schedule, "cache": cache, "batch_size": batch,
-                         "gflops_per_sample": decode_flops(cfg, d).gflops,
-                         "seconds_per_sample": sec / batch})
-            print(f"  measured {name:14s} batch {batch:3d}: {sec / batch * 1e3:9.2f} ms/sample", flush=True)
-    ratios = {}
-    for batch in args.batch_sizes:
-        by = {r["variant"]: r for r in rows if r["batch_size"] == batch}
-        b, m = by["baseline"], by["magnets"]
-        ratios[str(batch)] = {"gflops_ratio": b["gflops_per_sample"] / m["gflops_per_sample"],
-                              "wall_ratio": b["seconds_per_sample"] / m["seconds_per_sample"]}
+        for mode in modes:
+            for name, schedule, cache in VARIANTS:
+                d = DecodeConfig(schedule=schedule, steps=12, cache=cache, guidance_scale=args.guidance)
+                sec = _time_decode(models[mode], d, batch, device, mode.partition("+")[0], args.repeats, graphed)
+                rows.append({"mode": mode, "variant": name, "schedule": schedule, "cache": cache,
+                             "batch_size": batch, "gflops_per_sample": decode_flops(cfg, d).gflops,
+                             "seconds_per_sample": sec / batch})
+                print(f"  measured {mode:12s} {name:14s} batch {batch:3d}: {sec / batch * 1e3:9.2f} ms/sample",
+                      flush=True)
+    by_mode = {}
+    for mode in modes:
+        by_mode[mode] = {}
+        for batch in args.batch_sizes:
+            by = {r["variant"]: r for r in rows if r["batch_size"] == batch and r["mode"] == mode}
+            first = {r["variant"]: r for r in rows if r["batch_size"] == batch and r["mode"] == modes[0]}
+            b, m = by["baseline"], by["magnets"]
+            by_mode[mode][str(batch)] = {
+                "gflops_ratio": b["gflops_per_sample"] / m["gflops_per_sample"],
+                "wall_ratio": b["seconds_per_sample"] / m["seconds_per_sample"],
+                f"baseline_speedup_vs_{modes[0]}": first["baseline"]["seconds_per_sample"] / b["seconds_per_sample"],
+                f"magnets_speedup_vs_{modes[0]}": first["magnets"]["seconds_per_sample"] / m["seconds_per_sample"]}
+    ratios = by_mode[modes[0]]
     big = str(max(args.batch_sizes))
     return {
         "model": {"width": cfg.width, "depth": cfg.depth, "heads": cfg.heads, "tokens": cfg.num_tokens,
                   "vocab": cfg.vocab_size, "params": model.num_params()},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "precision": args.precision, "cuda_graphs": graphed,
+        "threads": torch.get_num_threads(), "precision": modes[0].partition("+")[0], "modes": modes,
+        "cuda_graphs": graphed, "ratios_by_mode": by_mode,
         "guidance_scale": args.guidance,
         "repeats": args.repeats, "rows": rows, "ratios_by_batch": ratios,
         "gflops_ratio": ratios[big]["gflops_ratio"], "wall_ratio": ratios[big]["wall_ratio"],
@@ -93,13 +117,19 @@ def run(args) -> dict:
 def print_table(res: dict) -> None:
     print(f"\nmodel {res['model']}  device {res['device']}  precision {res['precision']}  "
           f"cuda_graphs {res['cuda_graphs']}")
-    print(f"{'variant':14s} {'schedule':16s} {'cache':10s} {'batch':>5s} {'GFLOPs/sample':>14s} {'ms/sample':>10s}")
+    print(f"{'mode':12s} {'variant':14s} {'schedule':16s} {'cache':10s} {'batch':>5s} {'GFLOPs/sample':>14s} "
+          f"{'ms/sample':>10s}")
     for r in res["rows"]:
-        print(f"{r['variant']:14s} {r['schedule']:16s} {r['cache']:10s} {r['batch_size']:5d} "
+        print(f"{r['mode']:12s} {r['variant']:14s} {r['schedule']:16s} {r['cache']:10s} {r['batch_size']:5d} "
               f"{r['gflops_per_sample']:14.3f} {r['seconds_per_sample'] * 1e3:10.2f}")
-    for b, r in res["ratios_by_batch"].items():
-        print(f"batch {b}: GFLOPs ratio {r['gflops_ratio']:.2f}x, wall-clock ratio {r['wall_ratio']:.2f}x "
-              "(baseline / magnets+cache)")
+    first = res["modes"][0]
+    print(f"\n{'mode':12s} {'batch':>5s} {'GFLOPs ratio':>12s} {'wall ratio':>10s} "
+          f"{'baseline x':>10s} {'magnets x':>10s}   (wall ratio: baseline / magnets+cache; "
+          f"x: speed-up vs {first})")
+    for mode, by_batch in res["ratios_by_mode"].items():
+        for b, r in by_batch.items():
+            print(f"{mode:12s} {b:>5s} {r['gflops_ratio']:11.2f}x {r['wall_ratio']:9.2f}x "
+                  f"{r[f'baseline_speedup_vs_{first}']:9.2f}x {r[f'magnets_speedup_vs_{first}']:9.2f}x")
 
 
 def main(argv=None) -> dict:
@@ -114,10 +144,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--guidance", type=float, default=0.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--modes", nargs="+", metavar="PRECISION[+compile]",
+                    help="compare these modes in one run (default: --precision alone)")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="replay each decode as one captured CUDA graph (GPU only)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine: busy "
+                    "cores make multi-threaded ops wait on each other)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     res = run(args)
     print_table(res)
     write_json(args.json, res)
