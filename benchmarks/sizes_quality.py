@@ -44,8 +44,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--modes", nargs="+", default=["all", "sample:1"])
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base = load_run_config(CONFIG, [f"train.steps={args.steps}", "train.warmup_steps=40",
                                 f"train.log_every={args.steps}", "train.device=cpu"])
     (tokens, labels), (hold_t, hold_l) = load_tokens(base)
