@@ -133,8 +133,8 @@ class NestedTransformer(nn.Module):
 
     def compile_blocks(self) -> bool:
         """torch.compile every block in place (parameter names unchanged). Blocks, not the
-        whole model: the nested widths and the decode loop's varying query counts only
-        recompile one small graph. False (and eager) where this torch cannot compile."""
+        whole model: each nested width, and each query count of the decode loop, then costs
+        the compilation of one small graph. False (and eager) where this torch cannot compile."""
         if not hasattr(torch, "compile") or not torch._dynamo.is_dynamo_supported():
             return False
         for block in self.blocks:
@@ -159,7 +159,7 @@ class NestedTransformer(nn.Module):
         return weight[:, :width]
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Final-norm features (..., w) from `features` -> logits (..., V)."""
+        """Final-norm features (..., w) of the sub-model of width w -> logits (..., V)."""
         return F.linear(features, self.head_weight(features.shape[-1]), self.head_bias)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
