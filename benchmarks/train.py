@@ -18,7 +18,9 @@ round-robin, so the ratios hold on a busy machine. The levers:
 
 MFU = achieved model FLOP/s (forward + backward of every nested size trained in the step,
 analytic; recomputation not counted) over the device's peak (--peak-tflops, default 989:
-H100 and H200 bf16 dense). On CPU only TFLOP/s are reported.
+H100 and H200 bf16 dense). On CPU only TFLOP/s are reported. Peak GiB (GPU): the most
+memory a lever's own trainer held (weights, optimizer state, a step's activations); saved
+MiB (any device): the activations one forward keeps for its backward.
 """
 from __future__ import annotations
 
@@ -154,12 +156,13 @@ def bench_levers(args) -> dict:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated() if cuda else 0     # the earlier levers' trainers
         tr = NestedTrainer(cfg)
         first = timed_step(tr)                       # includes compilation where compiled
         for _ in range(args.warmup - 1):
             timed_step(tr)
         runs[name] = {"cfg": cfg, "trainer": tr, "times": [], "first_step_seconds": first,
-                      "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
+                      "peak_gib": (torch.cuda.max_memory_allocated() - held) / 2 ** 30 if cuda else None,
                       "saved_mib": _saved_for_backward_mib(tr, tokens, labels)}
         print(f"  ready {name:10s} first step {first:7.2f} s", flush=True)
     for _ in range(args.steps):                      # round-robin: machine load hits all alike
