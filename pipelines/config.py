@@ -12,6 +12,7 @@ from typing import Literal
 
 from nestgen.config import NestgenConfig, config_from_dict, load_config
 from nestgen.configschema import check
+from nestgen.data.media import VideoLimits
 from nestgen.storage import mlflow_tracking_uri
 
 
@@ -25,6 +26,15 @@ class TokenizeConfig:
     fps: float = 8.0                 # videos are resampled to this rate
     clips_per_video: int = 1         # up to this many non-overlapping clips per video
     rows_per_shard: int = 4096
+    # Budgets per file, checked from the header before decoding; a file over one is a
+    # manifest failure. Only a video's first clips are decoded, however long it is.
+    max_image_pixels: int = 40_000_000     # width x height of an image
+    max_video_pixels: int = 3840 * 2160    # width x height of a video frame
+    max_video_frames: int = 18_000         # frames a video's header claims (and frames decoded)
+    max_video_seconds: float = 600.0       # duration a video's header claims
+
+    def video_limits(self) -> VideoLimits:
+        return VideoLimits(self.max_video_pixels, self.max_video_frames, self.max_video_seconds)
 
     def validate(self) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -34,6 +44,8 @@ class TokenizeConfig:
         check(self.fps >= 0, "fps", "must be >= 0 (0 keeps the source rate)")
         check(self.clips_per_video >= 1, "clips_per_video", "must be >= 1")
         check(self.rows_per_shard >= 1, "rows_per_shard", "must be >= 1")
+        for name in ("max_image_pixels", "max_video_pixels", "max_video_frames", "max_video_seconds"):
+            check(getattr(self, name) > 0, name, "must be > 0")
 
 
 @dataclass

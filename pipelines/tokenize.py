@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nestgen.configschema import to_dict
-from nestgen.data.media import ClipSpec, MediaError, load_image, load_video_clips
+from nestgen.data.media import (ClipSpec, MediaError, VideoLimits, load_image, load_video_clips,
+                               video_demuxer)
 from nestgen.data.raw_files import list_raw_files
 from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
 from nestgen.storage import (exists, join, protocol_prefix, read_bytes, remove_tree, resolve_checkpoint, url_to_fs,
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 def _fingerprint(items: list[dict], tok_hash: str, cfg: TokenizeConfig) -> str:
     h = hashlib.sha256(tok_hash.encode())
-    h.update(json.dumps([cfg.fps, cfg.clips_per_video]).encode())
+    h.update(json.dumps([cfg.fps, cfg.clips_per_video, cfg.max_image_pixels, cfg.max_video_pixels,
+                         cfg.max_video_frames, cfg.max_video_seconds]).encode())
     for it in items:
         h.update(f"{it['rel']}|{it['size']}".encode())
     return h.hexdigest()[:16]
@@ -48,7 +50,8 @@ def _fingerprint(items: list[dict], tok_hash: str, cfg: TokenizeConfig) -> str:
 class TokenizeFiles:
     """Ray Data actor: decode a batch of files and tokenize them in one tokenizer call."""
 
-    def __init__(self, tokenizer_url: str, tokenizer_hash: str, spec: dict):
+    def __init__(self, tokenizer_url: str, tokenizer_hash: str, spec: dict, max_image_pixels: int,
+                 video_limits: dict):
         import torch
 
         from nestgen.tokenizers import load_tokenizer
@@ -57,6 +60,8 @@ class TokenizeFiles:
         self.tok = load_tokenizer(tokenizer_url, "cuda" if torch.cuda.is_available() else "cpu", tokenizer_hash)
         self.hash = tokenizer_hash
         self.spec = ClipSpec(**spec)
+        self.max_image_pixels = max_image_pixels
+        self.video_limits = VideoLimits(**video_limits)
         self.grid = list(self.tok.cfg.grid)
         self.schema = shard_schema(int(np.prod(self.grid))).append(pa.field("error", pa.string()))
 
@@ -70,10 +75,11 @@ class TokenizeFiles:
         if item["kind"] == "image":
             if cfg.kind != "image":
                 raise MediaError("an image, but the tokenizer is a video tokenizer")
-            return [("", load_image(data, cfg.image_size, cfg.channels))]
+            return [("", load_image(data, cfg.image_size, cfg.channels, self.max_image_pixels))]
         if cfg.kind != "video":
             raise MediaError("a video, but the tokenizer is an image tokenizer")
-        return [(f"#clip{k}", c) for k, c in enumerate(load_video_clips(data, self.spec))]
+        clips = load_video_clips(data, self.spec, self.video_limits, video_demuxer(item["rel"]))
+        return [(f"#clip{k}", c) for k, c in enumerate(clips)]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from nestgen.tokenizers import clips_to_pixels, images_to_pixels
@@ -166,7 +172,9 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
                            channels=tok.cfg.channels, clips_per_video=cfg.clips_per_video))
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 200)))
     ds = ds.map_batches(
-        TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "tokenizer_hash": tok_hash, "spec": spec},
+        TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "tokenizer_hash": tok_hash, "spec": spec,
+                                              "max_image_pixels": cfg.max_image_pixels,
+                                              "video_limits": asdict(cfg.video_limits())},
         batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
         num_gpus=cfg.gpus_per_actor if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
     ).materialize()

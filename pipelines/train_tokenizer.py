@@ -23,17 +23,19 @@ from pipelines.ray_runtime import init_ray
 from pipelines.train_common import CKPT_FILE, Reporter, checkpoint_url, maybe_fail, mlflow_run, torch_trainer
 
 
-def _decode_batch(batch: dict[str, np.ndarray], kind: str, spec: dict) -> dict[str, np.ndarray]:
-    """Files -> uint8 pixels; undecodable files are dropped (tokenize reports them by name)."""
-    from nestgen.data.media import ClipSpec, MediaError, load_image, load_video_clips
+def _decode_batch(batch: dict[str, np.ndarray], kind: str, spec: dict, max_image_pixels: int,
+                  video_limits: dict) -> dict[str, np.ndarray]:
+    """Files -> uint8 pixels; undecodable files and files over the budgets are dropped
+    (tokenize reports them by name)."""
+    from nestgen.data.media import ClipSpec, MediaError, VideoLimits, load_image, load_video_clips, video_demuxer
     from nestgen.storage import read_bytes
-    clip = ClipSpec(**spec)
+    clip, limits = ClipSpec(**spec), VideoLimits(**video_limits)
     out = []
     for uri in batch["uri"]:
         try:
             data = read_bytes(str(uri))
-            out.extend([load_image(data, clip.size, clip.channels)] if kind == "image"
-                       else load_video_clips(data, clip))
+            out.extend([load_image(data, clip.size, clip.channels, max_image_pixels)] if kind == "image"
+                       else load_video_clips(data, clip, limits, video_demuxer(str(uri))))
         except (MediaError, OSError):
             continue
     shape = ((0, clip.size, clip.size, clip.channels) if kind == "image"
@@ -107,7 +109,9 @@ def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "
     spec = asdict(ClipSpec(frames=t.frames, fps=cfg.tokenize.fps, size=t.image_size, channels=t.channels,
                            clips_per_video=cfg.tokenize.clips_per_video))
     ds = ray.data.from_items(items).randomize_block_order().map_batches(
-        _decode_batch, fn_kwargs={"kind": t.kind, "spec": spec}, batch_size=64, batch_format="numpy")
+        _decode_batch, fn_kwargs={"kind": t.kind, "spec": spec, "max_image_pixels": cfg.tokenize.max_image_pixels,
+                                  "video_limits": asdict(cfg.tokenize.video_limits())},
+        batch_size=64, batch_format="numpy")
     client, run_id = mlflow_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url}, parent_run_id,
                                 run_key)
     try:
@@ -130,7 +134,8 @@ def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "
 def cmd_tokenizer_train(args) -> int:
     cfg = load_run_config(args.config, args.overrides)
     if args.local:
-        res = train_tokenizer_local(cfg.tokenizer, args.data, args.split, args.out, cfg.tokenize.fps)
+        res = train_tokenizer_local(cfg.tokenizer, args.data, args.split, args.out, cfg.tokenize.fps,
+                                    cfg.tokenize.max_image_pixels, cfg.tokenize.video_limits())
         for f in res.pop("skipped"):
             print(f"skipped {f['source_uri']}: {f['reason']}", file=sys.stderr)
         print(json.dumps(res, indent=1))

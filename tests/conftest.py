@@ -1,11 +1,13 @@
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,19 @@ def mlflow_server(tmp_path_factory):
 
 
 # ---- real data files and small trained tokenizers, made once per session -------------
+
+@pytest.fixture(scope="session")
+def png_claiming():
+    """png_claiming(w, h) -> a PNG with a valid header claiming w x h and a few bytes of
+    pixels: (100_000, 100_000) is a decompression bomb of under 150 bytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    def make(width: int, height: int) -> bytes:
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return make
+
 
 @pytest.fixture(scope="session")
 def digits_png(tmp_path_factory) -> Path:

@@ -1,4 +1,5 @@
-"""Digit PNGs laid out like ImageNet and moving-digit MP4s laid out like UCF101."""
+"""Digit PNGs laid out like ImageNet, moving-digit MP4s laid out like UCF101, and decoding
+hostile media within budgets."""
 import io
 
 import av
@@ -9,7 +10,8 @@ from PIL import Image
 
 from nestgen.data.digits import load_digit_tokens
 from nestgen.data.image_files import CLASS_NAMES, digit_images, read_image_folder, write_digit_images
-from nestgen.data.media import decode_mp4, encode_mp4
+from nestgen.data.media import (ClipSpec, MediaError, MediaLimitError, VideoLimits, decode_mp4, encode_mp4,
+                                load_image, load_video_clips, read_video)
 from nestgen.data.moving_digits import make_moving_digit_clips, read_video_folder, write_moving_digits
 
 # ---------------------------------------------------------------- digit PNGs
@@ -114,3 +116,115 @@ def test_write_moving_digits_layout_decoding_and_seeds(tmp_path):
     write_moving_digits(str(tmp_path / "c"), seed=1, **kw)
     c = _decoded(str(tmp_path / "c"))
     assert a.keys() == c.keys() and not any(np.array_equal(a[k], c[k]) for k in a)
+
+
+# ---------------------------------------------------------------- hostile media, bounded work
+
+ROOMY = VideoLimits(max_pixels=10**6, max_frames=10**4, max_seconds=3600)
+
+
+def test_images_over_the_pixel_budget_are_refused_from_the_header(png_claiming):
+    bomb = png_claiming(100_000, 100_000)
+    assert len(bomb) < 150
+    with pytest.raises(Image.DecompressionBombError):      # what Pillow alone raises: not an OSError
+        Image.open(io.BytesIO(bomb))
+    with pytest.raises(MediaLimitError, match="pixel budget of 1000000"):
+        load_image(bomb, 32, 3, max_pixels=10**6)
+    # Under Pillow's own limit but over ours: refused before its pixels are decoded (they
+    # would be a truncated stream, an OSError, if decoding were tried).
+    with pytest.raises(MediaLimitError, match="20000x1000 = 20000000 pixels, over the budget of 1000000"):
+        load_image(png_claiming(20_000, 1_000), 32, 3, max_pixels=10**6)
+    with pytest.raises(MediaError, match="undecodable image"):
+        load_image(png_claiming(200, 100), 32, 3, max_pixels=10**6)
+    good = io.BytesIO()
+    Image.fromarray(np.full((40, 60, 3), 7, np.uint8)).save(good, format="PNG")
+    assert load_image(good.getvalue(), 32, 3, max_pixels=40 * 60).shape == (32, 32, 3)
+    with pytest.raises(MediaError, match="undecodable image"):
+        load_image(good.getvalue()[:60], 32, 3, max_pixels=10**6)           # truncated
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+    with pytest.raises(MediaError, match="undecodable image"):              # no Ghostscript behind Pillow's back
+        load_image(eps, 32, 3, max_pixels=10**6)
+
+
+def test_a_long_video_is_decoded_only_as_far_as_its_clips_need():
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (240, 32, 32, 3), dtype=np.uint8)
+    data = encode_mp4(source, fps=24)
+    frames, decoded = read_video(data, ClipSpec(frames=8, fps=0, size=32), ROOMY, "mp4")
+    assert decoded == 8 and np.array_equal(np.stack(frames), decode_mp4(data)[:8])
+    # 2 clips of 8 frames at 8 fps from 24 fps: targets every third frame, the last at frame 45.
+    frames, decoded = read_video(data, ClipSpec(frames=8, fps=8, size=32, clips_per_video=2), ROOMY, "mp4")
+    assert decoded == 46 and np.array_equal(np.stack(frames), decode_mp4(data)[0:46:3])
+    clips = load_video_clips(data, ClipSpec(frames=8, fps=8, size=32, clips_per_video=2), ROOMY, "mp4")
+    assert [c.shape for c in clips] == [(8, 32, 32, 3)] * 2
+    # The header's frame count and duration are budgets too.
+    with pytest.raises(MediaLimitError, match="video has 240 frames, over the budget of 100"):
+        read_video(data, ClipSpec(frames=8, fps=0, size=32), VideoLimits(10**6, 100, 3600), "mp4")
+    with pytest.raises(MediaLimitError, match="video lasts 10.0 s, over the budget of 5"):
+        read_video(data, ClipSpec(frames=8, fps=0, size=32), VideoLimits(10**6, 10**4, 5), "mp4")
+
+
+def test_video_headers_are_checked_before_any_frame_is_decoded():
+    data = bytearray(encode_mp4(np.zeros((8, 48, 64, 3), np.uint8)))
+    # Zero the coded frames, keep the header: decoding would fail, so a budget refusal proves
+    # that the header was checked first.
+    at = data.index(b"mdat")
+    size = int.from_bytes(data[at - 4:at], "big")
+    data[at + 4:at - 4 + size] = bytes(size - 8)
+    spec = ClipSpec(frames=8, fps=0, size=32)
+    with pytest.raises(MediaLimitError, match="video frames are 64x48 = 3072 pixels, over the budget of 3000"):
+        read_video(bytes(data), spec, VideoLimits(3000, 100, 60), "mp4")
+    with pytest.raises(MediaError, match="undecodable video"):
+        read_video(bytes(data), spec, VideoLimits(3072, 100, 60), "mp4")
+
+
+def test_videos_open_only_with_the_demuxer_their_kind_names(tmp_path, monkeypatch):
+    """FFmpeg's probing would hand an ffconcat text to the concat demuxer, which opens the
+    files it names (relative to the working directory) and decodes them."""
+    monkeypatch.chdir(tmp_path)
+    clip = np.full((8, 32, 32, 3), 200, np.uint8)
+    (tmp_path / "local.mp4").write_bytes(encode_mp4(clip))
+    playlist = b"ffconcat version 1.0\nfile 'local.mp4'\n"
+    spec = ClipSpec(frames=8, fps=0, size=32)
+    with av.open(io.BytesIO(playlist)) as probed:                     # the hole, with probing
+        assert probed.format.name == "concat"
+    for demuxer in ("mp4", "mov", "matroska", "avi"):
+        with pytest.raises(MediaError, match="undecodable video"):
+            read_video(playlist, spec, ROOMY, demuxer)
+    with pytest.raises(MediaError, match="undecodable video"):        # content must match the kind
+        read_video((tmp_path / "local.mp4").read_bytes(), spec, ROOMY, "matroska")
+    assert read_video((tmp_path / "local.mp4").read_bytes(), spec, ROOMY, "mp4")[1] == 8
+
+
+def _h264(frames: np.ndarray) -> bytes:
+    """An H.264 elementary stream with its parameter sets in-band (at every keyframe)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="h264") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"x264-params": "repeat-headers=1", "preset": "ultrafast"}
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return buf.getvalue()
+
+
+def test_frames_growing_past_the_header_are_held_to_the_budget():
+    """An MP4 whose header (and first frames) say 32x32 and whose bitstream switches to
+    512x512: the decoder never allocates a frame over the budget."""
+    es = _h264(np.zeros((4, 32, 32, 3), np.uint8)) + _h264(np.full((4, 512, 512, 3), 100, np.uint8))
+    out = io.BytesIO()
+    with av.open(io.BytesIO(es), format="h264") as src, av.open(out, "w", format="mp4") as dst:
+        o = dst.add_stream_from_template(src.streams.video[0])
+        for i, p in enumerate(p for p in src.demux(video=0) if p.size):
+            p.stream, p.pts, p.dts = o, i, i
+            dst.mux(p)
+    data = out.getvalue()
+    with av.open(io.BytesIO(data), format="mp4") as c:
+        assert (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height) == (32, 32)
+    spec = ClipSpec(frames=8, fps=0, size=32)
+    with pytest.raises(MediaError, match="undecodable video"):
+        read_video(data, spec, VideoLimits(300 * 300, 100, 10**6), "mp4")
+    assert read_video(data, spec, VideoLimits(512 * 512, 100, 10**6), "mp4")[1] == 8

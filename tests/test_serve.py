@@ -211,6 +211,12 @@ def test_video_model_answers_with_a_playable_mp4_and_continues_given_frames(vide
                                 ({}, 422, "exactly one of mp4_base64 or frames")]:
         r = _post(video_url, {"condition": cond})
         assert r.status_code == status and words in r.text, r.text[:300]
+    # An ffconcat text, which FFmpeg's format probing would follow to the replica's own files,
+    # is refused alike whether the file it names exists ("." always does) or not.
+    answers = [_post(video_url, {"condition": {"mp4_base64": base64.b64encode(
+        f"ffconcat version 1.0\nfile '{name}'\n".encode()).decode()}}) for name in (".", "no-such-file.mp4")]
+    assert [r.status_code for r in answers] == [400, 400] and answers[0].json() == answers[1].json()
+    assert "undecodable conditioning video" in answers[0].text
     assert _tokens(_post(video_url, {"class_label": 2, "seed": 0, "format": "tokens", "condition": given})) == [pred[0]]
 
 

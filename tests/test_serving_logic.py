@@ -1,8 +1,11 @@
 """The serving logic without Ray: request checks, auto schedule choice, batch grouping, body
 limit, Serve config files, registered-model checkpoint URIs."""
 import asyncio
+import base64
 import json
+import logging
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -10,15 +13,18 @@ from pydantic import ValidationError
 from nestgen.checkpoint import save_checkpoint
 from nestgen.config import DecodeConfig, ServeConfig, config_from_dict
 from nestgen.configschema import ConfigError
+from nestgen.data.media import decode_mp4, encode_mp4
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.serving.auto import LatencyFeedback, LatencyModel, calibrate, choose_preset
 from nestgen.serving.batching import group_jobs, row_slices
 from nestgen.serving.body_limit import BodySizeLimit
+from nestgen.serving.conditioning import condition_tokens
 from nestgen.serving.deployment import deployment_options, read_serve_file
 from nestgen.serving.errors import RequestError
 from nestgen.serving.job import Job, rows_of
-from nestgen.serving.request import GenerateRequest
+from nestgen.serving.request import Condition, GenerateRequest
 from nestgen.serving.resolve import ModelSpec, resolve_request
+from nestgen.tokenizers import TokenizerConfig, VQTokenizer
 
 
 def _spec(**kw):
@@ -253,3 +259,63 @@ def test_nestgen_serve_refuses_a_bad_config_before_starting_anything(capsys):
     assert "serve.max_samples_per_request: must be in [1, max_batch_size=32]" in capsys.readouterr().err
     assert main(["serve", "configs/serve_digits.yaml", "--set", "max_batch_sise=8"]) == 2
     assert "unknown key(s) ['max_batch_sise']" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- conditioning MP4s
+
+def _video_tokenizer():
+    """A real (untrained) video tokenizer: 8 frames of 32x32 RGB -> a 2x4x4 grid."""
+    torch.manual_seed(0)
+    return VQTokenizer(TokenizerConfig(kind="video", channels=3, image_size=32, frames=8, downsample=8,
+                                       temporal_downsample=4, base_width=4, max_width=8, codebook_size=16,
+                                       code_dim=4))
+
+
+def _condition(data: bytes | None, limits=None, frames=None):
+    """condition_tokens for the first latent frame (16 tokens: 4 pixel frames) of an MP4 (or frames)."""
+    cond = Condition(frames=frames) if frames is not None else Condition(mp4_base64=base64.b64encode(data).decode())
+    return condition_tokens(cond, _video_tokenizer(), 16, [2, 4, 4], limits or ServeConfig().condition_limits())
+
+
+def test_a_conditioning_ffconcat_text_is_refused_alike_whether_its_file_exists(tmp_path, monkeypatch, caplog):
+    """FFmpeg's format probing opened an ffconcat text with the concat demuxer, which read the
+    replica's own files (relative to its working directory) and told apart existing ones."""
+    monkeypatch.chdir(tmp_path)
+    clip = np.full((8, 32, 32, 3), 200, np.uint8)
+    (tmp_path / "local.mp4").write_bytes(encode_mp4(clip))
+    answers = []
+    for name in ("local.mp4", "missing.mp4", "/etc/passwd"):
+        with pytest.raises(RequestError) as e:
+            _condition(f"ffconcat version 1.0\nfile '{name}'\n".encode())
+        answers.append((e.value.status, e.value.reason))
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[0] == (400, "condition.mp4_base64: undecodable conditioning video (expected an MP4 file "
+                               "with a video stream)")
+    assert "refused a conditioning video" in caplog.text          # the cause is in the replica's log
+    assert _condition((tmp_path / "local.mp4").read_bytes()).shape == (16,)     # sent as MP4 bytes, it works
+
+
+def test_a_conditioning_mp4_over_the_limits_is_refused_before_decoding():
+    big = encode_mp4(np.zeros((8, 64, 96, 3), np.uint8))
+    limits = ServeConfig(max_condition_pixels=64 * 64).condition_limits()
+    with pytest.raises(RequestError) as e:
+        _condition(big, limits)
+    assert e.value.status == 400
+    assert e.value.reason == "condition.mp4_base64: video frames are 96x64 = 6144 pixels, over the budget of 4096"
+    long = encode_mp4(np.zeros((90, 32, 32, 3), np.uint8), fps=30)
+    with pytest.raises(RequestError, match="video has 90 frames, over the budget of 60"):
+        _condition(long, ServeConfig(max_condition_frames=60).condition_limits())
+    with pytest.raises(RequestError, match="video lasts 3.0 s, over the budget of 2"):
+        _condition(long, ServeConfig(max_condition_seconds=2).condition_limits())
+    short = encode_mp4(np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(RequestError, match="has 2 frames; this model needs at least 4"):
+        _condition(short)
+    # Within the limits, a long clip conditions exactly as its first 4 decoded frames sent as
+    # frames (decoding stops there: see test_a_long_video_is_decoded_only_as_far_as_its_clips_need).
+    data = encode_mp4(np.random.default_rng(0).integers(0, 256, (90, 32, 32, 3), dtype=np.uint8), fps=30)
+    assert torch.equal(_condition(data), _condition(None, frames=decode_mp4(data)[:4].tolist()))
+
+
+def test_serve_config_refuses_non_positive_condition_limits():
+    with pytest.raises(ConfigError, match="max_condition_frames"):
+        config_from_dict({"serve": {"max_condition_frames": 0}})

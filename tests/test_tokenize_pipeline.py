@@ -63,18 +63,30 @@ def test_images_to_shards_exact_tokens_and_idempotent(ray_local, digits_png, ima
 
 
 def test_bad_files_are_reported_and_skipped(ray_local, digits_png, moving_digits_mp4, image_tokenizer,
-                                            video_tokenizer, tmp_path):
+                                            video_tokenizer, png_claiming, tmp_path):
+    """Every bad file is a manifest failure with its reason, and the step tokenizes every good
+    one: corrupt, empty, truncated, dangling, a decompression bomb (Pillow raises no OSError
+    for it), a header over the pixel budget, and videos that are over the budgets, not what
+    their extension says, or an ffconcat text that FFmpeg's probing would have followed."""
     raw = tmp_path / "raw_images"
     shutil.copytree(digits_png / "val", raw / "val")
+    real_png = next((raw / "val").rglob("*.png")).read_bytes()
     (raw / "val" / "3" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     (raw / "val" / "3" / "empty.jpg").write_bytes(b"")
+    (raw / "val" / "3" / "truncated.png").write_bytes(real_png[:len(real_png) // 2])
     (raw / "val" / "4" / "broken.png").symlink_to(tmp_path / "missing.png")
+    (raw / "val" / "4" / "bomb.png").write_bytes(png_claiming(100_000, 100_000))
+    (raw / "val" / "5" / "wide.png").write_bytes(png_claiming(20_000, 1_000))
     good = _count(digits_png, "val/*/*.png")
-    m = tokenize_to_shards(str(raw), str(tmp_path / "out_img"), str(image_tokenizer[0]))
+    m = tokenize_to_shards(str(raw), str(tmp_path / "out_img"), str(image_tokenizer[0]),
+                           TokenizeConfig(max_image_pixels=10**6))
     reasons = {f["source_uri"].rsplit("/", 1)[-1]: f["reason"] for f in m["failed"]}
-    assert set(reasons) == {"corrupt.png", "empty.jpg", "broken.png"}
+    assert set(reasons) == {"corrupt.png", "empty.jpg", "truncated.png", "broken.png", "bomb.png", "wide.png"}
     assert reasons["corrupt.png"].startswith("undecodable image")
+    assert reasons["truncated.png"].startswith("undecodable image")
     assert reasons["broken.png"].startswith("unreadable file")
+    assert reasons["bomb.png"].startswith("image over the pixel budget of 1000000")
+    assert reasons["wide.png"] == "image is 20000x1000 = 20000000 pixels, over the budget of 1000000"
     assert m["splits"]["val"]["rows"] == good
 
     from nestgen.data.media import encode_mp4
@@ -83,15 +95,23 @@ def test_bad_files_are_reported_and_skipped(ray_local, digits_png, moving_digits
     real = next((vraw / "train").rglob("*.mp4"))
     (vraw / "train" / "1" / "truncated.mp4").write_bytes(real.read_bytes()[:300])
     (vraw / "train" / "1" / "garbage.mp4").write_bytes(b"\x00" * 2048)
+    (vraw / "train" / "1" / "playlist.mp4").write_bytes(f"ffconcat version 1.0\nfile '{real.name}'\n".encode())
+    (vraw / "train" / "1" / "not-webm.webm").write_bytes(real.read_bytes())
     short = np.zeros((3, 32, 32, 3), dtype=np.uint8)
     (vraw / "train" / "2" / "short.mp4").write_bytes(encode_mp4(short, fps=8))
+    (vraw / "train" / "2" / "huge.mp4").write_bytes(encode_mp4(np.zeros((8, 64, 64, 3), np.uint8), fps=8))
+    (vraw / "train" / "2" / "long.mp4").write_bytes(encode_mp4(np.zeros((200, 32, 32, 3), np.uint8), fps=8))
     good_v = {s: _count(moving_digits_mp4, f"{s}/*/*.mp4") for s in ("train", "val")}
-    mv = tokenize_to_shards(str(vraw), str(tmp_path / "out_vid"), str(video_tokenizer))
+    good_v["train"] += 1                                       # long.mp4: its first clip
+    mv = tokenize_to_shards(str(vraw), str(tmp_path / "out_vid"), str(video_tokenizer),
+                            TokenizeConfig(max_video_pixels=32 * 32))
     vreasons = {f["source_uri"].rsplit("/", 1)[-1]: f["reason"] for f in mv["failed"]}
-    assert set(vreasons) == {"truncated.mp4", "garbage.mp4", "short.mp4"}
+    assert set(vreasons) == {"truncated.mp4", "garbage.mp4", "playlist.mp4", "not-webm.webm", "short.mp4",
+                             "huge.mp4"}
     assert "shorter than one clip" in vreasons["short.mp4"]
+    assert vreasons["huge.mp4"] == "video frames are 64x64 = 4096 pixels, over the budget of 1024"
     assert all(r.startswith(("undecodable video", "video has no decodable frames")) for k, r in vreasons.items()
-               if k != "short.mp4")
+               if k not in ("short.mp4", "huge.mp4"))
     assert {s: mv["splits"][s]["rows"] for s in good_v} == good_v
     tokens, labels, _ = load_split_tokens(str(tmp_path / "out_vid"), "train")
     assert tokens.shape == (good_v["train"], 2 * 4 * 4) and mv["grid_shape"] == [2, 4, 4]

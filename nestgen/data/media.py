@@ -1,10 +1,17 @@
-"""Image and video files <-> uint8 arrays.
+"""Image and video files <-> uint8 arrays, decoded within budgets.
 
 Decoding for training data: images through Pillow (resize the short side, center crop);
 videos through PyAV (resample to a target fps, fixed clip length, resize + center crop,
 several clips per long video). Every failure is a `MediaError` with a reason that a
 manifest can record. Plus the one H.264 MP4 encoder and its plain decoder, used by the
 moving-digits data, evaluation sample videos and the server's MP4 responses.
+
+The bytes may be hostile (a request's conditioning clip, a file in someone's data set), so
+the work per file is bounded before decoding starts: an image's size is read from its
+header and checked against a pixel budget; a video is opened with the one demuxer that
+its kind names (never FFmpeg's format probing, which would hand an `ffconcat` text or an
+HLS playlist to demuxers that open other files and URLs), its stream header is checked
+against `VideoLimits`, and decoding stops as soon as the frames the clips need are known.
 """
 from __future__ import annotations
 
@@ -12,14 +19,25 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+# The Pillow formats an image file may hold, whatever its extension says (real data sets
+# have PNGs named .jpg); no other Pillow plugin (EPS would run Ghostscript) ever sees the bytes.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# The FFmpeg demuxer that opens each video extension: the content must match its name.
+VIDEO_DEMUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".avi": "avi", ".mkv": "matroska",
+                  ".webm": "matroska"}
+VIDEO_EXTENSIONS = tuple(VIDEO_DEMUXERS)
 
 
 class MediaError(ValueError):
     """A file that cannot be turned into pixels; the message is the reason."""
+
+
+class MediaLimitError(MediaError):
+    """A file over a budget. The message names the budget and what the file's header claims
+    (never a decoder's text), so a service may show it to the client that sent the file."""
 
 
 def media_kind(path: str) -> str | None:
@@ -29,6 +47,12 @@ def media_kind(path: str) -> str | None:
     if low.endswith(VIDEO_EXTENSIONS):
         return "video"
     return None
+
+
+def video_demuxer(path: str) -> str:
+    """The demuxer for a video file, by its extension."""
+    low = path.lower()
+    return next(d for ext, d in VIDEO_DEMUXERS.items() if low.endswith(ext))
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -45,13 +69,21 @@ def _to_array(img: Image.Image, channels: int) -> np.ndarray:
     return arr[..., None] if channels == 1 else arr
 
 
-def load_image(data: bytes, size: int, channels: int = 3) -> np.ndarray:
-    """Encoded image bytes -> (size, size, channels) uint8."""
+def load_image(data: bytes, size: int, channels: int, max_pixels: int) -> np.ndarray:
+    """Encoded image bytes -> (size, size, channels) uint8. Images whose header claims more
+    than max_pixels are refused before their pixels are decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise MediaLimitError(f"image is {w}x{h} = {w * h} pixels, over the budget of {max_pixels}")
             img.load()
             return _to_array(resize_center_crop(img, size), channels)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except MediaError:
+        raise
+    except Image.DecompressionBombError as e:   # Pillow's own limit, checked inside open()
+        raise MediaLimitError(f"image over the pixel budget of {max_pixels}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - hostile bytes make decoders raise anything; the file is bad
         raise MediaError(f"undecodable image: {type(e).__name__}: {e}") from None
 
 
@@ -64,46 +96,105 @@ class ClipSpec:
     clips_per_video: int = 1    # up to this many non-overlapping clips from the start
 
 
-def _decode_frames(data: bytes) -> tuple[list[Image.Image], list[float]]:
+@dataclass(frozen=True)
+class VideoLimits:
+    """A video's budget, checked against its stream header before any frame is decoded, and
+    again while decoding (a header can lie, or leave the frame count out)."""
+    max_pixels: int             # width x height of one frame (also the decoder's own cap)
+    max_frames: int             # frames the header claims, and frames decoded
+    max_seconds: float          # the duration the header claims
+
+
+def _check_header(container, stream, limits: VideoLimits) -> None:
+    w, h = stream.codec_context.width, stream.codec_context.height
+    if w * h == 0:
+        raise MediaError("video stream header has no frame size")
+    if w * h > limits.max_pixels:
+        raise MediaLimitError(f"video frames are {w}x{h} = {w * h} pixels, over the budget of {limits.max_pixels}")
+    if stream.frames > limits.max_frames:
+        raise MediaLimitError(f"video has {stream.frames} frames, over the budget of {limits.max_frames}")
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    else:
+        seconds = (container.duration or 0) / 1_000_000      # AV_TIME_BASE units
+    if seconds > limits.max_seconds:
+        raise MediaLimitError(f"video lasts {seconds:.1f} s, over the budget of {limits.max_seconds} s")
+
+
+def _video_frames(data: bytes, demuxer: str, limits: VideoLimits | None):
+    """Yield (RGB image, seconds) per frame in decoding order, within `limits` (None: only
+    for files this project wrote). The caller may stop early; the container is closed then."""
     import av  # PyAV: imported here so that image-only users never load it
 
+    # Opening decodes a frame or two to fill in stream parameters: capped too (twice the
+    # budget: frame buffers count rows padded to the stride alignment).
+    options = {} if limits is None else {"max_pixels": str(min(2 * limits.max_pixels, 2**31 - 1))}
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), format=demuxer, options=options) as container:
             if not container.streams.video:
                 raise MediaError("no video stream")
             stream = container.streams.video[0]
-            frames, times = [], []
-            for frame in container.decode(stream):
-                frames.append(frame.to_image())
-                t = frame.time if frame.time is not None else len(times) / float(stream.average_rate or 25)
-                times.append(float(t))
-            return frames, times
+            if limits is not None:
+                _check_header(container, stream, limits)
+                # FFmpeg's own cap on every frame buffer it allocates: a parameter set later in
+                # the bitstream can claim a bigger frame than the header showed. The cap counts
+                # rows padded to the stride alignment (up to 64 pixels), so frames of the
+                # header's size must pass it padded; the budget itself is held on each frame.
+                w, h = stream.codec_context.width, stream.codec_context.height
+                cap = max(-(-w // 64) * 64 * h, limits.max_pixels)
+                stream.codec_context.options = {"max_pixels": str(min(cap, 2**31 - 1))}
+            rate = float(stream.average_rate or 25)
+            for n, frame in enumerate(container.decode(stream)):
+                if limits is not None:
+                    if n >= limits.max_frames:
+                        raise MediaLimitError(f"video decodes to more than {limits.max_frames} frames")
+                    if frame.width * frame.height > limits.max_pixels:
+                        raise MediaLimitError(f"video has a {frame.width}x{frame.height} frame, over the "
+                                              f"budget of {limits.max_pixels} pixels")
+                yield frame.to_image(), float(frame.time) if frame.time is not None else n / rate
     except MediaError:
         raise
-    except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
+    except Exception as e:  # noqa: BLE001 - hostile bytes make decoders raise anything; the file is bad
         raise MediaError(f"undecodable video: {type(e).__name__}: {e}") from None
 
 
-def load_video_clips(data: bytes, spec: ClipSpec) -> list[np.ndarray]:
+def read_video(data: bytes, spec: ClipSpec, limits: VideoLimits, demuxer: str) -> tuple[list[np.ndarray], int]:
+    """(up to spec.frames * spec.clips_per_video frames from the start, resampled to spec.fps
+    and resized to (size, size, channels) uint8; the number of frames decoded to get them).
+
+    Resampling takes, for each target time t0 + k/fps, the first source frame at or after it;
+    decoding stops as soon as the last frame wanted is known, so a long video costs only its
+    first clips. Only the frames kept are held in memory."""
+    want = spec.frames * spec.clips_per_video
+    out: list[np.ndarray] = []
+    decoded = 0
+    t0, step = None, 1.0 / spec.fps if spec.fps > 0 else 0.0
+    for img, t in _video_frames(data, demuxer, limits):
+        decoded += 1
+        t0 = t if t0 is None else t0
+        if spec.fps > 0:    # the target times this frame is the first at or after
+            k = len(out)
+            while k < want and t0 + k * step <= t + 1e-6:   # 1 us absorbs time-base rounding
+                k += 1
+            copies = k - len(out)
+        else:
+            copies = 1
+        if copies:
+            out.extend([_to_array(resize_center_crop(img, spec.size), spec.channels)] * copies)
+        if len(out) == want:
+            break
+    return out, decoded
+
+
+def load_video_clips(data: bytes, spec: ClipSpec, limits: VideoLimits, demuxer: str) -> list[np.ndarray]:
     """Encoded video bytes -> list of (frames, size, size, channels) uint8 clips."""
-    frames, times = _decode_frames(data)
+    frames, _ = read_video(data, spec, limits, demuxer)
     if not frames:
         raise MediaError("video has no decodable frames")
-    if spec.fps > 0 and len(times) > 1:
-        # Nearest source frame at each target timestamp: resampling to a fixed rate.
-        t0, t_end = times[0], times[-1]
-        targets = np.arange(t0, t_end + 1e-6, 1.0 / spec.fps)
-        src = np.searchsorted(np.asarray(times), targets, side="left").clip(0, len(frames) - 1)
-        frames = [frames[i] for i in src]
     if len(frames) < spec.frames:
         raise MediaError(f"video has {len(frames)} frames at {spec.fps} fps, shorter than one clip "
                          f"of {spec.frames}")
-    n_clips = min(spec.clips_per_video, len(frames) // spec.frames)
-    clips = []
-    for c in range(n_clips):
-        chunk = frames[c * spec.frames:(c + 1) * spec.frames]
-        clips.append(np.stack([_to_array(resize_center_crop(f, spec.size), spec.channels) for f in chunk]))
-    return clips
+    return [np.stack(frames[c * spec.frames:(c + 1) * spec.frames]) for c in range(len(frames) // spec.frames)]
 
 
 def encode_mp4(frames: np.ndarray, fps: int = 8, crf: int = 18) -> bytes:
@@ -132,10 +223,11 @@ def encode_mp4(frames: np.ndarray, fps: int = 8, crf: int = 18) -> bytes:
 
 
 def decode_mp4(data: bytes, gray: bool = False) -> np.ndarray:
-    """Video bytes -> every frame at the source rate and size: (T, H, W, 3) uint8 RGB, or
-    (T, H, W) when gray (the mean of RGB). MediaError when undecodable."""
-    frames, _ = _decode_frames(data)
+    """MP4 bytes this project wrote -> every frame at the source rate and size: (T, H, W, 3)
+    uint8 RGB, or (T, H, W) when gray (the mean of RGB). MediaError when undecodable. No
+    budget: bytes from elsewhere go through `read_video` with `VideoLimits`."""
+    frames = [np.asarray(img, dtype=np.uint8) for img, _ in _video_frames(data, "mp4", None)]
     if not frames:
         raise MediaError("video has no decodable frames")
-    out = np.stack([np.asarray(f.convert("RGB"), dtype=np.uint8) for f in frames])
+    out = np.stack(frames)
     return np.round(out.mean(-1)).astype(np.uint8) if gray else out

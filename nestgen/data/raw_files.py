@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nestgen.data.media import ClipSpec, MediaError, load_image, load_video_clips, media_kind
+from nestgen.data.media import (ClipSpec, MediaError, VideoLimits, load_image, load_video_clips, media_kind,
+                                video_demuxer)
 from nestgen.storage import protocol_prefix, read_bytes, url_to_fs
 
 SPLITS = ("train", "val", "validation", "test")
@@ -46,10 +47,11 @@ def list_raw_files(input_url: str) -> tuple[list[dict], list[dict], dict[str, in
     return items, unusable, label_map
 
 
-def load_raw_split(url: str, split: str, kind: str, size: int, channels: int,
-                   clip: ClipSpec | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def load_raw_split(url: str, split: str, kind: str, clip: ClipSpec, max_image_pixels: int,
+                   video_limits: VideoLimits) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """(uint8 arrays (n, [T,] size, size, C), labels (n,), failed [{source_uri, reason}])
-    of one split, in memory: for tokenizer training on sets that fit; bad files are skipped."""
+    of one split, in memory: for tokenizer training on sets that fit; bad files and files
+    over the budgets are skipped. Images are clip.size x clip.size too."""
     items, failed, _ = list_raw_files(url)
     arrays, labels = [], []
     for it in items:
@@ -57,8 +59,8 @@ def load_raw_split(url: str, split: str, kind: str, size: int, channels: int,
             continue
         try:
             data = read_bytes(it["uri"])
-            got = ([load_image(data, size, channels)] if kind == "image"
-                   else load_video_clips(data, clip or ClipSpec(size=size, channels=channels)))
+            got = ([load_image(data, clip.size, clip.channels, max_image_pixels)] if kind == "image"
+                   else load_video_clips(data, clip, video_limits, video_demuxer(it["rel"])))
         except (MediaError, OSError) as e:
             failed.append({"source_uri": it["uri"], "reason": str(e)})
             continue

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import math
 
 import numpy as np
 import torch
 
+from nestgen.data.media import ClipSpec, MediaError, MediaLimitError, VideoLimits, read_video
 from nestgen.serving.errors import RequestError
 from nestgen.serving.request import Condition
+
+log = logging.getLogger(__name__)
 
 
 def frames_needed(n_cond: int, grid: list[int], temporal_downsample: int) -> int:
@@ -27,17 +31,27 @@ def frames_needed(n_cond: int, grid: list[int], temporal_downsample: int) -> int
     return math.ceil(n_cond / per_latent_frame) * temporal_downsample
 
 
-def _from_mp4(text: str, frames: int, size: int, channels: int) -> np.ndarray:
-    from nestgen.data.media import ClipSpec, MediaError, load_video_clips
+def _from_mp4(text: str, need: int, size: int, channels: int, limits: VideoLimits) -> np.ndarray:
+    """The first `need` frames of a base64 MP4. Opened as MP4 only, its header checked against
+    the limits before decoding, and decoded no further than `need` frames. A refusal over a
+    limit says which; any other says only that the video is undecodable: FFmpeg's text is
+    for the replica's log, as it could tell a client about the replica's files."""
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError("condition.mp4_base64 is not valid base64") from None
     try:
         # fps=0 keeps the source frame rate: the client's frames are used as sent.
-        return load_video_clips(data, ClipSpec(frames=frames, fps=0, size=size, channels=channels))[0]
+        frames, _ = read_video(data, ClipSpec(frames=need, fps=0, size=size, channels=channels), limits, "mp4")
+    except MediaLimitError as e:
+        raise RequestError(f"condition.mp4_base64: {e}") from None
     except MediaError as e:
-        raise RequestError(f"condition.mp4_base64: undecodable conditioning video: {e}") from None
+        log.warning("refused a conditioning video: %s", e)
+        raise RequestError("condition.mp4_base64: undecodable conditioning video (expected an MP4 file "
+                           "with a video stream)") from None
+    if len(frames) < need:
+        raise RequestError(f"condition.mp4_base64 has {len(frames)} frames; this model needs at least {need}")
+    return np.stack(frames)
 
 
 def _from_frames(frames: list, need: int, size: int, channels: int) -> np.ndarray:
@@ -60,15 +74,15 @@ def _from_frames(frames: list, need: int, size: int, channels: int) -> np.ndarra
     return arr
 
 
-def condition_tokens(cond: Condition, tokenizer, n_cond: int, grid: list[int]) -> torch.Tensor:
-    """(n_cond,) token ids of the conditioning clip, on CPU."""
+def condition_tokens(cond: Condition, tokenizer, n_cond: int, grid: list[int], limits: VideoLimits) -> torch.Tensor:
+    """(n_cond,) token ids of the conditioning clip, on CPU; an MP4 must fit `limits`."""
     from nestgen.tokenizers import clips_to_pixels
     tc = tokenizer.cfg
     if (cond.mp4_base64 is None) == (cond.frames is None):
         raise RequestError("condition: give exactly one of mp4_base64 or frames", 422)
     need = frames_needed(n_cond, grid, tc.temporal_downsample)
     if cond.mp4_base64 is not None:
-        clip = _from_mp4(cond.mp4_base64, need, tc.image_size, tc.channels)
+        clip = _from_mp4(cond.mp4_base64, need, tc.image_size, tc.channels, limits)
     else:
         clip = _from_frames(cond.frames, need, tc.image_size, tc.channels)
     clip = clip[:need]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nestgen.configschema import check
+from nestgen.data.media import VideoLimits
 from nestgen.decoding.schedule import PRESETS
 from nestgen.device import check_device
 
@@ -26,6 +27,11 @@ class ServeConfig:
     max_body_bytes: int = 4_000_000  # larger bodies get 413
     decode_deadline_s: float = 300.0  # a decode running longer fails the replica's health check (Serve replaces it)
     api_keys_env: str = ""           # env var holding accepted bearer tokens (comma-separated); "" -> no auth
+    # A conditioning MP4's budget, checked from its header before decoding (400 when over);
+    # only the frames the conditioning needs are decoded.
+    max_condition_pixels: int = 1920 * 1080   # width x height of a frame
+    max_condition_frames: int = 600           # frames the header claims
+    max_condition_seconds: float = 60.0       # duration the header claims
     video_fps: int = 8               # frame rate of returned MP4s
     auto_presets: list[str] = field(default_factory=lambda: ["baseline", "magnets", "magnets-lite"])
     auto_latency_target_s: float = 1.0   # schedule "auto": best preset expected within this latency
@@ -33,6 +39,9 @@ class ServeConfig:
     max_replicas: int = 0            # > num_replicas: autoscale between the two
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
+
+    def condition_limits(self) -> VideoLimits:
+        return VideoLimits(self.max_condition_pixels, self.max_condition_frames, self.max_condition_seconds)
 
     def validate(self) -> None:
         check(bool(self.checkpoint), "checkpoint", "must name a checkpoint")
@@ -48,6 +57,8 @@ class ServeConfig:
         check(self.max_steps >= 0, "max_steps", "must be >= 0 (0: 4 x the checkpoint's decode.steps)")
         check(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
         check(self.decode_deadline_s > 0, "decode_deadline_s", "must be > 0")
+        for name in ("max_condition_pixels", "max_condition_frames", "max_condition_seconds"):
+            check(getattr(self, name) > 0, name, "must be > 0")
         check(self.video_fps >= 1, "video_fps", "must be >= 1")
         unknown = [p for p in self.auto_presets if p not in PRESETS]
         check(not unknown, "auto_presets", f"unknown preset(s) {unknown}; presets: {sorted(PRESETS)}")

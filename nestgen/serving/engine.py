@@ -148,7 +148,8 @@ class Engine:
         if req.condition is not None:
             if self.tokenizer is None:
                 raise RequestError("condition: this model has no tokenizer to encode frames with")
-            ids = condition_tokens(req.condition, self.tokenizer, self.spec.cond_tokens, list(self.spec.model.grid))
+            ids = condition_tokens(req.condition, self.tokenizer, self.spec.cond_tokens, list(self.spec.model.grid),
+                                   self.cfg.condition_limits())
             job.cond = ids.expand(job.rows, -1)
         return job
 
@@ -205,8 +206,9 @@ class Engine:
             "cond_tokens": self.spec.cond_tokens, "num_classes": self.spec.model.num_classes,
             "config": {k: to_dict(getattr(self.model_cfg, k)) for k in ("model", "decode")} | {"name": self.model_cfg.name},
             "limits": {k: getattr(self.cfg, k) for k in ("max_samples_per_request", "max_batch_size",
-                                                        "batch_wait_timeout_s", "max_body_bytes",
-                                                        "decode_deadline_s")} | {"max_steps": self.spec.max_steps},
+                                                        "batch_wait_timeout_s", "max_body_bytes", "decode_deadline_s",
+                                                        "max_condition_pixels", "max_condition_frames",
+                                                        "max_condition_seconds")} | {"max_steps": self.spec.max_steps},
         }
 
     def schedules(self) -> dict:

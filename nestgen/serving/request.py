@@ -24,7 +24,8 @@ class Condition(BaseModel):
     """Given leading frames for frame prediction: exactly one of the two fields."""
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    mp4_base64: str | None = Field(None, description="an MP4 clip, base64-encoded")
+    mp4_base64: str | None = Field(None, description="an MP4 clip, base64-encoded (MP4 only; its size, frame count "
+                                                     "and duration within the limits that /v1/model lists)")
     frames: list[Any] | None = Field(
         None, description="uint8 frames as nested lists, (T, H, W) gray or (T, H, W, C), H = W = the "
                           "tokenizer's image size")
