@@ -3,7 +3,6 @@ limit, Serve config files, registered-model checkpoint URIs."""
 import asyncio
 import base64
 import json
-import logging
 
 import numpy as np
 import pytest
