@@ -28,10 +28,10 @@ class TokenizeConfig:
     rows_per_shard: int = 4096
     # Budgets per file, checked from the header before decoding; a file over one is a
     # manifest failure. Only a video's first clips are decoded, however long it is.
-    max_image_pixels: int = 40_000_000     # width x height of an image
-    max_video_pixels: int = 3840 * 2160    # width x height of a video frame
-    max_video_frames: int = 18_000         # frames a video's header claims (and frames decoded)
-    max_video_seconds: float = 600.0       # duration a video's header claims
+    max_image_pixels: int = 40_000_000     # width x height an image's header may claim (else a failure row)
+    max_video_pixels: int = 3840 * 2160    # width x height of a video frame, from the stream header
+    max_video_frames: int = 18_000         # frames a video's header may claim (and frames decoded)
+    max_video_seconds: float = 600.0       # duration a video's header may claim
 
     def video_limits(self) -> VideoLimits:
         return VideoLimits(self.max_video_pixels, self.max_video_frames, self.max_video_seconds)

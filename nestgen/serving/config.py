@@ -29,9 +29,9 @@ class ServeConfig:
     api_keys_env: str = ""           # env var holding accepted bearer tokens (comma-separated); "" -> no auth
     # A conditioning MP4's budget, checked from its header before decoding (400 when over);
     # only the frames the conditioning needs are decoded.
-    max_condition_pixels: int = 1920 * 1080   # width x height of a frame
-    max_condition_frames: int = 600           # frames the header claims
-    max_condition_seconds: float = 60.0       # duration the header claims
+    max_condition_pixels: int = 1920 * 1080   # conditioning MP4: width x height of a frame
+    max_condition_frames: int = 600           # conditioning MP4: frames its header claims
+    max_condition_seconds: float = 60.0       # conditioning MP4: duration its header claims
     video_fps: int = 8               # frame rate of returned MP4s
     auto_presets: list[str] = field(default_factory=lambda: ["baseline", "magnets", "magnets-lite"])
     auto_latency_target_s: float = 1.0   # schedule "auto": best preset expected within this latency
