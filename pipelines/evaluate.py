@@ -20,8 +20,8 @@ from dataclasses import dataclass, fields, replace
 
 from nestgen.checkpoint import load_generator
 from nestgen.config import NestgenConfig, config_to_dict
-from nestgen.evaluation import (EvaluationReport, Requests, Sampler, Variant, VariantResult,
-                                build_quality_suite, load_eval_data, local_sampler, run_evaluation)
+from nestgen.evaluation import (EvaluationReport, Requests, Variant, VariantResult, build_quality_suite,
+                                eval_worker, load_eval_data, local_sampler, run_evaluation, sample_batch)
 from nestgen.evaluation.outputs import write_outputs
 from nestgen.evaluation.variants import collect, decode_config
 from nestgen.render import tokens_to_pixels
@@ -49,17 +49,14 @@ class EvalWorker:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model, _, tok = load_generator(checkpoint, device)
-        self.sampler = Sampler(model, run_config_from_dict(cfg), tok)
-        self.warm: set[Variant] = set()
+        self.cfg = run_config_from_dict(cfg)
+        self.worker = eval_worker(model, self.cfg, tok)
 
     def run(self, v: Variant, requests: Requests):
-        if v not in self.warm:
-            self.sampler.warm_up(v)
-            self.warm.add(v)
-        return self.sampler.run(v, requests.labels, requests.seeds, requests.cond)
+        return sample_batch(self.worker, self.cfg, v, requests)
 
     def device(self) -> str:
-        return str(self.sampler.device)
+        return str(self.worker.device)
 
 
 def ray_sampler(checkpoint: str, cfg: RunConfig):
@@ -148,8 +145,8 @@ def log_to_mlflow(cfg: RunConfig, report: EvaluationReport, files: dict, output_
         ts = int(time.time() * 1000)
         top = [Metric("baseline_gflops_per_sample", base.gflops_per_sample, ts, 0),
                Metric(f"baseline_{report.metric}", base.metrics[report.metric], ts, 0)]
-        if search:
-            chosen = report.results[-1]
+        chosen = report.searched()
+        if chosen is not None:
             top += [Metric("searched_gflops_saving", report.baseline_gflops / chosen.gflops_per_sample, ts, 0),
                     Metric(f"searched_{report.metric}", chosen.metrics[report.metric], ts, 0)]
         client.log_batch(run_id, metrics=top)

@@ -93,8 +93,8 @@ def evaluate_step(cfg: RunConfig, ctx: StepContext) -> dict:
     base = s["baseline"]
     out = {"summary_url": res.files["summary"], "plot_url": res.files["plot"], "mlflow_run_id": res.run_id,
            "metric": s["metric"], "baseline_gflops": base["gflops_per_sample"], "baseline_quality": base[s["metric"]]}
-    if s["search"]:
-        row = s["variants"][-1]
+    row = next((r for r in s["variants"] if r["searched"]), None)
+    if row is not None:
         out.update(searched_schedule=row["schedule"], searched_cache=row["cache"],
                    searched_gflops_saving=row["gflops_saving"], searched_quality=row[s["metric"]])
     return out

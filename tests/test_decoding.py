@@ -116,3 +116,22 @@ def test_first_step_fixes_the_most_confident_under_annealed_gumbel_noise(model, 
     top = score.topk(n_fixed, dim=1).indices
     expected.scatter_(1, top, sampled.gather(1, top))
     assert torch.equal(first, expected)
+
+
+def test_decode_worker_gives_decodes_tokens_after_an_untimed_warm_up(model):
+    from nestgen.decoding.worker import DecodeWorker
+    d = DecodeConfig(schedule="8x3,4x3,2x3,1x3", steps=12, cache="on_switch", guidance_scale=1.0)
+    labels, cond = torch.tensor([0, 1, 2]), torch.randint(0, model.cfg.vocab_size, (3, 4))
+    worker = DecodeWorker(model, model.cfg.grid, warm_up=True)
+    rows = []
+    h = model.blocks[0].register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
+    try:
+        # a new shape (decode config, conditioning length) is decoded once with two rows first
+        for c, warmed in ((None, True), (cond, True), (None, False)):
+            rows.clear()
+            got = worker.run(d, labels, [5, 6, 7], c)
+            assert (2 * 2 in rows) == warmed and 3 * 2 in rows          # rows doubled for guidance
+            assert got.pixels is None and got.seconds > 0
+            assert torch.equal(got.tokens, decode(model, labels, d, seeds=[5, 6, 7], cond=c).tokens)
+    finally:
+        h.remove()

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from nestgen.config import config_from_dict
-from nestgen.evaluation import (Variant, build_quality_suite, class_requests, load_eval_data, local_sampler,
-                                pareto_front, run_evaluation, step_splits)
+from nestgen.evaluation import (METRICS, EvalData, Variant, build_quality_suite, class_requests, load_eval_data,
+                                local_sampler, lower_is_better, pareto_front, run_evaluation, step_splits)
+from nestgen.evaluation.quality import requested_metrics
 from nestgen.evaluation.search import pick_candidates
 from nestgen.evaluation.variants import VariantResult, variant_gflops
 from nestgen.model.nested_transformer import NestedTransformer
@@ -93,6 +94,8 @@ def test_run_evaluation_search_and_outputs(digits_suite, tmp_path):
     names = [r.variant.name for r in report.results]
     assert names[:4] == ["baseline cache=none", "baseline cache=on_switch", "magnets cache=none",
                          "magnets cache=on_switch"] and names[4].startswith("searched: ")
+    assert [r.variant.searched for r in report.results] == [False] * 4 + [True]
+    assert report.searched() is report.results[4] and report.baseline() is report.results[0]
     assert len(report.search.scored) == 3
     assert report.results[4].gflops_per_sample <= 0.4 * report.baseline_gflops + 1e-9
     files = write_outputs(report, str(tmp_path / "eval"))
@@ -100,5 +103,39 @@ def test_run_evaluation_search_and_outputs(digits_suite, tmp_path):
     assert summary["baseline"]["variant"] == "baseline cache=none"
     assert summary["variants"][0]["gflops_saving"] == 1.0 and summary["variants"][0]["quality_change_vs_baseline"] == 0
     assert summary["protocols"]["fd_digits"]["num_samples"] == 60
+    assert [row["searched"] for row in summary["variants"]] == [False] * 4 + [True]
     assert (tmp_path / "eval" / "quality_vs_gflops.png").read_bytes()[:4] == b"\x89PNG"
     assert all(v["png"].endswith(".png") for v in files["samples"].values()) and len(files["samples"]) == 5
+
+
+def test_metric_registry_lookups():
+    assert list(METRICS) == ["fid", "is", "fvd", "fd_digits", "digits_accuracy", "fvd_digits",
+                             "digit_clip_accuracy", "frame_pred"]
+    assert METRICS["is"].headline == "inception_score" and METRICS["frame_pred"].headline == "frame_pred_mse"
+    assert [n for n, m in METRICS.items() if m.feature_net] == ["fid", "is", "fvd"]
+    assert METRICS["fid"].feature_net == "inception" and METRICS["fvd"].feature_net == "i3d"
+    assert {n for n, m in METRICS.items() if m.kind == "video"} == {"fvd", "fvd_digits", "digit_clip_accuracy",
+                                                                      "frame_pred"}
+    assert [lower_is_better(v) for v in ("fid", "fvd", "fd_digits", "frame_pred_mse")] == [True] * 4
+    assert [lower_is_better(v) for v in ("inception_score", "digits_accuracy", "digit_clip_accuracy",
+                                         "frame_pred_psnr")] == [False] * 4
+
+
+def test_auto_metrics_follow_the_registry():
+    cfg = _cfg()
+    data = load_eval_data(cfg)
+    assert requested_metrics(cfg.evaluate, cfg, data) == ["fid", "is", "fd_digits", "digits_accuracy"]
+    uncond = config_from_dict({"model": {"width": 32, "depth": 1, "num_classes": 0}})
+    assert requested_metrics(uncond.evaluate, uncond, data) == ["fid", "is", "fd_digits"]
+    with pytest.raises(ValueError, match=r"unknown \['fdi'\]"):
+        requested_metrics(_cfg(metrics=["fd_digits", "fdi"]).evaluate, cfg, data)
+
+
+def test_metrics_the_data_rules_out_are_unavailable_with_the_reason():
+    cfg = _cfg(metrics=["fd_digits", "frame_pred"])
+    tokens = torch.zeros(4, 64, dtype=torch.long)
+    cats = EvalData("image", tokens, torch.zeros(4, dtype=torch.long), lambda: (tokens, tokens[:, 0]),
+                    ["cat", "dog"], "two pets")
+    with pytest.raises(ValueError, match="fd_digits: the classes .* are not the digits 0..9; "
+                                         "frame_pred: train.cond_tokens is 0"):
+        build_quality_suite(cfg, cats, lambda t: tokens_to_pixels(t, cfg.model.grid))

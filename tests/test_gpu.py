@@ -65,3 +65,16 @@ def test_cuda_graph_decode_equals_eager(small_model_cfg):
     d = DecodeConfig(schedule="4x2,1x2", steps=4, cache="on_switch")
     lab = torch.tensor([0, 1, 2], device="cuda")
     assert torch.equal(dec(lab, d, [4, 5, 6], cond), decode(model, lab, d, [4, 5, 6], cond).tokens)
+
+
+def test_cuda_graph_worker_equals_eager_decode(small_model_cfg):
+    from nestgen.decoding.worker import DecodeWorker
+    model = NestedTransformer(small_model_cfg).cuda().eval()
+    labels, cond = torch.tensor([0, 1, 2, 0]), torch.randint(0, small_model_cfg.vocab_size, (4, 4))
+    d = DecodeConfig(schedule="8x3,4x3,2x3,1x3", steps=12, cache="on_switch", guidance_scale=1.0)
+    worker = DecodeWorker(model, small_model_cfg.grid, cuda_graphs=True, warm_up=True)
+    for c in (None, cond):
+        eager = decode(model, labels, d, seeds=[1, 2, 3, 4], cond=c).tokens.cpu()
+        assert torch.equal(worker.run(d, labels, [1, 2, 3, 4], c).tokens, eager)
+        assert worker.graphs.captured(4, d, 0 if c is None else 4)
+        assert torch.equal(worker.run(d, labels, [1, 2, 3, 4], c).tokens, eager)    # replayed

@@ -50,6 +50,14 @@ class GraphedDecoder:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
+    @staticmethod
+    def _key(rows: int, cfg: DecodeConfig, n_cond: int) -> tuple:
+        return rows, n_cond, tuple(dataclasses.astuple(cfg))
+
+    def captured(self, rows: int, cfg: DecodeConfig, n_cond: int = 0) -> bool:
+        """Whether a graph for this shape is held (its next call replays, no capture)."""
+        return self._key(rows, cfg, n_cond) in self._graphs
+
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor, cfg: DecodeConfig, seeds: Sequence[int] | None = None,
                  cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,7 +65,7 @@ class GraphedDecoder:
             return decode(self.model, labels, cfg, seeds, cond).tokens
         b = labels.shape[0]
         n_cond = 0 if cond is None else cond.shape[1]
-        key = (b, n_cond, tuple(dataclasses.astuple(cfg)))
+        key = self._key(b, cfg, n_cond)
         seed_t = seed_tensor(seeds, b, self.device)
         entry = self._graphs.get(key)
         if entry is None:

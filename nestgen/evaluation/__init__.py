@@ -6,14 +6,15 @@ run: one evaluation end to end with injected sampling; report: Pareto front, tab
 The Ray step (pipelines.evaluate) spreads sampling over actors and logs to MLflow.
 """
 from nestgen.evaluation.data import EvalData, eval_requests, load_eval_data
-from nestgen.evaluation.quality import QualitySuite, build_quality_suite, lower_is_better
+from nestgen.evaluation.quality import METRICS, MetricSpec, QualitySuite, build_quality_suite, lower_is_better
 from nestgen.evaluation.report import pareto_front, quality_plot_png, results_table
 from nestgen.evaluation.run import EvaluationReport, local_sampler, run_evaluation
 from nestgen.evaluation.search import SearchResult, search_schedule, step_splits
-from nestgen.evaluation.variants import (Requests, Sampler, Variant, VariantResult, class_requests,
-                                         sample_variants, variants_from_config)
+from nestgen.evaluation.variants import (Requests, Variant, VariantResult, class_requests, eval_worker,
+                                         sample_batch, sample_variants, variants_from_config)
 
-__all__ = ["EvalData", "eval_requests", "load_eval_data", "QualitySuite", "build_quality_suite",
+__all__ = ["EvalData", "eval_requests", "load_eval_data", "METRICS", "MetricSpec", "QualitySuite", "build_quality_suite",
            "lower_is_better", "pareto_front", "quality_plot_png", "results_table", "EvaluationReport",
            "local_sampler", "run_evaluation", "SearchResult", "search_schedule", "step_splits", "Requests",
-           "Sampler", "Variant", "VariantResult", "class_requests", "sample_variants", "variants_from_config"]
+           "Variant", "VariantResult", "class_requests", "eval_worker", "sample_batch", "sample_variants",
+           "variants_from_config"]

@@ -1,11 +1,16 @@
-"""Which metrics score an evaluation's samples, built once per evaluation.
+"""Which metrics score an evaluation's samples: the metric registry, and the suite built
+from it once per evaluation.
 
-`auto` picks by model kind and data: FID + IS (image) or FVD (video) whenever the standard
-feature networks are present locally; the digits metrics when the classes are the digits;
-frame-prediction error when the model is conditioned on leading frames. A metric whose
-weights are absent is listed under `unavailable` with the reason and never reported under
-its name. The *primary* metric (plots, search) is FID/FVD when available, else the
-digits Fréchet distance, else the first metric.
+Every fact about a metric is in its `MetricSpec` in `METRICS`: the kind of samples it
+scores, the values it reports and which way each is better, what it needs (standard
+feature-net weights, digit classes, a frame-prediction model) and how it is built.
+`auto` picks by model kind and data: FID + IS (image) or FVD (video), reported whenever the
+standard feature networks are present locally; the digits metrics when the classes are the
+digits; frame-prediction error when the model is conditioned on leading frames. A metric
+that cannot be computed is listed under `unavailable` with the reason and never reported
+under its name. The *primary* metric (plots, search) is the available headline value of
+lowest `primary_rank` (FID/FVD, else the digits Fréchet distances, else frame-prediction
+MSE), else the first metric's.
 """
 from __future__ import annotations
 
@@ -22,16 +27,63 @@ from nestgen.metrics.protocol import MetricResult
 if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
     from nestgen.config import NestgenConfig
 
-KNOWN = ("fid", "is", "fvd", "fd_digits", "digits_accuracy", "fvd_digits", "digit_clip_accuracy",
-         "frame_pred")
-HIGHER_IS_BETTER = {"digits_accuracy", "digit_clip_accuracy", "inception_score", "frame_pred_psnr"}
-PRIMARY_ORDER = ("fid", "fvd", "fd_digits", "fvd_digits", "frame_pred_mse")
-
 Scorer = Callable[[np.ndarray, Requests], list[MetricResult]]
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric not in HIGHER_IS_BETTER
+@dataclass
+class _Context:
+    cfg: NestgenConfig
+    data: EvalData
+    render: Callable
+    device: str
+    memo: dict = field(default_factory=dict)
+
+    @property
+    def ref_pixels(self) -> np.ndarray | None:
+        """Held-out pixels through the renderer, made on first use (None for raw digits: 8x8 levels)."""
+        if self.cfg.data.source == "digits":
+            return None
+        return self.once("ref_pixels", lambda: np.asarray(self.render(self.data.holdout_tokens)))
+
+    def once(self, key: str, make):
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric that `evaluate.metrics` can name."""
+    name: str                               # as written in evaluate.metrics
+    kind: str                               # image | video: the samples it scores (what `auto` picks it for)
+    values: dict[str, bool]                 # reported value -> higher is better; the first is the headline
+    build: Callable[[_Context, object], Scorer]   # (context, loaded feature net or None) -> scorer
+    feature_net: str | None = None          # the standard network it needs, inception | i3d (local files only)
+    needs_digits: bool = False              # the classes must be the digits 0..9 (a digits classifier judges)
+    needs_frame_prediction: bool = False    # train.cond_tokens > 0: there are true frames to compare with
+    auto_if_class_conditional: bool = False  # `auto` picks it only when samples are asked for by class
+    primary_rank: int | None = None         # preference as the primary metric (lowest first)
+
+    @property
+    def headline(self) -> str:
+        return next(iter(self.values))
+
+    def unavailable_reason(self, ctx: _Context) -> str | None:
+        """Why the data or model rules this metric out (None when they do not)."""
+        if self.needs_digits and not ctx.data.is_digits:
+            return f"the classes {ctx.data.label_names[:12]} are not the digits 0..9"
+        if self.needs_frame_prediction and not ctx.cfg.train.cond_tokens:
+            return "train.cond_tokens is 0: the model is not a frame predictor"
+        return None
+
+
+def higher_is_better(value: str) -> bool:
+    """Direction of a reported value (e.g. inception_score, frame_pred_psnr); unknown ones are distances."""
+    return any(spec.values.get(value, False) for spec in METRICS.values())
+
+
+def lower_is_better(value: str) -> bool:
+    return not higher_is_better(value)
 
 
 @dataclass
@@ -57,40 +109,15 @@ class QualitySuite:
 
 def requested_metrics(e: EvaluateConfig, cfg: NestgenConfig, data: EvalData) -> list[str]:
     if e.metrics != ["auto"]:
-        bad = [m for m in e.metrics if m not in KNOWN]
+        bad = [m for m in e.metrics if m not in METRICS]
         if bad:
-            raise ValueError(f"evaluate.metrics: unknown {bad}; known: auto or {list(KNOWN)}")
+            raise ValueError(f"evaluate.metrics: unknown {bad}; known: auto or {list(METRICS)}")
         return list(e.metrics)
-    conditional = cfg.model.num_classes > 0 and not cfg.train.cond_tokens
-    if data.kind == "image":
-        names = ["fid", "is"] + (["fd_digits"] + (["digits_accuracy"] if conditional else [])
-                                 if data.is_digits else [])
-    else:
-        names = ["fvd"] + (["fvd_digits"] + (["digit_clip_accuracy"] if conditional else [])
-                           if data.is_digits else [])
-        names += ["frame_pred"] if cfg.train.cond_tokens else []
-    return names
-
-
-@dataclass
-class _Context:
-    cfg: NestgenConfig
-    data: EvalData
-    render: Callable
-    device: str
-    memo: dict = field(default_factory=dict)
-
-    @property
-    def ref_pixels(self) -> np.ndarray | None:
-        """Held-out pixels through the renderer, made on first use (None for raw digits: 8x8 levels)."""
-        if self.cfg.data.source == "digits":
-            return None
-        return self.once("ref_pixels", lambda: np.asarray(self.render(self.data.holdout_tokens)))
-
-    def once(self, key: str, make):
-        if key not in self.memo:
-            self.memo[key] = make()
-        return self.memo[key]
+    by_class = cfg.model.num_classes > 0 and not cfg.train.cond_tokens
+    return [m.name for m in METRICS.values() if m.kind == data.kind
+            and (data.is_digits or not m.needs_digits)
+            and (cfg.train.cond_tokens or not m.needs_frame_prediction)
+            and (by_class or not m.auto_if_class_conditional)]
 
 
 def build_quality_suite(cfg: NestgenConfig, data: EvalData, render, device: str = "cpu") -> QualitySuite:
@@ -100,12 +127,16 @@ def build_quality_suite(cfg: NestgenConfig, data: EvalData, render, device: str 
     ctx = _Context(cfg, data, render, device)
     suite = QualitySuite({}, "", reference=data.source)
     for name in names:
+        spec = METRICS[name]
         try:
-            suite.scorers[name] = _SCORERS[name](ctx)
+            why = spec.unavailable_reason(ctx)
+            if why:
+                raise _Unavailable(why)
+            suite.scorers[name] = spec.build(ctx, spec.feature_net and _feature_net(ctx, spec.feature_net))
         except _Unavailable as err:
             suite.unavailable[name] = str(err)
-    produced = {"is": "inception_score", "frame_pred": "frame_pred_mse"}
-    have = [produced.get(n, n) for n in suite.scorers]
+    computed = [METRICS[n] for n in suite.scorers]
+    have = [m.headline for m in computed]
     if not have:
         raise ValueError("no quality metric is available: " + "; ".join(f"{k}: {v}" for k, v in suite.unavailable.items()))
     if e.quality_metric != "auto":
@@ -114,17 +145,13 @@ def build_quality_suite(cfg: NestgenConfig, data: EvalData, render, device: str 
                              + (f" (unavailable: {suite.unavailable})" if suite.unavailable else ""))
         suite.primary = e.quality_metric
     else:
-        suite.primary = next((m for m in PRIMARY_ORDER if m in have), have[0])
+        ranked = sorted((m for m in computed if m.primary_rank is not None), key=lambda m: m.primary_rank)
+        suite.primary = ranked[0].headline if ranked else have[0]
     return suite
 
 
 class _Unavailable(Exception):
     pass
-
-
-def _need_digits(ctx: _Context) -> None:
-    if not ctx.data.is_digits:
-        raise _Unavailable(f"the classes {ctx.data.label_names[:12]} are not the digits 0..9")
 
 
 _DIGITS_NETS: dict = {}
@@ -136,7 +163,6 @@ def _image_net(ctx: _Context):
     from nestgen.data.digits import digit_tokens_to_images
     from nestgen.metrics.digits_metrics import digits_stats
     from nestgen.metrics.digits_train import train_digit_classifier
-    _need_digits(ctx)
 
     def make():
         cfg = ctx.cfg
@@ -154,7 +180,6 @@ def _clip_net(ctx: _Context):
     """A clip classifier trained on the training split's clips (as the tokenizer renders them)."""
     from nestgen.metrics.digits_metrics import digits_stats
     from nestgen.metrics.digits_train import train_clip_classifier
-    _need_digits(ctx)
 
     def make():
         train = np.asarray(ctx.render(ctx.data.train_tokens))
@@ -164,34 +189,31 @@ def _clip_net(ctx: _Context):
     return ctx.once("clip_net", make)
 
 
-def _fd_digits(ctx: _Context) -> Scorer:
-    from nestgen.metrics.digits_metrics import fd_digits
-    net, info, ref = _image_net(ctx)
-    return lambda pixels, requests: [fd_digits(net, pixels, ref, info)]
+def _vs_reference(net_of: Callable, metric: str) -> Callable[[_Context, None], Scorer]:
+    """A digits-classifier metric of the samples' features against the held-out reference's."""
+    def build(ctx: _Context, _: None) -> Scorer:
+        from nestgen.metrics import digits_metrics
+        net, info, ref = net_of(ctx)
+        return lambda pixels, requests: [getattr(digits_metrics, metric)(net, pixels, ref, info)]
+    return build
 
 
-def _digits_accuracy(ctx: _Context) -> Scorer:
-    from nestgen.metrics.digits_metrics import digits_accuracy
-    net, info, _ = _image_net(ctx)
-    return lambda pixels, requests: [digits_accuracy(net, pixels, requests.labels.numpy(), info)]
+def _vs_labels(net_of: Callable, metric: str) -> Callable[[_Context, None], Scorer]:
+    """A digits-classifier metric of the samples' predicted classes against the classes asked for."""
+    def build(ctx: _Context, _: None) -> Scorer:
+        from nestgen.metrics import digits_metrics
+        net, info, _ = net_of(ctx)
+        return lambda pixels, requests: [getattr(digits_metrics, metric)(net, pixels, requests.labels.numpy(), info)]
+    return build
 
 
-def _fvd_digits(ctx: _Context) -> Scorer:
-    from nestgen.metrics.digits_metrics import fvd_digits
-    net, info, ref = _clip_net(ctx)
-    return lambda pixels, requests: [fvd_digits(net, pixels, ref, info)]
-
-
-def _digit_clip_accuracy(ctx: _Context) -> Scorer:
-    from nestgen.metrics.digits_metrics import digit_clip_accuracy
-    net, info, _ = _clip_net(ctx)
-    return lambda pixels, requests: [digit_clip_accuracy(net, pixels, requests.labels.numpy(), info)]
-
-
-def _feature_net(ctx: _Context, spec):
-    from nestgen.metrics.feature_nets import FeatureNetUnavailable, load_feature_net
+def _feature_net(ctx: _Context, which: str):
+    """The standard network `which` (inception | i3d), loaded once per evaluation."""
+    from nestgen.metrics.feature_nets import I3D, INCEPTION, FeatureNetUnavailable, load_feature_net
+    spec = {"inception": INCEPTION, "i3d": I3D}[which]
     try:
-        return load_feature_net(spec, ctx.cfg.evaluate.feature_net or None, ctx.device)
+        return ctx.once(f"feature_net:{which}",
+                        lambda: load_feature_net(spec, ctx.cfg.evaluate.feature_net or None, ctx.device))
     except FeatureNetUnavailable as err:
         raise _Unavailable(str(err)) from None
 
@@ -205,38 +227,43 @@ def _reference(ctx: _Context, key: str, stats_fn):
     return ctx.once(key, lambda: stats_fn(ctx.ref_pixels))
 
 
-def _fid(ctx: _Context) -> Scorer:
-    from nestgen.metrics.feature_nets import INCEPTION
+def _fid(ctx: _Context, net) -> Scorer:
     from nestgen.metrics.fid import compute_fid, compute_inception_stats
-    net = _feature_net(ctx, INCEPTION)
     ref = _reference(ctx, "inception_ref", lambda px: compute_inception_stats(net, px))
     return lambda pixels, requests: [compute_fid(net, pixels, ref)]
 
 
-def _is(ctx: _Context) -> Scorer:
-    from nestgen.metrics.feature_nets import INCEPTION
+def _is(ctx: _Context, net) -> Scorer:
     from nestgen.metrics.fid import compute_inception_score
-    net = _feature_net(ctx, INCEPTION)
     return lambda pixels, requests: [compute_inception_score(net, pixels)]
 
 
-def _fvd(ctx: _Context) -> Scorer:
-    from nestgen.metrics.feature_nets import I3D
+def _fvd(ctx: _Context, net) -> Scorer:
     from nestgen.metrics.fvd import compute_fvd, compute_video_stats
-    net = _feature_net(ctx, I3D)
     # every frame of a clip counts: samples and held-out clips come out of one tokenizer
     ref = _reference(ctx, "i3d_ref", lambda px: compute_video_stats(net, px, num_frames=int(px.shape[1])))
     return lambda pixels, requests: [compute_fvd(net, pixels, ref, num_frames=int(pixels.shape[1]))]
 
 
-def _frame_pred(ctx: _Context) -> Scorer:
+def _frame_pred(ctx: _Context, _: None) -> Scorer:
     from nestgen.metrics.frame_error import frame_prediction_error
-    if not ctx.cfg.train.cond_tokens:
-        raise _Unavailable("train.cond_tokens is 0: the model is not a frame predictor")
     cfg = ctx.cfg
     return lambda pixels, requests: list(frame_prediction_error(
         pixels, requests.targets, cond_frames(cfg, pixels.shape[1])).values())
 
 
-_SCORERS = {"fid": _fid, "is": _is, "fvd": _fvd, "fd_digits": _fd_digits, "digits_accuracy": _digits_accuracy,
-            "fvd_digits": _fvd_digits, "digit_clip_accuracy": _digit_clip_accuracy, "frame_pred": _frame_pred}
+METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("fid", "image", {"fid": False}, _fid, feature_net="inception", primary_rank=0),
+    MetricSpec("is", "image", {"inception_score": True}, _is, feature_net="inception"),
+    MetricSpec("fvd", "video", {"fvd": False}, _fvd, feature_net="i3d", primary_rank=1),
+    MetricSpec("fd_digits", "image", {"fd_digits": False}, _vs_reference(_image_net, "fd_digits"),
+               needs_digits=True, primary_rank=2),
+    MetricSpec("digits_accuracy", "image", {"digits_accuracy": True}, _vs_labels(_image_net, "digits_accuracy"),
+               needs_digits=True, auto_if_class_conditional=True),
+    MetricSpec("fvd_digits", "video", {"fvd_digits": False}, _vs_reference(_clip_net, "fvd_digits"),
+               needs_digits=True, primary_rank=3),
+    MetricSpec("digit_clip_accuracy", "video", {"digit_clip_accuracy": True},
+               _vs_labels(_clip_net, "digit_clip_accuracy"), needs_digits=True, auto_if_class_conditional=True),
+    MetricSpec("frame_pred", "video", {"frame_pred_mse": False, "frame_pred_psnr": True}, _frame_pred,
+               needs_frame_prediction=True, primary_rank=4),
+)}

@@ -52,7 +52,7 @@ def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better:
         ax.scatter([r.gflops_per_sample for r in searched], [r.metrics[metric] for r in searched],
                    s=18, c="0.7", label="search candidates (held-out seeds)", zorder=1)
     for r, gi, qi, f in zip(results, g, q, front):
-        color = "tab:red" if r.variant.label == "searched" else ("tab:blue" if r.variant.cache == "none" else "tab:green")
+        color = "tab:red" if r.variant.searched else ("tab:blue" if r.variant.cache == "none" else "tab:green")
         ax.scatter([gi], [qi], s=60 if f else 30, marker="*" if f else "o", c=color, zorder=3)
         ax.annotate(r.variant.name, (gi, qi), fontsize=7, xytext=(4, 3), textcoords="offset points")
     pts = sorted((gi, qi) for gi, qi, f in zip(g, q, front) if f)

@@ -13,7 +13,7 @@ from nestgen.evaluation.data import EvalData, eval_requests
 from nestgen.evaluation.quality import QualitySuite
 from nestgen.evaluation.report import pareto_front, results_table
 from nestgen.evaluation.search import SearchResult, search_schedule
-from nestgen.evaluation.variants import (Requests, Sampler, Variant, VariantResult, baseline_variant,
+from nestgen.evaluation.variants import (Requests, Variant, VariantResult, baseline_variant, eval_worker,
                                          sample_variants, variant_gflops, variants_from_config)
 
 if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
@@ -40,9 +40,13 @@ class EvaluationReport:
         """The full model without cache when it was evaluated, else the first variant."""
         ref = baseline_variant(self.cfg)
         for r in self.results:
-            if r.schedule == ref.schedule and r.variant.cache == "none" and not r.variant.label:
+            if r.schedule == ref.schedule and r.variant.cache == "none" and not r.variant.searched:
                 return r
         return self.results[0]
+
+    def searched(self) -> VariantResult | None:
+        """The schedule search's choice, evaluated with the other variants (None without a search)."""
+        return next((r for r in self.results if r.variant.searched), None)
 
     def front(self) -> list[bool]:
         return pareto_front([r.gflops_per_sample for r in self.results],
@@ -101,5 +105,5 @@ def run_evaluation(cfg: NestgenConfig, sample: SampleFn, suite: QualitySuite, da
 
 
 def local_sampler(model, cfg: NestgenConfig, tokenizer=None) -> SampleFn:
-    sampler = Sampler(model, cfg, tokenizer)
-    return lambda variants, requests: sample_variants(sampler, variants, requests, cfg.evaluate.batch_size)
+    worker = eval_worker(model, cfg, tokenizer)
+    return lambda variants, requests: sample_variants(worker, cfg, variants, requests, cfg.evaluate.batch_size)

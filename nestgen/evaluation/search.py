@@ -85,4 +85,4 @@ def search_schedule(cfg: NestgenConfig, score: Callable[[list[Variant]], list[Va
     sign = 1 if lower_is_better else -1
     best = min(scored, key=lambda r: (sign * r.metrics[metric], r.gflops_per_sample))
     return SearchResult(budget, base, total, fits, scored,
-                        Variant(best.variant.schedule, best.variant.cache, label="searched"), metric)
+                        Variant(best.variant.schedule, best.variant.cache, searched=True), metric)

@@ -2,12 +2,13 @@
 
 Every variant decodes the same requests: sample i has label labels[i], seed `seed + i` and,
 for frame prediction, the conditioning tokens cond[i]. Samples are therefore comparable
-across variants and identical however the work is split into batches or workers.
+across variants and identical however the work is split into batches or workers. Each
+worker is a `DecodeWorker` (nestgen.decoding.worker) that warms every decode shape up
+before timing it, and replays CUDA graphs on a GPU.
 """
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 
 from nestgen.decoding.config import DecodeConfig
-from nestgen.decoding.maskgit import decode
 from nestgen.decoding.schedule import resolve_schedule
+from nestgen.decoding.worker import DecodedBatch, DecodeWorker
 from nestgen.evaluation.config import EvaluateConfig
 from nestgen.flops import decode_flops
 
@@ -29,7 +30,11 @@ class Variant:
     schedule: str
     cache: str = "none"
     guidance_scale: float = 0.0
-    label: str = ""               # e.g. "searched": shown before the name
+    searched: bool = False        # the schedule search's choice (evaluated with the others)
+
+    @property
+    def label(self) -> str:
+        return "searched" if self.searched else ""
 
     @property
     def name(self) -> str:
@@ -48,7 +53,8 @@ class VariantResult:
     pixels: np.ndarray | None = None
 
     def row(self, baseline_gflops: float) -> dict:
-        return {"variant": self.variant.name, "label": self.variant.label, "schedule": self.schedule,
+        return {"variant": self.variant.name, "label": self.variant.label, "searched": self.variant.searched,
+                "schedule": self.schedule,
                 "cache": self.variant.cache, "guidance_scale": self.variant.guidance_scale,
                 "gflops_per_sample": self.gflops_per_sample, "seconds_per_sample": self.seconds_per_sample,
                 "gflops_saving": baseline_gflops / self.gflops_per_sample, **self.metrics}
@@ -74,46 +80,14 @@ def baseline_variant(cfg: NestgenConfig) -> Variant:
     return Variant(f"1x{cfg.decode.steps}", "none")
 
 
-@dataclass
-class SampleBatch:
-    tokens: torch.Tensor          # (n, L) on the CPU
-    pixels: np.ndarray | None     # uint8 images / clips when a renderer is set
-    seconds: float                # decode wall time (synchronized on CUDA)
+def eval_worker(model, cfg: NestgenConfig, tokenizer=None) -> DecodeWorker:
+    """The worker an evaluation decodes with: warmed up per decode shape, CUDA graphs on a GPU."""
+    return DecodeWorker(model, cfg.model.grid, tokenizer, cuda_graphs=True, warm_up=True)
 
 
-class Sampler:
-    """Decodes requests for a variant with one model (and renders pixels): what an
-    evaluation worker holds, loaded once."""
-
-    def __init__(self, model, cfg: NestgenConfig, tokenizer=None, render: bool = True):
-        self.model, self.cfg, self.tokenizer, self.render = model, cfg, tokenizer, render
-        self.device = next(model.parameters()).device
-
-    def warm_up(self, v: Variant) -> None:
-        """One small decode, so one-time costs (allocator, kernels) stay out of the timing."""
-        cond = None
-        if self.cfg.train.cond_tokens:
-            cond = torch.zeros(2, self.cfg.train.cond_tokens, dtype=torch.long)
-        self.run(v, torch.zeros(2, dtype=torch.long), [0, 1], cond, render=False)
-
-    @torch.no_grad()
-    def run(self, v: Variant, labels: torch.Tensor, seeds, cond: torch.Tensor | None = None,
-            render: bool | None = None) -> SampleBatch:
-        d = decode_config(self.cfg, v)
-        self._sync()
-        t0 = time.perf_counter()
-        tokens = decode(self.model, labels, d, seeds=list(seeds), cond=cond).tokens
-        self._sync()
-        seconds = time.perf_counter() - t0
-        pixels = None
-        if self.render if render is None else render:
-            from nestgen.render import tokens_to_pixels
-            pixels = tokens_to_pixels(tokens, self.cfg.model.grid, self.tokenizer)
-        return SampleBatch(tokens.cpu(), pixels, seconds)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+def sample_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests: "Requests") -> DecodedBatch:
+    """One batch of requests decoded as variant v, timed, and rendered to pixels."""
+    return worker.run(decode_config(cfg, v), requests.labels, requests.seeds, requests.cond, render=True)
 
 
 @dataclass
@@ -140,7 +114,7 @@ def class_requests(num_classes: int, n: int, seed: int) -> Requests:
     return Requests(labels, list(range(seed, seed + n)))
 
 
-def collect(v: Variant, cfg: NestgenConfig, batches: list[SampleBatch], n: int) -> VariantResult:
+def collect(v: Variant, cfg: NestgenConfig, batches: list[DecodedBatch], n: int) -> VariantResult:
     """One variant's result from its batches, in request order."""
     tokens = torch.cat([b.tokens for b in batches])
     pixels = None if batches[0].pixels is None else np.concatenate([b.pixels for b in batches])
@@ -148,14 +122,8 @@ def collect(v: Variant, cfg: NestgenConfig, batches: list[SampleBatch], n: int) 
                          sum(b.seconds for b in batches) / n, tokens=tokens, pixels=pixels)
 
 
-def sample_variants(sampler: Sampler, variants: list[Variant], requests: Requests,
+def sample_variants(worker: DecodeWorker, cfg: NestgenConfig, variants: list[Variant], requests: Requests,
                     batch_size: int = 256) -> list[VariantResult]:
     """Single-process: every variant over all requests, in batches."""
-    if variants:
-        sampler.warm_up(variants[0])
-    out = []
-    for v in variants:
-        batches = [sampler.run(v, r.labels, r.seeds, r.cond)
-                   for r in (requests.chunk(i, i + batch_size) for i in range(0, len(requests), batch_size))]
-        out.append(collect(v, sampler.cfg, batches, len(requests)))
-    return out
+    chunks = [requests.chunk(i, i + batch_size) for i in range(0, len(requests), batch_size)]
+    return [collect(v, cfg, [sample_batch(worker, cfg, v, r) for r in chunks], len(requests)) for v in variants]

@@ -18,7 +18,6 @@ observed to predicted latency of answered auto requests scales every prediction.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,8 +81,3 @@ def calibrate(presets: list[str], time_decode: Callable[[str, int], float], max_
         fixed[p] = max(0.0, t1 - slope)
     return LatencyModel(fixed, per_row, max_batch)
 
-
-def timer(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0

@@ -15,18 +15,11 @@ import torch
 from nestgen.checkpoint import model_from_checkpoint, read_checkpoint
 from nestgen.configschema import to_dict
 from nestgen.decoding.config import DecodeConfig
-from nestgen.decoding.maskgit import decode
 from nestgen.decoding.schedule import presets_for
+from nestgen.decoding.worker import DecodeWorker
 from nestgen.device import resolve_device
 from nestgen.flops import decode_flops
-from nestgen.render import tokens_to_pixels
-from nestgen.serving.auto import (
-    LatencyFeedback,
-    LatencyModel,
-    calibrate,
-    choose_preset,
-    timer,
-)
+from nestgen.serving.auto import LatencyFeedback, LatencyModel, calibrate, choose_preset
 from nestgen.serving.batching import group_jobs, row_slices
 from nestgen.serving.conditioning import condition_tokens
 from nestgen.serving.config import ServeConfig
@@ -89,6 +82,9 @@ class Engine:
         ckpt = read_checkpoint(self.checkpoint_url)
         self.model, self.model_cfg = model_from_checkpoint(ckpt, self.device)
         self.tokenizer, self.tokenizer_url = _load_tokenizer(cfg, self.model_cfg, ckpt, self.device)
+        # Eager decoding: a replica's batch sizes vary with the traffic, and a CUDA graph is
+        # captured per batch size.
+        self.worker = DecodeWorker(self.model, self.model_cfg.model.grid, self.tokenizer)
         self.tokenizer_hash = ckpt.get("tokenizer_hash")
         if self.tokenizer is not None and not self.tokenizer_hash:
             from nestgen.tokenizers import tokenizer_hash
@@ -112,14 +108,7 @@ class Engine:
         return replace(self.model_cfg.decode, schedule=str(s), steps=s.steps)
 
     def _time_preset(self, preset: str, rows: int) -> float:
-        labels = torch.zeros(rows, dtype=torch.long)
-        d = self._decode_cfg(preset)
-
-        def once():
-            decode(self.model, labels, d, seeds=range(rows))
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-        return timer(once)
+        return self.worker.run(self._decode_cfg(preset), torch.zeros(rows, dtype=torch.long), range(rows)).seconds
 
     def admit(self, rows: int) -> float:
         """Count a request's rows into the queue depth from its arrival (conditioning work
@@ -174,12 +163,8 @@ class Engine:
         labels = torch.tensor([lab for j in jobs for lab in j.labels])
         seeds = [s for j in jobs for s in j.seeds]
         cond = None if jobs[0].cond is None else torch.cat([j.cond for j in jobs])
-        t0 = time.perf_counter()
-        tokens = decode(self.model, labels, d, seeds=seeds, cond=cond).tokens.cpu()
-        seconds = time.perf_counter() - t0
-        pixels = None
-        if any(j.format != "tokens" for j in jobs):
-            pixels = tokens_to_pixels(tokens, list(self.spec.model.grid), self.tokenizer)
+        batch = self.worker.run(d, labels, seeds, cond, render=any(j.format != "tokens" for j in jobs))
+        tokens, pixels, seconds = batch.tokens, batch.pixels, batch.seconds
         n_cond = 0 if cond is None else cond.shape[1]
         gflops = decode_flops(self.spec.model, d, n_cond).gflops
         responses = []

@@ -1,0 +1,85 @@
+"""A decode worker: one generator (and its tokenizer) loaded once, decoding batches of
+requests and timing them. What an evaluation actor and a serving replica each hold.
+
+Timing is decode only (rendering pixels excluded) and synchronised with the GPU, so it
+measures the decode and not the launch queue. On CUDA the worker can replay whole-decode
+CUDA graphs (nestgen.decoding.cuda_graph) instead of launching every kernel. With
+`warm_up`, the first decode of each shape (decode config, rows, conditioning length) runs
+once untimed before the timed one: one-time costs (allocator, kernels, graph capture)
+never count in the measured seconds. Tokens depend only on labels, seeds and conditioning
+(nestgen.decoding.maskgit), never on the worker, the batch or the graphs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nestgen.decoding.config import DecodeConfig
+from nestgen.decoding.cuda_graph import GraphedDecoder
+from nestgen.decoding.maskgit import decode
+
+
+@dataclass
+class DecodedBatch:
+    tokens: torch.Tensor          # (n, L) on the CPU
+    pixels: np.ndarray | None     # uint8 images / clips when rendered
+    seconds: float                # decode wall time (synchronised on CUDA)
+
+
+class DecodeWorker:
+    def __init__(self, model, grid: Sequence[int], tokenizer=None, *, cuda_graphs: bool = False,
+                 warm_up: bool = False):
+        self.model, self.grid, self.tokenizer = model, list(grid), tokenizer
+        self.device = next(model.parameters()).device
+        self.graphs = GraphedDecoder(model) if cuda_graphs and self.device.type == "cuda" else None
+        self.warm_up = warm_up
+        self._warm: set[tuple] = set()
+
+    def render(self, tokens: torch.Tensor) -> np.ndarray:
+        from nestgen.render import tokens_to_pixels
+        return tokens_to_pixels(tokens, self.grid, self.tokenizer)
+
+    @torch.no_grad()
+    def run(self, cfg: DecodeConfig, labels: torch.Tensor, seeds: Sequence[int],
+            cond: torch.Tensor | None = None, render: bool = False) -> DecodedBatch:
+        """Decode len(labels) samples (sample i: labels[i], seeds[i], cond[i]); pixels when `render`."""
+        seeds = list(seeds)
+        if self.warm_up:
+            self._warm_up(cfg, len(seeds), 0 if cond is None else cond.shape[1])
+        self._sync()
+        t0 = time.perf_counter()
+        tokens = self._decode(cfg, labels, seeds, cond)
+        self._sync()
+        seconds = time.perf_counter() - t0
+        tokens = tokens.cpu()
+        return DecodedBatch(tokens, self.render(tokens) if render else None, seconds)
+
+    def _decode(self, cfg: DecodeConfig, labels, seeds, cond) -> torch.Tensor:
+        if self.graphs is not None:
+            return self.graphs(labels, cfg, seeds, cond)
+        return decode(self.model, labels, cfg, seeds=seeds, cond=cond).tokens
+
+    def _warm_up(self, cfg: DecodeConfig, rows: int, n_cond: int) -> None:
+        if self.graphs is not None:
+            # A graph is captured per batch size: its warm-up is the real shape (and is
+            # needed again if the graph was evicted).
+            if self.graphs.captured(rows, cfg, n_cond):
+                return
+        else:
+            # Eager kernels do not depend on the batch size: two rows warm a config up.
+            key = (dataclasses.astuple(cfg), n_cond)
+            if key in self._warm:
+                return
+            self._warm.add(key)
+            rows = min(rows, 2)
+        cond = torch.zeros(rows, n_cond, dtype=torch.long) if n_cond else None
+        self._decode(cfg, torch.zeros(rows, dtype=torch.long), list(range(rows)), cond)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
