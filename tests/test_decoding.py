@@ -118,7 +118,7 @@ def test_first_step_fixes_the_most_confident_under_annealed_gumbel_noise(model, 
     assert torch.equal(first, expected)
 
 
-def test_decode_worker_gives_decodes_tokens_after_an_untimed_warm_up(model):
+def test_decode_worker_gives_the_decode_tokens_after_an_untimed_warm_up(model):
     from nestgen.decoding.worker import DecodeWorker
     d = DecodeConfig(schedule="8x3,4x3,2x3,1x3", steps=12, cache="on_switch", guidance_scale=1.0)
     labels, cond = torch.tensor([0, 1, 2]), torch.randint(0, model.cfg.vocab_size, (3, 4))

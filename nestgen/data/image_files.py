@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import io
+from typing import Callable
 
 import fsspec
 import numpy as np
@@ -69,17 +70,24 @@ def write_digit_images(out_url: str, size: int = 32, holdout_fraction: float = 0
     return counts
 
 
-def read_image_folder(url: str, split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read back `<url>/<split>/<class>/*.png`: (N, H, W, 3) uint8, labels (N,), file ids."""
+def read_class_folder(url: str, split: str, ext: str, decode: Callable[[bytes], np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read back `<url>/<split>/<class>/*.<ext>` (a digits layout): the decoded files stacked,
+    labels (N,) and file ids, in sorted path order."""
     fs, root = fsspec.core.url_to_fs(url)
-    paths = sorted(fs.glob(f"{root.rstrip('/')}/{split}/*/*.png"))
-    images, labels, ids = [], [], []
+    paths = sorted(fs.glob(f"{root.rstrip('/')}/{split}/*/*.{ext}"))
+    if not paths:
+        raise FileNotFoundError(f"no {ext.upper()} files under {url}/{split}/<class>/")
+    items, labels, ids = [], [], []
     for p in paths:
         cls, name = p.split("/")[-2:]
         with fs.open(p, "rb") as f:
-            images.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
+            items.append(decode(f.read()))
         labels.append(CLASS_NAMES.index(cls))
         ids.append(name.rsplit(".", 1)[0])
-    if not images:
-        raise FileNotFoundError(f"no PNG files under {url}/{split}/<class>/")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), ids
+    return np.stack(items), np.asarray(labels, dtype=np.int64), ids
+
+
+def read_image_folder(url: str, split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read back `<url>/<split>/<class>/*.png`: (N, H, W, 3) uint8, labels (N,), file ids."""
+    return read_class_folder(url, split, "png", lambda data: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))

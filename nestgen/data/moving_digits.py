@@ -17,7 +17,7 @@ import fsspec
 import numpy as np
 
 from nestgen.data.digits import digit_split
-from nestgen.data.image_files import CLASS_NAMES, SPLITS, upscaled_digits
+from nestgen.data.image_files import CLASS_NAMES, SPLITS, read_class_folder, upscaled_digits
 from nestgen.data.media import decode_mp4, encode_mp4
 
 
@@ -109,15 +109,4 @@ def write_moving_digits(out_url: str, num_clips_per_class: int = 20, frames: int
 def read_video_folder(url: str, split: str = "train", gray: bool = True
                       ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read back `<url>/<split>/<class>/*.mp4`: clips (N, T, H, W[, 3]) uint8, labels, ids."""
-    fs, root = fsspec.core.url_to_fs(url)
-    paths = sorted(fs.glob(f"{root.rstrip('/')}/{split}/*/*.mp4"))
-    if not paths:
-        raise FileNotFoundError(f"no MP4 files under {url}/{split}/<class>/")
-    clips, labels, ids = [], [], []
-    for p in paths:
-        cls, name = p.split("/")[-2:]
-        with fs.open(p, "rb") as f:
-            clips.append(decode_mp4(f.read(), gray=gray))
-        labels.append(CLASS_NAMES.index(cls))
-        ids.append(name.rsplit(".", 1)[0])
-    return np.stack(clips), np.asarray(labels, dtype=np.int64), ids
+    return read_class_folder(url, split, "mp4", lambda data: decode_mp4(data, gray=gray))
