@@ -17,14 +17,12 @@ import argparse
 import copy
 import platform
 import statistics
-import time
 
 import torch
 
 from benchmarks.common import write_json
 from nestgen.config import DecodeConfig, ModelConfig
-from nestgen.decoding.cuda_graph import GraphedDecoder
-from nestgen.decoding.maskgit import decode
+from nestgen.decoding.worker import DecodeWorker
 from nestgen.device import resolve_device
 from nestgen.flops import decode_flops
 from nestgen.model.nested_transformer import NestedTransformer
@@ -37,27 +35,11 @@ VARIANTS = [  # (name, schedule, cache)
 ]
 
 
-def _time_decode(model, d, batch, device, precision, repeats, graphed):
-    labels = torch.arange(batch, device=device) % model.cfg.num_classes
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    if graphed:
-        dec = GraphedDecoder(model, precision)
-        run_once = lambda: dec(labels, d, range(batch))          # noqa: E731
-    else:
-        run_once = lambda: decode(model, labels, d, seeds=range(batch))  # noqa: E731
-
-    def once():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with ctx:
-            run_once()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    once()                                           # warm-up (allocator, kernels)
-    return statistics.median(once() for _ in range(repeats))
+def _time_decode(model, d, batch, precision, repeats, graphed):
+    labels = torch.arange(batch) % model.cfg.num_classes
+    worker = DecodeWorker(model, model.cfg.grid, cuda_graphs=graphed, precision=precision)
+    worker.run(d, labels, range(batch))              # warm-up at the full size (allocator, kernels, graph)
+    return statistics.median(worker.run(d, labels, range(batch)).seconds for _ in range(repeats))
 
 
 def run(args) -> dict:
@@ -82,7 +64,7 @@ def run(args) -> dict:
         for mode in modes:
             for name, schedule, cache in VARIANTS:
                 d = DecodeConfig(schedule=schedule, steps=12, cache=cache, guidance_scale=args.guidance)
-                sec = _time_decode(models[mode], d, batch, device, mode.partition("+")[0], args.repeats, graphed)
+                sec = _time_decode(models[mode], d, batch, mode.partition("+")[0], args.repeats, graphed)
                 rows.append({"mode": mode, "variant": name, "schedule": schedule, "cache": cache,
                              "batch_size": batch, "gflops_per_sample": decode_flops(cfg, d).gflops,
                              "seconds_per_sample": sec / batch})

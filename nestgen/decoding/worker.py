@@ -11,6 +11,7 @@ never count in the measured seconds. Tokens depend only on labels, seeds and con
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -33,10 +34,14 @@ class DecodedBatch:
 
 class DecodeWorker:
     def __init__(self, model, grid: Sequence[int], tokenizer=None, *, cuda_graphs: bool = False,
-                 warm_up: bool = False):
+                 warm_up: bool = False, precision: str = "fp32", max_graphs: int = 4):
         self.model, self.grid, self.tokenizer = model, list(grid), tokenizer
         self.device = next(model.parameters()).device
-        self.graphs = GraphedDecoder(model) if cuda_graphs and self.device.type == "cuda" else None
+        self.bf16 = precision == "bf16"          # eager: bf16 autocast on the model's device
+        # Each graph keeps its own activation memory; batches of one decode config come one
+        # after another (full batches, then the last), so a few graphs are enough.
+        self.graphs = (GraphedDecoder(model, precision, max_graphs)
+                       if cuda_graphs and self.device.type == "cuda" else None)
         self.warm_up = warm_up
         self._warm: set[tuple] = set()
 
@@ -62,7 +67,8 @@ class DecodeWorker:
     def _decode(self, cfg: DecodeConfig, labels, seeds, cond) -> torch.Tensor:
         if self.graphs is not None:
             return self.graphs(labels, cfg, seeds, cond)
-        return decode(self.model, labels, cfg, seeds=seeds, cond=cond).tokens
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+            return decode(self.model, labels, cfg, seeds=seeds, cond=cond).tokens
 
     def _warm_up(self, cfg: DecodeConfig, rows: int, n_cond: int) -> None:
         if self.graphs is not None:

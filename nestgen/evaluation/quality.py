@@ -77,13 +77,9 @@ class MetricSpec:
         return None
 
 
-def higher_is_better(value: str) -> bool:
-    """Direction of a reported value (e.g. inception_score, frame_pred_psnr); unknown ones are distances."""
-    return any(spec.values.get(value, False) for spec in METRICS.values())
-
-
 def lower_is_better(value: str) -> bool:
-    return not higher_is_better(value)
+    """Direction of a reported value (fid, inception_score, frame_pred_psnr, ...) from the registry."""
+    return not any(spec.values.get(value, False) for spec in METRICS.values())
 
 
 @dataclass
