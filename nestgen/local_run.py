@@ -6,18 +6,17 @@ and `nestgen tokenizer-train --local`.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from nestgen.checkpoint import save_checkpoint
 from nestgen.config import DecodeConfig, NestgenConfig, config_to_dict
 from nestgen.data.media import VideoLimits
-from nestgen.decoding.maskgit import decode
+from nestgen.decoding.cache_policy import parse_cache_policy
+from nestgen.decoding.schedule import resolve_schedule
+from nestgen.decoding.worker import DecodeWorker
 from nestgen.flops import decode_flops
 from nestgen.images import make_grid, save_png
-from nestgen.render import tokens_to_pixels
 from nestgen.storage import publish_checkpoint, url_to_fs, write_json_atomic, write_latest
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.training.loop import train_on_tokens
@@ -75,17 +74,16 @@ def sample_grid(model, cfg: NestgenConfig, d: DecodeConfig, out: str, num: int =
         raise ValueError(f"class {class_label} is out of range [0, {cfg.model.num_classes})")
     labels = (torch.full((num,), class_label) if class_label is not None
               else torch.arange(num) % max(1, cfg.model.num_classes))
-    t0 = time.perf_counter()
-    res = decode(model, labels, d, seeds=range(seed, seed + num))
-    seconds = time.perf_counter() - t0
-    images = tokens_to_pixels(res.tokens, cfg.model.grid, tokenizer)
+    batch = DecodeWorker(model, cfg.model.grid, tokenizer).run(d, labels, range(seed, seed + num), render=True)
+    images = batch.pixels
     if images.ndim == 5 or (images.ndim == 4 and images.shape[-1] not in (1, 3)):   # clips
         images = np.concatenate(list(np.moveaxis(images, 1, 0)), axis=2)
     save_png(out, make_grid(images, nrow=max(1, min(num, cfg.model.num_classes or 8)),
                             scale=4 if tokenizer is None else 2))
-    return {"out": out, "schedule": str(res.schedule), "cache": str(res.cache), "num": num,
+    return {"out": out, "schedule": str(resolve_schedule(d.schedule, cfg.model.nest_factors, d.steps)),
+            "cache": str(parse_cache_policy(d.cache)), "num": num,
             "gflops_per_sample": decode_flops(cfg.model, d).gflops,
-            "seconds_per_sample": seconds / num}
+            "seconds_per_sample": batch.seconds / num}
 
 
 def run_demo(cfg: NestgenConfig, out: str) -> dict:

@@ -37,7 +37,7 @@ def results_table(results: list[VariantResult], quality_key: str, lower_is_bette
 
 
 def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better: bool,
-                     searched: list[VariantResult] | None = None, title: str = "") -> bytes:
+                     candidates: list[VariantResult] | None = None, title: str = "") -> bytes:
     """PNG: every variant's quality against its GFLOPs per sample (log x), the Pareto front
     joined and starred, and the search's scored candidates in grey."""
     import matplotlib
@@ -48,8 +48,8 @@ def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better:
     q = [r.metrics[metric] for r in results]
     front = pareto_front(g, q, lower_is_better)
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    if searched:
-        ax.scatter([r.gflops_per_sample for r in searched], [r.metrics[metric] for r in searched],
+    if candidates:
+        ax.scatter([r.gflops_per_sample for r in candidates], [r.metrics[metric] for r in candidates],
                    s=18, c="0.7", label="search candidates (held-out seeds)", zorder=1)
     for r, gi, qi, f in zip(results, g, q, front):
         color = "tab:red" if r.variant.searched else ("tab:blue" if r.variant.cache == "none" else "tab:green")
