@@ -85,7 +85,7 @@ def eval_worker(model, cfg: NestgenConfig, tokenizer=None) -> DecodeWorker:
     return DecodeWorker(model, cfg.model.grid, tokenizer, cuda_graphs=True, warm_up=True)
 
 
-def sample_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests: "Requests") -> DecodedBatch:
+def sample_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests: Requests) -> DecodedBatch:
     """One batch of requests decoded as variant v, timed, and rendered to pixels."""
     return worker.run(decode_config(cfg, v), requests.labels, requests.seeds, requests.cond, render=True)
 
