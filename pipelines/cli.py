@@ -1,6 +1,6 @@
 """The `nestgen` command line.
 
-The commands that need no cluster (validate, flops, sample, data, demo, generate) are here;
+The commands that need no cluster (validate, flops, sample, data, index, demo, generate) are here;
 each pipeline step module registers its own (`add_parser`): train, tokenizer-train, tokenize,
 evaluate, serve and run. A config or value error ends a command with one line,
 `nestgen <command>: error: ...`, and exit status 2.
@@ -76,6 +76,15 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_index(args) -> int:
+    from nestgen.data import layouts
+    options = {"imagenet": {"val_labels": args.val_labels, "synsets": args.synsets},
+               "ucf101": {"split_number": args.split_number},
+               "kinetics600": {"annotations": args.annotations, "full_videos": args.full_videos}}[args.layout]
+    print(json.dumps(layouts.CONVERTERS[args.layout](args.root, args.out, **options), indent=1))
+    return 0
+
+
 def cmd_generate(args) -> int:
     fmt = client.FORMAT_OF_SUFFIX.get(Path(args.out).suffix.lower())
     if fmt is None:
@@ -126,6 +135,19 @@ def add_parsers(sub) -> None:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--digits-per-clip", type=int, default=1, choices=[1, 2])
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("index", help="write the index (CSV/JSONL) of a data set in its published layout")
+    p.add_argument("layout", choices=["imagenet", "ucf101", "kinetics600"])
+    p.add_argument("root", help="the data set's folder or fsspec URL")
+    p.add_argument("--out", required=True, help="index file: .csv or .jsonl (paths relative to its folder)")
+    p.add_argument("--val-labels", help="imagenet: LOC_val_solution.csv (default: found near ROOT)")
+    p.add_argument("--synsets", help="imagenet: LOC_synset_mapping.txt, the class list (default: found near ROOT)")
+    p.add_argument("--split-number", type=int, default=1, choices=[1, 2, 3], help="ucf101: which train/test split")
+    p.add_argument("--annotations", action="append",
+                   help="kinetics600: annotation CSV (repeatable; default: *.csv in ROOT and ROOT/annotations)")
+    p.add_argument("--full-videos", action="store_true",
+                   help="kinetics600: files are whole videos <youtube_id>.<ext>; rows carry the clip's start/end")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("demo", help="train on digits, then sample with every preset")
     p.add_argument("config", nargs="?", default=None, help="YAML config (default: the built-in digits config)")

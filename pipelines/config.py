@@ -92,7 +92,7 @@ class PipelineConfig:
     marker written last; steps not applicable to the config (no tokenizer for the raw
     digits) are left out of the DAG."""
     output_url: str = "runs/pipeline"   # local path or any fsspec URL (gs://...)
-    raw_data: str = ""                  # raw media folder (<split>/<class>/<file>); "" -> write `dataset`
+    raw_data: str = ""                  # raw media folder (<split>/<class>/<file>) or index (*.csv, *.jsonl); "" -> write `dataset`
     dataset: Literal["digits", "moving-digits"] = "digits"   # the embedded set the data step writes
     data_size: int = 32                 # pixels of the embedded images / frames
     clips_per_class: int = 40           # moving-digits clips per class

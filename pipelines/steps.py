@@ -2,7 +2,8 @@
 
     data -> tokenizer -> tokenize -> train -> evaluate -> serve
 
-`data` writes the embedded set (digits PNGs or moving-digit MP4s) or checks a raw folder;
+`data` writes the embedded set (digits PNGs or moving-digit MP4s) or checks a raw folder
+or index file;
 `tokenizer` trains the VQ tokenizer with Ray Train (or takes pipeline.tokenizer);
 `tokenize` writes token shards with Ray Data; `train` trains the nested transformer with
 Ray Train; `evaluate` sweeps schedules on Ray actors; `serve` deploys the checkpoint on
@@ -17,17 +18,25 @@ import socket
 from dataclasses import replace
 
 from nestgen.configschema import to_dict
-from nestgen.storage import join, url_to_fs, write_bytes_atomic
+from nestgen.data.index import is_index
+from nestgen.storage import join, read_bytes, url_to_fs, write_bytes_atomic
 from pipelines.config import RunConfig
 from pipelines.dag import Step, StepContext
 
 
 def _listing_hash(url: str) -> str:
-    """Names and sizes of every file under a raw folder: changes when the data do."""
+    """Names and sizes of every file under a raw folder, or an index's text and the sizes of
+    the files it names: changes when the data do."""
     fs, path = url_to_fs(url)
     if not fs.exists(path):
         return f"missing:{url}"
     h = hashlib.sha256()
+    if is_index(url):
+        from nestgen.data.raw_files import list_raw_files
+        h.update(read_bytes(url))
+        for it in list_raw_files(url)[0]:
+            h.update(f"{it['uri']}|{it['size']}".encode())
+        return h.hexdigest()
     for name, info in sorted(fs.find(path, detail=True).items()):
         h.update(f"{name[len(path):]}|{info.get('size')}".encode())
     return h.hexdigest()
@@ -37,8 +46,8 @@ def data_step(cfg: RunConfig, ctx: StepContext) -> dict:
     p = cfg.pipeline
     if p.raw_data:
         fs, path = url_to_fs(p.raw_data)
-        if not fs.isdir(path):
-            raise FileNotFoundError(f"pipeline.raw_data {p.raw_data} is not a folder")
+        if not (fs.isfile(path) if is_index(p.raw_data) else fs.isdir(path)):
+            raise FileNotFoundError(f"pipeline.raw_data {p.raw_data} is not a folder or an index file")
         return {"raw_url": p.raw_data, "written": False}
     out = join(ctx.folder, "raw")
     if p.dataset == "digits":
@@ -109,7 +118,6 @@ def _free_port() -> int:
 def _first_val_clip(ctx: StepContext) -> str:
     """A held-out raw clip (base64 MP4) to condition a frame-prediction request on."""
     from nestgen.data.raw_files import list_raw_files
-    from nestgen.storage import read_bytes
     items, _, _ = list_raw_files(ctx.inputs["data"]["raw_url"])
     clips = sorted((it for it in items if it["kind"] == "video"), key=lambda it: (it["split"] == "train", it["uri"]))
     if not clips:

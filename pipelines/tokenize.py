@@ -1,6 +1,6 @@
 """The Ray tokenization step: raw images/videos on any fsspec URL -> Parquet token shards.
 
-    list files (ImageNet-/UCF101-like folders)  ->  Ray Data map_batches over tokenizer
+    list files (ImageNet-/UCF101-like folders, or an index)  ->  Ray Data map_batches over tokenizer
     actors (the tokenizer loaded once per actor, GPU when the cluster has one)  ->
     shards-<run>/<split>/*.parquet  ->  manifest.json written last (the commit point)
 
@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -42,8 +42,8 @@ def _fingerprint(items: list[dict], tok_hash: str, cfg: TokenizeConfig) -> str:
     h = hashlib.sha256(tok_hash.encode())
     h.update(json.dumps([cfg.fps, cfg.clips_per_video, cfg.max_image_pixels, cfg.max_video_pixels,
                          cfg.max_video_frames, cfg.max_video_seconds]).encode())
-    for it in items:
-        h.update(f"{it['rel']}|{it['size']}".encode())
+    for it in items:      # an index row's label, split and window are inputs as much as its file
+        h.update(f"{it['rel']}|{it['size']}|{it['split']}|{it['label_name']}|{it['start']}|{it['end']}".encode())
     return h.hexdigest()[:16]
 
 
@@ -78,7 +78,8 @@ class TokenizeFiles:
             return [("", load_image(data, cfg.image_size, cfg.channels, self.max_image_pixels))]
         if cfg.kind != "video":
             raise MediaError("a video, but the tokenizer is an image tokenizer")
-        clips = load_video_clips(data, self.spec, self.video_limits, video_demuxer(item["rel"]))
+        spec = replace(self.spec, start=item["start"], end=item["end"])       # the row's window
+        clips = load_video_clips(data, spec, self.video_limits, video_demuxer(item["rel"]))
         return [(f"#clip{k}", c) for k, c in enumerate(clips)]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -87,7 +88,7 @@ class TokenizeFiles:
         arrays: list[np.ndarray] = []
         for i in range(len(batch["uri"])):
             item = {k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in batch.items()}
-            rid = f"{item['split']}/{item['label_name']}/{item['rel'].rsplit('/', 1)[-1]}"
+            rid = item["id"]
             base = {"source_uri": item["uri"], "split": item["split"], "label": int(item["label"]),
                     "label_name": item["label_name"], "grid_shape": self.grid,
                     "tokenizer_hash": self.hash, "tokens": None, "error": None}
@@ -224,7 +225,8 @@ def cmd_tokenize(args) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("tokenize", help="Ray step: raw files -> Parquet token shards + manifest")
-    p.add_argument("--input", required=True, help="raw files URL (local, file://, gs://, ...)")
+    p.add_argument("--input", required=True,
+                   help="raw files: a folder URL (local, file://, gs://, ...) or an index file (*.csv, *.jsonl)")
     p.add_argument("--output", required=True, help="shard folder URL")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint URL")
     p.add_argument("--config", default=None, help="YAML config (its `tokenize` section)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -31,11 +31,12 @@ def _decode_batch(batch: dict[str, np.ndarray], kind: str, spec: dict, max_image
     from nestgen.storage import read_bytes
     clip, limits = ClipSpec(**spec), VideoLimits(**video_limits)
     out = []
-    for uri in batch["uri"]:
+    for uri, start, end in zip(batch["uri"], batch["start"], batch["end"]):
         try:
             data = read_bytes(str(uri))
             out.extend([load_image(data, clip.size, clip.channels, max_image_pixels)] if kind == "image"
-                       else load_video_clips(data, clip, limits, video_demuxer(str(uri))))
+                       else load_video_clips(data, replace(clip, start=float(start), end=float(end)), limits,
+                                             video_demuxer(str(uri))))
         except (MediaError, OSError):
             continue
     shape = ((0, clip.size, clip.size, clip.channels) if kind == "image"
@@ -103,7 +104,8 @@ def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "
     from nestgen.tokenizers import load_tokenizer, tokenizer_hash
     t = cfg.tokenizer
     items, _, _ = list_raw_files(data_url)
-    items = [{"uri": it["uri"]} for it in items if it["split"] == split and it["kind"] == t.kind]
+    items = [{k: it[k] for k in ("uri", "start", "end")} for it in items
+             if it["split"] == split and it["kind"] == t.kind]
     if not items:
         raise ValueError(f"no {t.kind} files in split {split!r} under {data_url}")
     spec = asdict(ClipSpec(frames=t.frames, fps=cfg.tokenize.fps, size=t.image_size, channels=t.channels,
@@ -151,7 +153,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("tokenizer-train",
                        help="train the VQ tokenizer of CONFIG on a raw media folder (Ray Train or --local)")
     add_config_args(p)
-    p.add_argument("--data", required=True, help="raw files (ImageNet-/UCF101-like folders)")
+    p.add_argument("--data", required=True,
+                   help="raw files: a folder (<split>/<class>/<file>) or an index file (*.csv, *.jsonl)")
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True,
                    help="with --local: the checkpoint URL; with Ray: the output folder (same folder resumes)")

@@ -16,6 +16,7 @@ against `VideoLimits`, and decoding stops as soon as the frames the clips need a
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,7 +94,9 @@ class ClipSpec:
     fps: float = 8.0            # frames are resampled to this rate (0 keeps the source rate)
     size: int = 64              # output H = W
     channels: int = 3
-    clips_per_video: int = 1    # up to this many non-overlapping clips from the start
+    clips_per_video: int = 1    # up to this many non-overlapping clips from the window's start
+    start: float = 0.0          # the window clips are cut from, in seconds from the first frame
+    end: float = math.inf       # (an index row's start/end; the default is the whole video)
 
 
 @dataclass(frozen=True)
@@ -159,18 +162,26 @@ def _video_frames(data: bytes, demuxer: str, limits: VideoLimits | None):
 
 
 def read_video(data: bytes, spec: ClipSpec, limits: VideoLimits, demuxer: str) -> tuple[list[np.ndarray], int]:
-    """(up to spec.frames * spec.clips_per_video frames from the start, resampled to spec.fps
-    and resized to (size, size, channels) uint8; the number of frames decoded to get them).
+    """(up to spec.frames * spec.clips_per_video frames from the start of the window
+    [spec.start, spec.end) seconds after the first frame, resampled to spec.fps and resized to
+    (size, size, channels) uint8; the number of frames decoded to get them).
 
-    Resampling takes, for each target time t0 + k/fps, the first source frame at or after it;
-    decoding stops as soon as the last frame wanted is known, so a long video costs only its
-    first clips. Only the frames kept are held in memory."""
+    Resampling takes, for each target time t0 + k/fps (t0: the window's first frame), the
+    first source frame at or after it; decoding stops as soon as the last frame wanted is
+    known or the window ends, so a long video costs only what precedes its clips (a window
+    is reached by decoding from the start, within the frame budget). Only the frames kept
+    are held in memory."""
     want = spec.frames * spec.clips_per_video
     out: list[np.ndarray] = []
     decoded = 0
-    t0, step = None, 1.0 / spec.fps if spec.fps > 0 else 0.0
+    first, t0, step = None, None, 1.0 / spec.fps if spec.fps > 0 else 0.0
     for img, t in _video_frames(data, demuxer, limits):
         decoded += 1
+        first = t if first is None else first
+        if t - first < spec.start - 1e-6:          # before the window (1 us absorbs time-base rounding)
+            continue
+        if t - first >= spec.end - 1e-6:
+            break
         t0 = t if t0 is None else t0
         if spec.fps > 0:    # the target times this frame is the first at or after
             k = len(out)
@@ -188,9 +199,11 @@ def read_video(data: bytes, spec: ClipSpec, limits: VideoLimits, demuxer: str) -
 
 def load_video_clips(data: bytes, spec: ClipSpec, limits: VideoLimits, demuxer: str) -> list[np.ndarray]:
     """Encoded video bytes -> list of (frames, size, size, channels) uint8 clips."""
-    frames, _ = read_video(data, spec, limits, demuxer)
-    if not frames:
+    frames, decoded = read_video(data, spec, limits, demuxer)
+    if not decoded:
         raise MediaError("video has no decodable frames")
+    if not frames:
+        raise MediaError(f"video has no frames in its window {spec.start:g}-{spec.end:g} s")
     if len(frames) < spec.frames:
         raise MediaError(f"video has {len(frames)} frames at {spec.fps} fps, shorter than one clip "
                          f"of {spec.frames}")

@@ -1,23 +1,31 @@
-"""Raw media folders laid out like ImageNet or UCF101, and loading them into arrays.
+"""Raw media: folders laid out like ImageNet or UCF101, or an index file; loading them into arrays.
 
-Layouts: `<root>/<split>/<class>/<file>` (split in train/val/validation/test) or
-`<root>/<class>/<file>` (all train). Labels are the sorted class names' indices: a stable
-label map. The Ray tokenization step (pipelines.tokenize) and single-process tokenizer
-training both start here, so every data set takes the same ingestion path.
+Layouts: `<root>/<split>/<class>/<file>` (split in train/val/validation/test),
+`<root>/<class>/<file>` (all train), or a CSV/JSONL index naming each file with its label
+and split (nestgen.data.index; video rows may carry a time window). Labels are the sorted
+class names' indices: a stable label map. The Ray tokenization step (pipelines.tokenize)
+and tokenizer training both start here, so every data set takes the same ingestion path.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import numpy as np
 
+from nestgen.data.index import SPLITS, is_index, item_id, read_index
 from nestgen.data.media import (ClipSpec, MediaError, VideoLimits, load_image, load_video_clips, media_kind,
                                 video_demuxer)
 from nestgen.storage import protocol_prefix, read_bytes, url_to_fs
 
-SPLITS = ("train", "val", "validation", "test")
-
 
 def list_raw_files(input_url: str) -> tuple[list[dict], list[dict], dict[str, int]]:
-    """(items, unusable, label_map) for `<split>/<class>/<file>` or `<class>/<file>` layouts."""
+    """(items, unusable [{source_uri, reason}], label_map) of a folder in the
+    `<split>/<class>/<file>` or `<class>/<file>` layout, or of an index file (*.csv, *.jsonl).
+    Items: {uri, rel, id, split, label_name, label, kind, size, start, end} (start/end: the
+    seconds of a video's window; 0 and inf for the whole file)."""
+    if is_index(input_url):
+        return read_index(input_url)
     fs, root = url_to_fs(input_url)
     root = root.rstrip("/")
     if not fs.exists(root):
@@ -39,8 +47,9 @@ def list_raw_files(input_url: str) -> tuple[list[dict], list[dict], dict[str, in
                              "reason": "not inside a <split>/<class>/ or <class>/ folder"})
             continue
         classes.add(cls)
-        items.append({"uri": prefix + path, "rel": rel, "split": split, "label_name": cls,
-                      "kind": kind, "size": int(info.get("size") or 0)})
+        items.append({"uri": prefix + path, "rel": rel, "id": item_id(split, cls, parts[-1]), "split": split,
+                      "label_name": cls, "kind": kind, "size": int(info.get("size") or 0), "start": 0.0,
+                      "end": math.inf})
     label_map = {name: i for i, name in enumerate(sorted(classes))}
     for it in items:
         it["label"] = label_map[it["label_name"]]
@@ -60,7 +69,8 @@ def load_raw_split(url: str, split: str, kind: str, clip: ClipSpec, max_image_pi
         try:
             data = read_bytes(it["uri"])
             got = ([load_image(data, clip.size, clip.channels, max_image_pixels)] if kind == "image"
-                   else load_video_clips(data, clip, video_limits, video_demuxer(it["rel"])))
+                   else load_video_clips(data, replace(clip, start=it["start"], end=it["end"]), video_limits,
+                                         video_demuxer(it["rel"])))
         except (MediaError, OSError) as e:
             failed.append({"source_uri": it["uri"], "reason": str(e)})
             continue
