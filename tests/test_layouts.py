@@ -60,23 +60,24 @@ def test_index_rows_resolve_and_malformed_rows_become_failures(tmp_path):
     _jpeg(tmp_path / "imgs" / "b.png", fmt="PNG")
     _jpeg(tmp_path / "elsewhere" / "c.jpg")
     _mp4(tmp_path / "clips" / "v.mp4")
+    UP = "../"        # the index lives in data/, the files beside it
     rows = ("path,label,split,start,end\n"
-            "../imgs/a.jpg,cat,train,,\n"                    # 2: relative to the index's folder
-            f"{tmp_path}/imgs/b.png,dog,val,,\n"              # 3: absolute path
-            "../elsewhere/c.jpg,cat,test,,\n"
-            "../clips/v.mp4,dog,train,0.5,1.5\n"             # 5: a window
-            "../clips/v.mp4,dog,train,,\n"                   # 6: the whole clip: another id
-            ",cat,train,,\n"                                  # 7: no path
-            "../imgs/a.jpg,,train,,\n"                        # 8: no label
-            "../imgs/a.jpg,cat,dev,,\n"                       # 9: unknown split
-            "../imgs/a.jpg,cat,val,1,2\n"                     # 10: window on an image
-            "../clips/v.mp4,dog,train,2,1\n"                  # 11: start after end
-            "../clips/v.mp4,dog,train,-1,\n"                  # 12: negative
-            "../clips/v.mp4,dog,train,soon,\n"                # 13: not a number
-            "notes.txt,cat,train,,\n"                         # 14: not media
-            "nope://bucket/x.jpg,cat,train,,\n"               # 15: unknown protocol
-            "../imgs/gone.jpg,bird,train,,\n"                 # 16: missing file (its class stays)
-            "../imgs/a.jpg,cat,train,,\n")                    # 17: the same id as line 2
+            f"{UP}imgs/a.jpg,cat,train,,\n"                 # 2: relative to the index's folder
+            f"{tmp_path}/imgs/b.png,dog,val,,\n"            # 3: absolute path
+            f"{UP}elsewhere/c.jpg,cat,test,,\n"
+            f"{UP}clips/v.mp4,dog,train,0.5,1.5\n"          # 5: a window
+            f"{UP}clips/v.mp4,dog,train,,\n"                # 6: the whole clip: another id
+            ",cat,train,,\n"                                # 7: no path
+            f"{UP}imgs/a.jpg,,train,,\n"                    # 8: no label
+            f"{UP}imgs/a.jpg,cat,dev,,\n"                   # 9: unknown split
+            f"{UP}imgs/a.jpg,cat,val,1,2\n"                 # 10: window on an image
+            f"{UP}clips/v.mp4,dog,train,2,1\n"              # 11: start after end
+            f"{UP}clips/v.mp4,dog,train,-1,\n"              # 12: negative
+            f"{UP}clips/v.mp4,dog,train,soon,\n"            # 13: not a number
+            "notes.txt,cat,train,,\n"                       # 14: not media
+            "nope://bucket/x.jpg,cat,train,,\n"             # 15: unknown protocol
+            f"{UP}imgs/gone.jpg,bird,train,,\n"             # 16: missing file (its class stays)
+            f"{UP}imgs/a.jpg,cat,train,,\n")                # 17: the same id as line 2
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "index.csv").write_text(rows)
     items, failed, label_map = list_raw_files(str(tmp_path / "data" / "index.csv"))

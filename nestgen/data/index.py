@@ -19,7 +19,7 @@ A file without the path, label and split columns is refused as a whole.
 
 The index is configuration, trusted like `pipeline.raw_data` itself: it may name any file
 its author could name as a raw-data URL, so relative paths may also climb out of the
-index's folder (`../videos/x.mp4`). Files are listed one folder at a time (one listing
+index's folder with `..`. Files are listed one folder at a time (one listing
 call per folder, not one per file), which keeps a million-row index on object storage fast.
 """
 from __future__ import annotations
