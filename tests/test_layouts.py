@@ -4,6 +4,7 @@ import io
 import json
 import math
 from collections import Counter
+from dataclasses import replace
 
 import av
 import numpy as np
@@ -15,6 +16,9 @@ from nestgen.data.layouts import imagenet_index, kinetics600_index, ucf101_index
 from nestgen.data.media import ClipSpec, encode_mp4, load_video_clips
 from nestgen.data.raw_files import list_raw_files
 from pipelines.cli import main as nestgen_main
+from pipelines.config import TokenizeConfig
+
+LIMITS = TokenizeConfig().video_limits()
 
 
 def _jpeg(path, value=128, fmt="JPEG"):
@@ -129,15 +133,15 @@ def test_a_window_cuts_the_clip_from_that_time(tmp_path):
     data = encode_mp4(_ramp_frames(32), fps=8)           # 4 s at 8 fps; frame k is gray 8*k
     spec = ClipSpec(frames=8, fps=8, size=16, channels=1)
     level = lambda clip: np.round(clip.reshape(len(clip), -1).mean(1) / 8).astype(int).tolist()  # noqa: E731
-    assert level(load_video_clips(data, spec)[0]) == list(range(0, 8))
-    assert level(load_video_clips(data, ClipSpec(**{**spec.__dict__, "start": 1.0, "end": 3.0}))[0]) == list(
-        range(8, 16))
-    two = load_video_clips(data, ClipSpec(**{**spec.__dict__, "start": 1.5, "end": 4.0, "clips_per_video": 3}))
+    assert level(load_video_clips(data, spec, LIMITS, "mp4")[0]) == list(range(0, 8))
+    clips = lambda **window: load_video_clips(data, replace(spec, **window), LIMITS, "mp4")  # noqa: E731
+    assert level(clips(start=1.0, end=3.0)[0]) == list(range(8, 16))
+    two = clips(start=1.5, end=4.0, clips_per_video=3)
     assert [level(c) for c in two] == [list(range(12, 20)), list(range(20, 28))]   # 2.5 s: two whole clips
     with pytest.raises(ValueError, match="shorter than one clip"):
-        load_video_clips(data, ClipSpec(**{**spec.__dict__, "start": 3.5}))
+        clips(start=3.5)
     with pytest.raises(ValueError, match="no frames in its window"):
-        load_video_clips(data, ClipSpec(**{**spec.__dict__, "start": 9.0}))
+        clips(start=9.0)
 
 
 # ---------------------------------------------------------------- converters
@@ -260,7 +264,6 @@ def test_tokenize_an_index_of_images_and_windowed_videos(ray_local, digits_png, 
 
     from nestgen.data.shards import shard_urls
     from nestgen.tokenizers import clips_to_pixels, load_tokenizer
-    from pipelines.config import TokenizeConfig
     from pipelines.tokenize import tokenize_to_shards
 
     # Images: digit PNGs relabelled through an index (even/odd), plus a malformed row and a missing file.
@@ -305,7 +308,7 @@ def test_tokenize_an_index_of_images_and_windowed_videos(ray_local, digits_png, 
     tok = load_tokenizer(str(video_tokenizer))
     data = video.read_bytes()
     for rid, start in (("train/ramp/ramp.mp4#clip0", 0.0), ("train/ramp/ramp.mp4@2.5-4.5#clip0", 2.5)):
-        clip = load_video_clips(data, ClipSpec(frames=8, fps=8, size=32, channels=1, start=start))[0]
+        clip = load_video_clips(data, ClipSpec(frames=8, fps=8, size=32, channels=1, start=start), LIMITS, "mp4")[0]
         assert abs(clip.mean() / 8 - (start * 8 + 3.5)) < 0.5          # frames 8*start .. 8*start+7
         want_tokens = tok.encode(clips_to_pixels(clip[None])).reshape(-1).tolist()
         assert by_id[rid]["tokens"] == want_tokens
