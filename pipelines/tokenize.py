@@ -158,7 +158,8 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
     tok_hash = tokenizer_hash(tok)
     items, unusable, label_map = list_raw_files(input_url)
     if not items:
-        raise ValueError(f"no image or video files under {input_url}")
+        raise ValueError(f"no usable image or video files in {input_url}"
+                         + (f" ({len(unusable)} unusable, e.g. {unusable[0]['reason']})" if unusable else ""))
     kinds = {it["kind"] for it in items}
     fingerprint = _fingerprint(items, tok_hash, cfg)
     manifest_url = join(output_url, MANIFEST)

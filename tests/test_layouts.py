@@ -313,3 +313,25 @@ def test_tokenize_an_index_of_images_and_windowed_videos(ray_local, digits_png, 
         want_tokens = tok.encode(clips_to_pixels(clip[None])).reshape(-1).tolist()
         assert by_id[rid]["tokens"] == want_tokens
     assert by_id["train/ramp/ramp.mp4#clip0"]["tokens"] != by_id["train/ramp/ramp.mp4@2.5-4.5#clip0"]["tokens"]
+
+
+def test_pipeline_raw_data_may_be_an_index(tmp_path):
+    from pipelines.config import load_run_config
+    from pipelines.dag import StepContext
+    from pipelines.steps import build_steps
+    _jpeg(tmp_path / "imgs" / "a.jpg")
+    write_index(str(tmp_path / "i.csv"), [{"path": "imgs/a.jpg", "label": "cat", "split": "train"}])
+    cfg = load_run_config("configs/digits_vq.yaml", [f"pipeline.raw_data={tmp_path / 'i.csv'}"])
+    data = build_steps(cfg)[0]
+    assert data.name == "data"
+    assert data.run(StepContext(str(tmp_path / "run"), {}, None)) == {"raw_url": str(tmp_path / "i.csv"),
+                                                                       "written": False}
+    # The step's input listing follows the index's rows and the files they name.
+    before = data.input_listing()
+    write_index(str(tmp_path / "i.csv"), [{"path": "imgs/a.jpg", "label": "dog", "split": "train"}])
+    relabelled = data.input_listing()
+    _jpeg(tmp_path / "imgs" / "a.jpg", value=3, fmt="PNG")
+    assert len({before, relabelled, data.input_listing()}) == 3
+    missing = load_run_config("configs/digits_vq.yaml", [f"pipeline.raw_data={tmp_path / 'none.csv'}"])
+    with pytest.raises(FileNotFoundError, match="not a folder or an index file"):
+        build_steps(missing)[0].run(StepContext(str(tmp_path / "run"), {}, None))
