@@ -47,8 +47,9 @@ def is_index(url: str) -> bool:
 
 
 def item_id(split: str, label: str, name: str, start: float = 0.0, end: float = math.inf) -> str:
-    """A row's id in the shards: split/label/file name, plus @start-end for a time window."""
-    window = f"@{start:g}-{end:g}" if (start > 0 or end < math.inf) else ""
+    """A row's id in the shards: split/label/file name, plus @start-end for a time window
+    (@start- when it runs to the end of the video)."""
+    window = f"@{start:g}-{'' if end == math.inf else f'{end:g}'}" if (start > 0 or end < math.inf) else ""
     return f"{split}/{label}/{name}{window}"
 
 
