@@ -12,7 +12,7 @@ from nestgen.decoding.schedule import resolve_schedule
 DECODE_FLAGS = (
     ("--schedule", "schedule", str, "preset name or e.g. 8x3,4x3,2x3,1x3 (default: config's)"),
     ("--steps", "steps", int, "decoding steps K (default: config's)"),
-    ("--cache", "cache", str, "none | on_switch | every:R (default: config's)"),
+    ("--cache", "cache", str, "none | on_switch | every:R, optionally +cls (default: config's)"),
     ("--guidance", "guidance_scale", float, "classifier-free guidance scale"),
     ("--temperature", "temperature", float, None),
 )

@@ -1,5 +1,3 @@
-import dataclasses
-
 import pytest
 import torch
 
@@ -32,17 +30,6 @@ def test_mask_counts_follow_maskgit_arithmetic():
         decode_mask_counts(0, 4)
 
 
-@pytest.mark.parametrize("guidance", [0.0, 2.0])
-@pytest.mark.parametrize("schedule", ["8x3,4x3,2x3,1x3", "1x12", "1x3,2x3,4x3,8x3"])
-def test_cache_refreshed_every_step_equals_uncached(model, schedule, guidance):
-    labels = torch.tensor([0, 1, 2, 1])
-    base = DecodeConfig(schedule=schedule, steps=12, guidance_scale=guidance, guidance_schedule="linear")
-    uncached = decode(model, labels, dataclasses.replace(base, cache="none"), seeds=[3, 4, 5, 6])
-    cached = decode(model, labels, dataclasses.replace(base, cache="every:1"), seeds=[3, 4, 5, 6])
-    assert torch.equal(uncached.tokens, cached.tokens)
-    assert (uncached.tokens < model.cfg.vocab_size).all()
-
-
 def test_query_tokens_per_step_match_schedule_arithmetic(model):
     """16 tokens, K=4: masked counts [16, 14, 11, 6, 0]. With `on_switch` and schedule 2x2,1x2,
     steps 0 and 2 are full passes (17 queries incl. the class token); a cached step runs the
@@ -56,6 +43,21 @@ def test_query_tokens_per_step_match_schedule_arithmetic(model):
     assert [p.n_query for p in res.plan] == [17, 16, 17, 11]
     masked = [int((t == model.cfg.mask_id).sum(1)[0]) for t in res.history]
     assert masked == [14, 11, 6, 0]
+
+
+@pytest.mark.parametrize("n_cond", [0, 6])
+def test_cls_option_adds_class_and_conditioning_queries_to_cached_steps(model, n_cond):
+    """`on_switch+cls`: the cached steps of the `on_switch` decode above also run the class
+    token and the conditioning tokens (masked counts [16-c, ...] over the free tokens)."""
+    calls, h = _record_queries(model)
+    cond = torch.randint(0, model.cfg.vocab_size, (2, n_cond)) if n_cond else None
+    res = decode(model, torch.tensor([0, 1]), DecodeConfig(schedule="2x2,1x2", steps=4, cache="on_switch+cls"),
+                 cond=cond)
+    h.remove()
+    counts = decode_mask_counts(16 - n_cond, 4)
+    expected = [17, counts[0] + 1 + n_cond, 17, counts[2] + 1 + n_cond]
+    assert [c[0] for c in calls] == expected
+    assert [p.n_query for p in res.plan] == expected
 
 
 def test_every_r_refresh_and_guidance_double_the_rows(model):

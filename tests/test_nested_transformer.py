@@ -154,7 +154,27 @@ def test_cached_pass_is_exact_when_nothing_changed(small_model_cfg, attention_wi
         with torch.no_grad():
             full = model(tokens, labels, f, cache=cache)
             part = model.forward_active(tokens, pos, f, cache)
-        torch.testing.assert_close(part, full.gather(1, pos[..., None].expand(-1, -1, full.shape[-1])),
-                                   atol=1e-5, rtol=1e-5)
+            with_cls = model.forward_active(tokens, pos, f, cache, labels=labels)
+        expected = full.gather(1, pos[..., None].expand(-1, -1, full.shape[-1]))
+        torch.testing.assert_close(part, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(with_cls, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="a full pass must refresh it first"):
         model.forward_active(tokens, pos, 1, cache)
+
+
+def test_cached_pass_with_class_token_and_every_position_is_a_full_pass(small_model_cfg):
+    """With the class token and all grid positions as queries every K/V is recomputed, so a
+    cached pass with new labels equals a full pass with those labels: the class token's K/V
+    are refreshed, not reused."""
+    torch.manual_seed(3)
+    model = NestedTransformer(small_model_cfg).eval()
+    tokens = torch.randint(0, small_model_cfg.vocab_size + 1, (2, small_model_cfg.num_tokens))
+    everything = torch.arange(small_model_cfg.num_tokens).expand(2, -1)
+    cache = KVCache()
+    with torch.no_grad():
+        model(tokens, torch.tensor([0, 0]), 2, cache=cache)
+        fresh = model(tokens, torch.tensor([1, 2]), 2)
+        stale = model.forward_active(tokens, everything, 2, cache)     # class K/V from labels 0
+        cls = model.forward_active(tokens, everything, 2, cache, labels=torch.tensor([1, 2]))
+    torch.testing.assert_close(cls, fresh, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(stale, fresh, atol=1e-3)

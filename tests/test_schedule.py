@@ -44,6 +44,12 @@ def test_cache_policy_refresh_steps():
     assert parse_cache_policy("every:2").refresh_steps(f) == [
         True, False, True, True, False, True, True, False, True, False]
     assert parse_cache_policy("every:1").refresh_steps(f) == [True] * 10
-    for bad in ("every:0", "every:x", "always", ""):
+    # `+cls` changes what a cached step recomputes, not when the cache is refreshed
+    assert parse_cache_policy("on_switch+cls").refresh_steps(f) == on_switch
+    for text in ("on_switch+cls", "every:3+cls", "on_switch", "every:3", "none"):
+        assert str(parse_cache_policy(text)) == text
+    assert parse_cache_policy("never_within_size+cls") == parse_cache_policy("on_switch+cls")
+    assert not parse_cache_policy("every:2").fresh_context and parse_cache_policy("every:2+cls").fresh_context
+    for bad in ("every:0", "every:x", "always", "", "none+cls", "+cls", "on_switch+cls+cls", "every:0+cls"):
         with pytest.raises(ValueError, match="unknown cache policy"):
             parse_cache_policy(bad)

@@ -118,13 +118,17 @@ def decode_loop(model: NestedTransformer, labels: torch.Tensor, seed_t: torch.Te
     dup = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
     cache = KVCache() if prep.policy.enabled else None
     fixed_prev: torch.Tensor | None = None
+    fresh = prep.policy.fresh_context
+    # `+cls`: the class token and the conditioning tokens are queries at every cached step.
+    context_pos = torch.arange(prep.n_cond, device=device).expand(b, -1)
     for p in plan:
         tok_in = dup(tokens)
         if p.full_pass:
             logits = model(tok_in, labels_in, p.factor, cache=cache, head_positions=dup(unknown_pos))
         else:
-            active = torch.cat([unknown_pos, fixed_prev], dim=1)
-            logits = model.forward_active(tok_in, dup(active), p.factor, cache, n_head=p.n_unknown)
+            active = torch.cat([unknown_pos, fixed_prev] + ([context_pos] if fresh else []), dim=1)
+            logits = model.forward_active(tok_in, dup(active), p.factor, cache, n_head=p.n_unknown,
+                                          labels=labels_in if fresh else None)
         logits = logits.float()
         if guided:
             g = _guidance_at(cfg.guidance_scale, cfg.guidance_schedule, p.step, k)

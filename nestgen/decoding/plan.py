@@ -19,7 +19,8 @@ class StepPlan:
     step: int
     factor: int          # nest factor of the sub-model run at this step
     full_pass: bool      # True: all 1+N tokens are queries (and the KV cache is rebuilt)
-    n_query: int         # query tokens per sample (class token included on full passes)
+    n_query: int         # query tokens per sample (class token included on full passes,
+                         # and with `+cls` on cached ones, with the conditioning tokens)
     n_kv: int            # key/value tokens per sample (always 1+N)
     n_unknown: int       # masked tokens before the step (= positions whose logits are needed)
     n_fixed: int         # tokens fixed by the step
@@ -32,7 +33,9 @@ def plan_decode(num_tokens: int, schedule: Schedule, policy: CachePolicy,
     refresh = policy.refresh_steps(factors)
     plans = []
     for t, f in enumerate(factors):
-        # Cached step: still-masked tokens plus those fixed at t-1 = the masked count before t-1.
-        n_q = 1 + num_tokens if refresh[t] else counts[t - 1]
+        # Cached step: still-masked tokens plus those fixed at t-1 = the masked count before t-1
+        # (+ the class and conditioning tokens when the policy keeps them fresh).
+        context = 1 + cond_tokens if policy.fresh_context else 0
+        n_q = 1 + num_tokens if refresh[t] else counts[t - 1] + context
         plans.append(StepPlan(t, f, refresh[t], n_q, 1 + num_tokens, counts[t], counts[t] - counts[t + 1]))
     return plans

@@ -192,12 +192,14 @@ class NestedTransformer(nn.Module):
         return self._head(x)
 
     def forward_active(self, tokens: torch.Tensor, positions: torch.Tensor, factor: int,
-                       cache: KVCache, n_head: int | None = None) -> torch.Tensor:
+                       cache: KVCache, n_head: int | None = None,
+                       labels: torch.Tensor | None = None) -> torch.Tensor:
         """Cached pass over grid `positions` (B, n) only -> logits (B, n, V) at those positions
         (at the first `n_head` of them when given).
 
         `cache` must hold this width's K/V from an earlier full pass; the active tokens' fresh
         K/V replace their cached entries, every other position's K/V is reused as cached.
+        With `labels` (B,) the class token is a query too, so its K/V are refreshed as well.
         """
         if cache.factor != factor or not cache.keys:
             raise ValueError(f"KV cache holds width factor {cache.factor or None}, not {factor}: "
@@ -205,8 +207,14 @@ class NestedTransformer(nn.Module):
         w = self.width_of(factor)
         seq_idx = positions + 1
         x = self.tok_emb.weight[tokens.gather(1, positions), :w] + self.pos_emb[seq_idx, :w]
+        if labels is not None:
+            cls = self.cls_emb.weight[labels, None, :w] + self.pos_emb[:1, :w]
+            x = torch.cat([cls, x], dim=1)
+            seq_idx = torch.cat([torch.zeros_like(seq_idx[:, :1]), seq_idx], dim=1)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, seq_idx)
+        if labels is not None:
+            x = x[:, 1:]
         return self._head(x if n_head is None else x[:, :n_head])
 
     def num_params(self) -> int:

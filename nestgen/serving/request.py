@@ -49,7 +49,7 @@ class GenerateRequest(BaseModel):
     temperature: float | None = Field(None, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False,
                                       description="token sampling temperature, finite, in "
                                                   f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]; rounded to 0.01")
-    cache: str | None = Field(None, max_length=32, description="KV cache policy: none | on_switch | every:R")
+    cache: str | None = Field(None, max_length=32, description="KV cache policy: none | on_switch | every:R, optionally +cls")
     format: Literal["png", "mp4", "tokens"] | None = Field(
         None, description="png (images; a strip of frames for video), mp4 (video models) or tokens; "
                           "null: png for image models, mp4 for video models")
