@@ -42,8 +42,18 @@ def _train(args, seed: int):
     t0 = time.perf_counter()
     trainer, history = train_on_tokens(cfg, tokens, labels, progress=False)
     print(f"trained seed {seed}: {args.steps} steps in {time.perf_counter() - t0:.0f}s, "
-          f"losses {({k: round(v, 3) for k, v in history[-1].items() if k.startswith('loss/')})}")
+          f"losses {({k: round(v, 3) for k, v in history[-1].items() if k.startswith('loss/')})}", flush=True)
     return trainer.eval_model().eval(), cfg
+
+
+def _models(args):
+    if args.checkpoint:
+        from nestgen.checkpoint import load_model
+        model, cfg = load_model(args.checkpoint)
+        yield "checkpoint", model.eval(), cfg
+        return
+    for seed in args.train_seeds:
+        yield (f"seed {seed}", *_train(args, seed))
 
 
 @torch.no_grad()
@@ -98,7 +108,7 @@ def main() -> None:
     p.add_argument("--checkpoint", help="evaluate this trained digits checkpoint instead of training")
     p.add_argument("--config", default="configs/digits.yaml")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--steps", type=int, default=1000, help="training steps per model")
+    p.add_argument("--steps", type=int, default=800, help="training steps per model")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--schedule", default="magnets")
@@ -111,21 +121,16 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.checkpoint:
-        from nestgen.checkpoint import load_model
-        model, cfg = load_model(args.checkpoint)
-        models = [("checkpoint", model.eval(), cfg)]
-    else:
-        models = [(f"seed {s}", *_train(args, s)) for s in args.train_seeds]
-    cfg0 = models[0][2]
-    net, info = train_digit_classifier(epochs=15, seed=cfg0.data.seed, holdout_fraction=cfg0.data.holdout_fraction)
-    _, (ho_tokens, _) = load_digit_tokens(cfg0.data.holdout_fraction, cfg0.data.seed)
-    ref = digits_stats(net, digit_tokens_to_images(ho_tokens))
     result = {"schedule": args.schedule, "samples": args.samples, "replicates": args.replicates,
-              "policies": POLICIES, "digits_net": {"net_hash": info["net_hash"],
-                                                   "holdout_accuracy": info["holdout_accuracy"]},
-              "reference": f"{ref.n} held-out digits", "models": []}
-    for name, model, cfg in models:
+              "policies": POLICIES, "models": []}
+    for name, model, cfg in _models(args):     # evaluated (and the JSON written) as each one exists
+        if not result["models"]:
+            net, info = train_digit_classifier(epochs=15, seed=cfg.data.seed,
+                                               holdout_fraction=cfg.data.holdout_fraction)
+            _, (ho_tokens, _) = load_digit_tokens(cfg.data.holdout_fraction, cfg.data.seed)
+            ref = digits_stats(net, digit_tokens_to_images(ho_tokens))
+            result.update(digits_net={"net_hash": info["net_hash"], "holdout_accuracy": info["holdout_accuracy"]},
+                          reference=f"{ref.n} held-out digits")
         res = evaluate_model(model, cfg, net, info, ref, args)
         res.update(model=name, width=cfg.model.width, depth=cfg.model.depth, train_steps=cfg.train.steps,
                    train_seed=cfg.train.seed)
@@ -133,10 +138,10 @@ def main() -> None:
         print(f"\n{name} (width {cfg.model.width}, depth {cfg.model.depth}, {cfg.train.steps} steps), "
               f"{args.samples} samples, schedule {args.schedule}, baseline 1x12 "
               f"{res['baseline_gflops_per_sample']:.4f} GFLOPs/sample")
-        print(_fmt_table(res))
-    result["wall_seconds"] = time.perf_counter() - t0
+        print(_fmt_table(res), flush=True)
+        result["wall_seconds"] = time.perf_counter() - t0
+        write_json(args.json, result)
     print(f"\ntotal {result['wall_seconds']:.0f}s")
-    write_json(args.json, result)
 
 
 if __name__ == "__main__":
