@@ -9,7 +9,6 @@ share of codes used at least once, and the perplexity of the code histogram).
 from __future__ import annotations
 
 import collections
-import math
 import time
 from typing import Iterable, Iterator
 
@@ -23,6 +22,7 @@ from nestgen.device import resolve_device
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.tokenizers.model import VQTokenizer
 from nestgen.tokenizers.pixels import psnr_from_mse
+from nestgen.training.optim import warmup_cosine_scheduler
 
 
 def code_perplexity(counts: torch.Tensor) -> float:
@@ -70,19 +70,12 @@ class TokenizerTrainer:
         self.model = (model or VQTokenizer(cfg)).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.sched = warmup_cosine_scheduler(self.opt, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         self.step = 0
         self.usage = CodebookUsage(cfg.codebook_size, cfg.usage_window)
         # Counts since the last restart decide which codes are dead.
         self._since_restart = torch.zeros(cfg.codebook_size, dtype=torch.long, device=self.device)
         self._gen = torch.Generator().manual_seed(cfg.seed + 7)
-
-    def _lr_factor(self, step: int) -> float:
-        cfg = self.cfg
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     @property
     def core(self) -> VQTokenizer:

@@ -19,7 +19,7 @@ from nestgen.config import NestgenConfig
 from nestgen.device import autocast, resolve_device
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.training.objective import NestedObjective, sizes_for_step
-from nestgen.training.optim import build_optimizer, build_scheduler
+from nestgen.training.optim import build_optimizer, warmup_cosine_scheduler
 
 
 class NestedTrainer:
@@ -38,7 +38,7 @@ class NestedTrainer:
         if wrap is not None:
             self.objective = wrap(self.objective)
         self.opt = build_optimizer(self.model, cfg.train)
-        self.sched = build_scheduler(self.opt, cfg.train)
+        self.sched = warmup_cosine_scheduler(self.opt, cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay))
                     if cfg.train.ema_decay > 0 else None)
         self.step = 0

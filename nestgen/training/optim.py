@@ -1,4 +1,4 @@
-"""AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay."""
+"""AdamW with decoupled weight decay on matrices only; linear warm-up then cosine decay."""
 from __future__ import annotations
 
 import math
@@ -20,13 +20,16 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up over warmup_steps, then a cosine from 1 down to min_ratio
+    at total_steps (and min_ratio after). The schedule of every trainer here."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
+def warmup_cosine_scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                            min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, warmup_steps, total_steps, min_ratio))
