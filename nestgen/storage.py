@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 
@@ -66,49 +65,12 @@ def protocol_prefix(url: str) -> str:
 LATEST = "LATEST"
 
 
-MLFLOW_RUN_SCHEMES = ("runs:/", "mlflow-run:", "models:/")
-
-
-def _mlflow_run_id(client, uri: str) -> str:
-    """runs:/<id>[/...] and mlflow-run:<id> name the run; models:/<name>/<version> and
-    models:/<name>@<alias> name a registered model version, whose run trained it."""
-    if uri.startswith("models:/"):
-        ref = uri[len("models:/"):].strip("/")
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            return client.get_model_version_by_alias(name, alias).run_id
-        name, _, version = ref.rpartition("/")
-        if not name or not version.isdigit():
-            raise ValueError(f"{uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
-        return client.get_model_version(name, version).run_id
-    return uri.split(":", 1)[1].lstrip("/").split("/", 1)[0]
-
-
-def mlflow_tracking_uri(uri: str | None = None) -> str:
-    """The MLflow tracking URI: `uri`, else $MLFLOW_TRACKING_URI, else ./mlflow.db (SQLite)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
-
-
-def mlflow_run_checkpoint(uri: str, tracking_uri: str | None = None) -> str:
-    """The `checkpoint_uri` tag of a training run named as runs:/<run_id>, mlflow-run:<run_id>
-    or by a registered model version (models:/<name>/<version>, models:/<name>@<alias>)
-    (MLflow from tracking_uri, else $MLFLOW_TRACKING_URI / ./mlflow.db)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(mlflow_tracking_uri(tracking_uri))
-    run_id = _mlflow_run_id(client, uri)
-    tags = client.get_run(run_id).data.tags
-    if "checkpoint_uri" not in tags:
-        raise FileNotFoundError(f"MLflow run {run_id} has no checkpoint_uri tag: it is not a finished training run")
-    return tags["checkpoint_uri"]
-
-
-def resolve_checkpoint(url: str, tracking_uri: str | None = None) -> str:
-    """A checkpoint file URL as given; for an output folder, the file its LATEST names; for an
-    MLflow run (runs:/<id>, mlflow-run:<id>) or registered model (models:/<name>/<version>),
-    the checkpoint its training tagged."""
-    if url.startswith(MLFLOW_RUN_SCHEMES):
-        return resolve_checkpoint(mlflow_run_checkpoint(url, tracking_uri))
+def resolve_checkpoint(url: str, resolve_uri: Callable[[str], str] | None = None) -> str:
+    """A checkpoint file URL as given; for an output folder, the file its LATEST names.
+    `resolve_uri` first maps names storage does not know to a URL: the orchestration layer
+    passes one for its tracking server's runs:/<id> and models:/<name>/<version>."""
+    if resolve_uri is not None:
+        url = resolve_uri(url)
     fs, path = url_to_fs(url)
     if fs.isdir(path):
         pointer = join(url, LATEST)

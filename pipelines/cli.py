@@ -26,6 +26,7 @@ from pipelines import evaluate, pipeline, serve, tokenize, train, train_tokenize
 from pipelines.cli_args import add_config_args, add_decode_args, add_set_arg, decode_config, decode_overrides
 from pipelines.config import load_run_config
 from pipelines.lease import LeaseHeld
+from pipelines.tracking import resolve_checkpoint
 
 STEP_MODULES = (train, train_tokenizer, tokenize, pipeline, evaluate, serve)
 
@@ -46,7 +47,7 @@ def cmd_flops(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    model, cfg, tok = load_generator(args.checkpoint, args.device)
+    model, cfg, tok = load_generator(resolve_checkpoint(args.checkpoint), args.device)
     d = decode_config(cfg.decode, args)
     info = sample_grid(model, cfg, d, args.out, num=args.num, class_label=args.class_label, seed=args.seed,
                        tokenizer=tok)

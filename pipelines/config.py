@@ -6,6 +6,7 @@ never sees these sections, and checkpoints it reads back are loaded by their lib
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,6 @@ from typing import Literal
 from nestgen.config import NestgenConfig, config_from_dict, load_config
 from nestgen.configschema import check
 from nestgen.data.media import VideoLimits
-from nestgen.storage import mlflow_tracking_uri
 
 
 @dataclass
@@ -78,7 +78,10 @@ class MlflowConfig:
     registered_alias: str = ""       # and point this alias at it (e.g. production: models:/<name>@production)
 
     def resolved_uri(self) -> str:
-        return mlflow_tracking_uri(self.tracking_uri)
+        """The one default of the tracking URI: tracking_uri, else $MLFLOW_TRACKING_URI, else
+        ./mlflow.db (SQLite, in the working directory)."""
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+            f"sqlite:///{os.path.abspath('mlflow.db')}"
 
     def validate(self) -> None:
         check(bool(self.experiment), "experiment", "must not be empty")

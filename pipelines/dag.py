@@ -135,11 +135,10 @@ class Runner:
     """Plans and runs a DAG under `output_url`; `tracker` (optional) mirrors it in MLflow."""
 
     def __init__(self, steps: list[Step], output_url: str, tracker=None, retries: int = 2,
-                 backoff_s: float = 5.0, faults: dict[str, int] | None = None):
+                 backoff_s: float = 5.0):
         self.steps = topological(steps)
         self.output_url = output_url.rstrip("/")
         self.tracker, self.retries, self.backoff_s = tracker, retries, backoff_s
-        self.faults = dict(faults or {})     # test hook: step -> attempts that raise a transient error
         fps = fingerprints(self.steps)
         self.records = {s.name: StepRecord(s.name, s.deps, fps[s.name], join(self.output_url, f"{s.name}-{fps[s.name][:12]}"))
                         for s in self.steps}
@@ -216,8 +215,6 @@ class Runner:
             print(f"[dag] {s.name}: running (attempt {attempt}) -> {r.folder}", flush=True)
             t0 = time.perf_counter()
             try:
-                if self.faults.get(s.name, 0) >= attempt:
-                    raise ConnectionError(f"injected transient failure of {s.name} (attempt {attempt})")
                 parent = self.tracker.step_parent(r) if self.tracker else None
                 outputs = s.run(StepContext(r.folder, inputs, parent, attempt, r.fingerprint)) or {}
                 r.seconds += time.perf_counter() - t0

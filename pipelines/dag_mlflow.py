@@ -8,12 +8,11 @@ params. The parent gets the DAG (dag.json and a Mermaid diagram) as artifacts.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 
 from pipelines.config import RunConfig
 from pipelines.dag import Runner, StepRecord
+from pipelines.tracking import Run, start_run
 
 
 def mermaid(runner: Runner) -> str:
@@ -28,45 +27,38 @@ def mermaid(runner: Runner) -> str:
 class MlflowTracker:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.client = None
-        self.run_id: str | None = None
+        self.run: Run | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.run_id if self.run else None
 
     def start(self, runner: Runner) -> None:
-        from pipelines.train_common import mlflow_run
-        self.client, self.run_id = mlflow_run(self.cfg, "pipeline", runner.output_url)
-        self.client.set_tag(self.run_id, "nestgen.dag", " -> ".join(s.name for s in runner.steps))
+        self.run = start_run(self.cfg, "pipeline", runner.output_url)
+        self.run.set_tags({"nestgen.dag": " -> ".join(s.name for s in runner.steps)})
         self.t0 = time.perf_counter()
 
     def step_parent(self, r: StepRecord) -> str | None:
         return self.run_id
 
     def step(self, r: StepRecord) -> None:
-        from mlflow.entities import Metric, Param
         run_id = r.outputs.get("mlflow_run_id") if r.status == "done" else None
         if run_id is None:
-            exp = self.client.get_run(self.run_id).info.experiment_id
-            run_id = self.client.create_run(exp, run_name=f"step-{r.name}", tags={
-                "mlflow.parentRunId": self.run_id, "nestgen.step": r.name}).info.run_id
-            flat = {f"output.{k}": str(v)[:500] for k, v in r.outputs.items() if not isinstance(v, (dict, list))}
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in list(flat.items())[:100]])
-            self.client.set_terminated(run_id, "FAILED" if r.status == "failed" else "FINISHED")
+            child = self.run.child(f"step-{r.name}", r.name)
+            child.log_params({f"output.{k}": str(v)[:500] for k, v in r.outputs.items()
+                              if not isinstance(v, (dict, list))})
+            child.end("FAILED" if r.status == "failed" else "FINISHED")
+            run_id = child.run_id
         r.mlflow_run_id = run_id
-        for k, v in {"dag.status": r.status, "dag.fingerprint": r.fingerprint[:16], "dag.folder": r.folder,
-                     "dag.attempts": str(r.attempts)}.items():
-            self.client.set_tag(run_id, k, v)
-        ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(f"step_seconds.{r.name}", r.seconds, ts, 0)])
+        Run(self.run.client, run_id, self.run.experiment_id).set_tags({
+            "dag.status": r.status, "dag.fingerprint": r.fingerprint[:16], "dag.folder": r.folder,
+            "dag.attempts": r.attempts})
+        self.run.log_metrics({f"step_seconds.{r.name}": r.seconds})
 
     def finish(self, runner: Runner, failed: Exception | None) -> None:
-        from mlflow.entities import Metric
-        ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric("pipeline_seconds", time.perf_counter() - self.t0, ts, 0)])
-        with tempfile.TemporaryDirectory() as d:
-            for name, text in (("dag.json", json.dumps(runner.summary(), indent=1, default=str)),
-                               ("dag.mmd", mermaid(runner))):
-                with open(os.path.join(d, name), "w") as f:
-                    f.write(text)
-                self.client.log_artifact(self.run_id, os.path.join(d, name))
+        self.run.log_metrics({"pipeline_seconds": time.perf_counter() - self.t0})
+        self.run.log_bytes("dag.json", json.dumps(runner.summary(), indent=1, default=str).encode())
+        self.run.log_bytes("dag.mmd", mermaid(runner).encode())
         if failed:
-            self.client.set_tag(self.run_id, "error", str(failed)[:5000])
-        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+            self.run.set_tags({"error": str(failed)[:5000]})
+        self.run.end("FAILED" if failed else "FINISHED")

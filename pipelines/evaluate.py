@@ -13,8 +13,6 @@ the model was trained on, the variants are what the caller asks for.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, fields, replace
 
@@ -25,10 +23,10 @@ from nestgen.evaluation import (EvaluationReport, Requests, Variant, VariantResu
 from nestgen.evaluation.outputs import write_outputs
 from nestgen.evaluation.variants import collect, decode_config
 from nestgen.render import tokens_to_pixels
-from nestgen.storage import read_bytes, resolve_checkpoint
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, run_config_from_dict
 from pipelines.ray_runtime import init_ray
+from pipelines.tracking import resolve_checkpoint, start_run
 
 
 def evaluation_config(user: RunConfig, trained: NestgenConfig) -> RunConfig:
@@ -91,7 +89,7 @@ def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: boo
              parent_run_id: str | None = None, log_mlflow: bool = True) -> EvaluateResult:
     """Evaluate `checkpoint` (or cfg.evaluate.checkpoint) as cfg.evaluate says; ray.init is the caller's."""
     t0 = time.perf_counter()
-    checkpoint = resolve_checkpoint(checkpoint or cfg.evaluate.checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint or cfg.evaluate.checkpoint, cfg.mlflow.tracking_uri)
     if not checkpoint:
         raise ValueError("no checkpoint to evaluate: set evaluate.checkpoint or pass --checkpoint")
     model, trained, tok = load_generator(checkpoint)
@@ -116,21 +114,8 @@ def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: boo
     return EvaluateResult(report, files, run_id, time.perf_counter() - t0)
 
 
-def _log_files(client, run_id: str, urls: list[str], artifact_path: str | None = None) -> None:
-    """MLflow logs local files: copy each (maybe remote) output file through a temp dir."""
-    with tempfile.TemporaryDirectory() as d:
-        for url in urls:
-            path = os.path.join(d, os.path.basename(url))
-            with open(path, "wb") as f:
-                f.write(read_bytes(url))
-            client.log_artifact(run_id, path, artifact_path)
-
-
 def log_to_mlflow(cfg: RunConfig, report: EvaluationReport, files: dict, output_url: str,
                   parent_run_id: str | None, extra: dict) -> str:
-    from mlflow.entities import Metric, Param
-
-    from pipelines.train_common import mlflow_run
     base = report.baseline()
     search = report.search
     params = {"evaluate.metric": report.metric, "evaluate.checkpoint_resolved": extra["checkpoint"],
@@ -140,38 +125,27 @@ def log_to_mlflow(cfg: RunConfig, report: EvaluationReport, files: dict, output_
         params.update({"search.chosen": search.chosen.name, "search.budget_gflops": search.budget_gflops})
     for name, why in report.suite.unavailable.items():
         params[f"unavailable.{name}"] = why[:500]
-    client, run_id = mlflow_run(cfg, "evaluate", output_url, params, parent_run_id)
-    try:
-        ts = int(time.time() * 1000)
-        top = [Metric("baseline_gflops_per_sample", base.gflops_per_sample, ts, 0),
-               Metric(f"baseline_{report.metric}", base.metrics[report.metric], ts, 0)]
+    with start_run(cfg, "evaluate", output_url, params, parent_run_id) as run:
+        top = {"baseline_gflops_per_sample": base.gflops_per_sample,
+               f"baseline_{report.metric}": base.metrics[report.metric]}
         chosen = report.searched()
         if chosen is not None:
-            top += [Metric("searched_gflops_saving", report.baseline_gflops / chosen.gflops_per_sample, ts, 0),
-                    Metric(f"searched_{report.metric}", chosen.metrics[report.metric], ts, 0)]
-        client.log_batch(run_id, metrics=top)
-        _log_files(client, run_id, [files["plot"], files["summary"]])
-        exp_id = client.get_run(run_id).info.experiment_id
+            top.update({"searched_gflops_saving": report.baseline_gflops / chosen.gflops_per_sample,
+                        f"searched_{report.metric}": chosen.metrics[report.metric]})
+        run.log_metrics(top)
+        run.log_files([files["plot"], files["summary"]])
         for row, r in zip(report.summary()["variants"], report.results):
-            child = client.create_run(exp_id, run_name=r.variant.name,
-                                      tags={"mlflow.parentRunId": run_id, "nestgen.step": "evaluate.variant"})
-            cid = child.info.run_id
-            d = {"schedule": r.schedule, "schedule_requested": r.variant.schedule, "cache": r.variant.cache,
-                 "steps": decode_config(cfg, r.variant).steps,
-                 "guidance_scale": r.variant.guidance_scale, "temperature": cfg.decode.temperature,
-                 "label": r.variant.label or "-", "num_samples": cfg.evaluate.num_samples}
-            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and k != "guidance_scale"}
-            metrics["pareto"] = float(row["pareto"])
-            client.log_batch(cid, params=[Param(k, str(v)) for k, v in d.items()],
-                             metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None])
-            _log_files(client, cid, list(files["samples"].get(r.variant.name, {}).values()), "samples")
-            client.set_terminated(cid, "FINISHED")
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    return run_id
+            with run.child(r.variant.name, "evaluate.variant") as child:
+                child.log_params({"schedule": r.schedule, "schedule_requested": r.variant.schedule,
+                                  "cache": r.variant.cache, "steps": decode_config(cfg, r.variant).steps,
+                                  "guidance_scale": r.variant.guidance_scale, "temperature": cfg.decode.temperature,
+                                  "label": r.variant.label or "-", "num_samples": cfg.evaluate.num_samples})
+                metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and k != "guidance_scale"}
+                metrics["pareto"] = float(row["pareto"])
+                child.log_metrics(metrics)
+                child.log_files(list(files["samples"].get(r.variant.name, {}).values()), "samples")
+    return run.run_id
 
 
 def cmd_evaluate(args) -> int:

@@ -10,15 +10,15 @@ from pipelines.dag import Runner
 from pipelines.steps import build_steps
 
 
-def make_runner(cfg: RunConfig, track: bool = True, faults: dict | None = None) -> Runner:
+def make_runner(cfg: RunConfig, track: bool = True) -> Runner:
     from pipelines.dag_mlflow import MlflowTracker
     return Runner(build_steps(cfg), cfg.pipeline.output_url, MlflowTracker(cfg) if track else None,
-                  cfg.pipeline.retries, cfg.pipeline.retry_backoff_s, faults)
+                  cfg.pipeline.retries, cfg.pipeline.retry_backoff_s)
 
 
 def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None = None,
-                 dry_run: bool = False, ray_address: str | None = None, faults: dict | None = None) -> Runner:
-    runner = make_runner(cfg, track=not dry_run, faults=faults)
+                 dry_run: bool = False, ray_address: str | None = None) -> Runner:
+    runner = make_runner(cfg, track=not dry_run)
     if dry_run:
         print(runner.describe(runner.plan(from_step, only)))
         return runner

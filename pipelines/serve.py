@@ -35,6 +35,7 @@ from nestgen.serving.request import GenerateRequest
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import RunConfig
 from pipelines.ray_runtime import init_ray
+from pipelines.tracking import checkpoint_resolver, pin_model_version
 
 api = FastAPI(
     title="nestgen",
@@ -65,7 +66,7 @@ class Generator:
         # to slow a small decode down 50x on a busy 2-core machine.
         torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
         api.state.api_keys = read_api_keys(cfg.api_keys_env)
-        self.engine = Engine(cfg)
+        self.engine = Engine(cfg, resolve_uri=checkpoint_resolver(cfg.mlflow_tracking_uri))
         api.state.max_body_bytes = cfg.max_body_bytes
         self.deadline_s = cfg.decode_deadline_s
         # Decoding has a thread of its own, and conditioning clips (PyAV decodes) their own
@@ -122,19 +123,6 @@ class Generator:
     @api.get("/v1/model", summary="Model config, tokenizer hash, checkpoint")
     def model(self) -> dict:
         return self.engine.info()
-
-
-def pin_model_version(uri: str, tracking_uri: str = "") -> str:
-    """models:/<name>@<alias> -> models:/<name>/<version> the alias names now; any other URI
-    as given."""
-    if not (uri.startswith("models:/") and "@" in uri):
-        return uri
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.config import MlflowConfig
-    name, alias = uri[len("models:/"):].strip("/").split("@", 1)
-    client = MlflowClient(MlflowConfig(tracking_uri=tracking_uri).resolved_uri())
-    return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
 
 
 def build(cfg: ServeConfig):

@@ -64,8 +64,9 @@ def data_step(cfg: RunConfig, ctx: StepContext) -> dict:
 def tokenizer_step(cfg: RunConfig, ctx: StepContext) -> dict:
     if cfg.pipeline.tokenizer:
         from nestgen.tokenizers import load_tokenizer, tokenizer_hash
-        return {"tokenizer_url": cfg.pipeline.tokenizer,
-                "tokenizer_hash": tokenizer_hash(load_tokenizer(cfg.pipeline.tokenizer))}
+        from pipelines.tracking import resolve_checkpoint
+        tok = load_tokenizer(resolve_checkpoint(cfg.pipeline.tokenizer, cfg.mlflow.tracking_uri))
+        return {"tokenizer_url": cfg.pipeline.tokenizer, "tokenizer_hash": tokenizer_hash(tok)}
     from pipelines.train_tokenizer import fit_tokenizer
     res = fit_tokenizer(cfg, ctx.inputs["data"]["raw_url"], ctx.folder, "train", parent_run_id=ctx.parent_run_id,
                         run_key=ctx.fingerprint)

@@ -29,11 +29,11 @@ from nestgen.data.media import (ClipSpec, MediaError, VideoLimits, load_image, l
                                video_demuxer)
 from nestgen.data.raw_files import list_raw_files
 from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
-from nestgen.storage import (exists, join, protocol_prefix, read_bytes, remove_tree, resolve_checkpoint, url_to_fs,
-                             write_json_atomic)
+from nestgen.storage import exists, join, protocol_prefix, read_bytes, remove_tree, url_to_fs, write_json_atomic
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import TokenizeConfig, load_run_config
 from pipelines.ray_runtime import init_ray
+from pipelines.tracking import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 

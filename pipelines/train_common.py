@@ -1,76 +1,79 @@
-"""What every Ray Train loop of nestgen shares: the MLflow run, metric windows, and the
-report/checkpoint cadence (all ranks report together; rank 0 writes the checkpoint)."""
+"""The skeleton every Ray Train step of nestgen runs in; a trainer plugs in a `WorkerJob`.
+
+    driver: fit_on_workers(loop, cfg, output_url, name, dataset, run, loop_config)
+            -> TorchTrainer from cfg.scaling -> final checkpoint, published (an immutable
+            copy): tagged on the run as checkpoint_uri and named by output_url's LATEST
+    worker: run_worker(config, setup): setup(Worker) -> WorkerJob; resume from Ray's last
+            checkpoint; batches of the "train" shard until job.steps; metric windows
+            reported by every rank (rank 0 also logs them to MLflow) and, every
+            scaling.checkpoint_every steps and at the end, a checkpoint written by rank 0.
+
+Resuming: a fit with the same output URL (Ray's storage_path) and name continues from the
+last reported checkpoint; a worker failure is retried (FailureConfig) from that checkpoint,
+whose optimizer/scheduler/step state makes the step count exact.
+"""
 from __future__ import annotations
 
 import os
 import tempfile
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from nestgen.config import config_to_dict, flatten
-from pipelines.config import RunConfig
+import torch
+
+from nestgen.config import config_to_dict
+from nestgen.storage import protocol_prefix, publish_checkpoint, write_latest
+from pipelines.config import RunConfig, run_config_from_dict
+from pipelines.tracking import Run
 
 CKPT_FILE = "checkpoint.pt"
 
 
-def maybe_fail(fault: dict | None, step: int) -> None:
-    """Test hook: raise once at `step` (a flag file records that it happened)."""
-    if fault and step == fault["step"] and not os.path.exists(fault["flag"]):
-        open(fault["flag"], "w").close()
-        raise RuntimeError(f"injected failure at step {step}")
+@dataclass
+class Worker:
+    """One Ray Train worker, as a trainer's setup sees it."""
+    cfg: RunConfig
+    config: dict                 # the loop config the driver passed (beyond cfg and the run)
+    rank: int
+    world: int
+    device: torch.device
+    run: Run | None              # the step's MLflow run, on rank 0
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` on this worker's device, wrapped for data parallelism (scaling.strategy)."""
+        import ray.train.torch
+        return ray.train.torch.prepare_model(module, parallel_strategy=self.cfg.scaling.strategy)
 
 
-RUN_KEY_TAG = "nestgen.run_key"
-
-
-def mlflow_run(cfg: RunConfig, step_name: str, output_url: str, extra_params: dict | None = None,
-               parent_run_id: str | None = None, run_key: str = ""):
-    """(client, run_id) of a new run with every config value as a param (a child run of
-    parent_run_id when given, e.g. a step of a pipeline run). With run_key (a DAG step's
-    fingerprint) the run tagged with that key is reused when there is one: a retried or
-    resumed step continues its run instead of adding another."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(cfg.mlflow.resolved_uri())
-    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment)
-    if run_key:
-        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-            if parent_run_id:                  # shown under the pipeline run that resumed it
-                client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
-            return client, run_id              # its params: logged at creation (same key, same config)
-    run = client.create_run(exp_id, run_name=f"{step_name}-{cfg.name}",
-                            tags={"nestgen.step": step_name, "output_url": output_url,
-                                  **({RUN_KEY_TAG: run_key} if run_key else {}),
-                                  **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
-    params = {k: str(v)[:6000] for k, v in flatten(config_to_dict(cfg)).items()}
-    params.update({k: str(v) for k, v in (extra_params or {}).items()})
-    items = list(params.items())
-    for i in range(0, len(items), 100):                  # MLflow caps a batch at 100 params
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
-    return client, run.info.run_id
+@dataclass
+class WorkerJob:
+    """What a trainer plugs into `run_worker`."""
+    trainer: Any                          # its `step` counts the optimizer steps taken
+    steps: int                            # train until trainer.step reaches this
+    batch_size: int                       # global: each of N workers takes batch_size // N
+    log_every: int
+    batch_dtype: torch.dtype
+    train_step: Callable[[dict], dict]    # one batch of the "train" shard -> metrics
+    save: Callable[[str], None]           # write a checkpoint file to resume from
+    load: Callable[[str], None]           # resume from one
+    tokens_per_sample: int = 0            # > 0: also report tokens_per_s
+    after_step: Callable[[bool], None] | None = None    # called with `done` after each report
 
 
 class Reporter:
-    """Averages step metrics over a window; at log steps reports them (and logs them to
-    MLflow from rank 0); at checkpoint steps also hands Ray a checkpoint written by `save`."""
+    """Averages step metrics over a window; at log steps reports them (and logs them to the
+    MLflow run from rank 0); at checkpoint steps also hands Ray a checkpoint written by `save`."""
 
-    def __init__(self, config: dict, rank: int, log_every: int, checkpoint_every: int,
-                 samples_per_step: int, tokens_per_sample: int = 0):
-        from mlflow.tracking import MlflowClient
-        self.run_id = config.get("run_id")
-        self.mlflow = MlflowClient(config["mlflow_uri"]) if rank == 0 and self.run_id else None
-        self.rank, self.log_every, self.ckpt_every = rank, log_every, checkpoint_every
+    def __init__(self, worker: Worker, log_every: int, samples_per_step: int, tokens_per_sample: int = 0):
+        self.run, self.rank = worker.run, worker.rank
+        self.log_every, self.ckpt_every = log_every, worker.cfg.scaling.checkpoint_every
         self.samples, self.tokens = samples_per_step, tokens_per_sample
         self.window: dict[str, float] = {}
         self.n, self.t0 = 0, time.perf_counter()
 
     def step(self, step: int, metrics: dict, done: bool, save: Callable[[str], None], **extra) -> None:
         import ray.train
-        from mlflow.entities import Metric
         self.n += 1
         for k, v in metrics.items():
             self.window[k] = self.window.get(k, 0.0) + float(v)
@@ -83,9 +86,8 @@ class Reporter:
         if self.tokens:
             out["tokens_per_s"] = out["samples_per_s"] * self.tokens
         self.window, self.n, self.t0 = {}, 0, time.perf_counter()
-        if self.mlflow is not None:
-            ts = int(time.time() * 1000)
-            self.mlflow.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in out.items()])
+        if self.run is not None:
+            self.run.log_metrics(out, step)
         out.update(step=step, **extra)
         if not is_ckpt:
             ray.train.report(out)
@@ -96,6 +98,36 @@ class Reporter:
                 save(os.path.join(d, CKPT_FILE))
                 ck = ray.train.Checkpoint.from_directory(d)
             ray.train.report(out, checkpoint=ck, checkpoint_dir_name=f"checkpoint_{step:08d}")
+
+
+def run_worker(config: dict, setup: Callable[[Worker], WorkerJob]) -> None:
+    """The body of a Ray Train loop: set up, resume, train to job.steps (see the module doc)."""
+    import ray.train
+    import ray.train.torch
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    run = Run.attach(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    worker = Worker(run_config_from_dict(config["cfg"]), config, rank, ctx.get_world_size(),
+                    ray.train.torch.get_device(), run)
+    job = setup(worker)
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            job.load(os.path.join(d, CKPT_FILE))
+    start_step = job.trainer.step
+    local_bs = max(1, job.batch_size // worker.world)
+    reporter = Reporter(worker, job.log_every, local_bs * worker.world, job.tokens_per_sample)
+    shard = ray.train.get_dataset_shard("train")
+    while job.trainer.step < job.steps:
+        for batch in shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=job.batch_dtype,
+                                              local_shuffle_buffer_size=worker.cfg.scaling.shuffle_buffer or None):
+            metrics = job.train_step(batch)
+            done = job.trainer.step >= job.steps
+            reporter.step(job.trainer.step, metrics, done, job.save, start_step=start_step)
+            if job.after_step is not None:
+                job.after_step(done)
+            if done:
+                break
 
 
 def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: dict, loop_config: dict):
@@ -123,7 +155,16 @@ def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: di
         datasets=datasets)
 
 
-def checkpoint_url(output_url: str, result) -> str:
-    """URL of the checkpoint file inside a Ray Train result's latest checkpoint."""
-    from nestgen.storage import protocol_prefix
-    return protocol_prefix(output_url) + result.checkpoint.path.rstrip("/") + "/" + CKPT_FILE
+def fit_on_workers(loop, cfg: RunConfig, output_url: str, name: str, dataset, run: Run,
+                   loop_config: dict | None = None):
+    """(Ray's result, URL of its published final checkpoint) of `loop` (a Ray Train loop
+    calling run_worker) trained on `dataset` as "train"; the URL is tagged on `run` as
+    checkpoint_uri and named by output_url's LATEST. Ray must be initialized."""
+    result = torch_trainer(loop, cfg, output_url, name, {"train": dataset}, {
+        "cfg": config_to_dict(cfg), "tracking_uri": cfg.mlflow.resolved_uri(), "run_id": run.run_id,
+        **(loop_config or {})}).fit()
+    trained = protocol_prefix(output_url) + result.checkpoint.path.rstrip("/") + "/" + CKPT_FILE
+    url = publish_checkpoint(output_url, trained, int(result.metrics.get("step", 0)))
+    run.set_tags({"checkpoint_uri": url})
+    write_latest(output_url, url)
+    return result, url

@@ -1,5 +1,8 @@
-"""Training tokens as a Ray Dataset: Parquet token shards (streamed) or the built-in digits."""
+"""Training data as Ray Datasets: tokens for the generator (Parquet token shards, streamed, or
+the built-in digits) and decoded pixels of raw files for the tokenizer."""
 from __future__ import annotations
+
+from dataclasses import asdict, replace
 
 import numpy as np
 import pyarrow as pa
@@ -44,3 +47,45 @@ def token_dataset(cfg: RunConfig, split: str = "train"):
         paths = [url_to_fs(u)[1] for u in shard_urls(cfg.data.url, split, manifest)]
         ds = ray.data.read_parquet(paths, filesystem=arrow_filesystem(cfg.data.url), columns=["tokens", "label"])
     return ds.randomize_block_order().map_batches(_to_numpy, batch_format="pyarrow"), manifest
+
+
+def _decode_batch(batch: dict[str, np.ndarray], kind: str, spec: dict, max_image_pixels: int,
+                  video_limits: dict) -> dict[str, np.ndarray]:
+    """Files -> uint8 pixels; undecodable files and files over the budgets are dropped
+    (tokenize reports them by name)."""
+    from nestgen.data.media import ClipSpec, MediaError, VideoLimits, load_image, load_video_clips, video_demuxer
+    from nestgen.storage import read_bytes
+    clip, limits = ClipSpec(**spec), VideoLimits(**video_limits)
+    out = []
+    for uri, start, end in zip(batch["uri"], batch["start"], batch["end"]):
+        try:
+            data = read_bytes(str(uri))
+            out.extend([load_image(data, clip.size, clip.channels, max_image_pixels)] if kind == "image"
+                       else load_video_clips(data, replace(clip, start=float(start), end=float(end)), limits,
+                                             video_demuxer(str(uri))))
+        except (MediaError, OSError):
+            continue
+    shape = ((0, clip.size, clip.size, clip.channels) if kind == "image"
+             else (0, clip.frames, clip.size, clip.size, clip.channels))
+    return {"pixels": np.stack(out) if out else np.zeros(shape, np.uint8)}
+
+
+def pixel_dataset(cfg: RunConfig, data_url: str, split: str = "train"):
+    """ray Dataset of {"pixels": uint8 images or clips} decoded from the raw files of
+    cfg.tokenizer.kind in `split` under data_url, clipped as cfg.tokenizer / cfg.tokenize say."""
+    import ray
+
+    from nestgen.data.media import ClipSpec
+    from nestgen.data.raw_files import list_raw_files
+    t = cfg.tokenizer
+    items, _, _ = list_raw_files(data_url)
+    items = [{k: it[k] for k in ("uri", "start", "end")} for it in items
+             if it["split"] == split and it["kind"] == t.kind]
+    if not items:
+        raise ValueError(f"no {t.kind} files in split {split!r} under {data_url}")
+    spec = asdict(ClipSpec(frames=t.frames, fps=cfg.tokenize.fps, size=t.image_size, channels=t.channels,
+                           clips_per_video=cfg.tokenize.clips_per_video))
+    return ray.data.from_items(items).randomize_block_order().map_batches(
+        _decode_batch, fn_kwargs={"kind": t.kind, "spec": spec, "max_image_pixels": cfg.tokenize.max_image_pixels,
+                                  "video_limits": asdict(cfg.tokenize.video_limits())},
+        batch_size=64, batch_format="numpy")

@@ -1,88 +1,50 @@
 """The Ray Train step for the VQ tokenizers: raw image/video files -> trained tokenizer.
 
-Same machinery as pipelines.train (TorchTrainer from cfg.scaling, checkpoints through
-ray.train.report, resume and failure handling, one MLflow run); the data are raw files
-decoded by Ray Data tasks (nestgen.data.media) and streamed to the workers as uint8 pixels.
+Same skeleton as pipelines.train (pipelines.train_common: TorchTrainer from cfg.scaling,
+checkpoints through ray.train.report, resume and failure handling, one MLflow run); the
+data are raw files decoded by Ray Data tasks and streamed to the workers as uint8 pixels.
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from nestgen.config import config_to_dict
 from nestgen.local_run import train_tokenizer_local
-from nestgen.storage import publish_checkpoint, write_latest
 from pipelines.cli_args import add_config_args, add_ray_address
-from pipelines.config import RunConfig, load_run_config, run_config_from_dict
+from pipelines.config import RunConfig, load_run_config
 from pipelines.ray_runtime import init_ray
-from pipelines.train_common import CKPT_FILE, Reporter, checkpoint_url, maybe_fail, mlflow_run, torch_trainer
+from pipelines.tracking import start_run
+from pipelines.train_common import Worker, WorkerJob, fit_on_workers, run_worker
+
+REPORTED = ("loss", "mse", "psnr", "usage", "perplexity", "lr")
 
 
-def _decode_batch(batch: dict[str, np.ndarray], kind: str, spec: dict, max_image_pixels: int,
-                  video_limits: dict) -> dict[str, np.ndarray]:
-    """Files -> uint8 pixels; undecodable files and files over the budgets are dropped
-    (tokenize reports them by name)."""
-    from nestgen.data.media import ClipSpec, MediaError, VideoLimits, load_image, load_video_clips, video_demuxer
-    from nestgen.storage import read_bytes
-    clip, limits = ClipSpec(**spec), VideoLimits(**video_limits)
-    out = []
-    for uri, start, end in zip(batch["uri"], batch["start"], batch["end"]):
-        try:
-            data = read_bytes(str(uri))
-            out.extend([load_image(data, clip.size, clip.channels, max_image_pixels)] if kind == "image"
-                       else load_video_clips(data, replace(clip, start=float(start), end=float(end)), limits,
-                                             video_demuxer(str(uri))))
-        except (MediaError, OSError):
-            continue
-    shape = ((0, clip.size, clip.size, clip.channels) if kind == "image"
-             else (0, clip.frames, clip.size, clip.size, clip.channels))
-    return {"pixels": np.stack(out) if out else np.zeros(shape, np.uint8)}
+def tokenizer_job(w: Worker) -> WorkerJob:
+    """A TokenizerTrainer on batches of uint8 pixels (images or clips)."""
+    from nestgen.tokenizers import TokenizerTrainer, VQTokenizer, clips_to_pixels, images_to_pixels, save_tokenizer
+    from nestgen.tokenizers.checkpoint import read_tokenizer_checkpoint
+    t = w.cfg.tokenizer
+    trainer = TokenizerTrainer(t, model=w.prepare(VQTokenizer(t)), device=w.device)
+    to_px = clips_to_pixels if t.kind == "video" else images_to_pixels
+
+    def train_step(batch: dict) -> dict:
+        m = trainer.train_step(to_px(batch["pixels"]))
+        return {k: m[k] for k in REPORTED}
+
+    def load(path: str) -> None:
+        state = read_tokenizer_checkpoint(path)
+        trainer.core.load_state_dict(state["model"])
+        trainer.load_state(state["trainer"])
+
+    return WorkerJob(trainer, t.steps, t.batch_size, t.log_every, torch.uint8, train_step,
+                     save=lambda path: save_tokenizer(path, trainer.core, trainer=trainer.state()), load=load)
 
 
 def tokenizer_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
-    from nestgen.tokenizers import TokenizerTrainer, VQTokenizer, clips_to_pixels, images_to_pixels, save_tokenizer
-    from nestgen.tokenizers.checkpoint import read_tokenizer_checkpoint
-
-    cfg = run_config_from_dict(config["cfg"])
-    t = cfg.tokenizer
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(VQTokenizer(t), parallel_strategy=cfg.scaling.strategy)
-    trainer = TokenizerTrainer(t, model=model, device=device)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = read_tokenizer_checkpoint(os.path.join(d, CKPT_FILE))
-            trainer.core.load_state_dict(state["model"])
-            trainer.load_state(state["trainer"])
-    start_step = trainer.step
-    local_bs = max(1, t.batch_size // world)
-    to_px = clips_to_pixels if t.kind == "video" else images_to_pixels
-    reporter = Reporter(config, rank, t.log_every, cfg.scaling.checkpoint_every, local_bs * world)
-    shard = ray.train.get_dataset_shard("train")
-
-    def save(path: str) -> None:
-        save_tokenizer(path, trainer.core, trainer=trainer.state())
-
-    while trainer.step < t.steps:
-        for batch in shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=torch.uint8,
-                                              local_shuffle_buffer_size=cfg.scaling.shuffle_buffer or None):
-            maybe_fail(config.get("fault_injection"), trainer.step)
-            m = trainer.train_step(to_px(batch["pixels"]))
-            done = trainer.step >= t.steps
-            reporter.step(trainer.step, {k: m[k] for k in ("loss", "mse", "psnr", "usage", "perplexity", "lr")},
-                          done, save, start_step=start_step)
-            if done:
-                break
+    run_worker(config, tokenizer_job)
 
 
 @dataclass
@@ -94,43 +56,17 @@ class TokenizerTrainResult:
 
 
 def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "train",
-                  fault_injection: dict | None = None, parent_run_id: str | None = None,
-                  run_key: str = "") -> TokenizerTrainResult:
-    """Train cfg.tokenizer on the raw files under data_url (Ray must be initialized)."""
-    import ray
-
-    from nestgen.data.media import ClipSpec
-    from nestgen.data.raw_files import list_raw_files
+                  parent_run_id: str | None = None, run_key: str = "") -> TokenizerTrainResult:
+    """Train cfg.tokenizer on the raw files under data_url (Ray must be initialized).
+    run_key: see pipelines.tracking.start_run."""
     from nestgen.tokenizers import load_tokenizer, tokenizer_hash
-    t = cfg.tokenizer
-    items, _, _ = list_raw_files(data_url)
-    items = [{k: it[k] for k in ("uri", "start", "end")} for it in items
-             if it["split"] == split and it["kind"] == t.kind]
-    if not items:
-        raise ValueError(f"no {t.kind} files in split {split!r} under {data_url}")
-    spec = asdict(ClipSpec(frames=t.frames, fps=cfg.tokenize.fps, size=t.image_size, channels=t.channels,
-                           clips_per_video=cfg.tokenize.clips_per_video))
-    ds = ray.data.from_items(items).randomize_block_order().map_batches(
-        _decode_batch, fn_kwargs={"kind": t.kind, "spec": spec, "max_image_pixels": cfg.tokenize.max_image_pixels,
-                                  "video_limits": asdict(cfg.tokenize.video_limits())},
-        batch_size=64, batch_format="numpy")
-    client, run_id = mlflow_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url}, parent_run_id,
-                                run_key)
-    try:
-        trainer = torch_trainer(tokenizer_loop_per_worker, cfg, output_url, f"tokenizer-{cfg.name}",
-                                {"train": ds}, {"cfg": config_to_dict(cfg), "mlflow_uri": cfg.mlflow.resolved_uri(),
-                                                "run_id": run_id, "fault_injection": fault_injection})
-        result = trainer.fit()
-        url = publish_checkpoint(output_url, checkpoint_url(output_url, result), int(result.metrics.get("step", 0)))
+    from pipelines.train_data import pixel_dataset
+    ds = pixel_dataset(cfg, data_url, split)
+    with start_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url}, parent_run_id, run_key) as run:
+        result, url = fit_on_workers(tokenizer_loop_per_worker, cfg, output_url, f"tokenizer-{cfg.name}", ds, run)
         h = tokenizer_hash(load_tokenizer(url))
-        client.set_tag(run_id, "checkpoint_uri", url)
-        write_latest(output_url, url)
-        client.set_tag(run_id, "tokenizer_hash", h)
-        client.set_terminated(run_id, "FINISHED")
-        return TokenizerTrainResult(url, dict(result.metrics), run_id, h)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
+        run.set_tags({"tokenizer_hash": h})
+    return TokenizerTrainResult(url, dict(result.metrics), run.run_id, h)
 
 
 def cmd_tokenizer_train(args) -> int:

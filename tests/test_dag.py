@@ -15,13 +15,13 @@ from pipelines.steps import build_steps
 class Calls:
     def __init__(self):
         self.log: list[str] = []
-        self.fail: dict[str, Exception] = {}
+        self.fail: dict[str, list[Exception]] = {}     # step -> what its next runs raise
 
     def step(self, name, deps=(), config=lambda: None):
         def run(ctx):
             self.log.append(name)
-            if name in self.fail:
-                raise self.fail.pop(name)
+            if self.fail.get(name):
+                raise self.fail[name].pop(0)
             with open(f"{ctx.folder}/out.txt", "w") as f:       # outputs live in the step's folder
                 f.write(name + "".join(ctx.inputs[d]["value"] for d in deps))
             return {"value": name[0] + "".join(ctx.inputs[d]["value"] for d in deps)}
@@ -71,7 +71,7 @@ def test_config_change_reruns_the_step_and_downstream_only(tmp_path):
 
 def test_failed_run_resumes_from_the_first_incomplete_step(tmp_path):
     calls, cfg = Calls(), {"a": 1, "b": 1}
-    calls.fail["c"] = ValueError("bad input")                      # permanent: not retried
+    calls.fail["c"] = [ValueError("bad input")]                      # permanent: not retried
     with pytest.raises(StepFailed, match="input/config error"):
         Runner(_dag(calls, cfg), str(tmp_path), retries=3, backoff_s=0).run()
     assert calls.log == ["a", "b", "c"]
@@ -85,11 +85,13 @@ def test_failed_run_resumes_from_the_first_incomplete_step(tmp_path):
 
 def test_transient_failures_are_retried(tmp_path):
     calls, cfg = Calls(), {"a": 1, "b": 1}
-    recs = Runner(_dag(calls, cfg), str(tmp_path), retries=2, backoff_s=0, faults={"b": 2}).run()
+    calls.fail["b"] = [ConnectionError("reset by peer"), TimeoutError("storage")]
+    recs = Runner(_dag(calls, cfg), str(tmp_path), retries=2, backoff_s=0).run()
     assert recs["b"].status == "done" and recs["b"].attempts == 3
     calls2 = Calls()
+    calls2.fail["a"] = [ConnectionError("reset by peer")] * 5
     with pytest.raises(StepFailed, match="after 2 attempts"):
-        Runner(_dag(calls2, cfg), str(tmp_path / "x"), retries=1, backoff_s=0, faults={"a": 5}).run()
+        Runner(_dag(calls2, cfg), str(tmp_path / "x"), retries=1, backoff_s=0).run()
 
 
 def test_a_config_error_inside_ray_train_is_not_retried(tmp_path):
@@ -101,12 +103,12 @@ def test_a_config_error_inside_ray_train_is_not_retried(tmp_path):
     from nestgen.configschema import ConfigError
     calls, cfg = Calls(), {"a": 1, "b": 1}
     bad = ConfigError("model.width: must be a positive multiple of heads=8, got 100")
-    calls.fail["a"] = WorkerGroupError("rank 0 failed", {0: UserExceptionWithTraceback(bad, "Traceback ...")})
+    calls.fail["a"] = [WorkerGroupError("rank 0 failed", {0: UserExceptionWithTraceback(bad, "Traceback ...")})]
     with pytest.raises(StepFailed, match=r"not retried.*ConfigError: model.width.*inside WorkerGroupError"):
         Runner(_dag(calls, cfg), str(tmp_path), retries=3, backoff_s=0).run()
     assert calls.log == ["a"]                                       # one attempt, no DAG retries
     calls.log.clear()
-    calls.fail["a"] = WorkerGroupError("rank 1 died", {1: ConnectionError("peer reset")})
+    calls.fail["a"] = [WorkerGroupError("rank 1 died", {1: ConnectionError("peer reset")})]
     recs = Runner(_dag(calls, cfg), str(tmp_path), retries=3, backoff_s=0).run()
     assert calls.log[:2] == ["a", "a"] and recs["a"].attempts == 2       # transient: retried
 
@@ -178,19 +180,17 @@ def test_nestgen_dag_shapes_and_fingerprints():
 def test_retries_do_not_multiply_mlflow_runs_or_model_versions(tmp_path):
     """A retried (and a resumed) step continues the MLflow run keyed by its fingerprint, and
     registering the same checkpoint again keeps its version."""
-    from pipelines.train import register_model
-    from pipelines.train_common import mlflow_run
+    from pipelines.tracking import Run, register_model, start_run
     cfg = run_config_from_dict({"name": "reuse", "mlflow": {"experiment": "reuse-test"}})
     seen = []
 
     def train(ctx):
-        client, run_id = mlflow_run(cfg, "train", ctx.folder, None, ctx.parent_run_id, ctx.fingerprint)
-        seen.append(run_id)
-        if len(seen) == 1:
-            raise ConnectionError("lost the cluster")
-        version = register_model(client, run_id, f"{ctx.folder}/published/a.pt", "reuse-model", "prod")
-        client.set_terminated(run_id, "FINISHED")
-        return {"mlflow_run_id": run_id, "version": version}
+        with start_run(cfg, "train", ctx.folder, None, ctx.parent_run_id, ctx.fingerprint) as run:
+            seen.append(run.run_id)
+            if len(seen) == 1:
+                raise ConnectionError("lost the cluster")
+            version = register_model(run, f"{ctx.folder}/published/a.pt", "reuse-model", "prod")
+        return {"mlflow_run_id": run.run_id, "version": version}
 
     recs = Runner([Step("train", _mkdir(train))], str(tmp_path), MlflowTracker(cfg), retries=2, backoff_s=0).run()
     assert recs["train"].attempts == 2 and len(seen) == 2 and seen[0] == seen[1]
@@ -201,4 +201,5 @@ def test_retries_do_not_multiply_mlflow_runs_or_model_versions(tmp_path):
     train_runs = client.search_runs([exp], filter_string="tags.`nestgen.step` = 'train'")
     assert [r.info.run_id for r in train_runs] == [seen[0]] and train_runs[0].info.status == "FINISHED"
     assert [str(v.version) for v in client.search_model_versions("name = 'reuse-model'")] == ["1"]
-    assert register_model(client, seen[0], f"{tmp_path}/published/b.pt", "reuse-model") == "2"   # a new checkpoint
+    again = Run(client, seen[0], exp)
+    assert register_model(again, f"{tmp_path}/published/b.pt", "reuse-model") == "2"   # a new checkpoint

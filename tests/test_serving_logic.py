@@ -203,7 +203,7 @@ def test_checkpoint_by_registered_mlflow_model(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from nestgen.checkpoint import load_model
-    from nestgen.storage import resolve_checkpoint
+    from pipelines.tracking import checkpoint_resolver, resolve_checkpoint
     cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
     ckpt = save_checkpoint(str(tmp_path / "c.pt"), cfg, NestedTransformer(cfg.model))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -219,7 +219,7 @@ def test_checkpoint_by_registered_mlflow_model(tmp_path):
     with pytest.raises(ValueError, match="expected models:/<name>/<version>"):
         resolve_checkpoint("models:/digits/latest", uri)
     from nestgen.serving.engine import Engine
-    eng = Engine(ServeConfig(checkpoint="models:/digits@prod", mlflow_tracking_uri=uri, auto_presets=[]))
+    eng = Engine(ServeConfig(checkpoint="models:/digits@prod", auto_presets=[]), resolve_uri=checkpoint_resolver(uri))
     assert eng.checkpoint_url == ckpt and eng.info()["formats"] == ["png", "tokens"]
     assert load_model(ckpt)[1].model.width == 32
 
@@ -231,6 +231,7 @@ def test_a_deployment_pins_the_version_its_alias_names_at_deploy_time(tmp_path):
     from nestgen.serving.deployment import serve_config_from_args
     from nestgen.serving.engine import Engine
     from pipelines.serve import build
+    from pipelines.tracking import checkpoint_resolver
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     exp = client.create_experiment("pin-test")
@@ -247,7 +248,7 @@ def test_a_deployment_pins_the_version_its_alias_names_at_deploy_time(tmp_path):
     client.set_registered_model_alias("digits", "prod", "2")       # the alias moves after deployment
     replica_args = app._bound_deployment.init_args[0]              # what every replica is started with
     assert replica_args["checkpoint"] == "models:/digits/1"
-    later = Engine(serve_config_from_args(replica_args))
+    later = Engine(serve_config_from_args(replica_args), resolve_uri=checkpoint_resolver(uri))   # as a replica does
     assert later.checkpoint_url == ckpts[0] and later.model_cfg.model.width == 32
     assert build(ServeConfig(checkpoint=ckpts[1], auto_presets=[]))._bound_deployment.init_args[0]["checkpoint"] == ckpts[1]
 

@@ -1,9 +1,15 @@
 """Ray Train: 2 CPU workers (DDP over gloo) on the digit shards, checkpoints, failures, MLflow."""
+import os
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import pipelines.train
+import pipelines.train_tokenizer
 from nestgen.checkpoint import read_checkpoint
+from nestgen.tokenizers import TokenizerTrainer
+from nestgen.training.loop import NestedTrainer
 from pipelines.config import run_config_from_dict
 from pipelines.train import fit
 
@@ -22,11 +28,32 @@ def _cfg(shards, steps, tracking_uri="", name="t", grid_every=0, **scaling):
     })
 
 
+def _failing_once(loop, trainer_cls, step: int, flag):
+    """The Ray Train `loop` with its workers' `trainer_cls.train_step` raising at `step` until
+    one of them has (`flag` records it). A local function: it travels to the workers by value."""
+    flag = str(flag)
+
+    def loop_failing_once(config):
+        real = trainer_cls.train_step
+
+        def train_step(self, *args):
+            if self.step == step and not os.path.exists(flag):
+                open(flag, "w").close()
+                raise RuntimeError(f"injected failure at step {step}")
+            return real(self, *args)
+        trainer_cls.train_step = train_step
+        try:
+            loop(config)
+        finally:
+            trainer_cls.train_step = real
+    return loop_failing_once
+
+
 def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(digit_shards, mlflow_server, tmp_path):
     cfg = _cfg(digit_shards, steps=40, tracking_uri=mlflow_server, name="two", grid_every=20)
     cfg.mlflow.registered_model, cfg.mlflow.registered_alias = "digits-test", "production"
     res = fit(cfg, str(tmp_path / "out"))
-    from nestgen.storage import resolve_checkpoint
+    from pipelines.tracking import resolve_checkpoint
     for uri in ("models:/digits-test/1", "models:/digits-test@production", f"runs:/{res.run_id}"):
         assert resolve_checkpoint(uri, mlflow_server) == res.checkpoint_url
     assert res.metrics["step"] == 40 and res.start_step == 0
@@ -51,10 +78,12 @@ def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(digit_shards, mlf
     assert "samples_by_nested_size_step00000020.png" in arts                    # periodic grid
 
 
-def test_worker_failure_resumes_from_checkpoint_with_exact_steps(digit_shards, tmp_path):
+def test_worker_failure_resumes_from_checkpoint_with_exact_steps(digit_shards, tmp_path, monkeypatch):
     flag = tmp_path / "failed-once"
+    monkeypatch.setattr(pipelines.train, "train_loop_per_worker",
+                        _failing_once(pipelines.train.train_loop_per_worker, NestedTrainer, 13, flag))
     cfg = _cfg(digit_shards, steps=20, name="fault")
-    res = fit(cfg, str(tmp_path / "out"), fault_injection={"step": 13, "flag": str(flag)})
+    res = fit(cfg, str(tmp_path / "out"))
     assert flag.exists()                           # it really failed once at step 13 ...
     assert res.metrics["step"] == 20               # ... and resumed from the step-10 checkpoint
     assert res.start_step == 10
@@ -62,10 +91,12 @@ def test_worker_failure_resumes_from_checkpoint_with_exact_steps(digit_shards, t
     assert ckpt["step"] == 20 and ckpt["scheduler"]["last_epoch"] == 20    # 20 optimizer steps, no more
 
 
-def test_run_that_keeps_failing_ends_failed_in_mlflow(digit_shards, tmp_path):
+def test_run_that_keeps_failing_ends_failed_in_mlflow(digit_shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipelines.train, "train_loop_per_worker",
+                        _failing_once(pipelines.train.train_loop_per_worker, NestedTrainer, 3, tmp_path / "flag"))
     cfg = _cfg(digit_shards, steps=20, name="doomed", max_failures=0)
     with pytest.raises(Exception, match="injected failure"):
-        fit(cfg, str(tmp_path / "out"), fault_injection={"step": 3, "flag": str(tmp_path / "flag")})
+        fit(cfg, str(tmp_path / "out"))
     runs = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("test-train").experiment_id],
         filter_string="attributes.run_name = 'train-doomed'")
@@ -91,12 +122,13 @@ def test_second_fit_continues_and_never_deletes_what_was_published(digit_shards,
     a, b = read_checkpoint(first.checkpoint_url), read_checkpoint(second.checkpoint_url)   # ... the copy stays
     assert a["step"] == 10 and b["step"] == 20 and b["scheduler"]["last_epoch"] == 20
     assert not torch.equal(a["model"]["ln_f.weight"], b["model"]["ln_f.weight"])
-    assert read_checkpoint("models:/resume-test@production")["step"] == 10    # the alias' version still loads
-    assert read_checkpoint("models:/resume-test/2")["step"] == 20
+    from pipelines.tracking import resolve_checkpoint as resolve_tracked
+    assert read_checkpoint(resolve_tracked("models:/resume-test@production"))["step"] == 10   # the alias' version still loads
+    assert read_checkpoint(resolve_tracked("models:/resume-test/2"))["step"] == 20
     assert read_checkpoint(out)["step"] == 20
 
 
-def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, tmp_path):
+def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, tmp_path, monkeypatch):
     from nestgen.tokenizers import (evaluate_tokenizer, images_to_pixels, load_tokenizer, psnr_from_mse,
                                     tokenizer_hash)
     from nestgen.data.image_files import read_image_folder
@@ -109,7 +141,9 @@ def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, t
         "scaling": {"num_workers": 2, "checkpoint_every": 30, "shuffle_buffer": 128},
     })
     flag = tmp_path / "failed"
-    res = fit_tokenizer(cfg, str(digits_png), str(tmp_path / "out"), fault_injection={"step": 40, "flag": str(flag)})
+    monkeypatch.setattr(pipelines.train_tokenizer, "tokenizer_loop_per_worker",
+                        _failing_once(pipelines.train_tokenizer.tokenizer_loop_per_worker, TokenizerTrainer, 40, flag))
+    res = fit_tokenizer(cfg, str(digits_png), str(tmp_path / "out"))
     assert flag.exists() and res.metrics["step"] == 60 and res.metrics["start_step"] == 30
     tok = load_tokenizer(res.checkpoint_url)
     assert tokenizer_hash(tok) == res.tokenizer_hash

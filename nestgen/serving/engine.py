@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
@@ -33,14 +34,14 @@ from nestgen.storage import resolve_checkpoint
 log = logging.getLogger(__name__)
 
 
-def _load_tokenizer(cfg: ServeConfig, model_cfg, ckpt: dict, device):
+def _load_tokenizer(cfg: ServeConfig, model_cfg, ckpt: dict, device, resolve_uri):
     """(tokenizer or None, its URL): the configured one, else the one that made the
     checkpoint's training shards. A tokenizer whose hash differs from the one the model was
     trained on is refused: its ids would mean other pixels."""
     from nestgen.tokenizers import load_tokenizer, tokenizer_hash
     expected = ckpt.get("tokenizer_hash")
     if cfg.tokenizer:
-        tok = load_tokenizer(cfg.tokenizer, device)
+        tok = load_tokenizer(resolve_checkpoint(cfg.tokenizer, resolve_uri), device)
         if expected and tokenizer_hash(tok) != expected:
             raise ValueError(f"serve.tokenizer {cfg.tokenizer} has hash {tokenizer_hash(tok)}, but the "
                              f"checkpoint was trained on tokens of tokenizer {expected}")
@@ -75,13 +76,16 @@ class DecodeFailed(RuntimeError):
 
 
 class Engine:
-    def __init__(self, cfg: ServeConfig, device: str | None = None):
+    def __init__(self, cfg: ServeConfig, device: str | None = None,
+                 resolve_uri: Callable[[str], str] | None = None):
+        """`resolve_uri`: for checkpoint and tokenizer names that are not storage URLs
+        (runs:/, models:/), see nestgen.storage.resolve_checkpoint."""
         self.cfg = cfg
         self.device = resolve_device(device or cfg.device)
-        self.checkpoint_url = resolve_checkpoint(cfg.checkpoint, cfg.mlflow_tracking_uri or None)
+        self.checkpoint_url = resolve_checkpoint(cfg.checkpoint, resolve_uri)
         ckpt = read_checkpoint(self.checkpoint_url)
         self.model, self.model_cfg = model_from_checkpoint(ckpt, self.device)
-        self.tokenizer, self.tokenizer_url = _load_tokenizer(cfg, self.model_cfg, ckpt, self.device)
+        self.tokenizer, self.tokenizer_url = _load_tokenizer(cfg, self.model_cfg, ckpt, self.device, resolve_uri)
         # Eager decoding: a replica's batch sizes vary with the traffic, and a CUDA graph is
         # captured per batch size.
         self.worker = DecodeWorker(self.model, self.model_cfg.model.grid, self.tokenizer)
