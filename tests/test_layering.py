@@ -1,6 +1,7 @@
 """The import rule: nestgen/ is the library and never imports the orchestration side (Ray,
 the pipelines package, MLflow); pipelines/ imports nestgen, not the other way round."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,11 @@ def test_the_library_imports_neither_ray_nor_pipelines_nor_mlflow():
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert "nestgen.model.nested_transformer" in out["modules"] and "nestgen.serving.engine" in out["modules"]
     assert out["forbidden"] == {}, f"library modules that import the orchestration side: {out['forbidden']}"
+
+
+def test_no_library_function_imports_them_when_called():
+    """Imports inside functions escape the probe above (nothing calls them): read the source."""
+    statement = re.compile(r"^\s*(?:from|import)\s+(?:%s)\b.*$" % "|".join(FORBIDDEN), re.M)
+    hits = [f"{p.relative_to(ROOT)}: {m.group(0).strip()}"
+            for p in sorted((ROOT / "nestgen").rglob("*.py")) for m in statement.finditer(p.read_text())]
+    assert hits == []
