@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from nestgen.config import config_to_dict
+from nestgen.training.metric_window import MetricWindow
 from nestgen.storage import protocol_prefix, publish_checkpoint, write_latest
 from pipelines.config import RunConfig, run_config_from_dict
 from pipelines.tracking import Run
@@ -69,23 +70,21 @@ class Reporter:
         self.run, self.rank = worker.run, worker.rank
         self.log_every, self.ckpt_every = log_every, worker.cfg.scaling.checkpoint_every
         self.samples, self.tokens = samples_per_step, tokens_per_sample
-        self.window: dict[str, float] = {}
-        self.n, self.t0 = 0, time.perf_counter()
+        self.window, self.t0 = MetricWindow(), time.perf_counter()
 
     def step(self, step: int, metrics: dict, done: bool, save: Callable[[str], None], **extra) -> None:
         import ray.train
-        self.n += 1
-        for k, v in metrics.items():
-            self.window[k] = self.window.get(k, 0.0) + float(v)
+        self.window.add(metrics)
         is_ckpt = step % self.ckpt_every == 0 or done
         if step % self.log_every and not is_ckpt:
             return
         elapsed = time.perf_counter() - self.t0
-        out = {k: v / self.n for k, v in self.window.items()}
-        out["samples_per_s"] = self.n * self.samples / elapsed
+        out = self.window.means()
+        out["samples_per_s"] = self.window.steps * self.samples / elapsed
         if self.tokens:
             out["tokens_per_s"] = out["samples_per_s"] * self.tokens
-        self.window, self.n, self.t0 = {}, 0, time.perf_counter()
+        self.window.reset()
+        self.t0 = time.perf_counter()
         if self.run is not None:
             self.run.log_metrics(out, step)
         out.update(step=step, **extra)

@@ -160,3 +160,30 @@ def test_activation_checkpointing_keeps_gradients(small_model_cfg):
     assert grads.keys() == ref_grads.keys()
     for k in ref_grads:
         torch.testing.assert_close(grads[k], ref_grads[k], msg=k)
+
+
+def test_a_size_that_runs_on_some_steps_is_averaged_over_those_steps():
+    from nestgen.training.metric_window import MetricWindow
+    w = MetricWindow()
+    w.add({"loss": 2.0, "loss/f1": 1.0, "loss/f8": 4.0})
+    w.add({"loss": 4.0, "loss/f1": 3.0})                 # f8 not sampled this step
+    w.add({"loss": 3.0, "loss/f1": 2.0, "loss/f8": 6.0})
+    assert w.means() == {"loss": 3.0, "loss/f1": 2.0, "loss/f8": 5.0} and w.steps == 3
+    w.reset()
+    assert w.means() == {} and w.steps == 0
+
+
+def test_sampled_sizes_log_their_own_mean_loss():
+    """With sample:1 each small size runs on some steps only; its logged loss is its mean over
+    those steps, so it is on the scale of the full model's (the old window divided by every step)."""
+    from nestgen.config import config_from_dict
+    from nestgen.data.digits import load_digit_tokens
+    from nestgen.training.loop import train_on_tokens
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1},
+                            "train": {"steps": 12, "batch_size": 16, "log_every": 12, "sizes_per_step": "sample:1",
+                                      "seed": 3}})
+    (tokens, labels), _ = load_digit_tokens()
+    _, history = train_on_tokens(cfg, tokens, labels, progress=False)
+    row = history[-1]
+    small = [row[k] for k in ("loss/f2", "loss/f4", "loss/f8") if k in row]
+    assert small and all(v > 0.5 * row["loss/f1"] for v in small), row

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from nestgen.config import NestgenConfig
 from nestgen.device import autocast, resolve_device
 from nestgen.model.nested_transformer import NestedTransformer
+from nestgen.training.metric_window import MetricWindow
 from nestgen.training.objective import NestedObjective, sizes_for_step
 from nestgen.training.optim import build_optimizer, warmup_cosine_scheduler
 
@@ -105,7 +106,7 @@ def train_on_tokens(cfg: NestgenConfig, tokens: torch.Tensor, labels: torch.Tens
     trainer = trainer or NestedTrainer(cfg)
     gen = torch.Generator().manual_seed(tcfg.seed + 1)
     history: list[dict] = []
-    window: dict[str, float] = {}
+    window = MetricWindow()
     bar = tqdm(total=tcfg.steps, initial=trainer.step, desc="train", disable=not progress,
                dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
@@ -113,16 +114,14 @@ def train_on_tokens(cfg: NestgenConfig, tokens: torch.Tensor, labels: torch.Tens
         idx = torch.randint(0, tokens.shape[0], (tcfg.batch_size,), generator=gen)
         m = trainer.train_step(tokens[idx], labels[idx])
         seen += tcfg.batch_size
-        for k, v in m.items():
-            window[k] = window.get(k, 0.0) + float(v)
+        window.add(m)
         if trainer.step % tcfg.log_every == 0 or trainer.step == tcfg.steps:
-            n = tcfg.log_every if trainer.step % tcfg.log_every == 0 else trainer.step % tcfg.log_every
-            row = {k: v / n for k, v in window.items()}
+            row = window.means()
             elapsed = time.perf_counter() - t0
             row.update(step=trainer.step, samples_per_s=seen / elapsed,
                        tokens_per_s=seen * tokens.shape[1] / elapsed)
             history.append(row)
-            window = {}
+            window.reset()
             bar.set_postfix({k: f"{row[k]:.3f}" for k in row if k.startswith("loss/")})
         bar.update(1)
     bar.close()
