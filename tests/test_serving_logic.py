@@ -319,3 +319,13 @@ def test_a_conditioning_mp4_over_the_limits_is_refused_before_decoding():
 def test_serve_config_refuses_non_positive_condition_limits():
     with pytest.raises(ConfigError, match="max_condition_frames"):
         config_from_dict({"serve": {"max_condition_frames": 0}})
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"schedule": ""}, "schedule is empty"),                          # "" is not "unset"
+    ({"schedule": "８x3,４x3,２x3,１x3"}, "is not of the form FACTORxSTEPS"),   # fullwidth digits
+    ({"cache": "every:٣"}, "unknown cache policy"),                     # Arabic-Indic digit
+])
+def test_only_ascii_schedules_and_policies_and_no_empty_schedule(body, reason):
+    with pytest.raises(RequestError, match=reason):
+        resolve_request(GenerateRequest(**body), _spec())

@@ -51,7 +51,7 @@ def parse_cache_policy(text: str) -> CachePolicy:
         return CachePolicy(True, 0, fresh)
     if t.startswith("every:"):
         r = t.split(":", 1)[1]
-        if r.isdigit() and int(r) >= 1:
+        if r.isascii() and r.isdigit() and int(r) >= 1:
             return CachePolicy(True, int(r), fresh)
     raise ValueError(f"unknown cache policy {text!r}: expected none, on_switch, "
                      "never_within_size or every:R with R >= 1, the last three optionally "

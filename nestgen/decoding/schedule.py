@@ -17,7 +17,8 @@ PRESETS: dict[str, str] = {
     "large-first": "1x3,2x3,4x3,8x3",   # ablation: reverse order
 }
 
-_ITEM = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+# ASCII digits only: Python's \d also matches other scripts' digits, which int() would accept.
+_ITEM = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$", re.ASCII)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def resolve_request(req: GenerateRequest, spec: ModelSpec,
     if req.condition is not None and spec.cond_tokens == 0:
         raise RequestError("condition: this model was not trained for frame prediction "
                            "(its train.cond_tokens is 0)")
-    name = (req.schedule or spec.decode.schedule).strip()
+    name = (spec.decode.schedule if req.schedule is None else req.schedule).strip()
     auto = None
     if name == AUTO:
         if choose_auto is None:
