@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 
@@ -11,3 +13,16 @@ def write_json(path: str | None, result: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(result, indent=1))
     print(f"wrote {path}")
+
+
+def loopback_ray_env() -> None:
+    """Local Ray binds 127.0.0.1 only and reports no usage (set before Ray starts)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a benchmark's own Serve."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -17,26 +17,17 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import os
 import platform
 import random
-import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks.common import write_json
+from benchmarks.common import free_port, loopback_ray_env, write_json
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+loopback_ray_env()
 
 
 def _models(folder: str) -> tuple[str, str, str]:
@@ -175,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     image_ckpt, video_ckpt, tok = _models(folder)
     max_body = 200_000
     init_ray(num_cpus=4)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     common = dict(max_batch_size=16, max_ongoing_requests=32, max_samples_per_request=4, max_body_bytes=max_body,

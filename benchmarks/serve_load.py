@@ -24,22 +24,14 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import statistics
 import tempfile
 import time
 from collections import Counter
 
-from benchmarks.common import write_json
+from benchmarks.common import free_port, loopback_ray_env, write_json
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+loopback_ray_env()
 
 
 def _checkpoint(folder: str, width: int, depth: int) -> str:
@@ -121,7 +113,7 @@ def run(args) -> dict:
 
     from pipelines.ray_runtime import init_ray
     init_ray()
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     rows = []
