@@ -126,6 +126,8 @@ def run(args) -> dict:
     ] + [(f"temps {t}", True, "magnets", args.clients) for t in TEMPERATURES] \
       + [(f"load C={c}", True, schedule, c) for c in args.overload_clients
          for schedule in ("baseline", "magnets", "auto")]
+    if args.only:
+        scenarios = [sc for sc in scenarios if sc[0].startswith(args.only)]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = _checkpoint(tmp, args.width, args.depth)
@@ -180,6 +182,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--batch-wait", type=float, default=0.02, help="batch_wait_timeout_s")
     ap.add_argument("--auto-target", type=float, default=1.0, help="auto_latency_target_s")
+    ap.add_argument("--only", help="run only the scenarios whose name starts with this (e.g. 'temps')")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     res = run(args)
