@@ -10,8 +10,8 @@ reported and, for schedule "auto", which presets it chose. Scenarios:
   - batching off (max_batch_size 1) vs on, for the baseline and MaGNeTS schedules;
   - the baseline vs the MaGNeTS presets with batching on;
   - float settings (MaGNeTS, batching on): every client the same temperature, near-equal ones
-    (1.0 + 0.0004 k: rounded to one setting, so one decode per batch), distinct ones (0.5 + 0.1 k:
-    one decode per client in every batch);
+    (1.0 + 0.0004 k for 16 clients: rounded to 1.00 or 1.01, so at most two decodes per batch),
+    distinct ones (0.5 + 0.1 k: one decode per client in every batch);
   - high load (--overload-clients): fixed baseline and magnets vs "auto" with a latency
     target. With closed-loop clients, latency >= clients / throughput: past what the cheapest
     preset can serve, no schedule holds the target and auto falls back to the cheapest.
