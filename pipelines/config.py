@@ -100,7 +100,7 @@ class PipelineConfig:
     data_size: int = 32                 # pixels of the embedded images / frames
     clips_per_class: int = 40           # moving-digits clips per class
     frames: int = 16                    # moving-digits frames per clip
-    tokenizer: str = ""                 # an existing tokenizer checkpoint: skips tokenizer training
+    tokenizer: str = ""                 # an existing tokenizer (checkpoint or diffusers VQModel folder): not trained
     serve: bool = True                  # the last step: deploy on Serve locally, request a sample, stop
     retries: int = 2                    # extra attempts of a step after a transient failure
     retry_backoff_s: float = 5.0

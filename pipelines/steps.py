@@ -63,10 +63,11 @@ def data_step(cfg: RunConfig, ctx: StepContext) -> dict:
 
 def tokenizer_step(cfg: RunConfig, ctx: StepContext) -> dict:
     if cfg.pipeline.tokenizer:
-        from nestgen.tokenizers import load_tokenizer, tokenizer_hash
-        from pipelines.tracking import resolve_checkpoint
-        tok = load_tokenizer(resolve_checkpoint(cfg.pipeline.tokenizer, cfg.mlflow.tracking_uri))
-        return {"tokenizer_url": cfg.pipeline.tokenizer, "tokenizer_hash": tokenizer_hash(tok)}
+        from nestgen.tokenizers import load_tokenizer, resolve_tokenizer_url
+        from pipelines.tracking import checkpoint_resolver
+        url = resolve_tokenizer_url(cfg.pipeline.tokenizer, checkpoint_resolver(cfg.mlflow.tracking_uri))
+        tok = load_tokenizer(url)
+        return {"tokenizer_url": cfg.pipeline.tokenizer, "tokenizer_hash": tok.hash}
     from pipelines.train_tokenizer import fit_tokenizer
     res = fit_tokenizer(cfg, ctx.inputs["data"]["raw_url"], ctx.folder, "train", parent_run_id=ctx.parent_run_id,
                         run_key=ctx.fingerprint)

@@ -33,7 +33,7 @@ from nestgen.storage import exists, join, protocol_prefix, read_bytes, remove_tr
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import TokenizeConfig, load_run_config
 from pipelines.ray_runtime import init_ray
-from pipelines.tracking import resolve_checkpoint
+from pipelines.tracking import checkpoint_resolver
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class TokenizeFiles:
         self.spec = ClipSpec(**spec)
         self.max_image_pixels = max_image_pixels
         self.video_limits = VideoLimits(**video_limits)
-        self.grid = list(self.tok.cfg.grid)
+        self.grid = list(self.tok.grid)
         self.schema = shard_schema(int(np.prod(self.grid))).append(pa.field("error", pa.string()))
 
     def _pixels(self, item: dict) -> list[tuple[str, np.ndarray]]:
@@ -71,12 +71,12 @@ class TokenizeFiles:
             data = read_bytes(item["uri"])
         except (OSError, ValueError) as e:
             raise MediaError(f"unreadable file: {type(e).__name__}: {e}") from None
-        cfg = self.tok.cfg
+        tok = self.tok
         if item["kind"] == "image":
-            if cfg.kind != "image":
+            if tok.kind != "image":
                 raise MediaError("an image, but the tokenizer is a video tokenizer")
-            return [("", load_image(data, cfg.image_size, cfg.channels, self.max_image_pixels))]
-        if cfg.kind != "video":
+            return [("", load_image(data, tok.image_size, tok.channels, self.max_image_pixels))]
+        if tok.kind != "video":
             raise MediaError("a video, but the tokenizer is an image tokenizer")
         spec = replace(self.spec, start=item["start"], end=item["end"])       # the row's window
         clips = load_video_clips(data, spec, self.video_limits, video_demuxer(item["rel"]))
@@ -100,7 +100,7 @@ class TokenizeFiles:
                 rows.append({**base, "id": rid, "error": str(e)})
         if arrays:
             stack = np.stack(arrays)
-            to_px = clips_to_pixels if self.tok.cfg.kind == "video" else images_to_pixels
+            to_px = clips_to_pixels if self.tok.kind == "video" else images_to_pixels
             ids = self.tok.encode(to_px(stack)).reshape(len(arrays), -1).cpu().numpy().astype(np.int32)
             ok = iter(ids)
             for r in rows:
@@ -149,13 +149,13 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
     import ray
     from ray.data.expressions import col
 
-    from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+    from nestgen.tokenizers import load_tokenizer, resolve_tokenizer_url
     from pipelines.arrow_fs import arrow_filesystem
 
     cfg = cfg or TokenizeConfig()
-    tokenizer_url = resolve_checkpoint(tokenizer_url)      # pin the file a folder's LATEST names
+    tokenizer_url = resolve_tokenizer_url(tokenizer_url, checkpoint_resolver())   # pin what a LATEST names
     tok = load_tokenizer(tokenizer_url)
-    tok_hash = tokenizer_hash(tok)
+    tok_hash = tok.hash
     items, unusable, label_map = list_raw_files(input_url)
     if not items:
         raise ValueError(f"no usable image or video files in {input_url}"
@@ -170,8 +170,8 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
 
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     run_dir = f"shards-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    spec = asdict(ClipSpec(frames=tok.cfg.frames, fps=cfg.fps, size=tok.cfg.image_size,
-                           channels=tok.cfg.channels, clips_per_video=cfg.clips_per_video))
+    spec = asdict(ClipSpec(frames=tok.frames, fps=cfg.fps, size=tok.image_size,
+                           channels=tok.channels, clips_per_video=cfg.clips_per_video))
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 200)))
     ds = ds.map_batches(
         TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "tokenizer_hash": tok_hash, "spec": spec,
@@ -203,8 +203,8 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
         "format": FORMAT, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "input_url": input_url, "input_fingerprint": fingerprint, "media": sorted(kinds),
         "num_inputs": len(items) + len(unusable),
-        "tokenizer": {"url": tokenizer_url, "hash": tok_hash, "config": to_dict(tok.cfg)},
-        "grid_shape": list(tok.cfg.grid), "vocab_size": tok.cfg.vocab_size,
+        "tokenizer": {"url": tokenizer_url, "hash": tok_hash, **tok.describe()},
+        "grid_shape": list(tok.grid), "vocab_size": tok.vocab_size,
         "label_map": label_map, "tokenize": to_dict(cfg), "shards_dir": run_dir,
         "splits": splits, "failed": sorted(failed, key=lambda f: f["source_uri"]),
     }
@@ -229,7 +229,7 @@ def add_parser(sub) -> None:
     p.add_argument("--input", required=True,
                    help="raw files: a folder URL (local, file://, gs://, ...) or an index file (*.csv, *.jsonl)")
     p.add_argument("--output", required=True, help="shard folder URL")
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint URL")
+    p.add_argument("--tokenizer", required=True, help="tokenizer URL: a nestgen checkpoint or a diffusers VQModel folder")
     p.add_argument("--config", default=None, help="YAML config (its `tokenize` section)")
     add_set_arg(p)
     add_ray_address(p)

@@ -59,12 +59,12 @@ def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "
                   parent_run_id: str | None = None, run_key: str = "") -> TokenizerTrainResult:
     """Train cfg.tokenizer on the raw files under data_url (Ray must be initialized).
     run_key: see pipelines.tracking.start_run."""
-    from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+    from nestgen.tokenizers import load_tokenizer
     from pipelines.train_data import pixel_dataset
     ds = pixel_dataset(cfg, data_url, split)
     with start_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url}, parent_run_id, run_key) as run:
         result, url = fit_on_workers(tokenizer_loop_per_worker, cfg, output_url, f"tokenizer-{cfg.name}", ds, run)
-        h = tokenizer_hash(load_tokenizer(url))
+        h = load_tokenizer(url).hash
         run.set_tags({"tokenizer_hash": h})
     return TokenizerTrainResult(url, dict(result.metrics), run.run_id, h)
 

@@ -12,7 +12,7 @@ from nestgen.data.image_files import digit_images
 from nestgen.data.moving_digits import make_moving_digit_clips
 from nestgen.tokenizers import (TokenizerConfig, TokenizerTrainer, VQTokenizer, clips_to_pixels,
                                 evaluate_tokenizer, images_to_pixels, load_tokenizer, psnr_from_mse,
-                                read_tokenizer_checkpoint, save_tokenizer, tokenizer_hash,
+                                read_tokenizer_checkpoint, save_tokenizer,
                                 train_tokenizer)
 
 TINY = dict(base_width=8, max_width=16, codebook_size=32, code_dim=4)
@@ -203,9 +203,9 @@ def test_checkpoint_round_trip_keeps_tokens_and_hash(where, tmp_path, digits_32,
     loaded = load_tokenizer(url, device=model.device)       # trained on CUDA when present
     assert loaded.cfg == model.cfg and loaded.device == model.device
     assert torch.equal(loaded.encode(val[:32]), model.encode(val[:32]))
-    h = tokenizer_hash(model)
+    h = model.hash
     assert len(h) == 16 and int(h, 16) >= 0
-    assert tokenizer_hash(loaded) == h == read_tokenizer_checkpoint(url)["hash"]
+    assert loaded.hash == h == read_tokenizer_checkpoint(url)["hash"]
     assert read_tokenizer_checkpoint(url)["history"] == history
 
 
@@ -213,13 +213,13 @@ def test_hash_changes_with_any_weight_or_config_change(trained_image_tokenizer, 
     model, _ = trained_image_tokenizer
     clone = VQTokenizer(model.cfg)
     clone.load_state_dict(model.state_dict())
-    h = tokenizer_hash(clone)
+    h = clone.hash
     with torch.no_grad():
         clone.decoder.net[-1].bias[0] += 1e-6
-    assert tokenizer_hash(clone) != h
+    assert clone.hash != h
     other_cfg = VQTokenizer(dataclasses.replace(model.cfg, beta=0.5))
     other_cfg.load_state_dict(model.state_dict())
-    assert tokenizer_hash(other_cfg) != h
+    assert other_cfg.hash != h
     # A checkpoint whose weights no longer match its stored hash is refused.
     url = str(tmp_path / "tampered.pt")
     save_tokenizer(url, model)

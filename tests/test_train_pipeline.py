@@ -129,8 +129,7 @@ def test_second_fit_continues_and_never_deletes_what_was_published(digit_shards,
 
 
 def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, tmp_path, monkeypatch):
-    from nestgen.tokenizers import (evaluate_tokenizer, images_to_pixels, load_tokenizer, psnr_from_mse,
-                                    tokenizer_hash)
+    from nestgen.tokenizers import (evaluate_tokenizer, images_to_pixels, load_tokenizer, psnr_from_mse)
     from nestgen.data.image_files import read_image_folder
     from pipelines.train_tokenizer import fit_tokenizer
     cfg = run_config_from_dict({
@@ -146,8 +145,8 @@ def test_tokenizer_trains_on_two_workers_from_raw_files(ray_local, digits_png, t
     res = fit_tokenizer(cfg, str(digits_png), str(tmp_path / "out"))
     assert flag.exists() and res.metrics["step"] == 60 and res.metrics["start_step"] == 30
     tok = load_tokenizer(res.checkpoint_url)
-    assert tokenizer_hash(tok) == res.tokenizer_hash
-    assert tokenizer_hash(load_tokenizer(str(tmp_path / "out"))) == res.tokenizer_hash   # via LATEST
+    assert tok.hash == res.tokenizer_hash
+    assert load_tokenizer(str(tmp_path / "out")).hash == res.tokenizer_hash   # via LATEST
     images, _, _ = read_image_folder(str(digits_png), "val")
     px = images_to_pixels(images)
     ev = evaluate_tokenizer(tok, px)

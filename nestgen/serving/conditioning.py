@@ -77,16 +77,15 @@ def _from_frames(frames: list, need: int, size: int, channels: int) -> np.ndarra
 def condition_tokens(cond: Condition, tokenizer, n_cond: int, grid: list[int], limits: VideoLimits) -> torch.Tensor:
     """(n_cond,) token ids of the conditioning clip, on CPU; an MP4 must fit `limits`."""
     from nestgen.tokenizers import clips_to_pixels
-    tc = tokenizer.cfg
     if (cond.mp4_base64 is None) == (cond.frames is None):
         raise RequestError("condition: give exactly one of mp4_base64 or frames", 422)
-    need = frames_needed(n_cond, grid, tc.temporal_downsample)
+    need = frames_needed(n_cond, grid, tokenizer.temporal_downsample)
     if cond.mp4_base64 is not None:
-        clip = _from_mp4(cond.mp4_base64, need, tc.image_size, tc.channels, limits)
+        clip = _from_mp4(cond.mp4_base64, need, tokenizer.image_size, tokenizer.channels, limits)
     else:
-        clip = _from_frames(cond.frames, need, tc.image_size, tc.channels)
+        clip = _from_frames(cond.frames, need, tokenizer.image_size, tokenizer.channels)
     clip = clip[:need]
-    if len(clip) < tc.frames:
-        clip = np.concatenate([clip, np.repeat(clip[-1:], tc.frames - len(clip), axis=0)])
+    if len(clip) < tokenizer.frames:
+        clip = np.concatenate([clip, np.repeat(clip[-1:], tokenizer.frames - len(clip), axis=0)])
     ids = tokenizer.encode(clips_to_pixels(clip[None]))
     return ids.reshape(-1)[:n_cond].cpu()

@@ -38,12 +38,12 @@ def _load_tokenizer(cfg: ServeConfig, model_cfg, ckpt: dict, device, resolve_uri
     """(tokenizer or None, its URL): the configured one, else the one that made the
     checkpoint's training shards. A tokenizer whose hash differs from the one the model was
     trained on is refused: its ids would mean other pixels."""
-    from nestgen.tokenizers import load_tokenizer, tokenizer_hash
+    from nestgen.tokenizers import load_tokenizer, resolve_tokenizer_url
     expected = ckpt.get("tokenizer_hash")
     if cfg.tokenizer:
-        tok = load_tokenizer(resolve_checkpoint(cfg.tokenizer, resolve_uri), device)
-        if expected and tokenizer_hash(tok) != expected:
-            raise ValueError(f"serve.tokenizer {cfg.tokenizer} has hash {tokenizer_hash(tok)}, but the "
+        tok = load_tokenizer(resolve_tokenizer_url(cfg.tokenizer, resolve_uri), device)
+        if expected and tok.hash != expected:
+            raise ValueError(f"serve.tokenizer {cfg.tokenizer} has hash {tok.hash}, but the "
                              f"checkpoint was trained on tokens of tokenizer {expected}")
         return tok, cfg.tokenizer
     if model_cfg.data.source == "shards":
@@ -91,8 +91,7 @@ class Engine:
         self.worker = DecodeWorker(self.model, self.model_cfg.model.grid, self.tokenizer)
         self.tokenizer_hash = ckpt.get("tokenizer_hash")
         if self.tokenizer is not None and not self.tokenizer_hash:
-            from nestgen.tokenizers import tokenizer_hash
-            self.tokenizer_hash = tokenizer_hash(self.tokenizer)
+            self.tokenizer_hash = self.tokenizer.hash
         m = self.model_cfg
         self.spec = ModelSpec(model=m.model, decode=m.decode, cond_tokens=m.train.cond_tokens,
                               formats=_formats(m, self.tokenizer), max_samples=cfg.max_samples_per_request,

@@ -1,12 +1,18 @@
-"""VQ tokenizers: pixels <-> token grids for the masked generative transformer.
+"""Tokenizers: pixels <-> token grids for the masked generative transformer.
 
-2D (images, Conv2d) and 3D (video, space-time Conv3d) share one vector quantizer
-(l2-normalized low-dim codes, commitment loss with straight-through gradients, dead-code
-restart while training). See config.py for the knobs and their defaults.
+Every consumer uses the `Tokenizer` interface (interface.py) and gets one from
+`load_tokenizer` (loading.py), which takes nestgen's own checkpoints and Hugging Face
+diffusers `VQModel` folders (diffusers_vq.py).
+
+nestgen's own VQ tokenizers: 2D (images, Conv2d) and 3D (video, space-time Conv3d) share one
+vector quantizer (l2-normalized low-dim codes, commitment loss with straight-through
+gradients, dead-code restart while training). See config.py for the knobs and their defaults.
 """
-from nestgen.tokenizers.checkpoint import (load_tokenizer, read_tokenizer_checkpoint, save_tokenizer,
-                                           tokenizer_hash)
+from nestgen.tokenizers.checkpoint import load_vq_tokenizer, read_tokenizer_checkpoint, save_tokenizer
 from nestgen.tokenizers.config import TokenizerConfig
+from nestgen.tokenizers.diffusers_vq import DiffusersVQTokenizer
+from nestgen.tokenizers.interface import Tokenizer
+from nestgen.tokenizers.loading import load_tokenizer, resolve_tokenizer_url
 from nestgen.tokenizers.model import TokenizerOutput, VQTokenizer
 from nestgen.tokenizers.pixels import clips_to_pixels, images_to_pixels, pixels_to_uint8, psnr_from_mse
 from nestgen.tokenizers.quantizer import VectorQuantizer
@@ -14,8 +20,9 @@ from nestgen.tokenizers.training import (CodebookUsage, TokenizerTrainer, evalua
                                          train_tokenizer)
 
 __all__ = [
+    "Tokenizer", "load_tokenizer", "resolve_tokenizer_url",
     "TokenizerConfig", "VQTokenizer", "TokenizerOutput", "VectorQuantizer",
     "TokenizerTrainer", "train_tokenizer", "evaluate_tokenizer", "CodebookUsage",
-    "save_tokenizer", "load_tokenizer", "read_tokenizer_checkpoint", "tokenizer_hash",
+    "save_tokenizer", "load_vq_tokenizer", "read_tokenizer_checkpoint", "DiffusersVQTokenizer",
     "images_to_pixels", "clips_to_pixels", "pixels_to_uint8", "psnr_from_mse",
 ]

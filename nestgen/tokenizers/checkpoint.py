@@ -1,46 +1,25 @@
-"""Tokenizer checkpoints on any fsspec URL, and the content hash that names a tokenizer.
+"""nestgen's own tokenizer checkpoints on any fsspec URL.
 
-The hash (sha256 over the canonical JSON of the config and every state tensor's name,
-dtype, shape and bytes; 16 hex chars) identifies exactly which token ids a tokenizer
-produces: token shards and generator checkpoints record it, so tokens are never decoded
-with a different tokenizer than the one that made them. It is stored in the checkpoint
-and checked on load, which also catches a corrupted file.
+The checkpoint stores the tokenizer's content hash (VQTokenizer.hash: config and every
+weight tensor) and loading checks it, which also catches a corrupted file. Token shards and
+generator checkpoints record that hash, so tokens are never decoded with a different
+tokenizer than the one that made them.
 
 Writes go to a temporary name that is then moved into place (as nestgen.checkpoint does),
 so a reader never sees a half-written file.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from typing import Any
 
 import torch
 
 from nestgen.configschema import from_dict, to_dict
 from nestgen.tokenizers.config import TokenizerConfig
-from nestgen.tokenizers.model import VQTokenizer
+from nestgen.tokenizers.model import FORMAT, VQTokenizer, state_hash
 from nestgen.storage import resolve_checkpoint, write_bytes_atomic
 from nestgen.torchfile import read_torch
-
-FORMAT = "nestgen-tokenizer/1"
-HASH_CHARS = 16
-
-
-def _hash_state(cfg: TokenizerConfig, state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(to_dict(cfg), sort_keys=True).encode())
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:HASH_CHARS]
-
-
-def tokenizer_hash(model: VQTokenizer) -> str:
-    """Short hex content hash of (config, weights)."""
-    return _hash_state(model.cfg, model.state_dict())
 
 
 def save_tokenizer(url: str, model: VQTokenizer, **extra: Any) -> str:
@@ -48,7 +27,7 @@ def save_tokenizer(url: str, model: VQTokenizer, **extra: Any) -> str:
     core = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in core.state_dict().items()}
     payload = {"format": FORMAT, "config": to_dict(core.cfg), "model": state,
-               "hash": _hash_state(core.cfg, state), **extra}
+               "hash": state_hash(core.cfg, state), **extra}
     buf = io.BytesIO()
     torch.save(payload, buf)
     write_bytes_atomic(url, buf.getvalue())
@@ -64,7 +43,8 @@ def read_tokenizer_checkpoint(url: str) -> dict:
     return ckpt
 
 
-def load_tokenizer(url: str, device: str | torch.device = "cpu", expected_hash: str | None = None) -> VQTokenizer:
+def load_vq_tokenizer(url: str, device: str | torch.device = "cpu", expected_hash: str | None = None
+                      ) -> VQTokenizer:
     """The tokenizer in eval mode on `device`; raises if its weights don't match the stored
     hash, or `expected_hash` (what a shard manifest or generator checkpoint recorded): a file
     replaced on storage since then would turn token ids into other pixels."""
@@ -72,7 +52,7 @@ def load_tokenizer(url: str, device: str | torch.device = "cpu", expected_hash: 
     cfg = from_dict(TokenizerConfig, ckpt["config"])
     model = VQTokenizer(cfg)
     model.load_state_dict(ckpt["model"])
-    got = tokenizer_hash(model)
+    got = model.hash
     if got != ckpt["hash"]:
         raise ValueError(f"{url}: content hash {got} != stored {ckpt['hash']} (corrupt or edited)")
     if expected_hash and got != expected_hash:

@@ -1,4 +1,5 @@
-"""The VQ tokenizer: pixels <-> a grid of token ids, for images (2D) and video (3D).
+"""nestgen's own VQ tokenizer: pixels <-> a grid of token ids, for images (2D) and video (3D).
+It implements nestgen.tokenizers.interface.Tokenizer.
 
     encode: (B, C, H, W) or (B, C, T, H, W) float in [-1, 1] -> (B, h, w) / (B, t, h, w) long
     decode: ids -> pixels in [-1, 1]
@@ -8,14 +9,33 @@ is the training path (reconstruction plus quantizer loss and statistics).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from nestgen.configschema import to_dict
 from nestgen.tokenizers.blocks import Decoder, Encoder
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.tokenizers.quantizer import VectorQuantizer
+
+
+FORMAT = "nestgen-tokenizer/1"
+HASH_CHARS = 16
+
+
+def state_hash(cfg: TokenizerConfig, state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the canonical JSON of the config and every state tensor's name, dtype,
+    shape and bytes; 16 hex chars."""
+    h = hashlib.sha256()
+    h.update(json.dumps(to_dict(cfg), sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:HASH_CHARS]
 
 
 @dataclass
@@ -41,6 +61,43 @@ class VQTokenizer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.quantizer.codebook.device
+
+    # ---- the Tokenizer interface's description of what it takes and gives
+    @property
+    def kind(self) -> str:
+        return self.cfg.kind
+
+    @property
+    def channels(self) -> int:
+        return self.cfg.channels
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def frames(self) -> int:
+        return self.cfg.frames if self.cfg.kind == "video" else 1
+
+    @property
+    def temporal_downsample(self) -> int:
+        return self.cfg.temporal_downsample if self.cfg.kind == "video" else 1
+
+    @property
+    def grid(self) -> list[int]:
+        return list(self.cfg.grid)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    @property
+    def hash(self) -> str:
+        """Computed from the current weights (they change while training)."""
+        return state_hash(self.cfg, self.state_dict())
+
+    def describe(self) -> dict:
+        return {"format": FORMAT, "config": to_dict(self.cfg)}
 
     def _check_pixels(self, x: torch.Tensor) -> None:
         cfg = self.cfg

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from nestgen.device import resolve_device
 from nestgen.tokenizers.config import TokenizerConfig
+from nestgen.tokenizers.interface import Tokenizer
 from nestgen.tokenizers.model import VQTokenizer
 from nestgen.tokenizers.pixels import psnr_from_mse
 from nestgen.training.optim import warmup_cosine_scheduler
@@ -206,17 +207,17 @@ def train_tokenizer(cfg: TokenizerConfig, data: torch.Tensor | np.ndarray | Iter
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model: VQTokenizer, pixels: torch.Tensor, batch_size: int = 64) -> dict:
+def evaluate_tokenizer(model: Tokenizer, pixels: torch.Tensor, batch_size: int = 64) -> dict:
     """Reconstruction MSE / PSNR of encode->decode on `pixels` and the codebook usage there."""
     pixels = _as_pixels(pixels)
     sq, n = 0.0, 0
-    counts = torch.zeros(model.cfg.codebook_size, dtype=torch.long)
+    counts = torch.zeros(model.vocab_size, dtype=torch.long)
     for chunk in pixels.split(batch_size):
         ids = model.encode(chunk)
         recon = model.decode(ids).cpu()
         sq += float((recon - chunk).pow(2).sum())
         n += chunk.numel()
-        counts += torch.bincount(ids.flatten().cpu(), minlength=model.cfg.codebook_size)
+        counts += torch.bincount(ids.flatten().cpu(), minlength=model.vocab_size)
     mse = sq / n
     return {"mse": mse, "psnr": psnr_from_mse(mse), "usage": float((counts > 0).float().mean()),
             "perplexity": code_perplexity(counts)}
