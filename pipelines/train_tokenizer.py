@@ -19,20 +19,23 @@ from pipelines.ray_runtime import init_ray
 from pipelines.tracking import start_run
 from pipelines.train_common import Worker, WorkerJob, fit_on_workers, run_worker
 
-REPORTED = ("loss", "mse", "psnr", "usage", "perplexity", "lr")
+REPORTED = ("loss", "mse", "psnr", "usage", "perplexity", "lr", "g_loss", "d_loss")   # the last two: adversarial
 
 
 def tokenizer_job(w: Worker) -> WorkerJob:
     """A TokenizerTrainer on batches of uint8 pixels (images or clips)."""
     from nestgen.tokenizers import TokenizerTrainer, VQTokenizer, clips_to_pixels, images_to_pixels, save_tokenizer
     from nestgen.tokenizers.checkpoint import read_tokenizer_checkpoint
+    from nestgen.tokenizers.discriminator import PatchDiscriminator
     t = w.cfg.tokenizer
-    trainer = TokenizerTrainer(t, model=w.prepare(VQTokenizer(t)), device=w.device)
+    model = w.prepare(VQTokenizer(t))
+    disc = w.prepare(PatchDiscriminator(t)) if t.adversarial_weight > 0 else None
+    trainer = TokenizerTrainer(t, model=model, device=w.device, discriminator=disc)
     to_px = clips_to_pixels if t.kind == "video" else images_to_pixels
 
     def train_step(batch: dict) -> dict:
         m = trainer.train_step(to_px(batch["pixels"]))
-        return {k: m[k] for k in REPORTED}
+        return {k: m[k] for k in REPORTED if k in m}
 
     def load(path: str) -> None:
         state = read_tokenizer_checkpoint(path)

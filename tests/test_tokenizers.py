@@ -191,6 +191,39 @@ def test_train_tokenizer_accepts_an_iterable_of_uint8_batches():
     assert history[-1]["step"] == 2                          # a one-shot iterator ends training
 
 
+def test_adversarial_loss_trains_a_discriminator_after_its_warm_up(digits_32, tmp_path):
+    train, _ = digits_32
+    cfg = TokenizerConfig(kind="image", channels=3, image_size=32, steps=8, batch_size=8, log_every=2,
+                          adversarial_weight=0.5, adversarial_start=4, **TINY)
+    trainer = TokenizerTrainer(cfg)
+    before = [p.detach().clone() for p in trainer.disc.parameters()]
+    metrics = [trainer.train_step(train[i * 8:(i + 1) * 8]) for i in range(cfg.steps)]
+    assert all("d_loss" not in m and "g_loss" not in m for m in metrics[:4])      # warm-up: MSE only
+    adv = metrics[4:]
+    assert all(np.isfinite([m["loss"], m["d_loss"], m["g_loss"], m["d_real"], m["d_fake"]]).all() for m in adv)
+    assert all(m["d_loss"] >= 0 for m in adv)                                     # hinge: never negative
+    changed = [not torch.equal(a, b) for a, b in zip(before, trainer.disc.parameters())]
+    assert all(changed), "every discriminator parameter was updated"
+
+    # The tokenizer checkpoint holds the tokenizer alone and loads as before.
+    url = str(tmp_path / "tok.pt")
+    save_tokenizer(url, trainer.core, trainer=trainer.state())
+    ckpt = read_tokenizer_checkpoint(url)
+    assert not any("disc" in k for k in ckpt["model"])
+    loaded = load_tokenizer(url)
+    assert loaded.hash == trainer.core.hash
+    # The trainer state carries the discriminator, so a resumed run continues the same game.
+    resumed = TokenizerTrainer(cfg)
+    resumed.load_state(ckpt["trainer"])
+    assert resumed.step == 8 and all(torch.equal(a, b) for a, b in
+                                     zip(resumed.disc.state_dict().values(), trainer.disc.state_dict().values()))
+    # train_tokenizer reports the adversarial terms once they exist.
+    _, history = train_tokenizer(cfg, train[:64], progress=False)
+    assert "d_loss" not in history[0] and "d_loss" in history[-1] and "g_loss" in history[-1]
+    # Off by default: no discriminator at all.
+    assert TokenizerTrainer(dataclasses.replace(cfg, adversarial_weight=0.0)).disc is None
+
+
 # ---------------------------------------------------------------- checkpoints and hash
 
 

@@ -46,6 +46,10 @@ class TokenizerConfig:
     min_lr_ratio: float = 0.1        # cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.0
     grad_clip: float = 1.0           # 0 disables
+    # --- optional adversarial loss (a patch discriminator, hinge loss; see discriminator.py)
+    adversarial_weight: float = 0.0  # weight of the tokenizer's adversarial term; 0 = off (MSE only)
+    adversarial_start: int = 500     # steps of MSE-only training before the discriminator trains
+                                     # and its loss is added (it would judge noise before)
     usage_window: int = 100          # steps over which codebook usage is reported
     log_every: int = 50
     seed: int = 0
@@ -121,6 +125,8 @@ class TokenizerConfig:
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
+        check(self.adversarial_weight >= 0, "adversarial_weight", "must be >= 0 (0 disables)")
+        check(self.adversarial_start >= 0, "adversarial_start", "must be >= 0")
         check(self.usage_window >= 1, "usage_window", "must be >= 1")
         check(self.log_every >= 1, "log_every", "must be >= 1")
         check_device(self.device)

@@ -2,9 +2,12 @@
 distributed driver can reuse (wrap `trainer.model` in DDP; dead-code restarts then agree
 across ranks because the code counts are summed and the seeds broadcast from rank 0).
 
-Loss = MSE(recon, pixels) + codebook loss + beta * commitment loss. Reported as it trains:
-reconstruction MSE and PSNR, and codebook usage over the last `usage_window` steps (the
-share of codes used at least once, and the perplexity of the code histogram).
+Loss = MSE(recon, pixels) + codebook loss + beta * commitment loss, plus, with
+adversarial_weight > 0 and from step adversarial_start on, that weight times the hinge
+generator loss of a patch discriminator trained alongside (discriminator.py). Reported as it
+trains: reconstruction MSE and PSNR, and codebook usage over the last `usage_window` steps
+(the share of codes used at least once, and the perplexity of the code histogram); with the
+discriminator on, its loss and the tokenizer's adversarial term.
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ from tqdm.auto import tqdm
 
 from nestgen.device import resolve_device
 from nestgen.tokenizers.config import TokenizerConfig
+from nestgen.tokenizers.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from nestgen.tokenizers.interface import Tokenizer
 from nestgen.tokenizers.model import VQTokenizer
 from nestgen.tokenizers.pixels import psnr_from_mse
+from nestgen.training.metric_window import MetricWindow
 from nestgen.training.optim import warmup_cosine_scheduler
 
 
@@ -62,8 +67,11 @@ def _dist_on() -> bool:
 
 
 class TokenizerTrainer:
+    """`model` / `discriminator`: modules a distributed driver built and wrapped (DDP); by
+    default they are built here. The discriminator exists only with adversarial_weight > 0."""
+
     def __init__(self, cfg: TokenizerConfig, model: torch.nn.Module | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, discriminator: torch.nn.Module | None = None):
         cfg.validate()
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
@@ -72,6 +80,12 @@ class TokenizerTrainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay)
         self.sched = warmup_cosine_scheduler(self.opt, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        self.disc = self.disc_opt = None
+        if cfg.adversarial_weight > 0:
+            self.disc = (discriminator or PatchDiscriminator(cfg)).to(self.device)
+            # GAN practice (VQGAN): low beta1, constant lr
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9),
+                                              weight_decay=cfg.weight_decay)
         self.step = 0
         self.usage = CodebookUsage(cfg.codebook_size, cfg.usage_window)
         # Counts since the last restart decide which codes are dead.
@@ -90,12 +104,20 @@ class TokenizerTrainer:
         out = self.model(x)
         mse = F.mse_loss(out.recon, x)
         loss = mse + out.q_loss
+        adversarial = self.disc is not None and self.step >= cfg.adversarial_start
+        adv: dict[str, float] = {}
+        if adversarial:
+            g_loss = hinge_g_loss(self.disc(out.recon))
+            loss = loss + cfg.adversarial_weight * g_loss
+            adv["g_loss"] = float(g_loss.detach())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
         self.sched.step()
+        if adversarial:
+            adv.update(self._discriminator_step(x, out.recon.detach()))
         counts = torch.bincount(out.ids.flatten(), minlength=cfg.codebook_size)
         self.usage.update(counts)
         self._since_restart += counts
@@ -107,7 +129,23 @@ class TokenizerTrainer:
         return {"loss": float(loss.detach()), "mse": mse_f, "psnr": psnr_from_mse(mse_f),
                 "q_loss": float(out.q_loss.detach()), "usage": self.usage.fraction_used(),
                 "perplexity": self.usage.perplexity(), "batch_perplexity": code_perplexity(counts),
-                "restarted": restarted, "lr": self.sched.get_last_lr()[0]}
+                "restarted": restarted, "lr": self.sched.get_last_lr()[0], **adv}
+
+    def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """One hinge step of the discriminator. Real and reconstructed pixels go through one
+        forward call: a DDP-wrapped module allows one forward per backward. (The tokenizer's
+        backward also left gradients on the discriminator; they are dropped here.)"""
+        self.disc.train()
+        logits = self.disc(torch.cat([real, fake]))
+        real_logits, fake_logits = logits.chunk(2)
+        d_loss = hinge_d_loss(real_logits, fake_logits)
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.cfg.grad_clip)
+        self.disc_opt.step()
+        return {"d_loss": float(d_loss.detach()), "d_real": float(real_logits.detach().mean()),
+                "d_fake": float(fake_logits.detach().mean())}
 
     @torch.no_grad()
     def restart_dead_codes(self, flat_inputs: torch.Tensor) -> int:
@@ -132,13 +170,20 @@ class TokenizerTrainer:
         return int(dead.numel())
 
     def state(self) -> dict:
-        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "step": self.step}
+        """What resuming needs besides the tokenizer's weights (the discriminator's included)."""
+        s = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "step": self.step}
+        if self.disc is not None:
+            core = getattr(self.disc, "module", self.disc)
+            s |= {"discriminator": core.state_dict(), "disc_optimizer": self.disc_opt.state_dict()}
+        return s
 
     def load_state(self, state: dict) -> None:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
+        if self.disc is not None and "discriminator" in state:
+            getattr(self.disc, "module", self.disc).load_state_dict(state["discriminator"])
+            self.disc_opt.load_state_dict(state["disc_optimizer"])
 
 
 def _as_pixels(x) -> torch.Tensor:
@@ -176,8 +221,8 @@ def train_tokenizer(cfg: TokenizerConfig, data: torch.Tensor | np.ndarray | Iter
     and one history row every log_every steps (window means of the step metrics)."""
     trainer = trainer or TokenizerTrainer(cfg)
     history: list[dict] = []
-    window: dict[str, float] = {}
-    n_in_window, restarted, seen = 0, 0, 0
+    window = MetricWindow()      # g_loss / d_loss exist from adversarial_start on
+    restarted, seen = 0, 0
     bar = tqdm(total=cfg.steps, initial=trainer.step, desc=f"tokenizer[{cfg.kind}]",
                disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
@@ -188,17 +233,15 @@ def train_tokenizer(cfg: TokenizerConfig, data: torch.Tensor | np.ndarray | Iter
             break
         m = trainer.train_step(batch)
         seen += batch.shape[0]
-        n_in_window += 1
         restarted += m["restarted"]
-        for k in ("loss", "mse", "q_loss"):
-            window[k] = window.get(k, 0.0) + m[k]
+        window.add({k: m[k] for k in ("loss", "mse", "q_loss", "g_loss", "d_loss") if k in m})
         if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
-            row = {k: v / n_in_window for k, v in window.items()}
+            row = window.means()
             row.update(step=trainer.step, psnr=psnr_from_mse(row["mse"]), usage=m["usage"],
                        perplexity=m["perplexity"], restarted=restarted, lr=m["lr"],
                        samples_per_s=seen / (time.perf_counter() - t0))
             history.append(row)
-            window, n_in_window = {}, 0
+            window.reset()
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}",
                             ppl=f"{row['perplexity']:.0f}")
         bar.update(1)
