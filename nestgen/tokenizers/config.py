@@ -47,9 +47,9 @@ class TokenizerConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0           # 0 disables
     # --- optional adversarial loss (a patch discriminator, hinge loss; see discriminator.py)
+    # Before adversarial_start the reconstructions are noise a discriminator would learn nothing from.
     adversarial_weight: float = 0.0  # weight of the tokenizer's adversarial term; 0 = off (MSE only)
-    adversarial_start: int = 500     # steps of MSE-only training before the discriminator trains
-                                     # and its loss is added (it would judge noise before)
+    adversarial_start: int = 500     # MSE-only steps before the discriminator trains and its loss is added
     usage_window: int = 100          # steps over which codebook usage is reported
     log_every: int = 50
     seed: int = 0
