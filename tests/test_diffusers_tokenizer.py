@@ -1,6 +1,7 @@
 """A Hugging Face diffusers VQModel folder as the tokenizer: loading (local and fsspec, never
 the Hub), encode/decode against the model's own forward pass, content hash, and the path
 through tokenize (Ray), training, rendering and serving."""
+import base64
 import io
 import json
 import shutil
@@ -128,9 +129,8 @@ def test_tokenize_train_render_and_serve_through_a_vqmodel(ray_local, digits_png
     assert m["tokenizer"]["format"] == "diffusers-vqmodel/1"
     assert m["grid_shape"] == [8, 8] and m["vocab_size"] == 16 and m["failed"] == []
     tokens, labels, _ = load_split_tokens(str(shards), "train")
-    first = tokens[0].view(1, 8, 8)
-    rows = sorted((digits_png / "train").glob("*/*.png"))
-    assert len(tokens) == len(rows)
+    assert len(tokens) == len(list((digits_png / "train").glob("*/*.png")))
+    assert 0 <= int(tokens.min()) and int(tokens.max()) < 16
 
     # Exactly the adapter's ids of that image.
     import pyarrow.parquet as pq
@@ -139,7 +139,6 @@ def test_tokenize_train_render_and_serve_through_a_vqmodel(ray_local, digits_png
     row = pq.ParquetDataset(shard_urls(str(shards), "train")).read().to_pylist()[0]
     img = np.asarray(Image.open(row["source_uri"]).convert("RGB"))[None]
     assert row["tokens"] == tok.encode(images_to_pixels(img)).reshape(-1).tolist()
-    assert first.shape == (1, 8, 8)
 
     cfg = from_dict(NestgenConfig, {
         "name": "vqmodel-test",
@@ -149,7 +148,8 @@ def test_tokenize_train_render_and_serve_through_a_vqmodel(ray_local, digits_png
         "train": {"steps": 4, "batch_size": 16, "log_every": 2},
         "decode": {"steps": 4, "schedule": "2x2,1x2"}})
     trainer, history = train_on_tokens(cfg, tokens, labels, progress=False)
-    assert all(np.isfinite(h["loss"]) for h in history)
+    losses = [v for h in history for k, v in h.items() if k.startswith("loss")]
+    assert losses and np.isfinite(losses).all()
     ckpt = save_checkpoint(str(tmp_path / "gen.pt"), cfg, trainer.core, **trainer.state(),
                            tokenizer_hash=m["tokenizer"]["hash"])
 
@@ -163,5 +163,5 @@ def test_tokenize_train_render_and_serve_through_a_vqmodel(ray_local, digits_png
     engine = Engine(ServeConfig(checkpoint=ckpt, auto_presets=[]), device="cpu")
     assert engine.info()["tokenizer"] == {"url": str(vqmodel_dir), "hash": tok.hash}
     (resp,) = engine.run([engine.resolve(GenerateRequest(class_label=3, num_samples=1, seed=1, format="png"))])
-    png = Image.open(io.BytesIO(__import__("base64").b64decode(resp["samples"][0]["png_base64"])))
+    png = Image.open(io.BytesIO(base64.b64decode(resp["samples"][0]["png"])))
     assert png.size == (16, 16)

@@ -154,5 +154,6 @@ def load_diffusers_vq(url: str, device: str | torch.device = "cpu", expected_has
         if config.get("_class_name") != CLASS_NAME:
             raise ValueError(f"{url}: a diffusers {config.get('_class_name')!r}, not a {CLASS_NAME}: only "
                              "VQModels have the discrete codes nestgen generates")
-        model = VQModel.from_pretrained(tmp, local_files_only=True, use_safetensors=True)
+        # low_cpu_mem_usage=False: the plain load (the other needs `accelerate`, and warns without it)
+        model = VQModel.from_pretrained(tmp, local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
     return DiffusersVQTokenizer(model, got, config).to(device)
