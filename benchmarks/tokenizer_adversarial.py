@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--base-width", type=int, default=16)
-    ap.add_argument("--adversarial-weight", type=float, default=0.1)
+    ap.add_argument("--adversarial-weight", type=float, default=0.01)
     ap.add_argument("--adversarial-start", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
