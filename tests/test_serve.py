@@ -68,7 +68,7 @@ def guarded_url(serve_base, tmp_path_factory):
     from pipelines.serve import Generator
     ckpt = _checkpoint(tmp_path_factory.mktemp("guard") / "c.pt", {"model": {"width": 32, "depth": 1}})
     cfg = ServeConfig(checkpoint=ckpt, max_batch_size=8, max_ongoing_requests=16, max_samples_per_request=4,
-                      cpus_per_replica=0.5, auto_presets=[], max_steps=5000, decode_deadline_s=1.0,
+                      cpus_per_replica=0.5, auto_presets=[], max_steps=100_000, decode_deadline_s=1.0,
                       api_keys_env="NESTGEN_TEST_KEYS")
     opts = deployment_options(cfg)
     opts["ray_actor_options"]["runtime_env"] = {"env_vars": {"NESTGEN_TEST_KEYS": "key-a,key-b"}}
@@ -260,7 +260,9 @@ def test_a_client_that_disconnects_leaves_the_queue_count_whole(guarded_url):
 
 def test_a_stuck_decode_is_reported_and_serve_replaces_the_replica(guarded_url):
     first = httpx.get(guarded_url + "/v1/health").json()["replica"]
-    stuck = {"format": "tokens", "schedule": "1x4000", "num_samples": 4}
+    # Long enough (tens of seconds even on a fast machine) that Serve's three failed probes
+    # and the replacement come before the decode could end on its own.
+    stuck = {"format": "tokens", "schedule": "1x60000", "num_samples": 4}
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(lambda: httpx.post(guarded_url + "/v1/generate", json=stuck, headers=KEY, timeout=120))
         seen, deadline = [], time.time() + 60
