@@ -28,10 +28,12 @@ from nestgen.serving.auth import BearerAuth, read_api_keys
 from nestgen.serving.memory import rss_mb
 from nestgen.serving.body_limit import BodySizeLimit
 from nestgen.serving.config import ServeConfig
-from nestgen.serving.deployment import deployment_options, read_serve_file, serve_config_from_args
+from nestgen.serving.deployment import ServeArgs, deployment_options, read_serve_file, serve_config_from_args
 from nestgen.serving.errors import RequestError
 from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import GenerateRequest
+from nestgen.serving.responses import (GenerateResponse, HealthResponse, ModelResponse, SchedulesResponse,
+                                         error_responses)
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import RunConfig
 from pipelines.ray_runtime import init_ray
@@ -82,8 +84,9 @@ class Generator:
         # for the next batch meanwhile.
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.engine.run, jobs)
 
-    @api.post("/v1/generate", summary="Generate samples")
-    async def generate(self, req: GenerateRequest) -> JSONResponse:
+    @api.post("/v1/generate", summary="Generate samples", response_model=GenerateResponse,
+              response_model_exclude_unset=True, responses=error_responses(400, 401, 413, 422, 500, 503))
+    async def generate(self, req: GenerateRequest) -> dict:
         # Counted from arrival, conditioning work included; `finally` also runs when the
         # client disconnects (Serve cancels this coroutine), so the count never drifts.
         rows = min(req.num_samples, self.engine.spec.max_samples)
@@ -100,13 +103,15 @@ class Generator:
             self.engine.finish(rows, admitted, job)
         if isinstance(out, Exception):
             raise HTTPException(500, str(out))
-        return JSONResponse(out)
+        return out
 
-    @api.get("/v1/schedules", summary="Schedule presets with their GFLOPs per sample")
+    @api.get("/v1/schedules", summary="Schedule presets with their GFLOPs per sample", response_model=SchedulesResponse,
+             response_model_exclude_unset=True, responses=error_responses(401, 503))
     def schedules(self) -> dict:
         return self.engine.schedules()
 
-    @api.get("/v1/health", summary="Liveness, the replica's queue depth and the age of its decode in flight")
+    @api.get("/v1/health", summary="Liveness, the replica's queue depth and the age of its decode in flight",
+             response_model=HealthResponse, responses=error_responses(503))
     def health(self) -> dict:
         age = self.engine.decode_age_s()
         return {"status": "ok" if age <= self.deadline_s else "stuck", "queue_rows": self.engine.queue_rows,
@@ -120,7 +125,8 @@ class Generator:
         if age > self.deadline_s:
             raise RuntimeError(f"decode in flight for {age:.0f} s, past serve.decode_deadline_s={self.deadline_s:g}")
 
-    @api.get("/v1/model", summary="Model config, tokenizer hash, checkpoint")
+    @api.get("/v1/model", summary="Model config, tokenizer hash, checkpoint, request limits",
+             response_model=ModelResponse, responses=error_responses(401, 503))
     def model(self) -> dict:
         return self.engine.info()
 
@@ -133,10 +139,12 @@ def build(cfg: ServeConfig):
     return Generator.options(**deployment_options(cfg)).bind(to_dict(cfg))
 
 
-def app_builder(args: dict):
-    """Application builder for Serve config files: `import_path: pipelines.serve:app_builder`,
-    `args:` = the fields of ServeConfig (checked strictly; errors name the field)."""
-    return build(serve_config_from_args(args))
+def app_builder(args: ServeArgs):
+    """Application builder: `serve run pipelines.serve:app_builder checkpoint=... max_batch_size=16`,
+    or `import_path: pipelines.serve:app_builder` in a Serve config file with `args:` = the
+    fields of ServeConfig. Serve converts the arguments to ServeArgs (the annotation), so
+    strings become the fields' types; a wrong or unknown field is an error naming it."""
+    return build(serve_config_from_args(args.model_dump()))
 
 
 def run_local(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, ray_address: str | None = None,

@@ -109,8 +109,34 @@ def test_read_endpoints(image_url):
     sched = {p["name"]: p for p in httpx.get(image_url + "/v1/schedules").json()["presets"]}
     assert sched["magnets"]["schedule"] == "8x3,4x3,2x3,1x3"
     assert sched["baseline"]["gflops_per_sample"] > 2 * sched["magnets"]["gflops_per_sample"] > 0
-    assert "seconds_per_batch_of_16" in sched["baseline"]
-    assert "/v1/generate" in httpx.get(image_url + "/openapi.json").json()["paths"]
+    assert sched["baseline"]["seconds_per_full_batch"] >= sched["baseline"]["seconds_per_batch_of_1"] > 0
+    served = httpx.get(image_url + "/openapi.json").json()
+    assert served["paths"]["/v1/generate"]["post"]["responses"]["200"]["content"]["application/json"]["schema"] \
+        == {"$ref": "#/components/schemas/GenerateResponse"}
+
+
+def test_serve_run_converts_string_arguments_and_names_a_wrong_field(serve_base, tmp_path):
+    """`serve run pipelines.serve:app_builder key=value ...` (Ray's own CLI, on this session's Ray):
+    the strings become ServeConfig's types; a wrong type or value is an error naming the field."""
+    from click.testing import CliRunner
+    from ray import serve
+    from ray.serve.scripts import cli
+
+    ckpt = _checkpoint(tmp_path / "c.pt", {"model": {"width": 32, "depth": 1}})
+    cmd = ["run", "--non-blocking", "--name", "args", "--route-prefix", "/args", "pipelines.serve:app_builder",
+           f"checkpoint={ckpt}", "cpus_per_replica=0.5", "auto_latency_target_s=1000"]
+    for bad, says in (("max_batch_size=lots", "max_batch_size"), ("max_batch_size=0", "serve.max_batch_size: must be >= 1"),
+                      ("max_bach_size=8", "max_bach_size")):
+        result = CliRunner().invoke(cli, cmd + [bad])
+        assert result.exit_code != 0 and says in str(result.exception), (bad, result.output, result.exception)
+    result = CliRunner().invoke(cli, cmd + ["max_batch_size=16", "batch_wait_timeout_s=0.05", "max_samples_per_request=4"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    try:
+        limits = httpx.get(serve_base + "/args/v1/model", timeout=60).json()["limits"]
+        assert (limits["max_batch_size"], limits["batch_wait_timeout_s"], limits["max_samples_per_request"]) == (16, 0.05, 4)
+        assert _post(serve_base + "/args", {"num_samples": 2, "format": "tokens"}).status_code == 200
+    finally:
+        serve.delete("args")
 
 
 def test_concurrent_requests_are_batched_and_match_the_same_seed_alone(image_url):

@@ -1,10 +1,15 @@
-"""ServeConfig -> Ray Serve deployment options, and the config files `nestgen serve` reads.
+"""ServeConfig -> Ray Serve deployment options, the application's typed arguments, and the
+config files `nestgen serve` reads.
 
-Plain dicts and YAML only (no Ray import), so they are checked without starting Serve.
+Plain dicts, pydantic and YAML only (no Ray import), so they are checked without starting Serve.
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from nestgen.config import NestgenConfig, config_from_dict
 from nestgen.configschema import ConfigError, apply_overrides, from_dict, read_yaml_mapping, to_dict
@@ -35,6 +40,21 @@ def deployment_options(cfg: ServeConfig) -> dict:
 def serve_config_from_args(args: dict | None) -> ServeConfig:
     """The `args:` of a Serve application (the fields of ServeConfig), strictly."""
     return from_dict(ServeConfig, dict(args or {}), "serve")
+
+
+def _args_model() -> type[BaseModel]:
+    """ServeConfig's fields as a pydantic model, made from the dataclass so the two never
+    disagree. Ray Serve validates an application builder's arguments with the model its
+    parameter is annotated with, which converts `serve run ... max_batch_size=16` (strings)
+    to the fields' types; ServeConfig.validate still checks the values."""
+    hints = typing.get_type_hints(ServeConfig)
+    fields = {f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING
+                       else Field(default_factory=f.default_factory))
+              for f in dataclasses.fields(ServeConfig)}
+    return create_model("ServeArgs", __config__=ConfigDict(extra="forbid"), __doc__=ServeConfig.__doc__, **fields)
+
+
+ServeArgs = _args_model()
 
 
 def _override(args: dict, overrides: list[str]) -> dict:

@@ -208,8 +208,7 @@ class Engine:
                      "gflops_per_sample_no_cache": decode_flops(self.spec.model, replace(d, cache="none")).gflops}
             if self.latency and name in self.auto_presets:
                 entry["seconds_per_batch_of_1"] = self.latency.batch_seconds(name, 1)
-                entry[f"seconds_per_batch_of_{self.cfg.max_batch_size}"] = self.latency.batch_seconds(
-                    name, self.cfg.max_batch_size)
+                entry["seconds_per_full_batch"] = self.latency.batch_seconds(name, self.cfg.max_batch_size)
             rows.append(entry)
         return {"default": self.model_cfg.decode.schedule, "presets": rows,
                 "auto": {"presets_best_first": self.auto_presets, "target_s": self.cfg.auto_latency_target_s}

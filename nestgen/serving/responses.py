@@ -1,0 +1,154 @@
+"""The JSON bodies the HTTP API answers with, as pydantic models: its OpenAPI description.
+
+The service validates every 200 answer against these models (FastAPI's response_model), so
+the description cannot drift from what is sent. Fields that an answer leaves out (a sample's
+other formats, `auto` when the schedule was not auto) stay out of the JSON, not null.
+The error answers share two bodies: {"detail": "<reason>"} and, for 422, one entry per bad
+field. Serve's own proxy answers 503 in plain text when the service is over capacity.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Format = Literal["png", "mp4", "tokens"]
+
+
+class Sample(BaseModel):
+    seed: int = Field(description="the seed this sample was drawn with (the request's seed + its index)")
+    png: str | None = Field(None, description="base64 PNG (format png); a video sample is one picture of its frames side by side")
+    mp4: str | None = Field(None, description="base64 MP4 (format mp4)")
+    tokens: list[int] | None = Field(None, description="the token ids (format tokens)")
+
+
+class AutoChoice(BaseModel):
+    """How schedule 'auto' chose its preset."""
+    queue_rows: int = Field(description="rows queued on the replica ahead of this request")
+    target_s: float = Field(description="the latency target (serve.auto_latency_target_s)")
+    expected_latency_s: float = Field(description="the chosen preset's expected latency, corrected")
+    model_latency_s: float = Field(description="the latency model's uncorrected prediction")
+    correction: float = Field(description="observed / predicted latency of recent requests")
+    met_target: bool = Field(description="whether the expected latency is within the target")
+
+
+class GenerateResponse(BaseModel):
+    samples: list[Sample]
+    format: Format
+    class_label: int = Field(description="the class decoded (the null class id when the request's was null)")
+    schedule: str = Field(description="the compact schedule decoded with, e.g. '8x3,4x3,2x3,1x3'")
+    schedule_name: str = Field(description="the preset asked for (or chosen by auto), else 'custom'")
+    steps: int
+    cache: str
+    guidance_scale: float
+    temperature: float
+    gflops_per_sample: float
+    gflops: float = Field(description="gflops_per_sample x the request's samples")
+    batch_size: int = Field(description="rows decoded together with this request's (same decode settings)")
+    decode_seconds: float = Field(description="seconds that batch's decode took")
+    batch_requests: int = Field(description="requests in the Serve batch this request ran in")
+    batch_rows: int = Field(description="rows in that Serve batch")
+    auto: AutoChoice | None = Field(None, description="present when the schedule was 'auto'")
+
+
+class Preset(BaseModel):
+    name: str
+    schedule: str = Field(description="the preset as a compact schedule")
+    steps: int
+    cache: str
+    gflops_per_sample: float
+    gflops_per_sample_no_cache: float
+    seconds_per_batch_of_1: float | None = Field(None, description="calibrated decode seconds of one sample "
+                                                                   "(presets that auto chooses from)")
+    seconds_per_full_batch: float | None = Field(None, description="calibrated decode seconds of a batch of "
+                                                                   "serve.max_batch_size samples (limits.max_batch_size "
+                                                                   "in GET /v1/model)")
+
+
+class AutoSettings(BaseModel):
+    presets_best_first: list[str]
+    target_s: float
+
+
+class SchedulesResponse(BaseModel):
+    default: str = Field(description="the checkpoint's decode.schedule, used when a request names none")
+    presets: list[Preset]
+    auto: AutoSettings | None = Field(description="null: schedule 'auto' is switched off")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "stuck"] = Field(description="stuck: a decode has run past decode_deadline_s")
+    queue_rows: int = Field(description="rows admitted and not yet answered")
+    decode_age_s: float = Field(description="seconds the decode in flight has run (0 when idle)")
+    decode_deadline_s: float
+    replica: str = Field(description="the answering replica's id")
+    rss_mb: float = Field(description="the replica's resident memory")
+
+
+class TokenizerInfo(BaseModel):
+    url: str
+    hash: str | None
+
+
+class ModelConfigInfo(BaseModel):
+    name: str
+    model: dict[str, Any] = Field(description="the checkpoint's model config section")
+    decode: dict[str, Any] = Field(description="the checkpoint's decode config section")
+
+
+class Limits(BaseModel):
+    max_samples_per_request: int
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    max_body_bytes: int
+    decode_deadline_s: float
+    max_condition_pixels: int
+    max_condition_frames: int
+    max_condition_seconds: float
+    max_steps: int
+
+
+class ModelResponse(BaseModel):
+    checkpoint: str = Field(description="the checkpoint's resolved URL")
+    kind: Literal["image", "video"]
+    formats: list[Format] = Field(description="formats a request may ask for, the default first")
+    device: str
+    params: int
+    tokenizer: TokenizerInfo | None = Field(description="null: the model decodes raw pixels (digits) or tokens only")
+    cond_tokens: int = Field(description="leading tokens given as the condition (frame prediction); 0: none")
+    num_classes: int
+    config: ModelConfigInfo
+    limits: Limits
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="the reason, and what to change")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where the bad value is, e.g. ['body', 'num_samples']")
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    detail: list[FieldError]
+
+
+_ERRORS: dict[int, dict] = {
+    400: {"model": ErrorResponse, "description": "well-formed, but asks for something this model or service "
+                                                 "can't do (class, schedule, steps, format, conditioning clip)"},
+    401: {"model": ErrorResponse, "description": "missing or wrong 'Authorization: Bearer <key>' "
+                                                 "(only when serve.api_keys_env is set)"},
+    413: {"model": ErrorResponse, "description": "body over serve.max_body_bytes"},
+    422: {"model": ValidationErrorResponse, "description": "a field of the wrong type, out of range, or unknown"},
+    500: {"model": ErrorResponse, "description": "the decode failed; the cause is in the replica's log"},
+    503: {"description": "over capacity (serve.max_queued_requests) or no replica ready; Serve's proxy answers "
+                         "in plain text, with Retry-After when it knows",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
+
+
+def error_responses(*codes: int) -> dict[int, dict]:
+    """The `responses=` of a route that can answer `codes`."""
+    return {c: _ERRORS[c] for c in codes}
