@@ -2,6 +2,7 @@
 
     nestgen serve configs/serve_digits.yaml          # local, blocks, prints the URL
     serve deploy configs/serve_digits.yaml           # onto a running `ray start --head`
+    serve run pipelines.serve:app_builder checkpoint=... max_batch_size=16   # Ray's CLI, key=value args
 
 The replica loads the checkpoint and tokenizer once (GPU when it has one) and holds them in a
 nestgen.serving.Engine; this module only wires HTTP and batching around it. Concurrent
@@ -10,7 +11,8 @@ as one batch per distinct decode setting. Bad requests are refused before they r
 batch, so they never hold up or break anyone else's.
 
 No `from __future__ import annotations` here: FastAPI reads the endpoint's annotations
-(GenerateRequest) at runtime, and Serve's class-based view can't resolve them as strings.
+(GenerateRequest) at runtime, and Serve's class-based view can't resolve them as strings;
+Serve likewise reads app_builder's annotation (ServeArgs) to convert its arguments.
 """
 import asyncio
 import signal
@@ -85,7 +87,7 @@ class Generator:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.engine.run, jobs)
 
     @api.post("/v1/generate", summary="Generate samples", response_model=GenerateResponse,
-              response_model_exclude_unset=True, responses=error_responses(400, 401, 413, 422, 500, 503))
+              response_model_exclude_unset=True, responses=error_responses(400, 401, 408, 413, 422, 500, 503))
     async def generate(self, req: GenerateRequest) -> dict:
         # Counted from arrival, conditioning work included; `finally` also runs when the
         # client disconnects (Serve cancels this coroutine), so the count never drifts.

@@ -12,6 +12,7 @@ import copy
 import importlib
 import ipaddress
 import re
+import shlex
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -228,19 +229,67 @@ def cluster_spec_problems(spec: dict, service_account: str) -> list[str]:
     return p
 
 
+def _readme_configmaps() -> dict[str, dict[str, str]]:
+    """ConfigMap name -> {key: source file}, from the `kubectl create configmap` commands in
+    infra/README.md."""
+    text = re.sub(r"\s*\\\n\s*", " ", (INFRA / "README.md").read_text())
+    return {m.group(1): dict(re.findall(r"--from-file=([\w.-]+)=(\S+)", m.group(2)))
+            for m in re.finditer(r"kubectl -n nestgen create configmap (\S+)((?: --from-file=\S+)+)", text)}
+
+
+def _head_configmap_file(job: dict, path: str) -> tuple[str, str] | None:
+    """(ConfigMap, key) whose file the RayJob's head container sees at `path` (the job's
+    driver runs on the head), or None."""
+    pod = job["spec"]["rayClusterSpec"].get("headGroupSpec", {}).get("template", {}).get("spec", {})
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in (pod.get("containers") or [{}])[0].get("volumeMounts", []):
+        cm = volumes.get(mount["name"], {}).get("configMap")
+        if not cm or not path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            continue
+        rel = path[len(mount["mountPath"].rstrip("/")) + 1:]
+        items = {i["path"]: i["key"] for i in cm.get("items", [])}
+        key = items.get(rel) if items else rel
+        if key:
+            return cm["name"], key
+    return None
+
+
 def rayjob_problems(job: dict) -> list[str]:
+    """Also: the entrypoint's config is a file the head really has, either a key of a
+    ConfigMap that infra/README.md makes from a shipped config (then the config, with the
+    entrypoint's --set overrides, must load), or a shipped config inside the image."""
+    from pipelines.cli import build_parser
+    from pipelines.config import load_run_config
     p = []
     if job.get("apiVersion") != "ray.io/v1":
         p.append(f"apiVersion {job.get('apiVersion')}")
     entry = job.get("spec", {}).get("entrypoint", "")
-    m = re.fullmatch(r"nestgen run (\S+\.yaml)( .*)?", entry)
-    if not m:
+    if not re.fullmatch(r"nestgen run \S+\.yaml( .*)?", entry):
         return p + [f"entrypoint {entry!r} is not `nestgen run CONFIG`"]
-    cfg = m.group(1)
-    if not cfg.startswith(IMAGE_CONFIGS) or not (ROOT / "configs" / cfg[len(IMAGE_CONFIGS):]).is_file():
-        p.append(f"entrypoint config {cfg} is not a shipped config inside the image")
     if "rayClusterSpec" not in job.get("spec", {}):
         return p + ["spec.rayClusterSpec missing"]
+    try:
+        args = build_parser().parse_args(shlex.split(entry)[1:])     # what `nestgen` itself accepts
+    except SystemExit:
+        return p + [f"entrypoint {entry!r}: nestgen refuses its arguments"]
+    cfg, source = args.config, None
+    mounted = _head_configmap_file(job, cfg)
+    if mounted:
+        name, key = mounted
+        source = _readme_configmaps().get(name, {}).get(key)
+        if source is None or not (ROOT / source).is_file():
+            p.append(f"entrypoint reads {cfg}, key {key} of ConfigMap {name}, which infra/README.md does "
+                     "not make from a config file")
+            source = None
+    elif cfg.startswith(IMAGE_CONFIGS) and (ROOT / "configs" / cfg[len(IMAGE_CONFIGS):]).is_file():
+        source = ROOT / "configs" / cfg[len(IMAGE_CONFIGS):]
+    else:
+        p.append(f"entrypoint config {cfg} is neither a ConfigMap file on the head nor a shipped config in the image")
+    if source is not None:
+        try:
+            load_run_config(str(ROOT / source), args.overrides)
+        except ValueError as e:
+            p.append(f"entrypoint config {cfg} with its overrides: {e}")
     return p + cluster_spec_problems(job["spec"]["rayClusterSpec"], SERVICE_ACCOUNT)
 
 
@@ -282,7 +331,13 @@ def test_every_manifest_parses_with_required_fields():
 
 
 def test_rayjob():
-    assert rayjob_problems(_manifests()[("RayJob", "nestgen-pipeline")]) == []
+    job = _manifests()[("RayJob", "nestgen-pipeline")]
+    assert rayjob_problems(job) == []
+    # The config comes from a ConfigMap (a changed config needs no new image) made from a
+    # shipped config, and `--set` overrides on the entrypoint, as the README shows, work.
+    assert _head_configmap_file(job, job["spec"]["entrypoint"].split()[2]) is not None
+    job["spec"]["entrypoint"] += " --set train.steps=1000 --set mlflow.registered_alias=production"
+    assert rayjob_problems(job) == []
 
 
 def test_rayservice():
@@ -318,12 +373,26 @@ def _missing_config(d):
     d["spec"]["entrypoint"] = f"nestgen run {IMAGE_CONFIGS}no_such_config.yaml"
 
 
+def _other_configmap_key(d):
+    d["spec"]["entrypoint"] = d["spec"]["entrypoint"].replace("pipeline.yaml", "pipline.yaml")
+
+
+def _config_not_mounted(d):
+    head = d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    head["volumes"] = [v for v in head["volumes"] if "configMap" not in v]
+
+
+def _bad_override(d):
+    d["spec"]["entrypoint"] += " --set train.stepz=1000"
+
+
 def _ray_version(d):
     d["spec"]["rayClusterSpec"]["rayVersion"] = "2.9.0"
 
 
 @pytest.mark.parametrize("breakage", [_no_gpu_limits, _other_tag, _loopback_mlflow, _no_head,
-                                      _bad_entrypoint, _missing_config, _ray_version])
+                                      _bad_entrypoint, _missing_config, _other_configmap_key, _config_not_mounted,
+                                      _bad_override, _ray_version])
 def test_rayjob_checks_catch_broken_copies(breakage):
     job = copy.deepcopy(_manifests()[("RayJob", "nestgen-pipeline")])
     breakage(job)

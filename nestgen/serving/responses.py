@@ -4,7 +4,8 @@ The service validates every 200 answer against these models (FastAPI's response_
 the description cannot drift from what is sent. Fields that an answer leaves out (a sample's
 other formats, `auto` when the schedule was not auto) stay out of the JSON, not null.
 The error answers share two bodies: {"detail": "<reason>"} and, for 422, one entry per bad
-field. Serve's own proxy answers 503 in plain text when the service is over capacity.
+field. Serve's own proxy answers 503 (over capacity) and 408 (past its request timeout) in
+plain text.
 """
 from __future__ import annotations
 
@@ -143,6 +144,8 @@ _ERRORS: dict[int, dict] = {
     413: {"model": ErrorResponse, "description": "body over serve.max_body_bytes"},
     422: {"model": ValidationErrorResponse, "description": "a field of the wrong type, out of range, or unknown"},
     500: {"model": ErrorResponse, "description": "the decode failed; the cause is in the replica's log"},
+    408: {"description": "not answered within Serve's http_options.request_timeout_s; Serve's proxy answers in "
+                         "plain text", "content": {"text/plain": {"schema": {"type": "string"}}}},
     503: {"description": "over capacity (serve.max_queued_requests) or no replica ready; Serve's proxy answers "
                          "in plain text, with Retry-After when it knows",
           "content": {"text/plain": {"schema": {"type": "string"}}}},
