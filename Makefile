@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 DEMO_OUT ?= runs/pipeline
 
-.PHONY: install demo test bench-decode clean
+.PHONY: install demo test serve ui generate bench-decode clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,17 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 \
 	$(VENV)/bin/nestgen run configs/digits_vq.yaml --set pipeline.output_url=$(DEMO_OUT)
+
+# What to do after `make demo`, without activating .venv (or: `. .venv/bin/activate`, then the
+# README's commands as written). `make serve` blocks; `make generate` asks it from another shell.
+serve: install
+	$(VENV)/bin/nestgen serve configs/serve_digits.yaml
+
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+generate: install
+	$(VENV)/bin/nestgen generate --url http://127.0.0.1:8000 --class 3 --schedule magnets --out sample.png
 
 # pytest exits 5 when it collects no test: that is a broken suite, not a pass.
 test: install

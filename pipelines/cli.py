@@ -12,20 +12,22 @@ import base64
 import json
 import sys
 import time
+import traceback
+import urllib.error
 from pathlib import Path
 
 import yaml
 
 from nestgen.checkpoint import load_generator
 from nestgen.config import config_to_dict
-from nestgen.configschema import ConfigError
 from nestgen.flops import decode_flops
 from nestgen.local_run import run_demo, sample_grid
 from nestgen.serving import client
 from pipelines import evaluate, pipeline, serve, tokenize, train, train_tokenizer
-from pipelines.cli_args import add_config_args, add_decode_args, add_set_arg, decode_config, decode_overrides
-from pipelines.config import load_run_config
-from pipelines.lease import LeaseHeld
+from pipelines.cli_args import (add_config_args, add_decode_args, add_set_arg, decode_config, decode_overrides,
+                                runnable)
+from pipelines.config import load_run_config, placeholders
+from pipelines.errors import SELF_EXPLAINED, explain
 from pipelines.tracking import resolve_checkpoint
 
 STEP_MODULES = (train, train_tokenizer, tokenize, pipeline, evaluate, serve)
@@ -34,8 +36,15 @@ STEP_MODULES = (train, train_tokenizer, tokenize, pipeline, evaluate, serve)
 def cmd_validate(args) -> int:
     cfg = load_run_config(args.config, args.overrides)
     print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
-    print(f"# {args.config}: valid", file=sys.stderr)
-    return 0
+    found = placeholders(cfg)
+    if not found:
+        print(f"# {args.config}: valid", file=sys.stderr)
+        return 0
+    print(f"# {args.config}: valid, but {len(found)} value(s) are placeholders to replace before running "
+          "(infra/README.md):", file=sys.stderr)
+    for f in found:
+        print(f"#   {f}", file=sys.stderr)
+    return 1
 
 
 def cmd_flops(args) -> int:
@@ -98,6 +107,14 @@ def cmd_generate(args) -> int:
         resp = client.generate(args.url, payload, timeout=args.timeout)
     except client.ServiceError as e:
         print(f"nestgen generate: the service refused: {e}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        if isinstance(e, urllib.error.HTTPError):
+            raise
+        why = getattr(e, "reason", None) or e
+        print(f"nestgen generate: error: no service answers at {args.url} ({why}). Fix: start one with "
+              f"`{runnable('nestgen')} serve configs/serve_digits.yaml` (or `make serve`), or pass its --url",
+              file=sys.stderr)
         return 1
     written = client.save_samples(resp, args.out)
     print(json.dumps({k: v for k, v in resp.items() if k != "samples"} | {"written": written}, indent=1))
@@ -174,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_parsers(sub)
     for module in STEP_MODULES:
         module.add_parser(sub)
+    for p in sub.choices.values():
+        if not any("--verbose" in a.option_strings for a in p._actions):
+            p.add_argument("--verbose", action="store_true", help="on an error, also print its traceback")
     return ap
 
 
@@ -181,9 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, LeaseHeld) as e:
-        print(f"nestgen {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"nestgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:          # noqa: BLE001 - every failure ends as one line (errors.explain)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"nestgen {args.command}: error: {explain(e)}", file=sys.stderr)
+        return 2 if isinstance(e, SELF_EXPLAINED) else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 
 from nestgen.configschema import from_dict, to_dict
 from nestgen.decoding.config import DecodeConfig
@@ -47,3 +50,15 @@ def decode_config(base: DecodeConfig, args: argparse.Namespace) -> DecodeConfig:
     if "schedule" in given and "steps" not in given:
         given["steps"] = resolve_schedule(given["schedule"]).steps
     return from_dict(DecodeConfig, to_dict(base) | given, "decode")
+
+
+def runnable(command: str) -> str:
+    """`command` (nestgen, mlflow, ray: installed next to this Python) as it can be typed in
+    a new shell: the bare name when that environment is on PATH (activated), else its path,
+    relative to the working directory when under it (.venv/bin/nestgen)."""
+    exe = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), command)
+    found = shutil.which(command)
+    if not os.path.exists(exe) or (found and os.path.samefile(found, exe)):
+        return command
+    rel = os.path.relpath(exe)
+    return exe if rel.startswith("..") else rel

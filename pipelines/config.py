@@ -7,7 +7,8 @@ never sees these sections, and checkpoints it reads back are loaded by their lib
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -79,9 +80,9 @@ class MlflowConfig:
 
     def resolved_uri(self) -> str:
         """The one default of the tracking URI: tracking_uri, else $MLFLOW_TRACKING_URI, else
-        ./mlflow.db (SQLite, in the working directory)."""
+        mlflow.db (SQLite) in the working directory (see local_base)."""
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-            f"sqlite:///{os.path.abspath('mlflow.db')}"
+            f"sqlite:///{os.path.join(local_base(), 'mlflow.db')}"
 
     def validate(self) -> None:
         check(bool(self.experiment), "experiment", "must not be empty")
@@ -129,3 +130,56 @@ def run_config_from_dict(data: dict | None, overrides: list[str] | None = None) 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     return load_config(path, overrides, schema=RunConfig)
+
+
+# `ray job submit --working-dir DIR` runs the entrypoint in a temporary copy of DIR, deleted
+# with the Ray session: outputs written there relative to the working directory are lost.
+JOB_COPY_MARK = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
+JOB_HOME = "~/nestgen-runs"
+
+
+def local_base() -> str:
+    """Where relative output locations and the default mlflow.db go: the working directory,
+    except inside a Ray job's temporary copy of it, where they go under ~/nestgen-runs."""
+    cwd = os.getcwd()
+    return os.path.expanduser(JOB_HOME) if JOB_COPY_MARK in cwd + os.sep else cwd
+
+
+def outside_job_copy(cfg: RunConfig) -> RunConfig:
+    """cfg with a relative local pipeline.output_url anchored at local_base()."""
+    url = cfg.pipeline.output_url
+    if "://" in url or os.path.isabs(url) or local_base() == os.getcwd():
+        return cfg
+    return replace(cfg, pipeline=replace(cfg.pipeline, output_url=os.path.join(local_base(), url)))
+
+
+# Names the shipped cluster files and docs ask users to replace (infra/README.md), and the
+# usual spellings of a template's blank.
+PLACEHOLDER = re.compile(r"NESTGEN_BUCKET|PROJECT_ID|\b(?:YOUR|your)[-_][\w-]+|<[A-Za-z][\w -]*>|\bCHANGE_?ME\b")
+
+
+def placeholders(cfg: RunConfig) -> list[str]:
+    """'section.field=value' for every string field that still holds a placeholder."""
+    from nestgen.configschema import to_dict
+    found = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}[{i}]", v)
+        elif isinstance(value, str) and PLACEHOLDER.search(value):
+            found.append(f"{prefix}={value}")
+    walk("", to_dict(cfg))
+    return found
+
+
+def refuse_placeholders(cfg: RunConfig) -> None:
+    """A ValueError naming the first field that still holds a placeholder (and how many more)."""
+    found = placeholders(cfg)
+    if found:
+        more = f" (and {len(found) - 1} more: nestgen validate lists them)" if len(found) > 1 else ""
+        raise ValueError(f"{found[0]} is a placeholder{more}: replace it with your bucket/project "
+                         "in the config or with --set (infra/README.md shows a one-line sed)")

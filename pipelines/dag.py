@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nestgen.storage import exists, join, read_json, write_json_atomic
+from pipelines.console import say
 
 MARKER = "_COMPLETE.json"
 DAG_FILE = "dag.json"
@@ -67,6 +68,14 @@ class StepRecord:
 
 class StepFailed(RuntimeError):
     pass
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def causes(e: BaseException):
@@ -171,7 +180,7 @@ class Runner:
 
     def run(self, from_step: str | None = None, only: str | None = None) -> dict[str, StepRecord]:
         plan = self.plan(from_step, only)
-        print(self.describe(plan), flush=True)
+        print(self.describe(plan), flush=True)             # the run's log (the console has a line per step)
         if self.tracker:
             self.tracker.start(self)
         failed = None
@@ -190,7 +199,7 @@ class Runner:
                 if plan[s.name] == "skip":
                     marker = read_json(join(r.folder, MARKER))
                     r.outputs, r.status = marker["outputs"], "skipped"
-                    print(f"[dag] {s.name}: up to date, skipped ({r.folder})", flush=True)
+                    say(f"[{_now()}] {s.name:10s} up to date, skipped   -> {r.folder}")
                     if self.tracker:
                         self.tracker.step(r)
                     continue
@@ -212,6 +221,8 @@ class Runner:
         inputs = {d: self.records[d].outputs for d in s.deps}
         for attempt in range(1, self.retries + 2):
             r.attempts = attempt
+            again = f" (attempt {attempt})" if attempt > 1 else ""
+            say(f"[{_now()}] {s.name:10s} started{again}: {s.about}")
             print(f"[dag] {s.name}: running (attempt {attempt}) -> {r.folder}", flush=True)
             t0 = time.perf_counter()
             try:
@@ -222,7 +233,7 @@ class Runner:
                 write_json_atomic(join(r.folder, MARKER), {
                     "step": s.name, "fingerprint": r.fingerprint, "outputs": outputs,
                     "seconds": r.seconds, "attempts": attempt, "finished_at": time.time()})
-                print(f"[dag] {s.name}: done in {r.seconds:.1f} s", flush=True)
+                say(f"[{_now()}] {s.name:10s} done in {_duration(r.seconds)}  -> {r.folder}")
                 return
             except Exception as e:          # noqa: BLE001 - classified below
                 r.seconds += time.perf_counter() - t0
@@ -230,13 +241,16 @@ class Runner:
                 permanent = permanent_cause(e)
                 if permanent is not None and permanent is not e:
                     r.error = f"{type(permanent).__name__}: {permanent} (inside {type(e).__name__})"
-                print(f"[dag] {s.name}: attempt {attempt} failed: {r.error}", flush=True)
-                if permanent is not None or attempt > self.retries:
+                traceback.print_exc()
+                final = permanent is not None or attempt > self.retries
+                wait = self.backoff_s * 2 ** (attempt - 1)
+                say(f"[{_now()}] {s.name:10s} attempt {attempt} failed: {r.error.splitlines()[0][:300]}"
+                    + ("" if final else f"; retrying in {wait:.0f} s"))
+                if final:
                     r.status = "failed"
-                    traceback.print_exc()
                     why = "input/config error, not retried" if permanent is not None else f"after {attempt} attempts"
                     raise StepFailed(f"step {s.name!r} failed ({why}): {r.error}") from e
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(wait)
 
     def summary(self) -> dict:
         return {"output_url": self.output_url,

@@ -1,12 +1,15 @@
 """`nestgen run CONFIG`: the whole pipeline as one durable DAG run, tracked in MLflow."""
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 
-from nestgen.storage import join, write_latest
-from pipelines.cli_args import add_config_args, add_ray_address
-from pipelines.config import RunConfig, load_run_config
-from pipelines.dag import Runner
+from nestgen.storage import join, protocol_prefix, read_json, write_latest
+from pipelines import console
+from pipelines.cli_args import add_config_args, add_ray_address, runnable
+from pipelines.config import RunConfig, load_run_config, outside_job_copy, refuse_placeholders
+from pipelines.dag import Runner, StepFailed
 from pipelines.steps import build_steps
 
 
@@ -17,23 +20,48 @@ def make_runner(cfg: RunConfig, track: bool = True) -> Runner:
 
 
 def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None = None,
-                 dry_run: bool = False, ray_address: str | None = None) -> Runner:
+                 dry_run: bool = False, ray_address: str | None = None, verbose: bool = False) -> Runner:
+    """Run (or with dry_run, plan) the DAG. The console shows a line per step, a progress bar
+    per long step and a closing summary; unless `verbose`, Ray's output and everything else
+    goes to the run's log file (pipelines.console)."""
+    cfg = outside_job_copy(cfg)
+    refuse_placeholders(cfg)
     runner = make_runner(cfg, track=not dry_run)
     if dry_run:
         print(runner.describe(runner.plan(from_step, only)))
         return runner
     from pipelines.lease import Lease
-    from pipelines.ray_runtime import init_ray
+    from pipelines.ray_runtime import dashboard_url, init_ray
+    log = None if verbose else log_path(cfg)
     # one writer per output folder: a second `nestgen run` there is refused, naming the first
-    with Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"):
+    with Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"), console.quiet(log):
+        console.say(f"nestgen run {cfg.name}: {' -> '.join(s.name for s in runner.steps)}, "
+                    f"outputs under {runner.output_url}")
+        if log:
+            console.say(f"  log (Ray and step output): {log}   (--verbose shows it here)")
         init_ray(ray_address)
+        if dashboard_url():
+            console.say(f"  Ray dashboard: {dashboard_url()}")
         t0 = time.perf_counter()
         try:
             runner.run(from_step, only)
+        except StepFailed as e:
+            raise StepFailed(f"{e}" + (f"; the traceback is in {log}" if log else "")) from None
         finally:
             name_latest(cfg, runner)
-    print(next_steps(cfg, runner, time.perf_counter() - t0), flush=True)
+        console.say(next_steps(cfg, runner, time.perf_counter() - t0))
+        if not ray_address and not os.environ.get("RAY_ADDRESS"):
+            import ray
+            ray.shutdown()              # while Ray's shutdown chatter still goes to the log
     return runner
+
+
+def log_path(cfg: RunConfig) -> str:
+    """<output_url>/logs/run-<UTC time>.log, or under the temporary folder for a remote output URL."""
+    name = f"run-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.log"
+    if protocol_prefix(cfg.pipeline.output_url) not in ("", "file://"):
+        return os.path.join(tempfile.gettempdir(), "nestgen-logs", cfg.name, name)
+    return os.path.join(cfg.pipeline.output_url.removeprefix("file://"), "logs", name)
 
 
 def pipeline_folder(cfg: RunConfig) -> str:
@@ -50,27 +78,40 @@ def name_latest(cfg: RunConfig, runner: Runner) -> None:
         write_latest(pipeline_folder(cfg), train.outputs["checkpoint_url"])
 
 
+def quality_table(summary_url: str) -> list[str]:
+    """The evaluation's variants: GFLOPs, saving, quality and whether on the Pareto front."""
+    s = read_json(summary_url)
+    metric = s["metric"]
+    rows = [f"quality vs GFLOPs ({metric}, {'lower' if s['lower_is_better'] else 'higher'} is better; * on the "
+            "Pareto front):", f"  {'variant':36s} {'GFLOPs':>8s} {'saving':>7s} {metric:>15s}  pareto"]
+    rows += [f"  {v['variant']:36s} {v['gflops_per_sample']:8.3f} {v['gflops_saving']:6.2f}x {v[metric]:15.4g}"
+             f"  {'*' if v.get('pareto') else ''}" for v in s["variants"]]
+    return rows
+
+
 def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:
+    """The closing summary: results, where the files are, and the next commands, each as it
+    can be typed in a new shell (pipelines.cli_args.runnable)."""
     out = {name: r.outputs for name, r in runner.records.items()}
     lines = [f"\npipeline finished in {seconds / 60:.1f} min; outputs under {runner.output_url} (dag.json lists them)"]
     ev = out.get("evaluate") or {}
     if ev:
-        lines.append(f"  quality vs GFLOPs: {ev['plot_url']}  ({ev['metric']}; summary: {ev['summary_url']})")
-        if "searched_schedule" in ev:
-            lines.append(f"  searched schedule {ev['searched_schedule']} cache={ev['searched_cache']}: "
-                         f"{ev['searched_gflops_saving']:.2f}x fewer GFLOPs, {ev['metric']} "
-                         f"{ev['searched_quality']:.4g} vs {ev['baseline_quality']:.4g} (baseline)")
+        lines += quality_table(ev["summary_url"])
+        lines.append(f"  plot: {ev['plot_url']}")
+        lines.append(f"  samples: {join(ev['summary_url'].rsplit('/', 1)[0], 'samples')}/   summary: {ev['summary_url']}")
     if out.get("serve"):
         lines.append(f"  served samples: {out['serve'].get('sample_baseline')}, {out['serve'].get('sample_magnets')}")
-    lines.append(f"  MLflow: mlflow ui --backend-store-uri {cfg.mlflow.resolved_uri()} --host 127.0.0.1"
+    nestgen, mlflow = runnable("nestgen"), runnable("mlflow")
+    lines.append("next:")
+    lines.append(f"  browse the runs:  {mlflow} ui --backend-store-uri {cfg.mlflow.resolved_uri()} --host 127.0.0.1"
                  " --port 5000   (then open http://127.0.0.1:5000)")
     ckpt = (out.get("train") or {}).get("checkpoint_url")
     if ckpt:
         fmt = "mp4" if cfg.model.is_video else "png"
         given = " --condition GIVEN.mp4" if cfg.train.cond_tokens else ""
-        lines.append(f"  serve it: nestgen serve configs/serve_digits.yaml --checkpoint {ckpt}")
-        lines.append(f"  query it: nestgen generate --url http://127.0.0.1:8000 --class 3 --schedule magnets{given}"
-                     f" --out sample.{fmt}")
+        lines.append(f"  serve the model:  {nestgen} serve configs/serve_digits.yaml --checkpoint {ckpt}")
+        lines.append(f"  then, in another shell:  {nestgen} generate --url http://127.0.0.1:8000 --class 3 "
+                     f"--schedule magnets{given} --out sample.{fmt}")
         lines.append("        or: curl -s -X POST http://127.0.0.1:8000/v1/generate -H 'content-type: application/json'"
                      f" -d '{{\"class_label\": 3, \"schedule\": \"magnets\", \"format\": \"{fmt}\"}}'")
     return "\n".join(lines)
@@ -78,7 +119,7 @@ def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:
 
 def cmd_run(args) -> int:
     run_pipeline(load_run_config(args.config, args.overrides), args.from_step, args.only, args.dry_run,
-                 args.ray_address)
+                 args.ray_address, args.verbose)
     return 0
 
 
@@ -89,5 +130,7 @@ def add_parser(sub) -> None:
     p.add_argument("--from", dest="from_step", help="re-run this step and everything after it")
     p.add_argument("--only", help="run just this step (its upstream steps must be complete)")
     p.add_argument("--dry-run", action="store_true", help="print the DAG and what would run or be skipped")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's logs and progress bars here instead of only in the run's log file")
     add_ray_address(p, "$RAY_ADDRESS or a local Ray")
     p.set_defaults(func=cmd_run)

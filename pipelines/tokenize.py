@@ -51,7 +51,7 @@ class TokenizeFiles:
     """Ray Data actor: decode a batch of files and tokenize them in one tokenizer call."""
 
     def __init__(self, tokenizer_url: str, tokenizer_hash: str, spec: dict, max_image_pixels: int,
-                 video_limits: dict):
+                 video_limits: dict, progress=None):
         import torch
 
         from nestgen.tokenizers import load_tokenizer
@@ -63,6 +63,7 @@ class TokenizeFiles:
         self.max_image_pixels = max_image_pixels
         self.video_limits = VideoLimits(**video_limits)
         self.grid = list(self.tok.grid)
+        self.progress = progress          # the driver's console bar (pipelines.console.RemoteBar), in files
         self.schema = shard_schema(int(np.prod(self.grid))).append(pa.field("error", pa.string()))
 
     def _pixels(self, item: dict) -> list[tuple[str, np.ndarray]]:
@@ -106,6 +107,8 @@ class TokenizeFiles:
             for r in rows:
                 if r["error"] is None:
                     r["tokens"] = next(ok).tolist()
+        if self.progress is not None:
+            self.progress.add.remote(len(batch["uri"]))
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
@@ -151,6 +154,7 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
 
     from nestgen.tokenizers import load_tokenizer, resolve_tokenizer_url
     from pipelines.arrow_fs import arrow_filesystem
+    from pipelines.console import RemoteBar
 
     cfg = cfg or TokenizeConfig()
     tokenizer_url = resolve_tokenizer_url(tokenizer_url, checkpoint_resolver())   # pin what a LATEST names
@@ -173,13 +177,14 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
     spec = asdict(ClipSpec(frames=tok.frames, fps=cfg.fps, size=tok.image_size,
                            channels=tok.channels, clips_per_video=cfg.clips_per_video))
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 200)))
-    ds = ds.map_batches(
-        TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "tokenizer_hash": tok_hash, "spec": spec,
-                                              "max_image_pixels": cfg.max_image_pixels,
-                                              "video_limits": asdict(cfg.video_limits())},
-        batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
-        num_gpus=cfg.gpus_per_actor if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
-    ).materialize()
+    with RemoteBar("tokenize", "file", total=len(items)) as bar:
+        ds = ds.map_batches(
+            TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "tokenizer_hash": tok_hash,
+                                                  "spec": spec, "max_image_pixels": cfg.max_image_pixels,
+                                                  "video_limits": asdict(cfg.video_limits()), "progress": bar.feed},
+            batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+            num_gpus=cfg.gpus_per_actor if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
+        ).materialize()
 
     failed = [{"source_uri": r["source_uri"], "reason": r["error"]}
               for r in ds.map_batches(_only_failed, batch_format="pyarrow").take_all()]

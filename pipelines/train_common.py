@@ -66,8 +66,12 @@ class Reporter:
     """Averages step metrics over a window; at log steps reports them (and logs them to the
     MLflow run from rank 0); at checkpoint steps also hands Ray a checkpoint written by `save`."""
 
-    def __init__(self, worker: Worker, log_every: int, samples_per_step: int, tokens_per_sample: int = 0):
+    def __init__(self, worker: Worker, log_every: int, samples_per_step: int, tokens_per_sample: int = 0,
+                 total_steps: int = 0):
         self.run, self.rank = worker.run, worker.rank
+        # the driver's progress bar (pipelines.console.RemoteBar), moved by rank 0
+        self.progress = worker.config.get("progress") if worker.rank == 0 else None
+        self.total = total_steps
         self.log_every, self.ckpt_every = log_every, worker.cfg.scaling.checkpoint_every
         self.samples, self.tokens = samples_per_step, tokens_per_sample
         self.window, self.t0 = MetricWindow(), time.perf_counter()
@@ -87,6 +91,9 @@ class Reporter:
         self.t0 = time.perf_counter()
         if self.run is not None:
             self.run.log_metrics(out, step)
+        if self.progress is not None:
+            loss = out.get("loss", out.get("loss/f1"))          # the tokenizer's, or the full-size model's
+            self.progress.set.remote(step, self.total, **({"loss": loss} if loss is not None else {}))
         out.update(step=step, **extra)
         if not is_ckpt:
             ray.train.report(out)
@@ -115,7 +122,7 @@ def run_worker(config: dict, setup: Callable[[Worker], WorkerJob]) -> None:
             job.load(os.path.join(d, CKPT_FILE))
     start_step = job.trainer.step
     local_bs = max(1, job.batch_size // worker.world)
-    reporter = Reporter(worker, job.log_every, local_bs * worker.world, job.tokens_per_sample)
+    reporter = Reporter(worker, job.log_every, local_bs * worker.world, job.tokens_per_sample, job.steps)
     shard = ray.train.get_dataset_shard("train")
     while job.trainer.step < job.steps:
         for batch in shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=job.batch_dtype,
@@ -158,10 +165,13 @@ def fit_on_workers(loop, cfg: RunConfig, output_url: str, name: str, dataset, ru
                    loop_config: dict | None = None):
     """(Ray's result, URL of its published final checkpoint) of `loop` (a Ray Train loop
     calling run_worker) trained on `dataset` as "train"; the URL is tagged on `run` as
-    checkpoint_uri and named by output_url's LATEST. Ray must be initialized."""
-    result = torch_trainer(loop, cfg, output_url, name, {"train": dataset}, {
-        "cfg": config_to_dict(cfg), "tracking_uri": cfg.mlflow.resolved_uri(), "run_id": run.run_id,
-        **(loop_config or {})}).fit()
+    checkpoint_uri and named by output_url's LATEST. Ray must be initialized. Progress
+    (step/total, loss, ETA) shows as a console bar."""
+    from pipelines.console import RemoteBar
+    with RemoteBar(name, "step") as bar:
+        result = torch_trainer(loop, cfg, output_url, name, {"train": dataset}, {
+            "cfg": config_to_dict(cfg), "tracking_uri": cfg.mlflow.resolved_uri(), "run_id": run.run_id,
+            "progress": bar.feed, **(loop_config or {})}).fit()
     trained = protocol_prefix(output_url) + result.checkpoint.path.rstrip("/") + "/" + CKPT_FILE
     url = publish_checkpoint(output_url, trained, int(result.metrics.get("step", 0)))
     run.set_tags({"checkpoint_uri": url})

@@ -6,6 +6,7 @@ Runs last in the session (conftest orders `cluster` tests last) and shuts the se
 in-process Ray down first: two Ray clusters do not fit this 2-core machine."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,15 @@ def test_ray_job_submit_runs_the_whole_pipeline(head, tmp_path):
     assert Path(dag["evaluate"]["outputs"]["plot_url"]).read_bytes()[:4] == b"\x89PNG"
     assert Path(dag["serve"]["outputs"]["sample_magnets"]).read_bytes()[:4] == b"\x89PNG"
     assert "mlflow ui --backend-store-uri" in log and "nestgen generate --url" in log
+    # the console: a line per step and the summary; Ray's output is in the run's log file
+    assert "Failed to query Ray Train Controller" not in log and "Running Dataset" not in log
+    assert "Failed to query Ray Train Controller" not in "".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    for step in dag:
+        assert re.search(rf"\] {step} +done in ", log), (step, log)
+    for line in log.splitlines():      # the hinted commands name executables that exist
+        m = re.match(r"\s+(browse the runs|serve the model|then, in another shell):\s+(\S+)", line)
+        if m:
+            assert os.access(m.group(2), os.X_OK), line
 
     client = MlflowClient(tracking)
     exp = client.get_experiment_by_name("job-test")
