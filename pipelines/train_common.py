@@ -93,7 +93,9 @@ class Reporter:
             self.run.log_metrics(out, step)
         if self.progress is not None:
             loss = out.get("loss", out.get("loss/f1"))          # the tokenizer's, or the full-size model's
-            self.progress.set.remote(step, self.total, **({"loss": loss} if loss is not None else {}))
+            sent = self.progress.set.remote(step, self.total, **({"loss": loss} if loss is not None else {}))
+            if done:
+                ray.get(sent)                 # delivered before this worker exits
         out.update(step=step, **extra)
         if not is_ckpt:
             ray.train.report(out)
