@@ -34,11 +34,13 @@ def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None 
     from pipelines.ray_runtime import dashboard_url, init_ray
     log = None if verbose else log_path(cfg)
     # one writer per output folder: a second `nestgen run` there is refused, naming the first
-    with Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"), console.quiet(log):
+    with console.quiet(log), Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"):
         console.say(f"nestgen run {cfg.name}: {' -> '.join(s.name for s in runner.steps)}, "
                     f"outputs under {runner.output_url}")
         if log:
             console.say(f"  log (Ray and step output): {log}   (--verbose shows it here)")
+        import ray
+        local = not (ray.is_initialized() or ray_address or os.environ.get("RAY_ADDRESS"))
         init_ray(ray_address)
         if dashboard_url():
             console.say(f"  Ray dashboard: {dashboard_url()}")
@@ -49,10 +51,9 @@ def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None 
             raise StepFailed(f"{e}" + (f"; the traceback is in {log}" if log else "")) from None
         finally:
             name_latest(cfg, runner)
+            if local:
+                ray.shutdown()          # the Ray this run started, while its chatter still goes to the log
         console.say(next_steps(cfg, runner, time.perf_counter() - t0))
-        if not ray_address and not os.environ.get("RAY_ADDRESS"):
-            import ray
-            ray.shutdown()              # while Ray's shutdown chatter still goes to the log
     return runner
 
 

@@ -38,7 +38,7 @@ from nestgen.serving.responses import (GenerateResponse, HealthResponse, ModelRe
                                          error_responses)
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import RunConfig
-from pipelines.ray_runtime import init_ray
+from pipelines.ray_runtime import dashboard_url, init_ray
 from pipelines.tracking import checkpoint_resolver, pin_model_version
 
 api = FastAPI(
@@ -157,7 +157,8 @@ def run_local(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, ray_a
     serve.start(http_options={"host": host, "port": port})
     serve.run(build(cfg), name="nestgen", route_prefix="/")
     url = f"http://{host}:{port}"
-    print(f"nestgen serving {cfg.checkpoint} on {url}  (API docs: {url}/docs; Ctrl-C stops)", flush=True)
+    dashboard = f"; Ray dashboard: {dashboard_url()}" if dashboard_url() else ""
+    print(f"nestgen serving {cfg.checkpoint} on {url}  (API docs: {url}/docs{dashboard}; Ctrl-C stops)", flush=True)
     if block:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
