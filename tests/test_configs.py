@@ -86,7 +86,9 @@ def test_paper_scale_configs(name):
     assert cfg.scaling.use_gpu == "yes" and cfg.train.precision == "bf16"
     assert cfg.model.nest_factors == [1, 2, 4, 8] and cfg.model.width >= 768 and cfg.model.depth >= 24
     assert cfg.tokenizer.codebook_size == 1024
-    assert cfg.model.grid == ([16, 16] if cfg.tokenizer.kind == "image" else [4, 16, 16])
+    # K600 takes 1 + 16 frames through a causal tokenizer (5 given frames = 2 latent frames)
+    assert cfg.model.grid == ([16, 16] if cfg.tokenizer.kind == "image" else
+                              [5 if cfg.tokenizer.causal else 4, 16, 16])
     # The cluster's MLFLOW_TRACKING_URI applies (a URI in the config would override it).
     assert cfg.mlflow.tracking_uri == ""
     # Global batches split evenly over the workers (each takes batch // num_workers).
@@ -99,6 +101,6 @@ def test_paper_scale_configs(name):
 def test_kinetics600_is_frame_prediction():
     cfg = load_config(ROOT / "configs" / "kinetics600.yaml")
     _, h, w = cfg.model.grid
-    assert cfg.train.cond_tokens == h * w                 # latent frame 0: the first 4 frames
+    assert cfg.train.cond_tokens == 2 * h * w             # latent frames 0-1: the first 5 frames
     assert cfg.model.num_classes == 1 and cfg.decode.guidance_scale == 0.0
     assert load_config(ROOT / "configs" / "ucf101.yaml").train.cond_tokens == 0

@@ -90,8 +90,13 @@ def eval_requests(cfg: NestgenConfig, data: EvalData, n: int, seed: int, render=
 
 
 def cond_frames(cfg: NestgenConfig, pixel_frames: int) -> int:
-    """Pixel frames fully given by the conditioning tokens (whole latent frames only)."""
+    """Pixel frames fully given by the conditioning tokens (whole latent frames only). The
+    rendered clip's length tells how its tokenizer groups frames: t latent frames are either
+    t * s pixel frames, or 1 + (t - 1) * s for a causal tokenizer (frame 0 alone). s is a power
+    of two, so only a causal clip has an odd length, except at s = 1 where both rules agree."""
+    from nestgen.tokenizers import pixel_frames as frames_of
     if len(cfg.model.grid) != 3 or not cfg.train.cond_tokens:
         return 0
     t, h, w = cfg.model.grid
-    return (cfg.train.cond_tokens // (h * w)) * (pixel_frames // t)
+    causal = pixel_frames % 2 == 1
+    return frames_of(cfg.train.cond_tokens // (h * w), (pixel_frames - causal) // (t - causal), causal)

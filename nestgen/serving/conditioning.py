@@ -2,9 +2,10 @@
 
 The clip comes as a base64 MP4 or as raw uint8 frames. The frames that the first `n_cond`
 tokens cover (whole latent frames: n_cond / (h*w) of them, times the tokenizer's temporal
-downsampling) are taken from its start, padded to a whole tokenizer clip by repeating the
-last one (the 3-D tokenizer encodes whole clips), and tokenized with the model's own
-tokenizer; the first `n_cond` ids are the conditioning (MAGVIT's `input->input`: they sit
+downsampling; with a causal tokenizer frame 0 alone and then whole groups, e.g. 2 latent
+frames = 5 frames) are taken from its start, padded to a whole tokenizer clip by repeating
+the last one (the 3-D tokenizer encodes whole clips; a causal one's leading latents do not
+depend on the padding at all), and tokenized with the model's own tokenizer; the first `n_cond` ids are the conditioning (MAGVIT's `input->input`: they sit
 in the grid and are never re-masked). Later frames of the request are not used, so the
 result depends only on the frames the conditioning stands for.
 """
@@ -25,10 +26,10 @@ from nestgen.serving.request import Condition
 log = logging.getLogger(__name__)
 
 
-def frames_needed(n_cond: int, grid: list[int], temporal_downsample: int) -> int:
+def frames_needed(n_cond: int, grid: list[int], temporal_downsample: int, causal: bool) -> int:
     """Pixel frames that hold the latent frames of the first n_cond tokens."""
-    per_latent_frame = math.prod(grid[1:])
-    return math.ceil(n_cond / per_latent_frame) * temporal_downsample
+    from nestgen.tokenizers import pixel_frames
+    return pixel_frames(math.ceil(n_cond / math.prod(grid[1:])), temporal_downsample, causal)
 
 
 def _from_mp4(text: str, need: int, size: int, channels: int, limits: VideoLimits) -> np.ndarray:
@@ -79,7 +80,7 @@ def condition_tokens(cond: Condition, tokenizer, n_cond: int, grid: list[int], l
     from nestgen.tokenizers import clips_to_pixels
     if (cond.mp4_base64 is None) == (cond.frames is None):
         raise RequestError("condition: give exactly one of mp4_base64 or frames", 422)
-    need = frames_needed(n_cond, grid, tokenizer.temporal_downsample)
+    need = frames_needed(n_cond, grid, tokenizer.temporal_downsample, tokenizer.causal)
     if cond.mp4_base64 is not None:
         clip = _from_mp4(cond.mp4_base64, need, tokenizer.image_size, tokenizer.channels, limits)
     else:

@@ -3,7 +3,9 @@
 
 Defaults train a small image tokenizer on the 32x32 digit PNGs on a laptop CPU. The
 paper-scale settings are MAGVIT's: video 16x128x128 -> 4x16x16 tokens (downsample 8,
-temporal_downsample 4), codebook 1024; images 256x256 -> 16x16 (downsample 16).
+temporal_downsample 4), codebook 1024; images 256x256 -> 16x16 (downsample 16). With
+`causal: true` (MAGVIT-v2) a clip has 1 + 4k frames and frame 0 is a latent frame of its own:
+17x128x128 -> 5x16x16, so that 5 given frames are exactly 2 latent frames.
 """
 from __future__ import annotations
 
@@ -19,6 +21,14 @@ def _is_pow2(n: int) -> bool:
     return n >= 1 and (n & (n - 1)) == 0
 
 
+def pixel_frames(latent_frames: int, temporal_downsample: int, causal: bool) -> int:
+    """Pixel frames that the first `latent_frames` latent frames stand for: whole groups of
+    `temporal_downsample`, or, for a causal tokenizer, frame 0 alone and then whole groups."""
+    if causal and latent_frames > 0:
+        return 1 + (latent_frames - 1) * temporal_downsample
+    return latent_frames * temporal_downsample
+
+
 @dataclass
 class TokenizerConfig:
     kind: Literal["image", "video"] = "image"
@@ -31,6 +41,9 @@ class TokenizerConfig:
     num_res_blocks: int = 1          # residual blocks per resolution stage
     downsample: int = 4              # spatial factor, a power of two: log2 stages (4, 8, 16)
     temporal_downsample: int = 4     # video only; a power of two <= downsample
+    # Causal in time (MAGVIT-v2): convolutions see only the past and norms one frame at a time,
+    # so the latents of frames <= t do not depend on later frames and frame 0 is encoded alone.
+    causal: bool = False             # video only; frames = 1 + temporal_downsample*k -> 1 + k latent frames
     # --- quantizer
     codebook_size: int = 256         # vocab size of the token grid
     code_dim: int = 32               # low-dim codes (ViT-VQGAN) keep the codebook in use
@@ -66,6 +79,8 @@ class TokenizerConfig:
 
     @property
     def latent_frames(self) -> int:
+        if self.causal:
+            return 1 + (self.frames - 1) // self.temporal_downsample
         return self.frames // self.temporal_downsample
 
     @property
@@ -108,9 +123,16 @@ class TokenizerConfig:
             check(self.temporal_downsample <= self.downsample, "temporal_downsample",
                   f"must be <= downsample={self.downsample} (time is reduced inside the spatial "
                   f"stages), got {self.temporal_downsample}")
-            check(self.frames >= 1 and self.frames % self.temporal_downsample == 0, "frames",
-                  f"must be a multiple of temporal_downsample={self.temporal_downsample}, "
-                  f"got {self.frames}")
+            if self.causal:
+                check(self.frames >= 1 and (self.frames - 1) % self.temporal_downsample == 0, "frames",
+                      f"must be 1 + a multiple of temporal_downsample={self.temporal_downsample} "
+                      f"(causal: frame 0 alone, then groups), got {self.frames}")
+            else:
+                check(self.frames >= 1 and self.frames % self.temporal_downsample == 0, "frames",
+                      f"must be a multiple of temporal_downsample={self.temporal_downsample}, "
+                      f"got {self.frames}")
+        else:
+            check(not self.causal, "causal", "applies to video tokenizers only (kind: video)")
         check(self.base_width >= 1, "base_width", f"must be >= 1, got {self.base_width}")
         check(self.max_width >= self.base_width, "max_width", "must be >= base_width")
         check(self.num_res_blocks >= 0, "num_res_blocks", "must be >= 0")

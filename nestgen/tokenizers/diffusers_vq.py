@@ -66,6 +66,7 @@ class DiffusersVQTokenizer:
     kind = "image"
     frames = 1
     temporal_downsample = 1
+    causal = False
 
     def __init__(self, model, content_hash: str, config: dict):
         self.model = model.eval()

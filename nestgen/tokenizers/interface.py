@@ -23,6 +23,8 @@ class Tokenizer(Protocol):
     image_size: int            # H = W the tokenize step resizes inputs to
     frames: int                # T of a clip (1 for an image tokenizer)
     temporal_downsample: int   # pixel frames per latent frame (1 for an image tokenizer)
+    causal: bool               # frame 0 is a latent frame of its own, then groups of
+                               # temporal_downsample (tokenizers.config.pixel_frames)
     grid: list[int]            # token grid of one sample: [h, w] or [t, h, w]
     vocab_size: int            # codebook size: ids are in [0, vocab_size)
 

@@ -26,11 +26,19 @@ FORMAT = "nestgen-tokenizer/1"
 HASH_CHARS = 16
 
 
+# Config fields added after checkpoints existed, with the value that means the architecture
+# those checkpoints have: at that value a field is left out of the hash, so their hash (stored
+# in them and in the shard manifests made with them) stays what it was.
+_HASHED_ONLY_WHEN_SET = {"causal": False}
+
+
 def state_hash(cfg: TokenizerConfig, state: dict[str, torch.Tensor]) -> str:
     """sha256 over the canonical JSON of the config and every state tensor's name, dtype,
     shape and bytes; 16 hex chars."""
+    config = {k: v for k, v in to_dict(cfg).items()
+              if k not in _HASHED_ONLY_WHEN_SET or v != _HASHED_ONLY_WHEN_SET[k]}
     h = hashlib.sha256()
-    h.update(json.dumps(to_dict(cfg), sort_keys=True).encode())
+    h.update(json.dumps(config, sort_keys=True).encode())
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
@@ -53,7 +61,7 @@ class VQTokenizer(nn.Module):
         self.cfg = cfg
         dims = 3 if cfg.kind == "video" else 2
         widths = cfg.stage_widths()
-        args = (dims, cfg.channels, widths, cfg.num_res_blocks, cfg.temporal_stages, cfg.code_dim)
+        args = (dims, cfg.channels, widths, cfg.num_res_blocks, cfg.temporal_stages, cfg.code_dim, cfg.causal)
         self.encoder = Encoder(*args)
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.beta, cfg.l2_normalize)
         self.decoder = Decoder(*args)
@@ -84,6 +92,10 @@ class VQTokenizer(nn.Module):
         return self.cfg.temporal_downsample if self.cfg.kind == "video" else 1
 
     @property
+    def causal(self) -> bool:
+        return self.cfg.causal
+
+    @property
     def grid(self) -> list[int]:
         return list(self.cfg.grid)
 
@@ -105,11 +117,13 @@ class VQTokenizer(nn.Module):
         if x.ndim != ndim or x.shape[1] != cfg.channels:
             raise ValueError(f"{cfg.kind} tokenizer expects (B, {cfg.channels}, "
                              f"{'T, ' if ndim == 5 else ''}H, W) pixels, got {tuple(x.shape)}")
-        # Fully convolutional: any size divisible by the downsampling factors works.
+        # Fully convolutional: any size divisible by the downsampling factors works (a causal
+        # tokenizer takes 1 + a multiple of temporal_downsample frames).
         if x.shape[-1] % cfg.downsample or x.shape[-2] % cfg.downsample or (
-                ndim == 5 and x.shape[2] % cfg.temporal_downsample):
+                ndim == 5 and (x.shape[2] - int(cfg.causal)) % cfg.temporal_downsample):
             raise ValueError(f"pixel shape {tuple(x.shape)} is not divisible by downsample="
-                             f"{cfg.downsample} (temporal {cfg.temporal_downsample})")
+                             f"{cfg.downsample} (temporal {cfg.temporal_downsample}"
+                             f"{', causal: 1 + a multiple of it' if cfg.causal else ''})")
 
     def forward(self, pixels: torch.Tensor) -> TokenizerOutput:
         self._check_pixels(pixels)
