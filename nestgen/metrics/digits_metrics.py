@@ -16,8 +16,10 @@ from nestgen.metrics.digits_nets import net_hash
 from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance_stats
 from nestgen.metrics.inputs import iter_batches
 from nestgen.metrics.protocol import MetricResult, low_sample_note
+from nestgen.metrics.sums import Sums, accuracy, class_sums
 
-__all__ = ["digits_stats", "fd_digits", "fvd_digits", "digits_accuracy", "digit_clip_accuracy"]
+__all__ = ["digits_stats", "digits_features", "digits_predictions", "fd_digits", "fvd_digits", "digits_accuracy",
+           "digit_clip_accuracy", "frechet_result", "accuracy_result"]
 
 _INPUT_TEXT = {
     "digits_image_cnn": "uint8 0..255 images, any size, (N,H,W) | (N,H,W,C) | (N,C,H,W); RGB "
@@ -52,6 +54,12 @@ def _frechet(name: str, net, data, reference, info, batch_size: int, eps: float)
     else:
         ref = digits_stats(net, reference, batch_size)
         source = f"{ref.n} uint8 samples"
+    return frechet_result(name, net, gen, ref, source, info, eps)
+
+
+def frechet_result(name: str, net, gen: FeatureStats, ref: FeatureStats, source: str, info: dict | None,
+                   eps: float = 1e-6) -> MetricResult:
+    """fd_digits / fvd_digits of sample statistics against reference statistics, with the protocol."""
     proto: dict[str, Any] = {
         "metric": name,
         "num_samples": gen.n,
@@ -82,22 +90,37 @@ def fvd_digits(net, clips, reference, info: dict | None = None, batch_size: int 
 
 
 @torch.no_grad()
-def _accuracy(name: str, net, data, labels, info, batch_size: int) -> MetricResult:
+def digits_features(net, data, batch_size: int = 256) -> np.ndarray:
+    """float64 (n, d) features of uint8 images or clips (one chunk of an evaluation)."""
     net.eval()
+    return np.concatenate([net.features(net.preprocess(b)).double().cpu().numpy()
+                           for b in iter_batches(data, batch_size)])
+
+
+@torch.no_grad()
+def digits_predictions(net, data, batch_size: int = 256) -> np.ndarray:
+    net.eval()
+    return np.concatenate([net(net.preprocess(b)).argmax(1).cpu().numpy() for b in iter_batches(data, batch_size)])
+
+
+def _accuracy(name: str, net, data, labels, info, batch_size: int) -> MetricResult:
     labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
-    preds = np.concatenate([net(net.preprocess(b)).argmax(1).cpu().numpy()
-                            for b in iter_batches(data, batch_size)])
+    preds = digits_predictions(net, data, batch_size)
     if len(preds) != len(labels):
         raise ValueError(f"{len(preds)} samples but {len(labels)} labels")
-    per_class = {f"class_{c}": float((preds[labels == c] == c).mean())
-                 for c in np.unique(labels)}
+    return accuracy_result(name, net, class_sums(preds, labels, net.config["num_classes"]), info)
+
+
+def accuracy_result(name: str, net, sums: Sums, info: dict | None) -> MetricResult:
+    """digits_accuracy / digit_clip_accuracy from summed class counts (nestgen.metrics.sums)."""
+    value, per_class = accuracy(sums)
     proto = {
-        "metric": name, "num_samples": int(len(labels)),
+        "metric": name, "num_samples": int(sums["asked"].sum()),
         "definition": "share of samples the digits classifier assigns to the requested label",
         "input_conventions": _INPUT_TEXT[net.kind].format(size=net.config["size"]),
         "feature_net": _net_record(net, info),
     }
-    return MetricResult(name, float((preds == labels).mean()), proto, extra=per_class)
+    return MetricResult(name, value, proto, extra=per_class)
 
 
 def digits_accuracy(net, images, labels, info: dict | None = None, batch_size: int = 256) -> MetricResult:

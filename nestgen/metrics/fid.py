@@ -11,15 +11,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.special import xlogy
 
 from nestgen.metrics.feature_nets import LoadedFeatureNet
 from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance_stats, load_stats
 from nestgen.metrics.inputs import images_to_nchw3, iter_batches
 from nestgen.metrics.protocol import MetricResult, low_sample_note
+from nestgen.metrics.sums import Sums, contiguous_parts, inception_score, inception_sums
 
-__all__ = ["inception_pass", "compute_inception_stats", "compute_fid", "compute_inception_score",
-           "compute_fid_and_is", "inception_score_from_probs", "resolve_reference"]
+__all__ = ["inception_pass", "inception_outputs", "compute_inception_stats", "compute_fid", "compute_inception_score",
+           "compute_fid_and_is", "inception_score_from_probs", "inception_split_sums", "fid_result", "is_result",
+           "resolve_reference"]
 
 
 @torch.inference_mode()
@@ -33,20 +34,28 @@ def inception_pass(net: LoadedFeatureNet, images, *, features: bool = True, prob
     resolutions: set[tuple[int, int]] = set()
     n = 0
     for batch in iter_batches(images, batch_size):
-        x = images_to_nchw3(batch, layout).to(net.device, non_blocking=True)
-        resolutions.add((int(x.shape[2]), int(x.shape[3])))
-        n += x.shape[0]
+        f, p, resolution = inception_outputs(net, batch, features=features, probs=probs, layout=layout)
+        resolutions.add(resolution)
+        n += len(batch)
         if features:
-            f = net(x, return_features=True)
-            stats.update(f.reshape(f.shape[0], -1))
+            stats.update(f)
         if probs:
-            # no_output_bias: the original IS code's softmax has no bias term.
-            p = net(x, return_features=False, no_output_bias=True)
-            all_probs.append(p.double().cpu().numpy())
+            all_probs.append(p)
     if n == 0:
         raise ValueError("no images were given")
     seen = {"num_samples": n, "input_resolutions": sorted([list(r) for r in resolutions])}
     return stats, (np.concatenate(all_probs) if probs else None), seen
+
+
+@torch.inference_mode()
+def inception_outputs(net: LoadedFeatureNet, images, *, features: bool = True, probs: bool = False,
+                      layout: str = "auto") -> tuple[np.ndarray | None, np.ndarray | None, tuple[int, int]]:
+    """One batch: float64 pool3 features (n, 2048) and/or softmax probabilities, and its (H, W)."""
+    x = images_to_nchw3(images, layout).to(net.device, non_blocking=True)
+    f = net(x, return_features=True).reshape(x.shape[0], -1).double().cpu().numpy() if features else None
+    # no_output_bias: the original IS code's softmax has no bias term.
+    p = net(x, return_features=False, no_output_bias=True).double().cpu().numpy() if probs else None
+    return f, p, (int(x.shape[2]), int(x.shape[3]))
 
 
 def compute_inception_stats(net: LoadedFeatureNet, images, batch_size: int = 64,
@@ -74,9 +83,9 @@ def _base_protocol(metric: str, net: LoadedFeatureNet, seen: dict) -> dict[str, 
     }
 
 
-def _fid_result(net, stats: RunningStats, seen: dict, reference, eps: float) -> MetricResult:
+def fid_result(net, gen: FeatureStats, seen: dict, reference, eps: float = 1e-6) -> MetricResult:
+    """FID of sample statistics against the reference, with its protocol record."""
     ref, source = resolve_reference(reference)
-    gen = stats.stats()
     if ref.dim != gen.dim:
         raise ValueError(f"reference stats are {ref.dim}-d but the network gives {gen.dim}-d features")
     proto = _base_protocol("fid", net, seen)
@@ -96,30 +105,29 @@ def compute_fid(net: LoadedFeatureNet, images, reference: FeatureStats | str, ba
                 layout: str = "auto", ddof: int = 1, eps: float = 1e-6) -> MetricResult:
     """FID of images against reference stats (FeatureStats, or an .npz path/URL)."""
     stats, _, seen = inception_pass(net, images, batch_size=batch_size, layout=layout, ddof=ddof)
-    return _fid_result(net, stats, seen, reference, eps)
+    return fid_result(net, stats.stats(), seen, reference, eps)
 
 
 def inception_score_from_probs(probs: np.ndarray, num_splits: int = 10) -> tuple[float, float]:
-    """exp(E_x KL(p(y|x) || p(y))) per split, in order (no shuffling, like StyleGAN2-ADA);
-    (mean, std) over splits. xlogy makes 0 * log 0 = 0 instead of NaN."""
-    p = np.asarray(probs, dtype=np.float64)
-    n = p.shape[0]
+    """exp(E_x KL(p(y|x) || p(y))) per split, in order (no shuffling, like StyleGAN2-ADA;
+    split i is [i*n//num_splits, (i+1)*n//num_splits)); (mean, std) over splits."""
+    return inception_score(inception_split_sums(probs, num_splits))
+
+
+def inception_split_sums(probs: np.ndarray, num_splits: int) -> Sums:
+    """Summed statistics (nestgen.metrics.sums) of probabilities in split order."""
+    n = len(probs)
     if n < num_splits:
         raise ValueError(f"need at least num_splits={num_splits} samples, got {n}")
-    scores = []
-    for i in range(num_splits):
-        part = p[i * n // num_splits:(i + 1) * n // num_splits]
-        py = part.mean(axis=0, keepdims=True)
-        kl = (xlogy(part, part) - xlogy(part, py)).sum(axis=1).mean()
-        scores.append(np.exp(kl))
-    return float(np.mean(scores)), float(np.std(scores))
+    return inception_sums(probs, contiguous_parts(np.arange(n), n, num_splits), num_splits)
 
 
-def _is_result(net, probs: np.ndarray, seen: dict, num_splits: int) -> MetricResult:
-    mean, std = inception_score_from_probs(probs, num_splits)
+def is_result(net, sums: Sums, seen: dict) -> MetricResult:
+    """Inception Score from summed statistics of any number of chunks, with its protocol."""
+    mean, std = inception_score(sums)
     proto = _base_protocol("inception_score", net, seen)
-    proto.update({"num_splits": num_splits, "split_order": "in given order, no shuffle",
-                  "softmax": "no_output_bias=True", "num_classes": int(probs.shape[1])})
+    proto.update({"num_splits": int(len(sums["count"])), "split_order": "in given order, no shuffle",
+                  "softmax": "no_output_bias=True", "num_classes": int(sums["p"].shape[1])})
     return MetricResult("inception_score", mean, proto, extra={"std": std})
 
 
@@ -127,7 +135,7 @@ def compute_inception_score(net: LoadedFeatureNet, images, num_splits: int = 10,
                             batch_size: int = 64, layout: str = "auto") -> MetricResult:
     _, probs, seen = inception_pass(net, images, features=False, probs=True,
                                     batch_size=batch_size, layout=layout)
-    return _is_result(net, probs, seen, num_splits)
+    return is_result(net, inception_split_sums(probs, num_splits), seen)
 
 
 def compute_fid_and_is(net: LoadedFeatureNet, images, reference: FeatureStats | str,
@@ -136,4 +144,5 @@ def compute_fid_and_is(net: LoadedFeatureNet, images, reference: FeatureStats | 
     """Both from one pass over the images (useful when images are sampled on the fly)."""
     stats, probs, seen = inception_pass(net, images, features=True, probs=True,
                                         batch_size=batch_size, layout=layout, ddof=ddof)
-    return _fid_result(net, stats, seen, reference, eps), _is_result(net, probs, seen, num_splits)
+    return (fid_result(net, stats.stats(), seen, reference, eps),
+            is_result(net, inception_split_sums(probs, num_splits), seen))

@@ -22,7 +22,8 @@ import scipy.linalg
 from nestgen.storage import write_bytes_atomic
 
 __all__ = [
-    "FeatureStats", "RunningStats", "feature_stats", "frechet_distance", "frechet_distance_stats",
+    "FeatureStats", "RunningStats", "feature_stats", "frechet_sums", "frechet_stats", "frechet_distance",
+    "frechet_distance_stats",
     "save_stats", "load_stats", "stats_hash",
 ]
 
@@ -55,47 +56,58 @@ def feature_stats(features: np.ndarray, ddof: int = 1) -> FeatureStats:
     return FeatureStats(mu=mu, sigma=sigma, n=int(x.shape[0]), ddof=ddof)
 
 
-class RunningStats:
-    """Streaming mean/covariance: add feature batches one at a time, never holding them all.
+def frechet_sums(features, shift: np.ndarray) -> dict[str, np.ndarray]:
+    """Additive statistics of (n, d) features about a fixed shift c: n, sum of (x - c) and
+    sum of (x - c)(x - c)^T. Chunks' sums add; `frechet_stats` turns a sum into mean and
+    covariance. The naive x^T x / n - mu mu^T cancels catastrophically when feature means
+    are large against their spread; about a c near the mean the sums stay small."""
+    x = np.asarray(_to_numpy(features), dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != shift.shape[0]:
+        raise ValueError(f"features must be (n, {shift.shape[0]}), got shape {x.shape}")
+    x = x - shift
+    return {"n": np.float64(x.shape[0]), "sum": x.sum(axis=0), "outer": x.T @ x}
 
-    Uses the pairwise (Chan et al.) merge of per-batch mean and centred scatter matrix, in
-    float64. The naive sum-of-outer-products (x^T x / n - mu mu^T) cancels catastrophically
-    when feature means are large relative to their spread; the merge does not.
-    """
+
+def frechet_stats(s: dict[str, np.ndarray], shift: np.ndarray, ddof: int = 1) -> FeatureStats:
+    n = float(s["n"])
+    if n <= ddof:
+        raise ValueError(f"need more than {ddof} feature vectors, got {n:g}")
+    d = s["sum"] / n
+    scatter = s["outer"] - n * np.outer(d, d)
+    return FeatureStats(mu=shift + d, sigma=scatter / (n - ddof), n=int(round(n)), ddof=ddof)
+
+
+class RunningStats:
+    """Streaming mean/covariance: add feature batches one at a time, never holding them all
+    (`frechet_sums` about the first batch's mean, summed)."""
 
     def __init__(self, ddof: int = 1):
         self.ddof = ddof
-        self.n = 0
-        self._mean: np.ndarray | None = None
-        self._scatter: np.ndarray | None = None   # sum of (x - mean)(x - mean)^T
+        self._shift: np.ndarray | None = None
+        self._sums: dict[str, np.ndarray] | None = None
+
+    @property
+    def n(self) -> int:
+        return 0 if self._sums is None else int(self._sums["n"])
 
     def update(self, features) -> "RunningStats":
         x = np.asarray(_to_numpy(features), dtype=np.float64)
         if x.ndim != 2:
             raise ValueError(f"features must be (n, d), got shape {x.shape}")
-        m = x.shape[0]
-        if m == 0:
+        if x.shape[0] == 0:
             return self
-        if self._mean is not None and x.shape[1] != self._mean.shape[0]:
-            raise ValueError(f"feature dim changed from {self._mean.shape[0]} to {x.shape[1]}")
-        b_mean = x.mean(axis=0)
-        xc = x - b_mean
-        b_scatter = xc.T @ xc
-        if self._mean is None:
-            self.n, self._mean, self._scatter = m, b_mean, b_scatter
-            return self
-        n = self.n + m
-        delta = b_mean - self._mean
-        self._mean = self._mean + delta * (m / n)
-        self._scatter = self._scatter + b_scatter + np.outer(delta, delta) * (self.n * m / n)
-        self.n = n
+        if self._shift is not None and x.shape[1] != self._shift.shape[0]:
+            raise ValueError(f"feature dim changed from {self._shift.shape[0]} to {x.shape[1]}")
+        if self._shift is None:
+            self._shift = x.mean(axis=0)
+        s = frechet_sums(x, self._shift)
+        self._sums = s if self._sums is None else {k: self._sums[k] + s[k] for k in s}
         return self
 
     def stats(self) -> FeatureStats:
-        if self._mean is None or self.n <= self.ddof:
+        if self._sums is None or self.n <= self.ddof:
             raise ValueError(f"need more than {self.ddof} feature vectors, got {self.n}")
-        sigma = self._scatter / (self.n - self.ddof)
-        return FeatureStats(mu=self._mean.copy(), sigma=sigma, n=self.n, ddof=self.ddof)
+        return frechet_stats(self._sums, self._shift, self.ddof)
 
 
 def _to_numpy(x):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +23,8 @@ from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance
 from nestgen.metrics.inputs import iter_batches, videos_to_bcthw3
 from nestgen.metrics.protocol import MetricResult, low_sample_note
 
-__all__ = ["i3d_preprocess", "i3d_features_pass", "compute_video_stats", "compute_fvd", "I3D_SIZE"]
+__all__ = ["i3d_preprocess", "i3d_features", "i3d_features_pass", "compute_video_stats", "compute_fvd",
+           "fvd_result", "I3D_SIZE"]
 
 I3D_SIZE = 224
 _RESIZE_TEXT = {
@@ -60,16 +62,22 @@ def i3d_features_pass(net: LoadedFeatureNet, videos, *, batch_size: int = 8, lay
             raise ValueError(f"FVD clips must have {num_frames} frames, got {x.shape[2]} "
                              "(pass num_frames=None to allow other lengths; it is recorded)")
         shapes.add(tuple(int(s) for s in x.shape[2:]))
-        x = x.to(net.device, non_blocking=True)
-        if mode == "external":
-            f = net(i3d_preprocess(x), rescale=False, resize=False, return_features=True)
-        else:
-            f = net(x, rescale=True, resize=True, return_features=True)
-        stats.update(f.reshape(f.shape[0], -1))
+        stats.update(i3d_features(net, x, mode))
     if stats.n == 0:
         raise ValueError("no videos were given")
     seen = {"num_samples": stats.n, "clip_shapes_thw": sorted([list(s) for s in shapes])}
     return stats, seen
+
+
+@torch.inference_mode()
+def i3d_features(net: LoadedFeatureNet, x: torch.Tensor, mode: str = "external") -> np.ndarray:
+    """float64 (B, 400) features of uint8 (B, 3, T, H, W) clips."""
+    x = x.to(net.device, non_blocking=True)
+    if mode == "external":
+        f = net(i3d_preprocess(x), rescale=False, resize=False, return_features=True)
+    else:
+        f = net(x, rescale=True, resize=True, return_features=True)
+    return f.reshape(f.shape[0], -1).double().cpu().numpy()
 
 
 def compute_video_stats(net: LoadedFeatureNet, videos, batch_size: int = 8, layout: str = "auto",
@@ -85,8 +93,13 @@ def compute_fvd(net: LoadedFeatureNet, videos, reference: FeatureStats | str, ba
     """FVD of uint8 clips against reference stats (FeatureStats or an .npz path/URL)."""
     stats, seen = i3d_features_pass(net, videos, batch_size=batch_size, layout=layout, mode=mode,
                                     num_frames=num_frames, ddof=ddof)
+    return fvd_result(net, stats.stats(), seen, reference, mode, num_frames, eps)
+
+
+def fvd_result(net: LoadedFeatureNet, gen: FeatureStats, seen: dict, reference: FeatureStats | str,
+               mode: str = "external", num_frames: int | None = 16, eps: float = 1e-6) -> MetricResult:
+    """FVD of sample statistics against the reference, with its protocol record."""
     ref, source = resolve_reference(reference)
-    gen = stats.stats()
     if ref.dim != gen.dim:
         raise ValueError(f"reference stats are {ref.dim}-d but the network gives {gen.dim}-d features")
     proto: dict[str, Any] = {
