@@ -108,9 +108,8 @@ def run_demo(cfg: NestgenConfig, out: str) -> dict:
     for s in samples.values():
         s["gflops_saving"] = base / s["gflops_per_sample"]
     data = load_eval_data(cfg)
-    render = lambda t: tokens_to_pixels(t, cfg.model.grid)  # noqa: E731
-    report = run_evaluation(cfg, local_sampler(model, cfg), build_quality_suite(cfg, data, render), data,
-                            render, checkpoint=ckpt)
+    suite = build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid))
+    report = run_evaluation(cfg, local_sampler(model, cfg, suite), suite, data, checkpoint=ckpt)
     print(report.table())
     files = write_outputs(report, f"{out.rstrip('/')}/evaluation")
     summary = {"checkpoint": ckpt, "final_losses": {k: v for k, v in history[-1].items() if k.startswith("loss/")},

@@ -2,9 +2,12 @@
 
     driver: checkpoint (+ its tokenizer) -> held-out reference + quality suite
             -> [schedule search] -> every variant x N requests as batches on an
-            ActorPool of EvalWorkers (model + tokenizer loaded once each, GPU when the
-            cluster has one) -> metrics -> files under the output URL
-            -> MLflow: a parent run with a child run per variant.
+            ActorPool of EvalWorkers (model, tokenizer and metric feature nets loaded
+            once each, GPU when the cluster has one), each returning summed metric
+            statistics per chunk of samples and the grid's few samples, never the
+            samples (nestgen.evaluation.stream) -> merged metrics, intervals, claim
+            check -> files under the output URL -> MLflow: a parent run with a child
+            run per variant.
 
 The evaluated config is the checkpoint's model, train (conditioning) and data sections
 with the caller's evaluate, decode sampling and mlflow sections: the reference is the data
@@ -18,10 +21,11 @@ from dataclasses import dataclass, fields, replace
 
 from nestgen.checkpoint import load_generator
 from nestgen.config import NestgenConfig, config_to_dict
-from nestgen.evaluation import (EvaluationReport, Requests, Variant, VariantResult, build_quality_suite,
-                                eval_worker, load_eval_data, local_sampler, run_evaluation, sample_batch)
+from nestgen.evaluation import (EvaluationReport, Requests, StreamPlan, Variant, VariantResult, build_quality_suite,
+                                eval_worker, load_eval_data, local_sampler, run_evaluation, stream_batch,
+                                stream_variants)
 from nestgen.evaluation.outputs import write_outputs
-from nestgen.evaluation.variants import collect, decode_config
+from nestgen.evaluation.variants import decode_config
 from nestgen.render import tokens_to_pixels
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, run_config_from_dict
@@ -41,39 +45,42 @@ def evaluation_config(user: RunConfig, trained: NestgenConfig) -> RunConfig:
 
 
 class EvalWorker:
-    """Ray actor: one model and tokenizer, decoding batches of requests for any variant."""
+    """Ray actor: one model and tokenizer, decoding batches of requests for any variant and
+    reducing them to metric statistics with the suite's feature functions."""
 
-    def __init__(self, checkpoint: str, cfg: dict):
+    def __init__(self, checkpoint: str, cfg: dict, features: dict):
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model, _, tok = load_generator(checkpoint, device)
         self.cfg = run_config_from_dict(cfg)
         self.worker = eval_worker(model, self.cfg, tok)
+        self.features = features
 
-    def run(self, v: Variant, requests: Requests):
-        return sample_batch(self.worker, self.cfg, v, requests)
+    def run(self, v: Variant, requests: Requests, start: int, plan: StreamPlan):
+        return stream_batch(self.worker, self.cfg, v, requests, start, plan, self.features)
 
     def device(self) -> str:
         return str(self.worker.device)
 
 
-def ray_sampler(checkpoint: str, cfg: RunConfig):
+def ray_sampler(checkpoint: str, cfg: RunConfig, suite):
     """(SampleFn over an ActorPool of EvalWorkers, worker device names)."""
     import ray
     from ray.util import ActorPool
     e = cfg.evaluate
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     actor = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=gpus)(EvalWorker)
-    workers = [actor.remote(checkpoint, config_to_dict(cfg)) for _ in range(e.num_workers)]
+    features = ray.put(suite.features())
+    workers = [actor.remote(checkpoint, config_to_dict(cfg), features) for _ in range(e.num_workers)]
     devices = ray.get([w.device.remote() for w in workers])
     pool = ActorPool(workers)
+    bs = e.batch_size
 
-    def sample(variants: list[Variant], requests: Requests) -> list[VariantResult]:
-        n, bs = len(requests), e.batch_size
-        tasks = [(vi, i) for vi in range(len(variants)) for i in range(0, n, bs)]
-        batches = list(pool.map(lambda w, t: w.run.remote(variants[t[0]], requests.chunk(t[1], t[1] + bs)), tasks))
-        per_variant = len(range(0, n, bs))
-        return [collect(v, cfg, batches[k * per_variant:(k + 1) * per_variant], n) for k, v in enumerate(variants)]
+    def sample(variants: list[Variant], requests: Requests, plan: StreamPlan) -> list[VariantResult]:
+        def run(tasks):
+            return pool.map(lambda w, t: w.run.remote(variants[t[0]], requests.chunk(t[1], t[1] + bs), t[1], plan),
+                            tasks)
+        return stream_variants(cfg, suite, variants, requests, plan, bs, run)
     return sample, devices
 
 
@@ -100,10 +107,10 @@ def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: boo
     for name, why in suite.unavailable.items():
         print(f"[evaluate] {name}: not reported. {why}")
     if use_ray:
-        sample, devices = ray_sampler(checkpoint, ecfg)
+        sample, devices = ray_sampler(checkpoint, ecfg, suite)
     else:
-        sample, devices = local_sampler(model, ecfg, tok), ["cpu"]
-    report = run_evaluation(ecfg, sample, suite, data, render, checkpoint,
+        sample, devices = local_sampler(model, ecfg, suite, tok), ["cpu"]
+    report = run_evaluation(ecfg, sample, suite, data, checkpoint,
                             progress=lambda s: print(f"[evaluate] {s}", flush=True))
     print(report.table(), flush=True)
     files = write_outputs(report, output_url)
@@ -156,7 +163,7 @@ def cmd_evaluate(args) -> int:
     s = res.report.summary()
     print(json.dumps({"summary": res.files["summary"], "plot": res.files["plot"], "mlflow_run_id": res.run_id,
                       "metric": s["metric"], "baseline": s["baseline"],
-                      "searched": s["search"]["chosen"] if s["search"] else None,
+                      "searched": s["search"]["chosen"] if s["search"] else None, "claims": s["claim"]["lines"],
                       "seconds": round(res.seconds, 1)}, indent=1))
     return 0
 

@@ -1,18 +1,22 @@
-"""Quality against compute: variants, quality suites, schedule search, Pareto front, outputs."""
+"""Quality against compute: variants, streamed quality suites, intervals, claim checks, schedule
+search, Pareto front, outputs."""
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 
 from nestgen.config import config_from_dict
-from nestgen.evaluation import (METRICS, EvalData, Variant, build_quality_suite, class_requests, load_eval_data,
-                                local_sampler, lower_is_better, pareto_front, run_evaluation, step_splits)
+from nestgen.evaluation import (METRICS, EvalData, StreamPlan, Variant, build_quality_suite, class_requests,
+                                load_eval_data, local_sampler, lower_is_better, pareto_front, run_evaluation,
+                                step_splits)
 from nestgen.evaluation.quality import requested_metrics
 from nestgen.evaluation.search import pick_candidates
-from nestgen.evaluation.variants import VariantResult, variant_gflops
+from nestgen.evaluation.variants import variant_gflops
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.render import tokens_to_pixels
+from nestgen.tokenizers import TokenizerConfig, VQTokenizer
 
 
 def test_pareto_front():
@@ -43,27 +47,66 @@ def test_digits_suite_separates_real_from_noise(digits_suite):
     noise_t = torch.randint(0, 17, (300, 64), generator=torch.Generator().manual_seed(0))
     req = class_requests(10, 300, 0)
     req.labels = real_y
-    real = suite(VariantResult(Variant("baseline"), "1x12", 1, 1, pixels=tokens_to_pixels(real_t, [8, 8])), req)
-    noise = suite(VariantResult(Variant("baseline"), "1x12", 1, 1, pixels=tokens_to_pixels(noise_t, [8, 8])), req)
+    real = suite.score(tokens_to_pixels(real_t, [8, 8]), req.labels.numpy())
+    noise = suite.score(tokens_to_pixels(noise_t, [8, 8]), req.labels.numpy())
     assert real["digits_accuracy"] > 0.9 and noise["digits_accuracy"] < 0.4
     assert real["fd_digits"] * 5 < noise["fd_digits"]
 
 
-def test_variants_share_requests_and_flops_order():
-    cfg = _cfg()
+def test_variants_share_requests_and_flops_order(digits_suite):
+    suite, _ = digits_suite
+    cfg = _cfg(bootstrap_replicates=50, interval_chunks=12)
     torch.manual_seed(0)
     model = NestedTransformer(cfg.model).eval()
-    sample = local_sampler(model, cfg)
+    sample = local_sampler(model, cfg, suite, progress=False)
+    plan = StreamPlan(60, 12, grid=30, replicates=50)
     vs = [Variant("baseline"), Variant("magnets"), Variant("magnets", "on_switch"), Variant("baseline")]
-    res = sample(vs, class_requests(10, 60, 7))
+    res = sample(vs, class_requests(10, 60, 7), plan)
     assert [r.schedule for r in res] == ["1x12", "8x3,4x3,2x3,1x3", "8x3,4x3,2x3,1x3", "1x12"]
     assert res[0].gflops_per_sample > res[1].gflops_per_sample > res[2].gflops_per_sample
-    assert torch.equal(res[0].tokens, res[3].tokens) and np.array_equal(res[0].pixels, res[3].pixels)
-    assert all(r.seconds_per_sample > 0 and r.pixels.shape == (60, 8, 8) for r in res)
-    # batching does not change samples: batch 25 above vs one batch of 60 here
+    # the same requests give the same samples: identical grids, statistics and bootstrap replicates
+    assert np.array_equal(res[0].grid, res[3].grid) and res[0].metrics == res[3].metrics
+    assert all(np.array_equal(res[0].replicates[k], res[3].replicates[k]) for k in res[0].metrics)
+    assert all(r.seconds_per_sample > 0 and r.grid.shape == (30, 8, 8) for r in res)
+    assert set(res[0].replicates) == {"fd_digits", "digits_accuracy"} and len(res[0].replicates["fd_digits"]) == 50
+    # batching does not change samples: batch 25 above vs one batch of 60 here (chunk sums
+    # then add up in another order: equal to float rounding)
     cfg.evaluate.batch_size = 60
-    again = local_sampler(model, cfg)([Variant("magnets", "on_switch")], class_requests(10, 60, 7))
-    assert torch.equal(again[0].tokens, res[2].tokens)
+    again = local_sampler(model, cfg, suite, progress=False)([Variant("magnets", "on_switch")],
+                                                             class_requests(10, 60, 7), plan)[0]
+    assert np.array_equal(again.grid, res[2].grid)
+    assert again.metrics == pytest.approx(res[2].metrics, rel=1e-9)
+    np.testing.assert_allclose(again.replicates["fd_digits"], res[2].replicates["fd_digits"], rtol=1e-9)
+
+
+def test_driver_memory_does_not_grow_with_samples(digits_suite):
+    """What the driver holds while merging is fixed by the chunks, the grid and the
+    replicates, not by the samples: peak traced memory at 4x the samples is within 10%.
+    Samples are rendered to 64x64 RGB by a (random) VQ tokenizer, so keeping them would
+    add 12 KB per sample, far above the margin (asserted too)."""
+    suite, data = digits_suite
+    tok = VQTokenizer(TokenizerConfig(kind="image", channels=3, image_size=64, base_width=8, max_width=16,
+                                      downsample=8, codebook_size=17, code_dim=8)).eval()
+    model = NestedTransformer(_cfg().model).eval()
+
+    def peak(n: int) -> int:
+        cfg = _cfg(num_samples=n, batch_size=50, schedules=["magnets"], caches=["on_switch"], grid_samples=20,
+                   search={"enabled": False}, bootstrap_replicates=20, interval_chunks=10)
+        sample = local_sampler(model, cfg, suite, tok, progress=False)
+        tracemalloc.start()
+        try:
+            report = run_evaluation(cfg, sample, suite, data, progress=lambda s: None)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert report.results[0].grid.shape == (20, 64, 64, 3)
+        return peak
+
+    peak(50)                                            # first-use allocations out of the way
+    small, large = peak(100), peak(400)
+    margin = 0.1 * small + 64 * 1024
+    assert large <= small + margin, (small, large)
+    assert 300 * 64 * 64 * 3 > 10 * margin               # holding the 300 extra samples could not pass
 
 
 def test_step_splits_and_budgeted_candidates():
@@ -82,30 +125,42 @@ def test_step_splits_and_budgeted_candidates():
     assert len(full_steps) == 5                                     # one per shape group
 
 
-def test_run_evaluation_search_and_outputs(digits_suite, tmp_path):
+def test_run_evaluation_search_intervals_claims_and_outputs(digits_suite, tmp_path):
     from nestgen.evaluation.outputs import write_outputs
     suite, data = digits_suite
-    cfg = _cfg(schedules=["baseline", "magnets"], caches=["none", "on_switch"],
-               search={"max_candidates": 3, "num_samples": 30, "budget_fraction": 0.4})
+    cfg = _cfg(schedules=["baseline", "magnets"], caches=["none", "on_switch"], bootstrap_replicates=40,
+               interval_chunks=12, search={"max_candidates": 3, "num_samples": 30, "budget_fraction": 0.4})
     torch.manual_seed(0)
     model = NestedTransformer(cfg.model).eval()
-    render = lambda t: tokens_to_pixels(t, cfg.model.grid)  # noqa: E731
-    report = run_evaluation(cfg, local_sampler(model, cfg), suite, data, render, progress=lambda s: None)
+    lines = []
+    report = run_evaluation(cfg, local_sampler(model, cfg, suite, progress=False), suite, data, progress=lines.append)
     names = [r.variant.name for r in report.results]
     assert names[:4] == ["baseline cache=none", "baseline cache=on_switch", "magnets cache=none",
                          "magnets cache=on_switch"] and names[4].startswith("searched: ")
     assert [r.variant.searched for r in report.results] == [False] * 4 + [True]
     assert report.searched() is report.results[4] and report.baseline() is report.results[0]
-    assert len(report.search.scored) == 3
+    assert len(report.search.scored) == 3 and not report.search.scored[0].replicates   # no intervals in the search
     assert report.results[4].gflops_per_sample <= 0.4 * report.baseline_gflops + 1e-9
+    # the claim check is printed for every variant, and reads the paired interval
+    claims = [s for s in lines if s.startswith("claim check: ")]
+    assert len(claims) == 5 and claims[0].endswith("quality change +0.0% [+0.0, +0.0]; within 10%: yes")
     files = write_outputs(report, str(tmp_path / "eval"))
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["baseline"]["variant"] == "baseline cache=none"
-    assert summary["variants"][0]["gflops_saving"] == 1.0 and summary["variants"][0]["quality_change_vs_baseline"] == 0
+    base, magnets = summary["variants"][0], summary["variants"][2]
+    assert base["gflops_saving"] == 1.0 and base["quality_change_vs_baseline"] == 0
+    assert base["quality_change_lo"] == base["quality_change_hi"] == 0          # paired: the baseline against itself
+    assert magnets["quality_change_lo"] <= magnets["quality_change_vs_baseline"] <= magnets["quality_change_hi"]
+    assert magnets["claim"]["verdict"] in ("yes", "no", "undecided") and magnets["claim"]["line"] in \
+        summary["claim"]["lines"][2]
+    fd = magnets["intervals"]["fd_digits"]
+    assert fd["lo"] < fd["hi"] and fd["change"] == magnets["quality_change_vs_baseline"]
+    assert summary["intervals"]["replicates"] == 40 and summary["intervals"]["chunks"] == 12
     assert summary["protocols"]["fd_digits"]["num_samples"] == 60
     assert [row["searched"] for row in summary["variants"]] == [False] * 4 + [True]
     assert (tmp_path / "eval" / "quality_vs_gflops.png").read_bytes()[:4] == b"\x89PNG"
     assert all(v["png"].endswith(".png") for v in files["samples"].values()) and len(files["samples"]) == 5
+    assert "fd_digits change [95%]" in report.table()
 
 
 def test_metric_registry_lookups():

@@ -49,6 +49,9 @@ class EvaluateConfig:
     reference_stats: str = ""        # .npz (mu, sigma) for FID/FVD; "" -> held-out split through the tokenizer
     feature_net: str = ""            # Inception / I3D TorchScript path; "" -> env var or cache
     grid_samples: int = 40           # samples in each variant's grid (and video)
+    interval_chunks: int = 50        # contiguous chunks of samples the bootstrap resamples (fixed: memory)
+    bootstrap_replicates: int = 500  # 95% intervals of each metric and of its change vs the baseline; 0: none
+    claim_threshold: float = 0.10    # the claim check: quality change vs the baseline within this
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def validate(self) -> None:
@@ -61,3 +64,6 @@ class EvaluateConfig:
         check(self.num_workers >= 1, "num_workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.grid_samples >= 1, "grid_samples", "must be >= 1")
+        check(self.interval_chunks >= 2, "interval_chunks", "must be >= 2")
+        check(self.bootstrap_replicates >= 0, "bootstrap_replicates", "must be >= 0")
+        check(self.claim_threshold > 0, "claim_threshold", "must be > 0")

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
 import torch
 
 from nestgen.evaluation.variants import Requests, class_requests
@@ -75,18 +74,17 @@ def load_eval_data(cfg: NestgenConfig, max_train: int = 2000) -> EvalData:
                     f"split {holdout!r} of {cfg.data.url} decoded by its tokenizer{note}")
 
 
-def eval_requests(cfg: NestgenConfig, data: EvalData, n: int, seed: int, render=None) -> Requests:
+def eval_requests(cfg: NestgenConfig, data: EvalData, n: int, seed: int) -> Requests:
     """N requests. Frame prediction (train.cond_tokens > 0): each request is conditioned on
-    the leading tokens of a held-out clip (cycled) with that clip's label, and `targets`
-    holds the clip's pixels (through `render`) to score the predicted frames against."""
+    the leading tokens of a held-out clip (cycled) with that clip's label, and carries the
+    clip's tokens to score the predicted frames against."""
     c = cfg.train.cond_tokens
     if not c:
         return class_requests(cfg.model.num_classes, n, seed)
     idx = torch.arange(n) % len(data.holdout_tokens)
     tokens = data.holdout_tokens[idx]
     labels = data.holdout_labels[idx] if cfg.model.num_classes else torch.zeros(n, dtype=torch.long)
-    targets = None if render is None else np.asarray(render(tokens))
-    return Requests(labels, list(range(seed, seed + n)), tokens[:, :c].clone(), targets)
+    return Requests(labels, range(seed, seed + n), tokens[:, :c].clone(), tokens)
 
 
 def cond_frames(cfg: NestgenConfig, pixel_frames: int) -> int:

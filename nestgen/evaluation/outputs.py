@@ -27,7 +27,7 @@ def slug(name: str) -> str:
 
 def sample_files(r: VariantResult, n: int, nrow: int) -> dict[str, bytes]:
     """{extension: bytes} for the first n samples of a variant."""
-    px = r.pixels[:n]
+    px = r.grid[:n]
     scale = 4 if px.shape[1] <= 16 else 2
     if px.ndim == 5 or (px.ndim == 4 and px.shape[-1] not in (1, 3)):         # clips
         frames = video_grid(px, nrow=nrow, scale=scale)
@@ -44,7 +44,7 @@ def write_outputs(report: EvaluationReport, out: str) -> dict[str, object]:
     nrow = max(1, min(n, cfg.model.num_classes or 8))
     samples = {}
     for r in report.results:
-        if r.pixels is None:
+        if r.grid is None:
             continue
         samples[r.variant.name] = {ext: write_bytes_atomic(join(out, "samples", f"{slug(r.variant.name)}.{ext}"), data)
                                    for ext, data in sample_files(r, n, nrow).items()}

@@ -11,6 +11,12 @@ that cannot be computed is listed under `unavailable` with the reason and never 
 under its name. The *primary* metric (plots, search) is the available headline value of
 lowest `primary_rank` (FID/FVD, else the digits Fréchet distances, else frame-prediction
 MSE), else the first metric's.
+
+Metrics stream (nestgen.evaluation.stream): each is a `StreamedMetric`, whose `features`
+reduce a chunk of samples to summed statistics where the samples are (a Ray worker, on its
+device) and whose `results` turn the sums of any set of chunks into values with their
+protocol records (on the driver). `features` closures are pickled to the workers, so
+they capture only what they need (a small net, a reference mean, a feature-net path).
 """
 from __future__ import annotations
 
@@ -21,13 +27,30 @@ import numpy as np
 
 from nestgen.evaluation.config import EvaluateConfig
 from nestgen.evaluation.data import EvalData, cond_frames
-from nestgen.evaluation.variants import Requests, VariantResult
 from nestgen.metrics.protocol import MetricResult
+from nestgen.metrics.sums import Sums
 
 if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
     from nestgen.config import NestgenConfig
 
-Scorer = Callable[[np.ndarray, Requests], list[MetricResult]]
+@dataclass
+class Chunk:
+    """A chunk of one variant's samples, where they were decoded."""
+    pixels: np.ndarray                 # uint8 images / clips
+    labels: np.ndarray                 # the classes asked for
+    targets: np.ndarray | None         # frame prediction: the true clips' pixels
+    index: np.ndarray                  # sample indices in 0..n-1
+    n: int                             # samples per variant
+
+
+FeatureFn = Callable[[Chunk, object], Sums]                       # (chunk, torch device) -> sums
+ResultFn = Callable[[Sums, tuple], list[MetricResult]]              # (summed sums, sample shape) -> results
+
+
+@dataclass
+class StreamedMetric:
+    features: FeatureFn
+    results: ResultFn
 
 
 @dataclass
@@ -57,7 +80,7 @@ class MetricSpec:
     name: str                               # as written in evaluate.metrics
     kind: str                               # image | video: the samples it scores (what `auto` picks it for)
     values: dict[str, bool]                 # reported value -> higher is better; the first is the headline
-    build: Callable[[_Context, object], Scorer]   # (context, loaded feature net or None) -> scorer
+    build: Callable[[_Context, object], StreamedMetric]   # (context, loaded feature net or None) -> metric
     feature_net: str | None = None          # the standard network it needs, inception | i3d (local files only)
     needs_digits: bool = False              # the classes must be the digits 0..9 (a digits classifier judges)
     needs_frame_prediction: bool = False    # train.cond_tokens > 0: there are true frames to compare with
@@ -84,19 +107,32 @@ def lower_is_better(value: str) -> bool:
 
 @dataclass
 class QualitySuite:
-    scorers: dict[str, Scorer]                 # requested name -> scorer
+    scorers: dict[str, StreamedMetric]         # requested name -> metric
     primary: str
     unavailable: dict[str, str] = field(default_factory=dict)
     reference: str = ""
     protocols: dict[str, dict] = field(default_factory=dict)
 
-    def __call__(self, result: VariantResult, requests: Requests) -> dict[str, float]:
+    def features(self) -> dict[str, FeatureFn]:
+        """What a worker needs to reduce its samples (picklable)."""
+        return {name: m.features for name, m in self.scorers.items()}
+
+    def finish(self, sums: dict[str, Sums], sample_shape: tuple, record: bool = True) -> dict[str, float]:
+        """Values from each metric's summed statistics; `record` keeps their protocols."""
         out: dict[str, float] = {}
-        for scorer in self.scorers.values():
-            for m in scorer(result.pixels, requests):
-                out[m.name] = m.value
-                self.protocols[m.name] = m.protocol
+        for name, m in self.scorers.items():
+            for r in m.results(sums[name], sample_shape):
+                out[r.name] = r.value
+                if record:
+                    self.protocols[r.name] = r.protocol
         return out
+
+    def score(self, pixels: np.ndarray, labels: np.ndarray, targets: np.ndarray | None = None,
+              device: str = "cpu") -> dict[str, float]:
+        """All metrics of one set of samples at once (one chunk)."""
+        chunk = Chunk(pixels, np.asarray(labels), targets, np.arange(len(pixels)), len(pixels))
+        return self.finish({name: fn(chunk, device) for name, fn in self.features().items()},
+                           tuple(pixels.shape[1:]))
 
     @property
     def lower_is_better(self) -> bool:
@@ -185,21 +221,30 @@ def _clip_net(ctx: _Context):
     return ctx.once("clip_net", make)
 
 
-def _vs_reference(net_of: Callable, metric: str) -> Callable[[_Context, None], Scorer]:
-    """A digits-classifier metric of the samples' features against the held-out reference's."""
-    def build(ctx: _Context, _: None) -> Scorer:
-        from nestgen.metrics import digits_metrics
+def _vs_reference(net_of: Callable, metric: str) -> Callable[[_Context, None], StreamedMetric]:
+    """A digits-classifier Fréchet distance of the samples' features against the held-out reference's."""
+    def build(ctx: _Context, _: None) -> StreamedMetric:
+        from nestgen.metrics.digits_metrics import digits_features, frechet_result, net_record
+        from nestgen.metrics.frechet import frechet_stats, frechet_sums
         net, info, ref = net_of(ctx)
-        return lambda pixels, requests: [getattr(digits_metrics, metric)(net, pixels, ref, info)]
+        shift, record = ref.mu, net_record(net, info)
+        return StreamedMetric(
+            lambda chunk, device: frechet_sums(digits_features(net.to(device), chunk.pixels), shift),
+            lambda sums, shape: [frechet_result(metric, net, frechet_stats(sums, shift), ref, "stats", info,
+                                                record=record)])
     return build
 
 
-def _vs_labels(net_of: Callable, metric: str) -> Callable[[_Context, None], Scorer]:
-    """A digits-classifier metric of the samples' predicted classes against the classes asked for."""
-    def build(ctx: _Context, _: None) -> Scorer:
-        from nestgen.metrics import digits_metrics
+def _vs_labels(net_of: Callable, metric: str) -> Callable[[_Context, None], StreamedMetric]:
+    """A digits-classifier accuracy of the samples' predicted classes against the classes asked for."""
+    def build(ctx: _Context, _: None) -> StreamedMetric:
+        from nestgen.metrics.digits_metrics import accuracy_result, digits_predictions, net_record
+        from nestgen.metrics.sums import class_sums
         net, info, _ = net_of(ctx)
-        return lambda pixels, requests: [getattr(digits_metrics, metric)(net, pixels, requests.labels.numpy(), info)]
+        classes, record = net.config["num_classes"], net_record(net, info)
+        return StreamedMetric(
+            lambda chunk, device: class_sums(digits_predictions(net.to(device), chunk.pixels), chunk.labels, classes),
+            lambda sums, shape: [accuracy_result(metric, net, sums, info, record=record)])
     return build
 
 
@@ -214,38 +259,93 @@ def _feature_net(ctx: _Context, which: str):
         raise _Unavailable(str(err)) from None
 
 
+def _on_worker(net) -> Callable:
+    """(device) -> the same network file loaded there (TorchScript does not pickle: workers
+    load the file by path, once per process)."""
+    from nestgen.metrics.feature_nets import load_feature_net
+    spec, path = net.spec, net.path
+    return lambda device: load_feature_net(spec, path, device)
+
+
 def _reference(ctx: _Context, key: str, stats_fn):
     """Reference stats: evaluate.reference_stats (.npz) when set, else the held-out pixels'."""
+    from nestgen.metrics.fid import resolve_reference
     if ctx.cfg.evaluate.reference_stats:
-        return ctx.cfg.evaluate.reference_stats
+        return ctx.once(key, lambda: resolve_reference(ctx.cfg.evaluate.reference_stats))
     if ctx.ref_pixels is None:
         raise _Unavailable("raw 8x8 digit levels are not images for Inception/I3D; set evaluate.reference_stats")
-    return ctx.once(key, lambda: stats_fn(ctx.ref_pixels))
+    return ctx.once(key, lambda: (stats_fn(ctx.ref_pixels), "held-out split"))
 
 
-def _fid(ctx: _Context, net) -> Scorer:
-    from nestgen.metrics.fid import compute_fid, compute_inception_stats
-    ref = _reference(ctx, "inception_ref", lambda px: compute_inception_stats(net, px))
-    return lambda pixels, requests: [compute_fid(net, pixels, ref)]
+_INCEPTION_BATCH = 64      # images per Inception forward pass on a worker
 
 
-def _is(ctx: _Context, net) -> Scorer:
-    from nestgen.metrics.fid import compute_inception_score
-    return lambda pixels, requests: [compute_inception_score(net, pixels)]
+def _fid(ctx: _Context, net) -> StreamedMetric:
+    from nestgen.metrics.fid import compute_inception_stats, fid_result, inception_outputs
+    from nestgen.metrics.frechet import frechet_stats, frechet_sums
+    from nestgen.metrics.inputs import iter_batches
+    ref, source = _reference(ctx, "inception_ref", lambda px: compute_inception_stats(net, px))
+    load, shift = _on_worker(net), ref.mu
+
+    def features(chunk: Chunk, device) -> Sums:
+        here = load(device)
+        f = [inception_outputs(here, b)[0] for b in iter_batches(chunk.pixels, _INCEPTION_BATCH)]
+        return frechet_sums(np.concatenate(f), shift)
+
+    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
+        seen = {"num_samples": int(sums["n"]), "input_resolutions": [list(shape[:2])]}
+        return [fid_result(net, frechet_stats(sums, shift), seen, ref, source=source)]
+    return StreamedMetric(features, results)
 
 
-def _fvd(ctx: _Context, net) -> Scorer:
-    from nestgen.metrics.fvd import compute_fvd, compute_video_stats
+def _is(ctx: _Context, net) -> StreamedMetric:
+    from nestgen.metrics.fid import inception_outputs, is_result
+    from nestgen.metrics.inputs import iter_batches
+    from nestgen.metrics.sums import contiguous_parts, inception_sums
+    load, splits = _on_worker(net), 10
+
+    def features(chunk: Chunk, device) -> Sums:
+        here = load(device)
+        p = [inception_outputs(here, b, features=False, probs=True)[1]
+             for b in iter_batches(chunk.pixels, _INCEPTION_BATCH)]
+        return inception_sums(np.concatenate(p), contiguous_parts(chunk.index, chunk.n, splits), splits)
+
+    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
+        seen = {"num_samples": int(sums["count"].sum()), "input_resolutions": [list(shape[:2])]}
+        return [is_result(net, sums, seen)]
+    return StreamedMetric(features, results)
+
+
+def _fvd(ctx: _Context, net) -> StreamedMetric:
+    from nestgen.metrics.frechet import frechet_stats, frechet_sums
+    from nestgen.metrics.fvd import compute_video_stats, fvd_result, i3d_features
+    from nestgen.metrics.inputs import iter_batches, videos_to_bcthw3
     # every frame of a clip counts: samples and held-out clips come out of one tokenizer
-    ref = _reference(ctx, "i3d_ref", lambda px: compute_video_stats(net, px, num_frames=int(px.shape[1])))
-    return lambda pixels, requests: [compute_fvd(net, pixels, ref, num_frames=int(pixels.shape[1]))]
+    ref, source = _reference(ctx, "i3d_ref", lambda px: compute_video_stats(net, px, num_frames=int(px.shape[1])))
+    load, shift = _on_worker(net), ref.mu
+
+    def features(chunk: Chunk, device) -> Sums:
+        here = load(device)
+        f = [i3d_features(here, videos_to_bcthw3(b)) for b in iter_batches(chunk.pixels, 8)]
+        return frechet_sums(np.concatenate(f), shift)
+
+    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
+        seen = {"num_samples": int(sums["n"]), "clip_shapes_thw": [list(shape[:3])]}
+        return [fvd_result(net, frechet_stats(sums, shift), seen, ref, num_frames=int(shape[0]), source=source)]
+    return StreamedMetric(features, results)
 
 
-def _frame_pred(ctx: _Context, _: None) -> Scorer:
-    from nestgen.metrics.frame_error import frame_prediction_error
+def _frame_pred(ctx: _Context, _: None) -> StreamedMetric:
+    from nestgen.metrics.frame_error import frame_error_results
+    from nestgen.metrics.sums import frame_error_sums
     cfg = ctx.cfg
-    return lambda pixels, requests: list(frame_prediction_error(
-        pixels, requests.targets, cond_frames(cfg, pixels.shape[1])).values())
+
+    def features(chunk: Chunk, device) -> Sums:
+        return frame_error_sums(chunk.pixels, chunk.targets, cond_frames(cfg, chunk.pixels.shape[1]))
+
+    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
+        return list(frame_error_results(sums, cond_frames(cfg, shape[0]), int(shape[0])).values())
+    return StreamedMetric(features, results)
 
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (

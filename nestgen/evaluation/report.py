@@ -1,4 +1,5 @@
-"""Reading an evaluation: Pareto front, text table, quality-vs-GFLOPs plot, JSON summary."""
+"""Reading an evaluation: Pareto front, text table, quality-vs-GFLOPs plot with the
+metric's bootstrap 95% interval as error bars."""
 from __future__ import annotations
 
 import io
@@ -6,6 +7,7 @@ import io
 import numpy as np
 
 from nestgen.evaluation.variants import VariantResult
+from nestgen.metrics.intervals import Interval, percentile_interval
 
 
 def pareto_front(gflops: list[float], quality: list[float], lower_is_better: bool = True) -> list[bool]:
@@ -21,24 +23,30 @@ def pareto_front(gflops: list[float], quality: list[float], lower_is_better: boo
 
 
 def results_table(results: list[VariantResult], quality_key: str, lower_is_better: bool = True,
-                  baseline_gflops: float | None = None) -> str:
+                  baseline_gflops: float | None = None, changes: dict[str, Interval | None] | None = None) -> str:
+    """One row per variant; `changes`: variant name -> relative change of `quality_key`
+    against the baseline with its interval (a last column)."""
     base = baseline_gflops or results[0].gflops_per_sample
     front = pareto_front([r.gflops_per_sample for r in results], [r.metrics[quality_key] for r in results],
                          lower_is_better)
     keys = sorted({k for r in results for k in r.metrics})
     width = max(34, *(len(r.variant.name) for r in results))
     head = f"{'variant':{width}s} {'GFLOPs':>8s} {'saving':>7s} {'ms/sample':>10s} " + " ".join(f"{k:>15s}" for k in keys)
-    rows = [head + "  pareto"]
+    rows = [head + "  pareto" + (f"  {quality_key} change [95%]" if changes else "")]
     for r, f in zip(results, front):
+        c = (changes or {}).get(r.variant.name)
+        ci = f"  {100 * c.value:+6.1f}% [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}]" if c else ""
         rows.append(f"{r.variant.name:{width}s} {r.gflops_per_sample:8.3f} {base / r.gflops_per_sample:6.2f}x "
                     f"{r.seconds_per_sample * 1e3:10.2f} "
-                    + " ".join(f"{r.metrics.get(k, float('nan')):15.4f}" for k in keys) + ("  *" if f else ""))
+                    + " ".join(f"{r.metrics.get(k, float('nan')):15.4f}" for k in keys) + ("  *" if f else "   ")
+                    + ci)
     return "\n".join(rows)
 
 
 def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better: bool,
                      candidates: list[VariantResult] | None = None, title: str = "") -> bytes:
-    """PNG: every variant's quality against its GFLOPs per sample (log x), the Pareto front
+    """PNG: every variant's quality against its GFLOPs per sample (log x) with its bootstrap
+    95% interval as an error bar (when the results have replicates), the Pareto front
     joined and starred, and the search's scored candidates in grey."""
     import matplotlib
     matplotlib.use("Agg")
@@ -54,6 +62,10 @@ def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better:
     for r, gi, qi, f in zip(results, g, q, front):
         color = "tab:red" if r.variant.searched else ("tab:blue" if r.variant.cache == "none" else "tab:green")
         ax.scatter([gi], [qi], s=60 if f else 30, marker="*" if f else "o", c=color, zorder=3)
+        if metric in r.replicates:
+            iv = percentile_interval(qi, r.replicates[metric])
+            ax.errorbar([gi], [qi], yerr=[[max(0.0, qi - iv.lo)], [max(0.0, iv.hi - qi)]], fmt="none", ecolor=color, elinewidth=1,
+                        capsize=3, zorder=3)
         ax.annotate(r.variant.name, (gi, qi), fontsize=7, xytext=(4, 3), textcoords="offset points")
     pts = sorted((gi, qi) for gi, qi, f in zip(g, q, front) if f)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", c="0.3", lw=1, label="Pareto front", zorder=2)
@@ -62,7 +74,9 @@ def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better:
     ax.scatter([], [], c="tab:red", label="searched schedule")
     ax.set_xscale("log")
     ax.set_xlabel("GFLOPs per sample (analytic)")
-    ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
+    bars = any(metric in r.replicates for r in results)
+    ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)"
+                  + (", bootstrap 95% interval" if bars else ""))
     ax.set_title(title or f"{metric} against decode compute")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -1,5 +1,7 @@
 """One evaluation: (optional) schedule search, then every variant on the same requests,
-scored by the quality suite, summarised against the full-model baseline.
+scored by the quality suite as the samples stream (nestgen.evaluation.stream), summarised
+against the full-model baseline: each metric with a bootstrap interval, each variant's
+change against the baseline with a paired interval, and the claim check.
 
 Sampling is injected (`SampleFn`), so the same evaluation runs in one process
 (`local_sampler`) or spread over Ray actors (pipelines.evaluate).
@@ -9,18 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from nestgen.evaluation.claim import ClaimCheck, claim_check
 from nestgen.evaluation.data import EvalData, eval_requests
 from nestgen.evaluation.quality import QualitySuite
 from nestgen.evaluation.report import pareto_front, results_table
 from nestgen.evaluation.search import SearchResult, search_schedule
+from nestgen.evaluation.stream import StreamPlan, stream_batch, stream_variants
 from nestgen.evaluation.variants import (Requests, Variant, VariantResult, baseline_variant, eval_worker,
-                                         sample_variants, variant_gflops, variants_from_config)
+                                         variant_gflops, variants_from_config)
+from nestgen.metrics.intervals import Interval, paired_change, percentile_interval
 
 if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
     from nestgen.config import NestgenConfig
 
-# (variants, requests) -> one result per variant, in order, with tokens and pixels
-SampleFn = Callable[[list[Variant], Requests], list[VariantResult]]
+# (variants, requests, plan) -> one scored result per variant, in order
+SampleFn = Callable[[list[Variant], Requests, StreamPlan], list[VariantResult]]
 
 
 @dataclass
@@ -53,16 +58,53 @@ class EvaluationReport:
                             [r.metrics[self.metric] for r in self.results], self.suite.lower_is_better)
 
     def table(self) -> str:
-        return results_table(self.results, self.metric, self.suite.lower_is_better, self.baseline_gflops)
+        return results_table(self.results, self.metric, self.suite.lower_is_better, self.baseline_gflops,
+                             {r.variant.name: c for r, c in zip(self.results, self.changes())})
+
+    def interval(self, r: VariantResult, value: str) -> Interval | None:
+        """Bootstrap interval of one reported value (None without replicates)."""
+        reps = r.replicates.get(value)
+        return None if reps is None else percentile_interval(r.metrics[value], reps)
+
+    def change(self, r: VariantResult, value: str) -> Interval | None:
+        """Relative change of a value against the baseline with its paired interval (same
+        samples, same bootstrap draws); None without replicates or a zero baseline."""
+        base = self.baseline()
+        if value not in r.replicates or value not in base.replicates or not base.metrics[value]:
+            return None
+        return paired_change(r.metrics[value], base.metrics[value], r.replicates[value], base.replicates[value])
+
+    def changes(self) -> list[Interval | None]:
+        return [self.change(r, self.metric) for r in self.results]
+
+    def claims(self) -> list[ClaimCheck | None]:
+        """The claim check of every variant on the primary metric (None without an interval)."""
+        e = self.cfg.evaluate
+        return [None if c is None else claim_check(self.baseline_gflops / r.gflops_per_sample, c.value, c.lo, c.hi,
+                                                   e.claim_threshold, self.suite.lower_is_better)
+                for r, c in zip(self.results, self.changes())]
+
+    def claim_lines(self) -> list[str]:
+        return [f"{r.variant.name}: {c.line}" for r, c in zip(self.results, self.claims()) if c is not None]
 
     def summary(self) -> dict:
         base = self.baseline()
         qb = base.metrics[self.metric]
         rows = []
-        for r, f in zip(self.results, self.front()):
+        for r, f, claim in zip(self.results, self.front(), self.claims()):
             row = r.row(self.baseline_gflops)
             row["pareto"] = f
             row["quality_change_vs_baseline"] = (r.metrics[self.metric] - qb) / abs(qb) if qb else None
+            row["intervals"] = {}
+            for value in r.metrics:
+                iv, ch = self.interval(r, value), self.change(r, value)
+                if iv is not None:
+                    row["intervals"][value] = {"lo": iv.lo, "hi": iv.hi}
+                if ch is not None:
+                    row["intervals"].setdefault(value, {}).update(change=ch.value, change_lo=ch.lo, change_hi=ch.hi)
+            if claim is not None:
+                row["quality_change_lo"], row["quality_change_hi"] = claim.lo, claim.hi
+                row["claim"] = claim.as_dict()
             rows.append(row)
         e = self.cfg.evaluate
         return {
@@ -73,37 +115,50 @@ class EvaluationReport:
             "lower_is_better": self.suite.lower_is_better, "reference": self.suite.reference,
             "baseline": {"variant": base.variant.name, "gflops_per_sample": base.gflops_per_sample,
                          self.metric: qb, "analytic_full_model_gflops": self.baseline_gflops},
+            "intervals": {"level": 0.95, "replicates": e.bootstrap_replicates,
+                          "chunks": min(e.interval_chunks, e.num_samples),
+                          "method": "percentile bootstrap over contiguous chunks of samples; the change vs the "
+                                    "baseline is paired (same labels, seeds and bootstrap draws for every variant)"},
+            "claim": {"threshold": e.claim_threshold, "lines": self.claim_lines()},
             "variants": rows, "search": self.search.summary() if self.search else None,
             "unavailable_metrics": self.suite.unavailable, "protocols": self.suite.protocols,
         }
 
 
-def score(results: list[VariantResult], requests: Requests, suite: QualitySuite) -> list[VariantResult]:
-    for r in results:
-        r.metrics = suite(r, requests)
-    return results
-
-
 def run_evaluation(cfg: NestgenConfig, sample: SampleFn, suite: QualitySuite, data: EvalData,
-                   render=None, checkpoint: str = "", progress: Callable[[str], None] = print) -> EvaluationReport:
+                   checkpoint: str = "", progress: Callable[[str], None] = print) -> EvaluationReport:
     e = cfg.evaluate
     variants = variants_from_config(e)
     search = None
     if e.search.enabled:
-        req = eval_requests(cfg, data, e.search.num_samples, e.search.seed, render)
-        progress(f"schedule search: budget {e.search.budget_gflops or e.search.budget_fraction} "
-                 f"({'GFLOPs' if e.search.budget_gflops else 'x the full model'}), {suite.primary} on "
-                 f"{e.search.num_samples} held-out seeds")
-        search = search_schedule(cfg, lambda vs: score(sample(vs, req), req, suite), suite.primary,
-                                 suite.lower_is_better)
+        s = e.search
+        req = eval_requests(cfg, data, s.num_samples, s.seed)
+        progress(f"schedule search: budget {s.budget_gflops or s.budget_fraction} "
+                 f"({'GFLOPs' if s.budget_gflops else 'x the full model'}), {suite.primary} on "
+                 f"{s.num_samples} held-out seeds")
+        plan = StreamPlan(s.num_samples, e.interval_chunks)
+        search = search_schedule(cfg, lambda vs: sample(vs, req, plan), suite.primary, suite.lower_is_better)
         progress(f"searched schedule: {search.chosen.name}")
         variants.append(search.chosen)
-    req = eval_requests(cfg, data, e.num_samples, e.seed, render)
+    req = eval_requests(cfg, data, e.num_samples, e.seed)
     progress(f"evaluating {len(variants)} variants x {e.num_samples} samples")
-    results = score(sample(variants, req), req, suite)
-    return EvaluationReport(cfg, results, suite, variant_gflops(cfg, baseline_variant(cfg)), search, checkpoint)
+    plan = StreamPlan(e.num_samples, e.interval_chunks, e.grid_samples, e.bootstrap_replicates, e.seed)
+    report = EvaluationReport(cfg, sample(variants, req, plan), suite, variant_gflops(cfg, baseline_variant(cfg)),
+                              search, checkpoint)
+    for line in report.claim_lines():
+        progress(f"claim check: {line}")
+    return report
 
 
-def local_sampler(model, cfg: NestgenConfig, tokenizer=None) -> SampleFn:
+def local_sampler(model, cfg: NestgenConfig, suite: QualitySuite, tokenizer=None, progress: bool = True) -> SampleFn:
+    """Every batch decoded and reduced in this process, one after another."""
     worker = eval_worker(model, cfg, tokenizer)
-    return lambda variants, requests: sample_variants(worker, cfg, variants, requests, cfg.evaluate.batch_size)
+    features = suite.features()
+    bs = cfg.evaluate.batch_size
+
+    def sample(variants: list[Variant], requests: Requests, plan: StreamPlan) -> list[VariantResult]:
+        def run(tasks):
+            return (stream_batch(worker, cfg, variants[vi], requests.chunk(start, start + bs), start, plan, features)
+                    for vi, start in tasks)
+        return stream_variants(cfg, suite, variants, requests, plan, bs, run, progress)
+    return sample

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -49,8 +49,8 @@ class VariantResult:
     gflops_per_sample: float
     seconds_per_sample: float     # decode time on one worker, per sample (tokenizer excluded)
     metrics: dict[str, float] = field(default_factory=dict)
-    tokens: torch.Tensor | None = None
-    pixels: np.ndarray | None = None
+    grid: np.ndarray | None = None                                     # pixels of the first grid_samples
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)   # metric -> bootstrap replicate values
 
     def row(self, baseline_gflops: float) -> dict:
         return {"variant": self.variant.name, "label": self.variant.label, "searched": self.variant.searched,
@@ -93,11 +93,12 @@ def sample_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests:
 @dataclass
 class Requests:
     """What every variant is asked for: labels (N,), seeds (N,), optional cond (N, n_cond)
-    and, for frame prediction, the ground-truth pixels the conditioning came from."""
+    and, for frame prediction, the tokens of the true clips the conditioning came from
+    (rendered to pixels where the samples are scored)."""
     labels: torch.Tensor
-    seeds: list[int]
+    seeds: Sequence[int]
     cond: torch.Tensor | None = None
-    targets: np.ndarray | None = None
+    target_tokens: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -105,25 +106,10 @@ class Requests:
     def chunk(self, start: int, stop: int) -> "Requests":
         return Requests(self.labels[start:stop], self.seeds[start:stop],
                         None if self.cond is None else self.cond[start:stop],
-                        None if self.targets is None else self.targets[start:stop])
+                        None if self.target_tokens is None else self.target_tokens[start:stop])
 
 
 def class_requests(num_classes: int, n: int, seed: int) -> Requests:
     """Class-balanced labels (classes cycled; the null class when unconditional)."""
     labels = torch.arange(n) % num_classes if num_classes else torch.zeros(n, dtype=torch.long)
-    return Requests(labels, list(range(seed, seed + n)))
-
-
-def collect(v: Variant, cfg: NestgenConfig, batches: list[DecodedBatch], n: int) -> VariantResult:
-    """One variant's result from its batches, in request order."""
-    tokens = torch.cat([b.tokens for b in batches])
-    pixels = None if batches[0].pixels is None else np.concatenate([b.pixels for b in batches])
-    return VariantResult(v, str(resolve_schedule(v.schedule, cfg.model.nest_factors)), variant_gflops(cfg, v),
-                         sum(b.seconds for b in batches) / n, tokens=tokens, pixels=pixels)
-
-
-def sample_variants(worker: DecodeWorker, cfg: NestgenConfig, variants: list[Variant], requests: Requests,
-                    batch_size: int = 256) -> list[VariantResult]:
-    """Single-process: every variant over all requests, in batches."""
-    chunks = [requests.chunk(i, i + batch_size) for i in range(0, len(requests), batch_size)]
-    return [collect(v, cfg, [sample_batch(worker, cfg, v, r) for r in chunks], len(requests)) for v in variants]
+    return Requests(labels, range(seed, seed + n))

@@ -19,7 +19,7 @@ from nestgen.metrics.protocol import MetricResult, low_sample_note
 from nestgen.metrics.sums import Sums, accuracy, class_sums
 
 __all__ = ["digits_stats", "digits_features", "digits_predictions", "fd_digits", "fvd_digits", "digits_accuracy",
-           "digit_clip_accuracy", "frechet_result", "accuracy_result"]
+           "digit_clip_accuracy", "frechet_result", "accuracy_result", "net_record"]
 
 _INPUT_TEXT = {
     "digits_image_cnn": "uint8 0..255 images, any size, (N,H,W) | (N,H,W,C) | (N,C,H,W); RGB "
@@ -29,7 +29,7 @@ _INPUT_TEXT = {
 }
 
 
-def _net_record(net, info: dict[str, Any] | None) -> dict[str, Any]:
+def net_record(net, info: dict[str, Any] | None) -> dict[str, Any]:
     rec = {"name": net.kind, "net_hash": net_hash(net), "config": dict(net.config)}
     for k in ("file_sha256", "trained_on", "seed", "epochs", "holdout_accuracy", "val_accuracy"):
         if info and k in info:
@@ -58,15 +58,16 @@ def _frechet(name: str, net, data, reference, info, batch_size: int, eps: float)
 
 
 def frechet_result(name: str, net, gen: FeatureStats, ref: FeatureStats, source: str, info: dict | None,
-                   eps: float = 1e-6) -> MetricResult:
-    """fd_digits / fvd_digits of sample statistics against reference statistics, with the protocol."""
+                   eps: float = 1e-6, record: dict | None = None) -> MetricResult:
+    """fd_digits / fvd_digits of sample statistics against reference statistics, with the
+    protocol (`record`: the net's `net_record`, when already made: it hashes the weights)."""
     proto: dict[str, Any] = {
         "metric": name,
         "num_samples": gen.n,
         "reference": {"stats_hash": ref.hash(), "num_samples": ref.n, "source": source},
         "input_conventions": _INPUT_TEXT[net.kind].format(size=net.config["size"]),
         "resize": f"bilinear, antialias, align_corners=False, to {net.config['size']}x{net.config['size']}",
-        "feature_net": _net_record(net, info),
+        "feature_net": record or net_record(net, info),
         "features": f"{gen.dim}-d penultimate pre-activations of a digits classifier trained in nestgen",
         "covariance_ddof": gen.ddof, "sqrtm_eps": eps, "feature_dim": gen.dim,
         "comparable_to": "only runs with the same feature_net.net_hash; not FID/FVD",
@@ -111,14 +112,15 @@ def _accuracy(name: str, net, data, labels, info, batch_size: int) -> MetricResu
     return accuracy_result(name, net, class_sums(preds, labels, net.config["num_classes"]), info)
 
 
-def accuracy_result(name: str, net, sums: Sums, info: dict | None) -> MetricResult:
-    """digits_accuracy / digit_clip_accuracy from summed class counts (nestgen.metrics.sums)."""
+def accuracy_result(name: str, net, sums: Sums, info: dict | None, record: dict | None = None) -> MetricResult:
+    """digits_accuracy / digit_clip_accuracy from summed class counts (nestgen.metrics.sums);
+    `record` as in frechet_result."""
     value, per_class = accuracy(sums)
     proto = {
         "metric": name, "num_samples": int(sums["asked"].sum()),
         "definition": "share of samples the digits classifier assigns to the requested label",
         "input_conventions": _INPUT_TEXT[net.kind].format(size=net.config["size"]),
-        "feature_net": _net_record(net, info),
+        "feature_net": record or net_record(net, info),
     }
     return MetricResult(name, value, proto, extra=per_class)
 

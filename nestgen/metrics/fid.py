@@ -83,9 +83,12 @@ def _base_protocol(metric: str, net: LoadedFeatureNet, seen: dict) -> dict[str, 
     }
 
 
-def fid_result(net, gen: FeatureStats, seen: dict, reference, eps: float = 1e-6) -> MetricResult:
-    """FID of sample statistics against the reference, with its protocol record."""
-    ref, source = resolve_reference(reference)
+def fid_result(net, gen: FeatureStats, seen: dict, reference, eps: float = 1e-6,
+               source: str = "") -> MetricResult:
+    """FID of sample statistics against the reference, with its protocol record (`source`:
+    where in-memory reference statistics came from)."""
+    ref, resolved = resolve_reference(reference)
+    source = source or resolved
     if ref.dim != gen.dim:
         raise ValueError(f"reference stats are {ref.dim}-d but the network gives {gen.dim}-d features")
     proto = _base_protocol("fid", net, seen)

@@ -97,9 +97,12 @@ def compute_fvd(net: LoadedFeatureNet, videos, reference: FeatureStats | str, ba
 
 
 def fvd_result(net: LoadedFeatureNet, gen: FeatureStats, seen: dict, reference: FeatureStats | str,
-               mode: str = "external", num_frames: int | None = 16, eps: float = 1e-6) -> MetricResult:
-    """FVD of sample statistics against the reference, with its protocol record."""
-    ref, source = resolve_reference(reference)
+               mode: str = "external", num_frames: int | None = 16, eps: float = 1e-6,
+               source: str = "") -> MetricResult:
+    """FVD of sample statistics against the reference, with its protocol record (`source`:
+    where in-memory reference statistics came from)."""
+    ref, resolved = resolve_reference(reference)
+    source = source or resolved
     if ref.dim != gen.dim:
         raise ValueError(f"reference stats are {ref.dim}-d but the network gives {gen.dim}-d features")
     proto: dict[str, Any] = {

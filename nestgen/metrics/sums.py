@@ -68,12 +68,14 @@ def inception_sums(probs, split: np.ndarray, num_splits: int) -> Sums:
 
 
 def inception_score(s: Sums) -> tuple[float, float]:
-    """exp(E_x KL(p(y|x) || p(y))) per split; (mean, std) over splits. xlogy: 0 log 0 = 0."""
-    count = s["count"]
-    if (count == 0).any():
-        raise ValueError(f"every Inception Score split needs samples, got counts {count.tolist()}")
-    py = s["p"] / count[:, None]
-    kl = s["plogp"] / count - xlogy(py, py).sum(1)
+    """exp(E_x KL(p(y|x) || p(y))) per split; (mean, std) over the splits that have samples
+    (a bootstrap draw of chunks can leave a split empty). xlogy: 0 log 0 = 0."""
+    keep = s["count"] > 0
+    if not keep.any():
+        raise ValueError("no samples in any Inception Score split")
+    count = s["count"][keep]
+    py = s["p"][keep] / count[:, None]
+    kl = s["plogp"][keep] / count - xlogy(py, py).sum(1)
     scores = np.exp(kl)
     return float(scores.mean()), float(scores.std())
 

@@ -1,0 +1,151 @@
+"""Streaming evaluation: samples never gather in one place.
+
+A worker decodes a batch of requests, renders it, and reduces it at once to summed metric
+statistics (nestgen.metrics.sums) per chunk of samples: `stream_batch`, where the model
+is. The driver adds the batches up (`VariantStream`): per variant and metric it keeps one
+row of sums per chunk, `evaluate.interval_chunks` rows whatever the number of samples, and
+the first `evaluate.grid_samples` samples for the grids. So what the driver holds does not
+grow with the number of samples. Chunks are contiguous runs of sample indices, the same
+for every variant, and the rows are what the bootstrap resamples (the same draws for
+every variant: paired, nestgen.metrics.intervals).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+import numpy as np
+
+from nestgen.decoding.schedule import resolve_schedule
+from nestgen.decoding.worker import DecodeWorker
+from nestgen.evaluation.quality import Chunk, FeatureFn, QualitySuite
+from nestgen.evaluation.variants import Requests, Variant, VariantResult, sample_batch, variant_gflops
+from nestgen.metrics.intervals import resample_counts
+from nestgen.metrics.sums import Sums, contiguous_parts, weighted
+
+if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
+    from nestgen.config import NestgenConfig
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """How one pass over the requests is reduced: n samples per variant in `chunks`
+    contiguous chunks, the first `grid` samples kept, `replicates` bootstrap draws."""
+    n: int
+    chunks: int
+    grid: int = 0
+    replicates: int = 0
+    seed: int = 0
+
+    @property
+    def num_chunks(self) -> int:
+        return min(self.chunks, self.n)
+
+    def chunk_of(self, index: np.ndarray) -> np.ndarray:
+        return contiguous_parts(index, self.n, self.num_chunks)
+
+
+@dataclass
+class BatchStats:
+    """What a worker returns for one batch: no samples beyond the grid's."""
+    start: int
+    count: int
+    seconds: float
+    sums: dict[str, dict[int, Sums]]     # metric -> chunk -> summed statistics
+    grid: np.ndarray | None              # pixels of this batch's samples among the first plan.grid
+
+
+def stream_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests: Requests, start: int,
+                 plan: StreamPlan, features: dict[str, FeatureFn]) -> BatchStats:
+    """Decode requests [start, start + len) as variant v, render, and reduce to chunk sums."""
+    b = sample_batch(worker, cfg, v, requests)
+    targets = None if requests.target_tokens is None else worker.render(requests.target_tokens)
+    index = np.arange(start, start + len(requests))
+    chunk = plan.chunk_of(index)
+    sums: dict[str, dict[int, Sums]] = {name: {} for name in features}
+    for c in np.unique(chunk):
+        at = np.flatnonzero(chunk == c)
+        a, z = int(at[0]), int(at[-1]) + 1
+        part = Chunk(b.pixels[a:z], requests.labels[a:z].numpy(), None if targets is None else targets[a:z],
+                     index[a:z], plan.n)
+        for name, fn in features.items():
+            sums[name][int(c)] = fn(part, worker.device)
+    keep = min(len(requests), plan.grid - start)
+    return BatchStats(start, len(requests), b.seconds, sums, b.pixels[:keep] if keep > 0 else None)
+
+
+class VariantStream:
+    """The driver's running total for one variant."""
+
+    def __init__(self, v: Variant, plan: StreamPlan):
+        self.variant, self.plan = v, plan
+        self.rows: dict[str, Sums] = {}
+        self.grid: list[np.ndarray] = []
+        self.seconds = 0.0
+        self.count = 0
+        self.sample_shape: tuple[int, ...] = ()
+
+    def add(self, b: BatchStats) -> None:
+        for name, per_chunk in b.sums.items():
+            for c, s in per_chunk.items():
+                rows = self.rows.setdefault(name, {k: np.zeros((self.plan.num_chunks, *np.shape(x)))
+                                                   for k, x in s.items()})
+                for k, x in s.items():
+                    rows[k][c] += x
+        if b.grid is not None:
+            self.grid.append(b.grid)
+            self.sample_shape = tuple(b.grid.shape[1:])
+        self.seconds += b.seconds
+        self.count += b.count
+
+    def result(self, cfg: NestgenConfig, suite: QualitySuite) -> VariantResult:
+        if self.count != self.plan.n:
+            raise RuntimeError(f"{self.variant.name}: {self.count} of {self.plan.n} samples came back")
+        total = {name: {k: x.sum(0) for k, x in rows.items()} for name, rows in self.rows.items()}
+        metrics = suite.finish(total, self.sample_shape)
+        replicates: dict[str, list[float]] = {k: [] for k in metrics}
+        for w in resample_counts(self.plan.num_chunks, self.plan.replicates, self.plan.seed):
+            values = suite.finish({name: weighted(rows, w) for name, rows in self.rows.items()},
+                                  self.sample_shape, record=False)
+            for k in replicates:
+                replicates[k].append(values[k])
+        v = self.variant
+        return VariantResult(v, str(resolve_schedule(v.schedule, cfg.model.nest_factors)), variant_gflops(cfg, v),
+                             self.seconds / self.count, metrics,
+                             grid=np.concatenate(self.grid) if self.grid else None,
+                             replicates={k: np.asarray(r) for k, r in replicates.items() if r})
+
+
+# tasks (variant index, start) -> their BatchStats, in task order
+RunBatches = Callable[[list[tuple[int, int]]], Iterable[BatchStats]]
+
+
+def stream_variants(cfg: NestgenConfig, suite: QualitySuite, variants: list[Variant], requests: Requests,
+                    plan: StreamPlan, batch_size: int, run: RunBatches, progress: bool = True) -> list[VariantResult]:
+    """Every variant over all requests in batches, merged as they come (variant by variant,
+    so the driver holds one variant's chunk rows at a time), with a progress bar."""
+    from tqdm.auto import tqdm
+    n = len(requests)
+    tasks = [(vi, start) for vi in range(len(variants)) for start in range(0, n, batch_size)]
+    results: list[VariantResult] = []
+    current: VariantStream | None = None
+    with tqdm(total=len(variants) * n, unit="sample", desc="evaluate", disable=not progress) as bar:
+        for (vi, start), b in zip(tasks, _checked(run(tasks), len(tasks))):
+            if current is None:
+                current = VariantStream(variants[vi], plan)
+                bar.set_postfix_str(variants[vi].name)
+            current.add(b)
+            bar.update(b.count)
+            if start + batch_size >= n:
+                results.append(current.result(cfg, suite))
+                current = None
+    return results
+
+
+def _checked(batches: Iterable[BatchStats], expected: int) -> Iterator[BatchStats]:
+    got = 0
+    for b in batches:
+        got += 1
+        yield b
+    if got != expected:
+        raise RuntimeError(f"{got} of {expected} batches came back")
