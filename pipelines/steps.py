@@ -108,6 +108,8 @@ def evaluate_step(cfg: RunConfig, ctx: StepContext) -> dict:
     if row is not None:
         out.update(searched_schedule=row["schedule"], searched_cache=row["cache"],
                    searched_gflops_saving=row["gflops_saving"], searched_quality=row[s["metric"]])
+        if "claim" in row:
+            out.update(searched_quality_change=row["claim"]["change"], searched_claim=row["claim"]["line"])
     return out
 
 

@@ -35,8 +35,8 @@ def _user_cfg(tracking_uri, **evaluate):
 
 def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, mlflow_server, tmp_path):
     ckpt = _checkpoint(tmp_path / "gen.pt", digit_shards, [4, 4], 32)
-    cfg = _user_cfg(mlflow_server, schedules=["baseline", "magnets"], caches=["none"],
-                    search={"num_samples": 20, "max_candidates": 2, "budget_fraction": 0.5})
+    cfg = _user_cfg(mlflow_server, schedules=["baseline", "magnets"], caches=["none"], interval_chunks=20,
+                    bootstrap_replicates=50, search={"num_samples": 20, "max_candidates": 2, "budget_fraction": 0.5})
     out = tmp_path / "eval"
     res = evaluate(cfg, str(out), ckpt, use_ray=True)
 
@@ -49,6 +49,11 @@ def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, ml
     assert summary["variants"][2]["gflops_per_sample"] <= 0.5 * summary["baseline"]["gflops_per_sample"]
     assert (out / "quality_vs_gflops.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((out / "samples").glob("*.png"))) == 3
+    # workers returned chunk statistics: every variant has paired intervals and a claim check
+    assert summary["intervals"]["chunks"] == 20 and len(summary["claim"]["lines"]) == 3
+    for row in summary["variants"]:
+        assert row["quality_change_lo"] <= row["quality_change_vs_baseline"] <= row["quality_change_hi"]
+        assert row["claim"]["verdict"] in ("yes", "no", "undecided")
 
     client = MlflowClient(mlflow_server)
     parent = client.get_run(res.run_id)
@@ -61,7 +66,8 @@ def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, ml
     for c in children:
         assert c.info.status == "FINISHED"
         assert {"schedule", "cache", "steps", "guidance_scale", "temperature"} <= set(c.data.params)
-        assert {"gflops_per_sample", "seconds_per_sample", "fd_digits", "digits_accuracy"} <= set(c.data.metrics)
+        assert {"gflops_per_sample", "seconds_per_sample", "fd_digits", "digits_accuracy", "quality_change_lo",
+                "quality_change_hi"} <= set(c.data.metrics)
         assert [a.path for a in client.list_artifacts(c.info.run_id, "samples")][0].endswith(".png")
     by_name = {c.info.run_name: c for c in children}
     assert by_name["baseline cache=none"].data.params["schedule"] == "1x12"
