@@ -412,3 +412,38 @@ def test_frame_prediction_error():
     assert set(res["frame_pred_psnr"].extra) == {f"t{t:02d}" for t in range(5, 16)}
     with pytest.raises(ValueError):
         frame_prediction_error(pred, target[:, :8])
+
+
+def test_streamed_fid_and_is_equal_the_one_shot_numbers_and_pickle_to_workers(tmp_path, monkeypatch):
+    """The evaluation's FID / IS: per-chunk sums where the samples are (here after a
+    cloudpickle round trip, as Ray ships them to workers, which load the TorchScript file
+    by path), added up on the driver, equal compute_fid / compute_inception_score."""
+    import cloudpickle
+
+    from nestgen.config import config_from_dict
+    from nestgen.evaluation import EvalData, build_quality_suite
+    from nestgen.evaluation.quality import Chunk
+    from nestgen.metrics.sums import add
+    path = tmp_path / "inception-2015-12-05.pt"
+    _save_script(FakeInception(), path)
+    net = load_feature_net(INCEPTION, str(path), "cpu")
+    save_stats(str(tmp_path / "ref.npz"), compute_inception_stats(net, _random_images(300, 0)))
+    cfg = config_from_dict({"evaluate": {"metrics": ["fid", "is"], "feature_net": str(path),
+                                         "reference_stats": str(tmp_path / "ref.npz")}})
+    tokens = torch.zeros(4, 64, dtype=torch.long)
+    data = EvalData("image", tokens, torch.zeros(4, dtype=torch.long), lambda: (tokens, tokens[:, 0]),
+                    ["cat", "dog"], "two pets")
+    suite = build_quality_suite(cfg, data, render=None)
+    features = cloudpickle.loads(cloudpickle.dumps(suite.features()))
+    fake = _random_images(200, 1, offset=40)
+    total = {}
+    for a, z in [(0, 13), (13, 90), (90, 200)]:
+        chunk = Chunk(fake[a:z], np.zeros(z - a, dtype=np.int64), None, np.arange(a, z), 200)
+        for name, fn in features.items():
+            total[name] = add(total.get(name), fn(chunk, torch.device("cpu")))
+    got = suite.finish(total, fake.shape[1:])
+    assert got["fid"] == pytest.approx(compute_fid(net, fake, str(tmp_path / "ref.npz")).value, rel=1e-9)
+    assert got["inception_score"] == pytest.approx(compute_inception_score(net, fake).value, rel=1e-9)
+    assert suite.protocols["fid"]["num_samples"] == 200 and suite.protocols["fid"]["input_resolutions"] == [[12, 12]]
+    assert suite.protocols["fid"]["reference"]["source"].endswith("ref.npz")
+    assert suite.protocols["inception_score"]["num_splits"] == 10
