@@ -71,7 +71,8 @@ def test_demo_writes_grids_and_quality_table(tmp_path):
     out = tmp_path / "demo"
     nestgen("demo", "configs/digits.yaml", "--set", "train.steps=10", "--set", "model.width=32",
             "--set", "train.log_every=5", "--set", "evaluate.num_samples=100", "--set", "evaluate.search.num_samples=40",
-            "--set", "evaluate.search.max_candidates=3", "--out", str(out))
+            "--set", "evaluate.search.max_candidates=3", "--set", "evaluate.bootstrap_replicates=100",
+            "--out", str(out))
     assert json.loads((out / "summary.json").read_text())["evaluation"].endswith("summary.json")
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     assert {p.name for p in out.glob("samples_*.png")} == {
@@ -84,3 +85,4 @@ def test_demo_writes_grids_and_quality_table(tmp_path):
     assert rows[0]["gflops_saving"] == 1.0 and rows[3]["gflops_saving"] > 4
     assert all({"fd_digits", "digits_accuracy", "pareto", "seconds_per_sample"} <= set(r) for r in rows)
     assert any(r["pareto"] for r in rows)
+    assert len(summary["claim"]["lines"]) == len(rows) and all("claim" in r for r in rows)

@@ -51,8 +51,10 @@ def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, ml
     assert len(list((out / "samples").glob("*.png"))) == 3
     # workers returned chunk statistics: every variant has paired intervals and a claim check
     assert summary["intervals"]["chunks"] == 20 and len(summary["claim"]["lines"]) == 3
-    for row in summary["variants"]:
-        assert row["quality_change_lo"] <= row["quality_change_vs_baseline"] <= row["quality_change_hi"]
+    assert summary["variants"][0]["quality_change_lo"] == summary["variants"][0]["quality_change_hi"] == 0
+    for row in summary["variants"][1:]:
+        assert row["quality_change_lo"] < row["quality_change_hi"]
+        assert row["claim"]["change"] == row["quality_change_vs_baseline"]
         assert row["claim"]["verdict"] in ("yes", "no", "undecided")
 
     client = MlflowClient(mlflow_server)

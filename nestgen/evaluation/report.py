@@ -64,8 +64,8 @@ def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better:
         ax.scatter([gi], [qi], s=60 if f else 30, marker="*" if f else "o", c=color, zorder=3)
         if metric in r.replicates:
             iv = percentile_interval(qi, r.replicates[metric])
-            ax.errorbar([gi], [qi], yerr=[[max(0.0, qi - iv.lo)], [max(0.0, iv.hi - qi)]], fmt="none", ecolor=color, elinewidth=1,
-                        capsize=3, zorder=3)
+            ax.errorbar([gi], [qi], yerr=[[max(0.0, qi - iv.lo)], [max(0.0, iv.hi - qi)]], fmt="none", ecolor=color,
+                        elinewidth=1, capsize=3, zorder=3)
         ax.annotate(r.variant.name, (gi, qi), fontsize=7, xytext=(4, 3), textcoords="offset points")
     pts = sorted((gi, qi) for gi, qi, f in zip(g, q, front) if f)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", c="0.3", lw=1, label="Pareto front", zorder=2)
