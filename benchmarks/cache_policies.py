@@ -35,7 +35,7 @@ POLICIES = ["none", "every:2", "every:3", "on_switch", "every:2+cls", "on_switch
 def _train(args, seed: int):
     from nestgen.config import load_config
     from nestgen.training.loop import train_on_tokens
-    cfg = load_config(args.config, [f"train.steps={args.steps}", f"train.seed={seed}",
+    cfg = load_config(args.config, [f"train.steps={args.steps}", f"seed={seed}",
                                     f"model.width={args.width}", f"model.depth={args.depth}",
                                     f"train.log_every={args.steps}"])
     (tokens, labels), _ = load_digit_tokens(cfg.data.holdout_fraction, cfg.data.seed)
@@ -133,7 +133,7 @@ def main() -> None:
                           reference=f"{ref.n} held-out digits")
         res = evaluate_model(model, cfg, net, info, ref, args)
         res.update(model=name, width=cfg.model.width, depth=cfg.model.depth, train_steps=cfg.train.steps,
-                   train_seed=cfg.train.seed)
+                   train_seed=cfg.seed)
         result["models"].append(res)
         print(f"\n{name} (width {cfg.model.width}, depth {cfg.model.depth}, {cfg.train.steps} steps), "
               f"{args.samples} samples, schedule {args.schedule}, baseline 1x12 "

@@ -36,6 +36,8 @@ __all__ = [
 @dataclass
 class NestgenConfig:
     name: str = "digits"
+    # The tokenizer, shared by every training seed of a pipeline run, has its own tokenizer.seed.
+    seed: int = 0                    # pins training: init, masking, class dropout, data order and shards
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -76,4 +78,9 @@ def library_sections(data: dict) -> dict:
     also holds that run's orchestration sections, which the library neither knows nor needs;
     everything it does know is still checked strictly."""
     names = {f.name for f in dataclasses.fields(NestgenConfig)}
-    return {k: v for k, v in data.items() if k in names}
+    out = {k: v for k, v in data.items() if k in names}
+    if "seed" in out.get("train", {}):
+        # checkpoints from before the seed moved to the top level hold it as train.seed
+        out["train"] = {k: v for k, v in out["train"].items() if k != "seed"}
+        out.setdefault("seed", data["train"]["seed"])
+    return out

@@ -10,7 +10,7 @@ from pipelines import console
 from pipelines.cli_args import add_config_args, add_ray_address, runnable
 from pipelines.config import RunConfig, load_run_config, outside_job_copy, refuse_placeholders
 from pipelines.dag import Runner, StepFailed
-from pipelines.steps import build_steps
+from pipelines.steps import build_steps, served_train_step
 
 
 def make_runner(cfg: RunConfig, track: bool = True) -> Runner:
@@ -72,9 +72,9 @@ def pipeline_folder(cfg: RunConfig) -> str:
 
 
 def name_latest(cfg: RunConfig, runner: Runner) -> None:
-    """Point the config's LATEST at the train step's checkpoint once that step is complete,
-    whether it ran now or earlier (also when a later step fails)."""
-    train = runner.records.get("train")
+    """Point the config's LATEST at the (first seed's) train step's checkpoint once that step
+    is complete, whether it ran now or earlier (also when a later step fails)."""
+    train = runner.records.get(served_train_step(cfg))
     if train is not None and train.status in ("done", "skipped") and train.outputs.get("checkpoint_url"):
         write_latest(pipeline_folder(cfg), train.outputs["checkpoint_url"])
 
@@ -100,13 +100,19 @@ def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:
         lines += quality_table(ev["summary_url"])
         lines.append(f"  plot: {ev['plot_url']}")
         lines.append(f"  samples: {join(ev['summary_url'].rsplit('/', 1)[0], 'samples')}/   summary: {ev['summary_url']}")
+    agg = out.get("seeds") or {}
+    if agg:
+        lines.append(f"over training seeds {agg['seeds']} (mean [95% t interval, N-1 dof]; per-seed values in "
+                     f"{agg['summary_url']}): baseline {agg['metric']} {agg['baseline_quality']:.4g} "
+                     f"[{agg['baseline_quality_lo']:.4g}, {agg['baseline_quality_hi']:.4g}]")
+        lines += [f"  {line}" for line in agg["claims"]]
     if out.get("serve"):
         lines.append(f"  served samples: {out['serve'].get('sample_baseline')}, {out['serve'].get('sample_magnets')}")
     nestgen, mlflow = runnable("nestgen"), runnable("mlflow")
     lines.append("next:")
     lines.append(f"  browse the runs:  {mlflow} ui --backend-store-uri {cfg.mlflow.resolved_uri()} --host 127.0.0.1"
                  " --port 5000   (then open http://127.0.0.1:5000)")
-    ckpt = (out.get("train") or {}).get("checkpoint_url")
+    ckpt = (out.get(served_train_step(cfg)) or {}).get("checkpoint_url")
     if ckpt:
         fmt = "mp4" if cfg.model.is_video else "png"
         given = " --condition GIVEN.mp4" if cfg.train.cond_tokens else ""
@@ -119,7 +125,11 @@ def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:
 
 
 def cmd_run(args) -> int:
-    run_pipeline(load_run_config(args.config, args.overrides), args.from_step, args.only, args.dry_run,
+    overrides = list(args.overrides)
+    if args.seeds is not None:
+        seed = load_run_config(args.config, args.overrides).seed
+        overrides.append(f"pipeline.seeds={list(range(seed, seed + args.seeds))}")
+    run_pipeline(load_run_config(args.config, overrides), args.from_step, args.only, args.dry_run,
                  args.ray_address, args.verbose)
     return 0
 
@@ -133,5 +143,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the DAG and what would run or be skipped")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's logs and progress bars here instead of only in the run's log file")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="train and evaluate N >= 2 models, seeds `seed`..`seed`+N-1 (sets pipeline.seeds), "
+                        "and report every metric over them")
     add_ray_address(p, "$RAY_ADDRESS or a local Ray")
     p.set_defaults(func=cmd_run)

@@ -9,6 +9,11 @@ or index file;
 Ray Train; `evaluate` sweeps schedules on Ray actors; `serve` deploys the checkpoint on
 Ray Serve on 127.0.0.1, asks for one sample over HTTP, writes it and stops the service.
 Configs whose data.source is `digits` (raw 8x8 levels, no tokenizer) start at `train`.
+
+With `pipeline.seeds` (N >= 2 training seeds) `train` and `evaluate` become one branch per
+seed, `train-seed<s>` -> `evaluate-seed<s>` (the same config with `seed: s`, sharing the
+steps before), joined by `seeds`: every metric as mean and 95% t interval over the seeds
+(nestgen.evaluation.seeds). `serve` deploys the first seed's model.
 """
 from __future__ import annotations
 
@@ -96,9 +101,10 @@ def train_step(cfg: RunConfig, ctx: StepContext) -> dict:
             **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float)) and k.startswith("loss")}}
 
 
-def evaluate_step(cfg: RunConfig, ctx: StepContext) -> dict:
+def evaluate_step(cfg: RunConfig, ctx: StepContext, train: str = "train") -> dict:
+    """Evaluate the checkpoint of the step named `train`."""
     from pipelines.evaluate import evaluate
-    res = evaluate(cfg, ctx.folder, ctx.inputs["train"]["checkpoint_url"], use_ray=True,
+    res = evaluate(cfg, ctx.folder, ctx.inputs[train]["checkpoint_url"], use_ray=True,
                    parent_run_id=ctx.parent_run_id)
     s = res.report.summary()
     base = s["baseline"]
@@ -111,6 +117,36 @@ def evaluate_step(cfg: RunConfig, ctx: StepContext) -> dict:
         if "claim" in row:
             out.update(searched_quality_change=row["claim"]["change"], searched_claim=row["claim"]["line"])
     return out
+
+
+def seeds_step(cfg: RunConfig, ctx: StepContext) -> dict:
+    """Every evaluated metric over the training seeds (mean, 95% t interval, per-seed
+    values) -> seeds_summary.json, and one printed line per variant."""
+    from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines
+    from nestgen.storage import read_json, write_json_atomic
+    urls = {s: ctx.inputs[f"evaluate-seed{s}"]["summary_url"] for s in cfg.pipeline.seeds}
+    agg = aggregate_summaries({s: read_json(u) for s, u in urls.items()})
+    agg["per_seed_summaries"] = urls
+    agg["claims"] = seed_claim_lines(agg)
+    for line in agg["claims"]:
+        print(f"[seeds] {line}", flush=True)
+    base = agg["baseline"][agg["metric"]]
+    return {"summary_url": write_json_atomic(join(ctx.folder, "seeds_summary.json"), agg), "seeds": agg["seeds"],
+            "metric": agg["metric"], "baseline_quality": base["mean"], "baseline_quality_lo": base["lo"],
+            "baseline_quality_hi": base["hi"], "claims": agg["claims"]}
+
+
+def seed_branches(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
+    """(step-name suffix, config) per trained model: ("", cfg) for one model, else
+    ("-seed<s>", cfg with seed s) for each of pipeline.seeds."""
+    if not cfg.pipeline.seeds:
+        return [("", cfg)]
+    return [(f"-seed{s}", replace(cfg, seed=s)) for s in cfg.pipeline.seeds]
+
+
+def served_train_step(cfg: RunConfig) -> str:
+    """The train step whose model is served and named by LATEST: the first seed's."""
+    return "train" + seed_branches(cfg)[0][0]
 
 
 def _free_port() -> int:
@@ -129,14 +165,15 @@ def _first_val_clip(ctx: StepContext) -> str:
     return base64.b64encode(read_bytes(clips[0]["uri"])).decode()
 
 
-def serve_step(cfg: RunConfig, ctx: StepContext) -> dict:
-    """Deploy on Serve (127.0.0.1, a free port), one sample per schedule preset asked over
-    HTTP, then stop: proof that the checkpoint serves. `nestgen serve` keeps one running."""
+def serve_step(cfg: RunConfig, ctx: StepContext, train: str = "train") -> dict:
+    """Deploy the checkpoint of the step named `train` on Serve (127.0.0.1, a free port), one
+    sample per schedule preset asked over HTTP, then stop: proof that the checkpoint serves.
+    `nestgen serve` keeps one running."""
     from ray import serve
 
     from nestgen.serving.client import generate, request_json
     from pipelines.serve import run_local
-    scfg = replace(cfg.serve, checkpoint=ctx.inputs["train"]["checkpoint_url"])
+    scfg = replace(cfg.serve, checkpoint=ctx.inputs[train]["checkpoint_url"])
     url = run_local(scfg, "127.0.0.1", _free_port(), block=False)
     try:
         video = cfg.model.is_video
@@ -154,9 +191,12 @@ def serve_step(cfg: RunConfig, ctx: StepContext) -> dict:
     return out
 
 
+def _sections(cfg: RunConfig, *names: str):
+    return lambda: {n: to_dict(getattr(cfg, n)) for n in names}
+
+
 def build_steps(cfg: RunConfig) -> list[Step]:
     """The DAG for cfg: each step with the config sections its outputs depend on."""
-    sec = lambda *names: (lambda: {n: to_dict(getattr(cfg, n)) for n in names})  # noqa: E731
     p = cfg.pipeline
     steps: list[Step] = []
     raw = cfg.data.source != "digits"          # raw files -> tokenizer -> shards (else the 8x8 digits levels)
@@ -172,16 +212,24 @@ def build_steps(cfg: RunConfig) -> list[Step]:
                  lambda: {"tokenizer": to_dict(cfg.tokenizer), "existing": p.tokenizer,
                           "clip": [cfg.tokenize.fps, cfg.tokenize.clips_per_video]},
                  about="train the VQ tokenizer on Ray Train (or load pipeline.tokenizer)"),
-            Step("tokenize", lambda ctx: tokenize_step(cfg, ctx), ["data", "tokenizer"], sec("tokenize"),
+            Step("tokenize", lambda ctx: tokenize_step(cfg, ctx), ["data", "tokenizer"], _sections(cfg, "tokenize"),
                  about="raw files -> Parquet token shards with Ray Data"),
         ]
-    steps.append(Step("train", lambda ctx: train_step(cfg, ctx), ["tokenize"] if raw else [],
-                      lambda: sec("model", "train", "scaling")() | {"data": None if raw else to_dict(cfg.data)},
-                      about="nested transformer on Ray Train (DDP)"))
-    steps.append(Step("evaluate", lambda ctx: evaluate_step(cfg, ctx), ["train"], sec("evaluate", "decode"),
-                      about="quality vs GFLOPs for every schedule + search, on Ray actors"))
+    for suffix, c in seed_branches(cfg):
+        train, evaluate = "train" + suffix, "evaluate" + suffix
+        steps.append(Step(train, lambda ctx, c=c: train_step(c, ctx), ["tokenize"] if raw else [],
+                          lambda c=c: _sections(c, "model", "train", "scaling")()
+                          | {"seed": c.seed, "data": None if raw else to_dict(c.data)},
+                          about=f"nested transformer on Ray Train (DDP), seed {c.seed}"))
+        steps.append(Step(evaluate, lambda ctx, c=c, t=train: evaluate_step(c, ctx, t), [train],
+                          _sections(c, "evaluate", "decode"),
+                          about="quality vs GFLOPs for every schedule + search, on Ray actors"))
+    if p.seeds:
+        steps.append(Step("seeds", lambda ctx: seeds_step(cfg, ctx), [f"evaluate-seed{s}" for s in p.seeds],
+                          about=f"every metric as mean and 95% t interval over seeds {p.seeds}"))
     if p.serve:
-        steps.append(Step("serve", lambda ctx: serve_step(cfg, ctx), ["train"] + (["data"] if raw else []),
+        served = served_train_step(cfg)
+        steps.append(Step("serve", lambda ctx: serve_step(cfg, ctx, served), [served] + (["data"] if raw else []),
                           lambda: {k: v for k, v in to_dict(cfg.serve).items() if k != "checkpoint"},
                           about="deploy on Ray Serve (127.0.0.1), request samples over HTTP, stop"))
     return steps

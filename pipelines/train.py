@@ -42,7 +42,7 @@ def generator_job(w: Worker) -> WorkerJob:
 
     return WorkerJob(trainer, tcfg.steps, tcfg.batch_size, tcfg.log_every, torch.long,
                      train_step=lambda batch: trainer.train_step(batch["tokens"], batch["label"]),
-                     save=save, load=lambda path: trainer.load_state(read_checkpoint(path)),
+                     save=save, load=lambda path: trainer.load_state(read_checkpoint(path)), seed=cfg.seed,
                      tokens_per_sample=cfg.model.num_tokens, after_step=sample_grid if grid_every else None)
 
 

@@ -58,6 +58,7 @@ class WorkerJob:
     train_step: Callable[[dict], dict]    # one batch of the "train" shard -> metrics
     save: Callable[[str], None]           # write a checkpoint file to resume from
     load: Callable[[str], None]           # resume from one
+    seed: int = 0                         # the local shuffle of each worker's batches
     tokens_per_sample: int = 0            # > 0: also report tokens_per_s
     after_step: Callable[[bool], None] | None = None    # called with `done` after each report
 
@@ -126,9 +127,14 @@ def run_worker(config: dict, setup: Callable[[Worker], WorkerJob]) -> None:
     local_bs = max(1, job.batch_size // worker.world)
     reporter = Reporter(worker, job.log_every, local_bs * worker.world, job.tokens_per_sample, job.steps)
     shard = ray.train.get_dataset_shard("train")
+    epoch = 0
     while job.trainer.step < job.steps:
+        # a different shuffle on every rank and epoch, the same on every run
+        shuffle_seed = (job.seed * 1_000_003 + epoch * 1009 + worker.rank) % 2**32
+        epoch += 1
         for batch in shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=job.batch_dtype,
-                                              local_shuffle_buffer_size=worker.cfg.scaling.shuffle_buffer or None):
+                                              local_shuffle_buffer_size=worker.cfg.scaling.shuffle_buffer or None,
+                                              local_shuffle_seed=shuffle_seed):
             metrics = job.train_step(batch)
             done = job.trainer.step >= job.steps
             reporter.step(job.trainer.step, metrics, done, job.save, start_step=start_step)
@@ -149,6 +155,11 @@ def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: di
     from pipelines.arrow_fs import arrow_filesystem
     sc = cfg.scaling
     use_gpu = {"yes": True, "no": False}.get(sc.use_gpu, ray.cluster_resources().get("GPU", 0) > 0)
+    # Ordered execution makes the split into worker shards deterministic (Ray otherwise
+    # hands blocks to whichever worker asks first): with the seeded block order and local
+    # shuffle, every worker sees the same batches on every run.
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     fs, storage = url_to_fs(output_url)
     fs.makedirs(storage, exist_ok=True)
     return TorchTrainer(
@@ -160,7 +171,7 @@ def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: di
             name=name, storage_path=storage, storage_filesystem=arrow_filesystem(output_url),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=sc.keep_checkpoints)),
-        datasets=datasets)
+        datasets=datasets, dataset_config=ray.train.DataConfig(execution_options=ingest))
 
 
 def fit_on_workers(loop, cfg: RunConfig, output_url: str, name: str, dataset, run: Run,

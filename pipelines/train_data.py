@@ -29,7 +29,8 @@ def check_manifest_fits(cfg: RunConfig, manifest: dict) -> None:
 
 
 def token_dataset(cfg: RunConfig, split: str = "train"):
-    """(ray Dataset of {"tokens": (N,) int64, "label": int64}, manifest or None)."""
+    """(ray Dataset of {"tokens": (N,) int64, "label": int64}, manifest or None); its block
+    order is shuffled by cfg.seed (anew, and deterministically, on every epoch)."""
     import ray
 
     from pipelines.arrow_fs import arrow_filesystem
@@ -46,7 +47,7 @@ def token_dataset(cfg: RunConfig, split: str = "train"):
         check_manifest_fits(cfg, manifest)
         paths = [url_to_fs(u)[1] for u in shard_urls(cfg.data.url, split, manifest)]
         ds = ray.data.read_parquet(paths, filesystem=arrow_filesystem(cfg.data.url), columns=["tokens", "label"])
-    return ds.randomize_block_order().map_batches(_to_numpy, batch_format="pyarrow"), manifest
+    return ds.randomize_block_order(seed=cfg.seed).map_batches(_to_numpy, batch_format="pyarrow"), manifest
 
 
 def _decode_batch(batch: dict[str, np.ndarray], kind: str, spec: dict, max_image_pixels: int,
@@ -72,7 +73,8 @@ def _decode_batch(batch: dict[str, np.ndarray], kind: str, spec: dict, max_image
 
 def pixel_dataset(cfg: RunConfig, data_url: str, split: str = "train"):
     """ray Dataset of {"pixels": uint8 images or clips} decoded from the raw files of
-    cfg.tokenizer.kind in `split` under data_url, clipped as cfg.tokenizer / cfg.tokenize say."""
+    cfg.tokenizer.kind in `split` under data_url, clipped as cfg.tokenizer / cfg.tokenize say;
+    block order shuffled by cfg.tokenizer.seed."""
     import ray
 
     from nestgen.data.media import ClipSpec
@@ -85,7 +87,7 @@ def pixel_dataset(cfg: RunConfig, data_url: str, split: str = "train"):
         raise ValueError(f"no {t.kind} files in split {split!r} under {data_url}")
     spec = asdict(ClipSpec(frames=t.frames, fps=cfg.tokenize.fps, size=t.image_size, channels=t.channels,
                            clips_per_video=cfg.tokenize.clips_per_video))
-    return ray.data.from_items(items).randomize_block_order().map_batches(
+    return ray.data.from_items(items).randomize_block_order(seed=t.seed).map_batches(
         _decode_batch, fn_kwargs={"kind": t.kind, "spec": spec, "max_image_pixels": cfg.tokenize.max_image_pixels,
                                   "video_limits": asdict(cfg.tokenize.video_limits())},
         batch_size=64, batch_format="numpy")

@@ -24,13 +24,10 @@ REPORTED = ("loss", "mse", "psnr", "usage", "perplexity", "lr", "g_loss", "d_los
 
 def tokenizer_job(w: Worker) -> WorkerJob:
     """A TokenizerTrainer on batches of uint8 pixels (images or clips)."""
-    from nestgen.tokenizers import TokenizerTrainer, VQTokenizer, clips_to_pixels, images_to_pixels, save_tokenizer
+    from nestgen.tokenizers import TokenizerTrainer, clips_to_pixels, images_to_pixels, save_tokenizer
     from nestgen.tokenizers.checkpoint import read_tokenizer_checkpoint
-    from nestgen.tokenizers.discriminator import PatchDiscriminator
     t = w.cfg.tokenizer
-    model = w.prepare(VQTokenizer(t))
-    disc = w.prepare(PatchDiscriminator(t)) if t.adversarial_weight > 0 else None
-    trainer = TokenizerTrainer(t, model=model, device=w.device, discriminator=disc)
+    trainer = TokenizerTrainer(t, device=w.device, wrap=w.prepare)
     to_px = clips_to_pixels if t.kind == "video" else images_to_pixels
 
     def train_step(batch: dict) -> dict:
@@ -43,7 +40,8 @@ def tokenizer_job(w: Worker) -> WorkerJob:
         trainer.load_state(state["trainer"])
 
     return WorkerJob(trainer, t.steps, t.batch_size, t.log_every, torch.uint8, train_step,
-                     save=lambda path: save_tokenizer(path, trainer.core, trainer=trainer.state()), load=load)
+                     save=lambda path: save_tokenizer(path, trainer.core, trainer=trainer.state()), load=load,
+                     seed=t.seed)
 
 
 def tokenizer_loop_per_worker(config: dict) -> None:

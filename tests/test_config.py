@@ -83,3 +83,11 @@ def test_a_pipeline_checkpoint_loads_in_the_library(tmp_path):
     bad = config_to_dict(run) | {"model": {"width": 32, "depth": 1, "widht": 3}}
     with pytest.raises(ConfigError, match="widht"):
         config_from_dict(library_sections(bad))
+
+
+def test_checkpoints_from_before_the_top_level_seed_still_load():
+    from nestgen.config import library_sections
+    old = config_to_dict(config_from_dict({})) | {"train": {"steps": 7, "seed": 3}}
+    old.pop("seed")
+    cfg = config_from_dict(library_sections(old))
+    assert cfg.seed == 3 and cfg.train.steps == 7

@@ -6,6 +6,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from nestgen.configschema import ConfigError
 from pipelines.config import run_config_from_dict
 from pipelines.dag import MARKER, Runner, Step, StepFailed, fingerprints
 from pipelines.dag_mlflow import MlflowTracker
@@ -203,3 +204,21 @@ def test_retries_do_not_multiply_mlflow_runs_or_model_versions(tmp_path):
     assert [str(v.version) for v in client.search_model_versions("name = 'reuse-model'")] == ["1"]
     again = Run(client, seen[0], exp)
     assert register_model(again, f"{tmp_path}/published/b.pt", "reuse-model") == "2"   # a new checkpoint
+
+
+def test_several_seeds_are_branches_that_survive_adding_a_seed():
+    two = run_config_from_dict({"pipeline": {"seeds": [0, 1]}})
+    steps = build_steps(two)
+    assert [(s.name, s.deps) for s in steps] == [
+        ("train-seed0", []), ("evaluate-seed0", ["train-seed0"]), ("train-seed1", []),
+        ("evaluate-seed1", ["train-seed1"]), ("seeds", ["evaluate-seed0", "evaluate-seed1"]),
+        ("serve", ["train-seed0"])]
+    fp = fingerprints(steps)
+    assert fp["train-seed0"] != fp["train-seed1"]
+    three = fingerprints(build_steps(run_config_from_dict({"pipeline": {"seeds": [0, 1, 2]}})))
+    assert all(three[n] == fp[n] for n in ("train-seed0", "evaluate-seed0", "train-seed1", "evaluate-seed1"))
+    assert three["seeds"] != fp["seeds"]
+    one = fingerprints(build_steps(run_config_from_dict({})))
+    assert one["train"] != fingerprints(build_steps(run_config_from_dict({"seed": 1})))["train"]
+    with pytest.raises(ConfigError, match="pipeline.seeds: must be empty"):
+        run_config_from_dict({"pipeline": {"seeds": [3]}})

@@ -65,7 +65,7 @@ class TokenizerConfig:
     adversarial_start: int = 500     # MSE-only steps before the discriminator trains and its loss is added
     usage_window: int = 100          # steps over which codebook usage is reported
     log_every: int = 50
-    seed: int = 0
+    seed: int = 0                    # pins init, batch order and dead-code restarts (part of its hash)
     device: str = "auto"             # auto | cpu | cuda[:i]
 
     # ---- derived shapes

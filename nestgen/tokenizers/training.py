@@ -67,22 +67,24 @@ def _dist_on() -> bool:
 
 
 class TokenizerTrainer:
-    """`model` / `discriminator`: modules a distributed driver built and wrapped (DDP); by
-    default they are built here. The discriminator exists only with adversarial_weight > 0."""
+    """`wrap(module) -> module` lets a distributed driver add DDP (e.g. Ray Train's
+    prepare_model) to the tokenizer and the discriminator, built here after seeding, so
+    their initial weights depend on cfg.seed only. The discriminator exists only with
+    adversarial_weight > 0."""
 
-    def __init__(self, cfg: TokenizerConfig, model: torch.nn.Module | None = None,
-                 device: torch.device | None = None, discriminator: torch.nn.Module | None = None):
+    def __init__(self, cfg: TokenizerConfig, device: torch.device | None = None, wrap=None):
         cfg.validate()
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
+        wrap = wrap or (lambda m: m)
         torch.manual_seed(cfg.seed)
-        self.model = (model or VQTokenizer(cfg)).to(self.device)
+        self.model = wrap(VQTokenizer(cfg).to(self.device))
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay)
         self.sched = warmup_cosine_scheduler(self.opt, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         self.disc = self.disc_opt = None
         if cfg.adversarial_weight > 0:
-            self.disc = (discriminator or PatchDiscriminator(cfg)).to(self.device)
+            self.disc = wrap(PatchDiscriminator(cfg).to(self.device))
             # GAN practice (VQGAN): low beta1, constant lr
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9),
                                               weight_decay=cfg.weight_decay)

@@ -35,7 +35,6 @@ class TrainConfig:
     ema_decay: float = 0.0           # 0 disables the EMA of weights
     cond_tokens: int = 0             # leading grid tokens that are never masked (frame prediction)
     log_every: int = 50
-    seed: int = 0
     device: str = "auto"             # auto | cpu | cuda
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16 = autocast on CUDA
     # Speed / memory levers (benchmarks/train.py measures each); none changes the loss.

@@ -30,7 +30,7 @@ class NestedTrainer:
         prepare_model); the objective, not the bare model, is wrapped (one forward per step)."""
         self.cfg = cfg
         self.device = device or resolve_device(cfg.train.device)
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.seed)
         self.model = (model or NestedTransformer(cfg.model)).to(self.device)
         self.model.checkpoint_blocks = cfg.train.activation_checkpointing
         if cfg.train.compile and not self.model.compile_blocks():
@@ -43,8 +43,8 @@ class NestedTrainer:
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay))
                     if cfg.train.ema_decay > 0 else None)
         self.step = 0
-        self._rng = random.Random(cfg.train.seed)
-        self._gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1000 * rank)
+        self._rng = random.Random(cfg.seed)
+        self._gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1000 * rank)
 
     @property
     def core(self) -> NestedTransformer:
@@ -104,7 +104,7 @@ def train_on_tokens(cfg: NestgenConfig, tokens: torch.Tensor, labels: torch.Tens
     trainer and a history of logged metrics (one dict every log_every steps)."""
     tcfg = cfg.train
     trainer = trainer or NestedTrainer(cfg)
-    gen = torch.Generator().manual_seed(tcfg.seed + 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
     history: list[dict] = []
     window = MetricWindow()
     bar = tqdm(total=tcfg.steps, initial=trainer.step, desc="train", disable=not progress,

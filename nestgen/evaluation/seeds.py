@@ -1,0 +1,106 @@
+"""Quality over several independently trained models: the same config trained with N seeds,
+each model evaluated on the same requests, every number reported as the mean over the
+training seeds with a 95% Student t interval (N-1 degrees of freedom).
+
+The t interval treats the N models as independent draws from the distribution of training
+outcomes; with N = 2 or 3 it is wide (t quantiles 12.7 and 4.3), which is the honest price of
+few seeds. The per-seed values are kept next to every mean.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from scipy import stats
+
+__all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines"]
+
+INTERVAL = "95% Student t interval of the mean over training seeds (N-1 degrees of freedom)"
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    mean: float
+    lo: float
+    hi: float
+    level: float
+    n: int
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "level": self.level, "n": self.n}
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> MeanInterval:
+    """Mean of `values` with the Student t interval mean -+ t_{(1+level)/2, n-1} * s / sqrt(n)."""
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"an interval over seeds needs at least 2 values, got {n}")
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return MeanInterval(mean, mean - half, mean + half, level, n)
+
+
+def _numbers(row: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _aggregate_rows(rows: dict[int, dict], level: float) -> dict:
+    """{field: {mean, lo, hi, level, n, per_seed}} for every numeric field of every row."""
+    first = next(iter(rows.values()))
+    out = {}
+    for key in _numbers(first):
+        per_seed = {s: _numbers(r).get(key) for s, r in rows.items()}
+        if any(v is None or math.isnan(v) for v in per_seed.values()):
+            continue                  # missing or undefined in some model: no mean to report
+        out[key] = t_interval(list(per_seed.values()), level).as_dict() | {"per_seed": per_seed}
+    return out
+
+
+def _variant_key(row: dict) -> str:
+    # the searched schedule may differ between models: it is one row, "searched"
+    return "searched" if row.get("searched") else row["variant"]
+
+
+def aggregate_summaries(summaries: dict[int, dict], level: float = 0.95) -> dict:
+    """`summaries`: training seed -> that model's evaluation summary (EvaluationReport.summary()).
+    Every numeric field of the baseline and of each variant becomes {mean, lo, hi, level, n,
+    per_seed}. The models must have been evaluated with the same variants and metric."""
+    if len(summaries) < 2:
+        raise ValueError(f"aggregating over seeds needs at least 2 models, got {len(summaries)}")
+    seeds = sorted(summaries)
+    first = summaries[seeds[0]]
+    for s in seeds:
+        if summaries[s]["metric"] != first["metric"]:
+            raise ValueError(f"seed {s} was scored by {summaries[s]['metric']}, seed {seeds[0]} by {first['metric']}")
+    keys = [_variant_key(r) for r in first["variants"]]
+    by_seed = {s: {_variant_key(r): r for r in summaries[s]["variants"]} for s in seeds}
+    for s in seeds:
+        if sorted(by_seed[s]) != sorted(keys):
+            raise ValueError(f"seed {s} evaluated variants {sorted(by_seed[s])}, seed {seeds[0]} {sorted(keys)}")
+    variants = []
+    for k in keys:
+        rows = {s: by_seed[s][k] for s in seeds}
+        variants.append({"variant": k, "schedule": {s: r["schedule"] for s, r in rows.items()},
+                         "cache": rows[seeds[0]]["cache"], "searched": bool(rows[seeds[0]].get("searched")),
+                         **_aggregate_rows(rows, level)})
+    return {"seeds": seeds, "interval": INTERVAL.replace("95%", f"{level:.0%}"), "metric": first["metric"],
+            "lower_is_better": first["lower_is_better"], "num_samples": first["num_samples"],
+            "baseline": {"variant": first["baseline"]["variant"],
+                         **_aggregate_rows({s: summaries[s]["baseline"] for s in seeds}, level)},
+            "variants": variants}
+
+
+def seed_claim_lines(agg: dict) -> list[str]:
+    """One line per variant other than the baseline: GFLOPs saving and quality change against
+    the baseline, each as mean [interval] over the training seeds."""
+    n = len(agg["seeds"])
+    lines = []
+    for v in agg["variants"]:
+        if v["variant"] == agg["baseline"]["variant"] or "quality_change_vs_baseline" not in v:
+            continue
+        g, q = v["gflops_saving"], v["quality_change_vs_baseline"]
+        lines.append(f"{v['variant']}: GFLOPs saving {g['mean']:.2f}x [{g['lo']:.2f}, {g['hi']:.2f}]; "
+                     f"{agg['metric']} change {q['mean']:+.1%} [{q['lo']:+.1%}, {q['hi']:+.1%}] over {n} seeds")
+    return lines

@@ -1,0 +1,66 @@
+import math
+
+import numpy as np
+import pytest
+
+from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, t_interval
+
+
+def test_t_interval_uses_n_minus_1_degrees_of_freedom():
+    iv = t_interval([1.0, 2.0, 3.0])
+    t = 0.95 * math.sqrt(2 / (4 * 0.975 * 0.025))      # t_{0.975, 2}: closed form for 2 dof (4.3027)
+    half = t / math.sqrt(3)                             # t * s / sqrt(n), s = 1
+    assert iv.mean == 2.0 and iv.n == 3
+    assert iv.lo == pytest.approx(2 - half, rel=1e-12) and iv.hi == pytest.approx(2 + half, rel=1e-12)
+    assert t_interval([5.0, 5.0]).lo == t_interval([5.0, 5.0]).hi == 5.0
+    with pytest.raises(ValueError, match="at least 2 values"):
+        t_interval([1.0])
+
+
+def test_t_interval_covers_the_true_mean_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    hits = [(iv := t_interval(list(rng.normal(3.0, 2.0, 3)))).lo <= 3.0 <= iv.hi for _ in range(4000)]
+    assert 0.935 < np.mean(hits) < 0.965          # a z interval (1.96) would cover ~0.81 at n = 3
+
+
+def _summary(base_q: float, magnets_q: float, searched_schedule: str, searched_q: float) -> dict:
+    def row(name, schedule, q, gflops, searched=False):
+        return {"variant": name, "label": "", "searched": searched, "schedule": schedule, "cache": "none",
+                "guidance_scale": 0.0, "gflops_per_sample": gflops, "seconds_per_sample": 0.01,
+                "gflops_saving": 1.2 / gflops, "fd_digits": q, "pareto": True,
+                "quality_change_vs_baseline": (q - base_q) / base_q}
+    return {"metric": "fd_digits", "lower_is_better": True, "num_samples": 100,
+            "baseline": {"variant": "1x12 cache=none", "gflops_per_sample": 1.2, "fd_digits": base_q},
+            "variants": [row("1x12 cache=none", "1x12", base_q, 1.2),
+                         row("8x3,4x3,2x3,1x3 cache=none", "8x3,4x3,2x3,1x3", magnets_q, 0.4),
+                         row(f"searched: {searched_schedule} cache=none", searched_schedule, searched_q, 0.4, True)]}
+
+
+def test_aggregate_reports_mean_interval_and_per_seed_values_per_variant():
+    agg = aggregate_summaries({3: _summary(40.0, 44.0, "2x8,1x4", 42.0), 4: _summary(50.0, 52.5, "4x6,1x6", 50.0)})
+    assert agg["seeds"] == [3, 4] and agg["metric"] == "fd_digits" and "N-1 degrees of freedom" in agg["interval"]
+    assert agg["baseline"]["fd_digits"]["mean"] == 45.0 and agg["baseline"]["fd_digits"]["per_seed"] == {3: 40.0, 4: 50.0}
+    magnets, searched = agg["variants"][1], agg["variants"][2]
+    change = magnets["quality_change_vs_baseline"]
+    assert change["per_seed"] == {3: pytest.approx(0.10), 4: pytest.approx(0.05)}
+    assert change["mean"] == pytest.approx(0.075) and change["lo"] < 0.05 and change["hi"] > 0.10
+    # the searched row is matched across models although its schedule differs
+    assert searched["variant"] == "searched" and searched["schedule"] == {3: "2x8,1x4", 4: "4x6,1x6"}
+    assert searched["gflops_saving"]["mean"] == pytest.approx(3.0)
+    assert "pareto" not in magnets                       # booleans are not averaged
+    (line_m, line_s) = seed_claim_lines(agg)
+    assert line_m.startswith("8x3,4x3,2x3,1x3 cache=none: GFLOPs saving 3.00x [3.00, 3.00]; fd_digits change +7.5% [")
+    assert line_m.endswith("] over 2 seeds") and line_s.startswith("searched: ")
+
+
+def test_aggregate_refuses_models_evaluated_differently():
+    a = _summary(40.0, 44.0, "2x8,1x4", 42.0)
+    with pytest.raises(ValueError, match="at least 2 models"):
+        aggregate_summaries({0: a})
+    b = _summary(50.0, 52.5, "4x6,1x6", 50.0)
+    b["variants"].pop(1)
+    with pytest.raises(ValueError, match="seed 1 evaluated variants"):
+        aggregate_summaries({0: a, 1: b})
+    c = _summary(50.0, 52.5, "4x6,1x6", 50.0) | {"metric": "fid"}
+    with pytest.raises(ValueError, match="scored by fid"):
+        aggregate_summaries({0: a, 1: c})
