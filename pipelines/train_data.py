@@ -30,7 +30,8 @@ def check_manifest_fits(cfg: RunConfig, manifest: dict) -> None:
 
 def token_dataset(cfg: RunConfig, split: str = "train"):
     """(ray Dataset of {"tokens": (N,) int64, "label": int64}, manifest or None); its block
-    order is shuffled by cfg.seed (anew, and deterministically, on every epoch)."""
+    order is shuffled by cfg.seed (the same order every epoch: the workers' local shuffle,
+    seeded per epoch, varies the batches)."""
     import ray
 
     from pipelines.arrow_fs import arrow_filesystem
