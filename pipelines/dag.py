@@ -172,10 +172,10 @@ class Runner:
 
     def describe(self, plan: dict[str, str]) -> str:
         lines = [f"DAG under {self.output_url}:"]
+        deps = {s.name: f" <- {', '.join(s.deps)}" if s.deps else "" for s in self.steps}
+        wn, wd = max(10, *map(len, deps)), max(28, *map(len, deps.values()))
         for s in self.steps:
-            r = self.records[s.name]
-            deps = f" <- {', '.join(s.deps)}" if s.deps else ""
-            lines.append(f"  {s.name:10s}{deps:28s} {plan[s.name]:13s} {r.folder}")
+            lines.append(f"  {s.name:{wn}s}{deps[s.name]:{wd}s} {plan[s.name]:13s} {self.records[s.name].folder}")
         return "\n".join(lines)
 
     def run(self, from_step: str | None = None, only: str | None = None) -> dict[str, StepRecord]:

@@ -23,7 +23,7 @@ def test_generator_weights_depend_only_on_the_seed(digit_shards, tmp_path):
         # and local shuffle); the step-4 checkpoint and the final one are both compared
         cfg = run_config_from_dict({
             "name": "seeded", "seed": seed,
-            "model": {"vocab_size": 32, "grid": [4, 4], "num_classes": 10, "width": 32, "depth": 1, "heads": 4},
+            "model": {"vocab_size": 32, "grid": [4, 4], "num_classes": 10, "width": 32, "depth": 1, "heads": 8},
             "train": {"steps": 8, "batch_size": 256, "lr": 3e-3, "warmup_steps": 2, "log_every": 4,
                       "ema_decay": 0.9},
             "data": {"source": "shards", "url": str(digit_shards)},

@@ -13,7 +13,7 @@ from pipelines.cli import main
 
 pytestmark = pytest.mark.timeout(600)
 
-TINY = ["seed=5", "model.width=32", "model.depth=1", "model.heads=4", "train.steps=4", "train.batch_size=64",
+TINY = ["seed=5", "model.width=32", "model.depth=1", "train.steps=4", "train.batch_size=64",
         "train.warmup_steps=1", "train.log_every=2", "scaling.checkpoint_every=4", "scaling.shuffle_buffer=64",
         "evaluate.num_samples=30", "evaluate.batch_size=30", "evaluate.schedules=[baseline,magnets]",
         "evaluate.caches=[none]", "evaluate.search.enabled=false", "evaluate.grid_samples=4", "pipeline.serve=false"]
