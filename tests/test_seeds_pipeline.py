@@ -21,7 +21,7 @@ TINY = ["seed=5", "model.width=32", "model.depth=1", "train.steps=4", "train.bat
 
 def test_two_seeds_train_as_branches_and_report_intervals_over_seeds(ray_local, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["run", "configs/digits.yaml", "--seeds", "2"] + [
+    args = ["run", "configs/digits.yaml", "--seeds", "2", "--verbose"] + [
         x for kv in TINY + [f"pipeline.output_url={out}"] for x in ("--set", kv)]
     assert main(args) == 0
     log = capsys.readouterr().out
