@@ -121,8 +121,9 @@ def evaluate_step(cfg: RunConfig, ctx: StepContext, train: str = "train") -> dic
 
 def seeds_step(cfg: RunConfig, ctx: StepContext) -> dict:
     """Every evaluated metric over the training seeds (mean, 95% t interval, per-seed
-    values) -> seeds_summary.json, and one printed line per variant."""
-    from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines
+    values) -> seeds_summary.json and quality_vs_gflops.png (error bars over the seeds), and
+    one printed line per variant."""
+    from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, seeds_plot_png
     from nestgen.storage import read_json, write_json_atomic
     urls = {s: ctx.inputs[f"evaluate-seed{s}"]["summary_url"] for s in cfg.pipeline.seeds}
     agg = aggregate_summaries({s: read_json(u) for s, u in urls.items()})
@@ -131,7 +132,10 @@ def seeds_step(cfg: RunConfig, ctx: StepContext) -> dict:
     for line in agg["claims"]:
         print(f"[seeds] {line}", flush=True)
     base = agg["baseline"][agg["metric"]]
-    return {"summary_url": write_json_atomic(join(ctx.folder, "seeds_summary.json"), agg), "seeds": agg["seeds"],
+    plot = write_bytes_atomic(join(ctx.folder, "quality_vs_gflops.png"), seeds_plot_png(agg, f"{cfg.name}: {agg['metric']} "
+                                                                                       f"vs decode GFLOPs over seeds"))
+    return {"summary_url": write_json_atomic(join(ctx.folder, "seeds_summary.json"), agg), "plot_url": plot,
+            "seeds": agg["seeds"],
             "metric": agg["metric"], "baseline_quality": base["mean"], "baseline_quality_lo": base["lo"],
             "baseline_quality_hi": base["hi"], "claims": agg["claims"]}
 

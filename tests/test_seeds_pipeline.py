@@ -44,6 +44,7 @@ def test_two_seeds_train_as_branches_and_report_intervals_over_seeds(ray_local, 
         iv = t_interval(values)
         assert (magnets[key]["mean"], magnets[key]["lo"], magnets[key]["hi"]) == (iv.mean, iv.lo, iv.hi)
     assert len(agg["claims"]) == 1 and agg["claims"][0].startswith("magnets cache=none: GFLOPs saving ")
+    assert Path(dag["seeds"]["outputs"]["plot_url"]).read_bytes()[:4] == b"\x89PNG"
     assert f"[seeds] {agg['claims'][0]}" in log and "over training seeds [5, 6]" in log
 
     assert main(args) == 0                          # resubmitted: every step is up to date

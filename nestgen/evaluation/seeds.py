@@ -8,13 +8,14 @@ few seeds. The per-seed values are kept next to every mean.
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 from scipy import stats
 
-__all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines"]
+__all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines", "seeds_plot_png"]
 
 INTERVAL = "95% Student t interval of the mean over training seeds (N-1 degrees of freedom)"
 
@@ -104,3 +105,37 @@ def seed_claim_lines(agg: dict) -> list[str]:
         lines.append(f"{v['variant']}: GFLOPs saving {g['mean']:.2f}x [{g['lo']:.2f}, {g['hi']:.2f}]; "
                      f"{agg['metric']} change {q['mean']:+.1%} [{q['lo']:+.1%}, {q['hi']:+.1%}] over {n} seeds")
     return lines
+
+
+def seeds_plot_png(agg: dict, title: str = "") -> bytes:
+    """PNG: every variant's mean quality against its mean GFLOPs per sample (log x), with the
+    t interval over training seeds as an error bar and each seed's model as a faint dot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = agg["metric"]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    for v in agg["variants"]:
+        g, q = v["gflops_per_sample"], v.get(metric)
+        if q is None:
+            continue
+        color = "tab:red" if v["searched"] else ("tab:blue" if v["cache"] == "none" else "tab:green")
+        ax.scatter(list(g["per_seed"].values()), list(q["per_seed"].values()), s=10, c=color, alpha=0.35, zorder=2)
+        ax.errorbar([g["mean"]], [q["mean"]], yerr=[[q["mean"] - q["lo"]], [q["hi"] - q["mean"]]], fmt="o",
+                    c=color, ms=5, elinewidth=1.2, capsize=3, zorder=3)
+        ax.annotate(v["variant"], (g["mean"], q["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    for color, label in (("tab:blue", "no cache"), ("tab:green", "KV cache"), ("tab:red", "searched schedule")):
+        ax.scatter([], [], c=color, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("GFLOPs per sample (analytic)")
+    ax.set_ylabel(f"{metric} ({'lower' if agg['lower_is_better'] else 'higher'} is better): mean and "
+                  f"{agg['interval'].split(' of the mean')[0]} over {len(agg['seeds'])} seeds")
+    ax.set_title(title or f"{metric} against decode compute over training seeds {agg['seeds']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
