@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, t_interval
+from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, seeds_plot_png, t_interval
 
 
 def test_t_interval_uses_n_minus_1_degrees_of_freedom():
@@ -51,6 +51,7 @@ def test_aggregate_reports_mean_interval_and_per_seed_values_per_variant():
     (line_m, line_s) = seed_claim_lines(agg)
     assert line_m.startswith("8x3,4x3,2x3,1x3 cache=none: GFLOPs saving 3.00x [3.00, 3.00]; fd_digits change +7.5% [")
     assert line_m.endswith("] over 2 seeds") and line_s.startswith("searched: ")
+    assert seeds_plot_png(agg)[:4] == b"\x89PNG"
 
 
 def test_aggregate_refuses_models_evaluated_differently():
