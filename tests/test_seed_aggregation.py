@@ -29,7 +29,7 @@ def _summary(base_q: float, magnets_q: float, searched_schedule: str, searched_q
                 "guidance_scale": 0.0, "gflops_per_sample": gflops, "seconds_per_sample": 0.01,
                 "gflops_saving": 1.2 / gflops, "fd_digits": q, "pareto": True,
                 "quality_change_vs_baseline": (q - base_q) / base_q}
-    return {"metric": "fd_digits", "lower_is_better": True, "num_samples": 100,
+    return {"metric": "fd_digits", "lower_is_better": True, "num_samples": 100, "claim": {"threshold": 0.10},
             "baseline": {"variant": "1x12 cache=none", "gflops_per_sample": 1.2, "fd_digits": base_q},
             "variants": [row("1x12 cache=none", "1x12", base_q, 1.2),
                          row("8x3,4x3,2x3,1x3 cache=none", "8x3,4x3,2x3,1x3", magnets_q, 0.4),
@@ -49,8 +49,12 @@ def test_aggregate_reports_mean_interval_and_per_seed_values_per_variant():
     assert searched["gflops_saving"]["mean"] == pytest.approx(3.0)
     assert "pareto" not in magnets                       # booleans are not averaged
     (line_m, line_s) = seed_claim_lines(agg)
-    assert line_m.startswith("8x3,4x3,2x3,1x3 cache=none: GFLOPs saving 3.00x [3.00, 3.00]; fd_digits change +7.5% [")
-    assert line_m.endswith("] over 2 seeds") and line_s.startswith("searched: ")
+    lo, hi = 100 * change["lo"], 100 * change["hi"]
+    assert line_m == (f"8x3,4x3,2x3,1x3 cache=none: GFLOPs saving 3.00x; fd_digits change +7.5% [{lo:+.1f}, {hi:+.1f}] "
+                      "over 2 seeds; within 10%: undecided")          # the interval straddles +10%
+    assert line_s.startswith("searched: GFLOPs saving 3.00x; fd_digits change +2.5% [") and line_s.endswith("undecided")
+    three = aggregate_summaries({s: _summary(40.0, 41.0 + s / 10, "2x8,1x4", 42.0) for s in range(3)})
+    assert seed_claim_lines(three)[0].endswith("over 3 seeds; within 10%: yes")    # +2.75% +- 0.6%
     assert seeds_plot_png(agg)[:4] == b"\x89PNG"
 
 

@@ -15,6 +15,8 @@ from typing import Sequence
 
 from scipy import stats
 
+from nestgen.evaluation.claim import claim_check
+
 __all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines", "seeds_plot_png"]
 
 INTERVAL = "95% Student t interval of the mean over training seeds (N-1 degrees of freedom)"
@@ -88,22 +90,26 @@ def aggregate_summaries(summaries: dict[int, dict], level: float = 0.95) -> dict
                          **_aggregate_rows(rows, level)})
     return {"seeds": seeds, "interval": INTERVAL.replace("95%", f"{level:.0%}"), "metric": first["metric"],
             "lower_is_better": first["lower_is_better"], "num_samples": first["num_samples"],
+            "claim_threshold": first["claim"]["threshold"],
             "baseline": {"variant": first["baseline"]["variant"],
                          **_aggregate_rows({s: summaries[s]["baseline"] for s in seeds}, level)},
             "variants": variants}
 
 
 def seed_claim_lines(agg: dict) -> list[str]:
-    """One line per variant other than the baseline: GFLOPs saving and quality change against
-    the baseline, each as mean [interval] over the training seeds."""
+    """The claim check over training seeds, one line per variant other than the baseline: mean
+    GFLOPs saving, mean quality change against each model's own baseline with its t interval
+    over the seeds, and the verdict of nestgen.evaluation.claim on that interval."""
     n = len(agg["seeds"])
     lines = []
     for v in agg["variants"]:
         if v["variant"] == agg["baseline"]["variant"] or "quality_change_vs_baseline" not in v:
             continue
         g, q = v["gflops_saving"], v["quality_change_vs_baseline"]
-        lines.append(f"{v['variant']}: GFLOPs saving {g['mean']:.2f}x [{g['lo']:.2f}, {g['hi']:.2f}]; "
-                     f"{agg['metric']} change {q['mean']:+.1%} [{q['lo']:+.1%}, {q['hi']:+.1%}] over {n} seeds")
+        c = claim_check(g["mean"], q["mean"], q["lo"], q["hi"], agg["claim_threshold"], agg["lower_is_better"])
+        lines.append(f"{v['variant']}: GFLOPs saving {c.gflops_saving:.2f}x; {agg['metric']} change "
+                     f"{100 * c.change:+.1f}% [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}] over {n} seeds; "
+                     f"within {100 * c.threshold:g}%: {c.verdict}")
     return lines
 
 
