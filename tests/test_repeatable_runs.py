@@ -1,5 +1,7 @@
 """One seed pins a Ray Train run: the same config and seed on CPU with 2 workers gives
-bit-identical weights, another seed other weights (for the generator and the tokenizer)."""
+bit-identical weights (for the generator and the tokenizer); another seed gives other
+weights (the tokenizer's here, the generator's in test_seeds_pipeline.py, whose two seed
+branches train the same config)."""
 import dataclasses
 
 import pytest
@@ -17,14 +19,14 @@ def _same_tensors(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_generator_weights_depend_only_on_the_seed(digit_shards, tmp_path):
+def test_generator_weights_are_repeatable_with_one_seed(digit_shards, tmp_path):
     from pipelines.train import fit
 
-    def train(seed: int, out: str) -> dict:
-        # batch 256 of ~1,600 rows: the 8 steps cross an epoch boundary (a new block order
-        # and local shuffle); the step-4 checkpoint and the final one are both compared
+    def train(out: str) -> dict:
+        # batch 256 (128 per worker) of ~1,600 rows: 6 steps per epoch, so the 8 steps cross
+        # an epoch boundary (a new local shuffle)
         cfg = run_config_from_dict({
-            "name": "seeded", "seed": seed,
+            "name": "seeded", "seed": 3,
             "model": {"vocab_size": 32, "grid": [4, 4], "num_classes": 10, "width": 32, "depth": 1, "heads": 8},
             "train": {"steps": 8, "batch_size": 256, "lr": 3e-3, "warmup_steps": 2, "log_every": 4,
                       "ema_decay": 0.9},
@@ -33,13 +35,12 @@ def test_generator_weights_depend_only_on_the_seed(digit_shards, tmp_path):
         })
         return read_checkpoint(fit(cfg, str(tmp_path / out)).checkpoint_url)
 
-    a, again, other = train(0, "a"), train(0, "again"), train(1, "other")
-    assert a["step"] == again["step"] == other["step"] == 8
+    a, again = train("a"), train("again")
+    assert a["step"] == again["step"] == 8
     assert _same_tensors(a["model"], again["model"]) and _same_tensors(a["ema"], again["ema"])
-    assert not _same_tensors(a["model"], other["model"])
 
 
-def test_tokenizer_weights_depend_only_on_its_seed(ray_local, digits_png, tmp_path):
+def test_tokenizer_weights_are_repeatable_with_one_seed(ray_local, digits_png, tmp_path):
     from pipelines.train_tokenizer import fit_tokenizer
 
     def train(seed: int, out: str) -> dict:
