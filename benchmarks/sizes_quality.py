@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     runs = []
     for mode in args.modes:
         for seed in args.seeds:
-            cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, sizes_per_step=mode, seed=seed))
+            cfg = dataclasses.replace(base, seed=seed, train=dataclasses.replace(base.train, sizes_per_step=mode))
             t0 = time.perf_counter()
             trainer, _ = train_on_tokens(cfg, tokens, labels, progress=False)
             wall = time.perf_counter() - t0

@@ -180,8 +180,8 @@ def test_sampled_sizes_log_their_own_mean_loss():
     from nestgen.data.digits import load_digit_tokens
     from nestgen.training.loop import train_on_tokens
     cfg = config_from_dict({"model": {"width": 32, "depth": 1},
-                            "train": {"steps": 12, "batch_size": 16, "log_every": 12, "sizes_per_step": "sample:1",
-                                      "seed": 3}})
+                            "train": {"steps": 12, "batch_size": 16, "log_every": 12, "sizes_per_step": "sample:1"},
+                            "seed": 3})
     (tokens, labels), _ = load_digit_tokens()
     _, history = train_on_tokens(cfg, tokens, labels, progress=False)
     row = history[-1]
