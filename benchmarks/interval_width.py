@@ -30,7 +30,7 @@ def _model(args):
         return load_model(args.checkpoint)
     from nestgen.data.digits import load_digit_tokens
     from nestgen.training.loop import train_on_tokens
-    cfg = load_config(args.config, [f"train.steps={args.steps}", f"train.seed={args.train_seed}",
+    cfg = load_config(args.config, [f"train.steps={args.steps}", f"seed={args.train_seed}",
                                     f"model.width={args.width}", f"model.depth={args.depth}",
                                     f"train.log_every={args.steps}"])
     (tokens, labels), _ = load_digit_tokens(cfg.data.holdout_fraction, cfg.data.seed)
