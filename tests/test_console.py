@@ -133,3 +133,26 @@ def test_readme_commands_resolve_after_activating_the_environment():
     assert {"nestgen", "mlflow", "ray", "serve"} <= ran, ran
     for tool in ran:
         assert os.access(BIN / tool, os.X_OK), f"{tool} is not installed next to {sys.executable}"
+
+
+def test_quiet_console_sends_everything_else_to_the_log(tmp_path):
+    """While `quiet` holds the log, the terminal gets only `say` lines and bars; Python
+    prints, writes to file descriptor 2 and a child process's output land in the log."""
+    log = tmp_path / "logs" / "run.log"
+    script = f"""
+import os, subprocess, sys
+from pipelines import console
+with console.quiet({str(log)!r}):
+    console.say("step line")
+    print("ray chatter")
+    os.write(2, b"from C code\\n")
+    subprocess.run(["echo", "child process"], check=True)
+    with console.bar("train", total=3, unit="step") as b:
+        b.update(3)
+print("after")
+"""
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.stdout == "step line\nafter\n"
+    assert "train" in res.stderr and "from C code" not in res.stderr
+    assert log.read_text().split() == "ray chatter from C code child process".split()
