@@ -17,8 +17,10 @@ from nestgen.storage import resolve_checkpoint, write_bytes_atomic
 from nestgen.torchfile import read_torch
 
 
-def save_checkpoint(url: str, cfg: NestgenConfig, model: torch.nn.Module, **state: Any) -> str:
-    payload = {"config": config_to_dict(cfg), "model": model.state_dict(), **state}
+def save_checkpoint(url: str, cfg: NestgenConfig, model: torch.nn.Module | dict, **state: Any) -> str:
+    """`model`: the model or its state_dict (a sharded trainer's gathered model_state())."""
+    payload = {"config": config_to_dict(cfg), "model": model if isinstance(model, dict) else model.state_dict(),
+               **state}
     buf = io.BytesIO()
     torch.save(payload, buf)
     return write_bytes_atomic(url, buf.getvalue())

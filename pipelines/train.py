@@ -3,9 +3,10 @@
     driver: MLflow run (params) -> fit_on_workers(train_loop_per_worker, token dataset)
             -> final checkpoint URI tag [+ registered model version] + sample grid per
             nested size -> FINISHED | FAILED
-    worker: a NestedTrainer (its objective wrapped by prepare_model: DDP / FSDP) in the
-            skeleton of pipelines.train_common (resume, batches, reports, checkpoints);
-            rank 0 also logs sample grids every mlflow.sample_grid_every steps.
+    worker: a NestedTrainer (its objective wrapped for DDP, or sharded with FSDP2 when
+            scaling.strategy is fsdp: nestgen.training.sharding) in the skeleton of
+            pipelines.train_common (resume, batches, reports, checkpoints); rank 0 also
+            logs sample grids every mlflow.sample_grid_every steps.
 """
 from __future__ import annotations
 
@@ -27,18 +28,31 @@ def generator_job(w: Worker) -> WorkerJob:
     """A NestedTrainer on batches of tokens and labels; checkpoints with the tokenizer's hash."""
     from nestgen.training.loop import NestedTrainer
     cfg, tcfg = w.cfg, w.cfg.train
-    trainer = NestedTrainer(cfg, device=w.device, rank=w.rank, wrap=w.prepare)
+    if cfg.scaling.strategy == "fsdp" and w.world > 1:
+        from nestgen.training.sharding import shard_objective
+        wrap = shard_objective
+    else:
+        wrap = w.prepare
+    trainer = NestedTrainer(cfg, device=w.device, rank=w.rank, wrap=wrap)
 
-    def save(path: str) -> None:
-        save_checkpoint(path, cfg, trainer.core, **trainer.state(), tokenizer_hash=w.config.get("tokenizer_hash"))
+    def save(path: str | None) -> None:
+        model, state = trainer.model_state(), trainer.state()     # every rank: gathered if sharded
+        if path is not None:
+            save_checkpoint(path, cfg, model, **state, tokenizer_hash=w.config.get("tokenizer_hash"))
 
-    grid_every = cfg.mlflow.sample_grid_every if w.run else 0
-    tokenizer = _tokenizer(cfg, w.config.get("manifest")) if grid_every else None
+    # A sharded model samples from a copy gathered by every rank, so every rank takes part.
+    grid_every = cfg.mlflow.sample_grid_every if w.run or trainer.sharded else 0
+    tokenizer = _tokenizer(cfg, w.config.get("manifest")) if grid_every and w.run else None
 
     def sample_grid(done: bool) -> None:
-        if trainer.step % grid_every == 0 and not done:
-            log_sample_grid(w.run, trainer.eval_model(), cfg, tokenizer,
-                            name=f"samples_by_nested_size_step{trainer.step:08d}.png")
+        if trainer.step % grid_every or done:
+            return
+        model = trainer.eval_model()
+        if trainer.sharded:
+            from nestgen.training.sharding import gathered_model
+            model = gathered_model(model)
+        if w.run:
+            log_sample_grid(w.run, model, cfg, tokenizer, name=f"samples_by_nested_size_step{trainer.step:08d}.png")
 
     return WorkerJob(trainer, tcfg.steps, tcfg.batch_size, tcfg.log_every, torch.long,
                      train_step=lambda batch: trainer.train_step(batch["tokens"], batch["label"]),

@@ -6,7 +6,8 @@
     worker: run_worker(config, setup): setup(Worker) -> WorkerJob; resume from Ray's last
             checkpoint; batches of the "train" shard until job.steps; metric windows
             reported by every rank (rank 0 also logs them to MLflow) and, every
-            scaling.checkpoint_every steps and at the end, a checkpoint written by rank 0.
+            scaling.checkpoint_every steps and at the end, a checkpoint: every rank calls
+            job.save (a sharded model's state is gathered collectively), rank 0 writes it.
 
 Resuming: a fit with the same output URL (Ray's storage_path) and name continues from the
 last reported checkpoint; a worker failure is retried (FailureConfig) from that checkpoint,
@@ -42,9 +43,10 @@ class Worker:
     run: Run | None              # the step's MLflow run, on rank 0
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
-        """`module` on this worker's device, wrapped for data parallelism (scaling.strategy)."""
+        """`module` on this worker's device, wrapped for DDP. (scaling.strategy fsdp shards the
+        generator's objective instead: nestgen.training.sharding, see pipelines.train.)"""
         import ray.train.torch
-        return ray.train.torch.prepare_model(module, parallel_strategy=self.cfg.scaling.strategy)
+        return ray.train.torch.prepare_model(module, parallel_strategy="ddp")
 
 
 @dataclass
@@ -56,7 +58,7 @@ class WorkerJob:
     log_every: int
     batch_dtype: torch.dtype
     train_step: Callable[[dict], dict]    # one batch of the "train" shard -> metrics
-    save: Callable[[str], None]           # write a checkpoint file to resume from
+    save: Callable[[str | None], None]    # every rank: gather the state; rank 0 (given the path) writes it
     load: Callable[[str], None]           # resume from one
     seed: int = 0                         # the local shuffle of each worker's batches
     tokens_per_sample: int = 0            # > 0: also report tokens_per_s
@@ -103,8 +105,8 @@ class Reporter:
             return
         with tempfile.TemporaryDirectory() as d:
             ck = None
+            save(os.path.join(d, CKPT_FILE) if self.rank == 0 else None)
             if self.rank == 0:
-                save(os.path.join(d, CKPT_FILE))
                 ck = ray.train.Checkpoint.from_directory(d)
             ray.train.report(out, checkpoint=ck, checkpoint_dir_name=f"checkpoint_{step:08d}")
 

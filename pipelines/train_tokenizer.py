@@ -39,8 +39,11 @@ def tokenizer_job(w: Worker) -> WorkerJob:
         trainer.core.load_state_dict(state["model"])
         trainer.load_state(state["trainer"])
 
-    return WorkerJob(trainer, t.steps, t.batch_size, t.log_every, torch.uint8, train_step,
-                     save=lambda path: save_tokenizer(path, trainer.core, trainer=trainer.state()), load=load,
+    def save(path: str | None) -> None:
+        if path is not None:            # rank 0: DDP keeps the whole state on every rank
+            save_tokenizer(path, trainer.core, trainer=trainer.state())
+
+    return WorkerJob(trainer, t.steps, t.batch_size, t.log_every, torch.uint8, train_step, save=save, load=load,
                      seed=t.seed)
 
 

@@ -162,3 +162,28 @@ def test_checkpoints_on_gcs_emulator(digit_shards, gcs_emulator):
     assert res.checkpoint_url.startswith(f"{out}/published/step00000010-") and res.checkpoint_url.endswith(".pt")
     assert read_checkpoint(res.checkpoint_url)["step"] == 10
     assert read_checkpoint(out)["step"] == 10
+
+
+def test_fsdp_workers_learn_every_size_and_resume_exactly(digit_shards, tmp_path, monkeypatch):
+    """scaling.strategy fsdp (FSDP2 over gloo): every nested size learns; a failure at step 23
+    resumes from the step-20 checkpoint at exactly that step; the checkpoint is the unsharded
+    single-process format (full weights, optimizer state numbered as torch numbers it)."""
+    flag = tmp_path / "failed-once"
+    monkeypatch.setattr(pipelines.train, "train_loop_per_worker",
+                        _failing_once(pipelines.train.train_loop_per_worker, NestedTrainer, 23, flag))
+    cfg = _cfg(digit_shards, steps=30, name="fsdp", strategy="fsdp")
+    res = fit(cfg, str(tmp_path / "out"))
+    assert flag.exists() and res.start_step == 20 and res.metrics["step"] == 30
+    ckpt = read_checkpoint(res.checkpoint_url)                     # weights_only
+    assert ckpt["step"] == 30 and ckpt["scheduler"]["last_epoch"] == 30
+    plain = NestedTrainer(cfg, device=torch.device("cpu"))
+    assert {k: v.shape for k, v in ckpt["model"].items()} == {k: v.shape for k, v in plain.core.state_dict().items()}
+    assert sorted(ckpt["optimizer"]["state"]) == list(range(len(list(plain.core.parameters()))))
+    plain.load_state(ckpt)                                         # a DDP or local run resumes from it
+    assert plain.step == 30
+
+    client = MlflowClient()
+    for f in (1, 2, 4, 8):
+        hist = sorted(client.get_metric_history(res.run_id, f"loss/f{f}"), key=lambda m: m.step)
+        assert hist[0].step == 5 and hist[-1].step == 30
+        assert hist[-1].value < hist[0].value - 0.1, (f, [m.value for m in hist])

@@ -27,7 +27,9 @@ class NestedTrainer:
     def __init__(self, cfg: NestgenConfig, model: torch.nn.Module | None = None,
                  device: torch.device | None = None, wrap=None, rank: int = 0):
         """`wrap(objective) -> module` lets a distributed driver add DDP (e.g. Ray Train's
-        prepare_model); the objective, not the bare model, is wrapped (one forward per step)."""
+        prepare_model) or shard it (nestgen.training.sharding.shard_objective); the
+        objective, not the bare model, is wrapped (one forward per step). The optimizer is
+        built after wrapping, on the parameters as wrapped (a sharded model's slices)."""
         self.cfg = cfg
         self.device = device or resolve_device(cfg.train.device)
         torch.manual_seed(cfg.seed)
@@ -36,8 +38,12 @@ class NestedTrainer:
         if cfg.train.compile and not self.model.compile_blocks():
             warnings.warn("train.compile: torch.compile is not available here; training eagerly")
         self.objective = NestedObjective(self.model, cfg.train)
+        self.sharded = False
         if wrap is not None:
+            # Imported only here: torch.distributed's FSDP and checkpoint modules cost seconds.
+            from nestgen.training.sharding import is_sharded
             self.objective = wrap(self.objective)
+            self.sharded = is_sharded(self.model)
         self.opt = build_optimizer(self.model, cfg.train)
         self.sched = warmup_cosine_scheduler(self.opt, cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay))
@@ -83,14 +89,34 @@ class NestedTrainer:
         """EMA weights when kept, else the live model."""
         return self.ema.module if self.ema is not None else self.core
 
+    def model_state(self) -> dict:
+        """The model's state_dict; a sharded model's is gathered (a collective: every rank
+        calls it, rank 0 gets the state, the others {})."""
+        if not self.sharded:
+            return self.core.state_dict()
+        from nestgen.training.sharding import full_model_state
+        return full_model_state(self.core)
+
     def state(self) -> dict:
-        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+        """Optimizer, scheduler, EMA and step: the rest of a checkpoint (gathered as model_state)."""
+        if self.sharded:
+            from nestgen.training.sharding import full_optimizer_state
+            opt_state = full_optimizer_state(self.core, self.opt)
+        else:
+            opt_state = self.opt.state_dict()
+        return {"optimizer": opt_state,
+                "scheduler": self.sched.state_dict(),
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "step": self.step}
 
     def load_state(self, ckpt: dict) -> None:
-        self.core.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
+        """Resume from a checkpoint (of a sharded run or not); every rank reads the whole file."""
+        if self.sharded:
+            from nestgen.training.sharding import load_full_state
+            load_full_state(self.core, self.opt, ckpt["model"], ckpt["optimizer"])
+        else:
+            self.core.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.module.load_state_dict(ckpt["ema"])
