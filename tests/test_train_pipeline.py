@@ -49,6 +49,32 @@ def _failing_once(loop, trainer_cls, step: int, flag):
     return loop_failing_once
 
 
+def _recording_shards(loop, folder):
+    """The Ray Train `loop` with each worker writing to `folder` (at its first step) its rank,
+    the class and the local shape of its first block's qkv weight."""
+    folder = str(folder)
+
+    def loop_recording_shards(config):
+        import ray.train
+        real = NestedTrainer.train_step
+
+        def train_step(self, *args):
+            rank = ray.train.get_context().get_world_rank()
+            path = os.path.join(folder, str(rank))
+            if not os.path.exists(path):
+                w = self.core.blocks[0].attn.qkv.weight
+                local = w.to_local() if hasattr(w, "to_local") else w
+                with open(path, "w") as f:
+                    f.write(f"{rank} {type(w).__name__} {tuple(local.shape)}")
+            return real(self, *args)
+        NestedTrainer.train_step = train_step
+        try:
+            loop(config)
+        finally:
+            NestedTrainer.train_step = real
+    return loop_recording_shards
+
+
 def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(digit_shards, mlflow_server, tmp_path):
     cfg = _cfg(digit_shards, steps=40, tracking_uri=mlflow_server, name="two", grid_every=20)
     cfg.mlflow.registered_model, cfg.mlflow.registered_alias = "digits-test", "production"
@@ -168,12 +194,15 @@ def test_fsdp_workers_learn_every_size_and_resume_exactly(digit_shards, tmp_path
     """scaling.strategy fsdp (FSDP2 over gloo): every nested size learns; a failure at step 23
     resumes from the step-20 checkpoint at exactly that step; the checkpoint is the unsharded
     single-process format (full weights, optimizer state numbered as torch numbers it)."""
-    flag = tmp_path / "failed-once"
-    monkeypatch.setattr(pipelines.train, "train_loop_per_worker",
-                        _failing_once(pipelines.train.train_loop_per_worker, NestedTrainer, 23, flag))
+    flag, seen = tmp_path / "failed-once", tmp_path / "seen"
+    seen.mkdir()
+    monkeypatch.setattr(pipelines.train, "train_loop_per_worker", _recording_shards(
+        _failing_once(pipelines.train.train_loop_per_worker, NestedTrainer, 23, flag), seen))
     cfg = _cfg(digit_shards, steps=30, name="fsdp", strategy="fsdp")
     res = fit(cfg, str(tmp_path / "out"))
     assert flag.exists() and res.start_step == 20 and res.metrics["step"] == 30
+    # each worker trained on its half of the rows of (here) the first block's qkv weight
+    assert sorted(p.read_text() for p in seen.iterdir()) == ["0 DTensor (96, 64)", "1 DTensor (96, 64)"]
     ckpt = read_checkpoint(res.checkpoint_url)                     # weights_only
     assert ckpt["step"] == 30 and ckpt["scheduler"]["last_epoch"] == 30
     plain = NestedTrainer(cfg, device=torch.device("cpu"))
