@@ -190,15 +190,16 @@ def test_checkpoints_on_gcs_emulator(digit_shards, gcs_emulator):
     assert read_checkpoint(out)["step"] == 10
 
 
-def test_fsdp_workers_learn_every_size_and_resume_exactly(digit_shards, tmp_path, monkeypatch):
+def test_fsdp_workers_learn_every_size_and_resume_exactly(digit_shards, mlflow_server, tmp_path, monkeypatch):
     """scaling.strategy fsdp (FSDP2 over gloo): every nested size learns; a failure at step 23
     resumes from the step-20 checkpoint at exactly that step; the checkpoint is the unsharded
-    single-process format (full weights, optimizer state numbered as torch numbers it)."""
+    single-process format (full weights, optimizer state numbered as torch numbers it); a
+    periodic sample grid comes from a gathered copy."""
     flag, seen = tmp_path / "failed-once", tmp_path / "seen"
     seen.mkdir()
     monkeypatch.setattr(pipelines.train, "train_loop_per_worker", _recording_shards(
         _failing_once(pipelines.train.train_loop_per_worker, NestedTrainer, 23, flag), seen))
-    cfg = _cfg(digit_shards, steps=30, name="fsdp", strategy="fsdp")
+    cfg = _cfg(digit_shards, steps=30, tracking_uri=mlflow_server, name="fsdp", grid_every=20, strategy="fsdp")
     res = fit(cfg, str(tmp_path / "out"))
     assert flag.exists() and res.start_step == 20 and res.metrics["step"] == 30
     # each worker trained on its half of the rows of (here) the first block's qkv weight
@@ -211,8 +212,9 @@ def test_fsdp_workers_learn_every_size_and_resume_exactly(digit_shards, tmp_path
     plain.load_state(ckpt)                                         # a DDP or local run resumes from it
     assert plain.step == 30
 
-    client = MlflowClient()
+    client = MlflowClient(mlflow_server)
     for f in (1, 2, 4, 8):
         hist = sorted(client.get_metric_history(res.run_id, f"loss/f{f}"), key=lambda m: m.step)
         assert hist[0].step == 5 and hist[-1].step == 30
         assert hist[-1].value < hist[0].value - 0.1, (f, [m.value for m in hist])
+    assert "samples_by_nested_size_step00000020.png" in [a.path for a in client.list_artifacts(res.run_id)]

@@ -1,12 +1,13 @@
 """Fully sharded data parallelism (FSDP2, torch.distributed.fsdp.fully_shard) of the nested
 objective, and the full (unsharded) state a checkpoint holds.
 
-Every transformer block is one FSDP unit, the rest (embeddings, final norm, head) the root's
-unit. Each rank keeps a 1/world slice (dim 0) of every parameter, gradient and AdamW moment.
+Every transformer block is one FSDP unit; the rest (embeddings, final norm, head) is the
+root's unit. Each rank keeps a 1/world slice (dim 0) of every parameter, gradient and AdamW moment.
 A unit's forward all-gathers its full parameters, so a nested sub-model of width D/f still
 slices the first D/f channels out of full (gathered) weights, as a view. FSDP gathers a
 whole unit whatever the width (a sub-model's channels lie on every rank: the embeddings are
-sliced along dim 1), once per nested size in forward and again in backward.
+sliced along dim 1): each block once per nested size in forward and again in backward, the
+root once per step (docs/architecture.md, "Sharded training (FSDP)").
 
 Checkpoints stay in the single-process format (what `torch.nn.Module.state_dict` and
 `torch.optim.Optimizer.state_dict` give), so evaluation, serving and a DDP run read them.
