@@ -1,7 +1,7 @@
 """What a person watching a `nestgen` command reads, and where everything else goes.
 
 `nestgen run` prints a line per DAG step as it starts and ends, a progress bar per long step
-and a closing summary (`say`, `bar`). Unless `--verbose`, everything else this process
+and a closing summary (`say`; `bar`, `RemoteBar`, or `stream()` as a bar's file). Unless `--verbose`, everything else this process
 writes to its stdout and stderr (Ray's logs, Ray Data's progress bars, worker output that
 Ray forwards, library warnings, tracebacks) goes to the run's log file instead: `quiet`
 points file descriptors 1 and 2 at the log (so output of threads, C++ code and child
@@ -30,12 +30,17 @@ def warn(line: str) -> None:
     print(line, file=_err or sys.stderr, flush=True)
 
 
+def stream():
+    """The console's error stream, for a progress bar made elsewhere (tqdm's `file`)."""
+    return _err or sys.stderr
+
+
 def bar(desc: str, total: int | None = None, unit: str = "it", initial: int = 0) -> tqdm:
     """A progress bar on the console's error stream (step/total, rate, ETA). Off a terminal
     (a `ray job` log, a pipe) it redraws every 30 s instead of every 0.5 s."""
-    stream = _err or sys.stderr
-    tty = stream.isatty()
-    return tqdm(total=total, initial=initial, desc=f"  {desc}", unit=unit, file=stream, leave=False,
+    out = stream()
+    tty = out.isatty()
+    return tqdm(total=total, initial=initial, desc=f"  {desc}", unit=unit, file=out, leave=False,
                 mininterval=0.5 if tty else 30, dynamic_ncols=tty, ncols=None if tty else 100)
 
 

@@ -27,6 +27,7 @@ from nestgen.evaluation import (EvaluationReport, Requests, StreamPlan, Variant,
 from nestgen.evaluation.outputs import write_outputs
 from nestgen.evaluation.variants import decode_config
 from nestgen.render import tokens_to_pixels
+from pipelines import console
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, run_config_from_dict
 from pipelines.ray_runtime import init_ray
@@ -80,7 +81,7 @@ def ray_sampler(checkpoint: str, cfg: RunConfig, suite):
         def run(tasks):
             return pool.map(lambda w, t: w.run.remote(variants[t[0]], requests.chunk(t[1], t[1] + bs), t[1], plan),
                             tasks)
-        return stream_variants(cfg, suite, variants, requests, plan, bs, run)
+        return stream_variants(cfg, suite, variants, requests, plan, bs, run, progress_file=console.stream())
     return sample, devices
 
 

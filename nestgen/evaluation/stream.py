@@ -12,7 +12,7 @@ every variant: paired, nestgen.metrics.intervals).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
@@ -121,15 +121,18 @@ RunBatches = Callable[[list[tuple[int, int]]], Iterable[BatchStats]]
 
 
 def stream_variants(cfg: NestgenConfig, suite: QualitySuite, variants: list[Variant], requests: Requests,
-                    plan: StreamPlan, batch_size: int, run: RunBatches, progress: bool = True) -> list[VariantResult]:
+                    plan: StreamPlan, batch_size: int, run: RunBatches, progress: bool = True,
+                    progress_file: TextIO | None = None) -> list[VariantResult]:
     """Every variant over all requests in batches, merged as they come (variant by variant,
-    so the driver holds one variant's chunk rows at a time), with a progress bar."""
+    so the driver holds one variant's chunk rows at a time), with a progress bar on
+    progress_file (default stderr)."""
     from tqdm.auto import tqdm
     n = len(requests)
     tasks = [(vi, start) for vi in range(len(variants)) for start in range(0, n, batch_size)]
     results: list[VariantResult] = []
     current: VariantStream | None = None
-    with tqdm(total=len(variants) * n, unit="sample", desc="evaluate", disable=not progress) as bar:
+    with tqdm(total=len(variants) * n, unit="sample", desc="evaluate", disable=not progress,
+              file=progress_file) as bar:
         for (vi, start), b in zip(tasks, _checked(run(tasks), len(tasks))):
             if current is None:
                 current = VariantStream(variants[vi], plan)
