@@ -77,6 +77,7 @@ class MlflowConfig:
     sample_grid_every: int = 0       # also log sample grids every N steps (0: only at the end)
     registered_model: str = ""       # register each trained checkpoint as a version of this model
     registered_alias: str = ""       # and point this alias at it (e.g. production: models:/<name>@production)
+    system_metrics_every_s: float = 10.0   # CPU/memory/GPU of training and evaluation runs, sampled this often (0: off)
 
     def resolved_uri(self) -> str:
         """The one default of the tracking URI: tracking_uri, else $MLFLOW_TRACKING_URI, else
@@ -87,6 +88,7 @@ class MlflowConfig:
     def validate(self) -> None:
         check(bool(self.experiment), "experiment", "must not be empty")
         check(self.sample_grid_every >= 0, "sample_grid_every", "must be >= 0")
+        check(self.system_metrics_every_s >= 0, "system_metrics_every_s", "must be >= 0 (0: off)")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Steps that open their own MLflow run (tokenizer, train, evaluate) open it as a child of the
 pipeline run and report its id in their outputs; the tracker adds the DAG's tags to it.
 Other steps (and skipped ones) get a child run from the tracker, with their outputs as
-params. The parent gets the DAG (dag.json and a Mermaid diagram) as artifacts.
+params and the data they read (their outputs' DATASETS) as dataset inputs. The parent gets the DAG (dag.json and a Mermaid diagram) as artifacts.
 """
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import time
 
 from pipelines.config import RunConfig
 from pipelines.dag import Runner, StepRecord
-from pipelines.tracking import Run, start_run
+from pipelines.tracking import Run, runs_page_url, start_run
+
+DATASETS = "mlflow_datasets"     # a step output: [{name, url, digest}] of the data the step read
 
 
 def mermaid(runner: Runner) -> str:
@@ -47,6 +49,8 @@ class MlflowTracker:
             child = self.run.child(f"step-{r.name}", r.name)
             child.log_params({f"output.{k}": str(v)[:500] for k, v in r.outputs.items()
                               if not isinstance(v, (dict, list))})
+            for d in r.outputs.get(DATASETS, []) if r.status == "done" else []:
+                child.log_dataset(d["url"], d["digest"], d["name"])
             child.end("FAILED" if r.status == "failed" else "FINISHED")
             run_id = child.run_id
         r.mlflow_run_id = run_id
@@ -62,3 +66,7 @@ class MlflowTracker:
         if failed:
             self.run.set_tags({"error": str(failed)[:5000]})
         self.run.end("FAILED" if failed else "FINISHED")
+
+    def runs_page(self) -> str:
+        """The MLflow UI's table of this pipeline's experiment runs."""
+        return runs_page_url(self.cfg, self.run.experiment_id)

@@ -15,6 +15,7 @@ the model was trained on, the variants are what the caller asks for.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, fields, replace
@@ -27,11 +28,12 @@ from nestgen.evaluation import (EvaluationReport, Requests, StreamPlan, Variant,
 from nestgen.evaluation.outputs import write_outputs
 from nestgen.evaluation.variants import decode_config
 from nestgen.render import tokens_to_pixels
+from nestgen.storage import read_bytes
 from pipelines import console
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, run_config_from_dict
 from pipelines.ray_runtime import init_ray
-from pipelines.tracking import resolve_checkpoint, start_run
+from pipelines.tracking import Run, resolve_checkpoint, start_run
 
 
 def evaluation_config(user: RunConfig, trained: NestgenConfig) -> RunConfig:
@@ -102,28 +104,38 @@ def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: boo
         raise ValueError("no checkpoint to evaluate: set evaluate.checkpoint or pass --checkpoint")
     model, trained, tok = load_generator(checkpoint)
     ecfg = evaluation_config(cfg, trained)
-    data = load_eval_data(ecfg)
-    render = lambda t: tokens_to_pixels(t, ecfg.model.grid, tok)  # noqa: E731
-    suite = build_quality_suite(ecfg, data, render)
-    for name, why in suite.unavailable.items():
-        print(f"[evaluate] {name}: not reported. {why}")
-    if use_ray:
-        sample, devices = ray_sampler(checkpoint, ecfg, suite)
-    else:
-        sample, devices = local_sampler(model, ecfg, suite, tok), ["cpu"]
-    report = run_evaluation(ecfg, sample, suite, data, checkpoint,
-                            progress=lambda s: print(f"[evaluate] {s}", flush=True))
-    print(report.table(), flush=True)
-    files = write_outputs(report, output_url)
-    run_id = None
-    if log_mlflow:
-        run_id = log_to_mlflow(ecfg, report, files, output_url, parent_run_id,
-                               {"workers": len(devices), "device": devices[0], "checkpoint": checkpoint})
-    return EvaluateResult(report, files, run_id, time.perf_counter() - t0)
+    run = start_run(ecfg, "evaluate", output_url, None, parent_run_id) if log_mlflow else None
+    with run or contextlib.nullcontext(), \
+            run.system_metrics(ecfg.mlflow.system_metrics_every_s) if run else contextlib.nullcontext():
+        if run and ecfg.data.source == "shards":
+            from nestgen.data.shards import read_manifest
+            run.log_dataset(ecfg.data.url, read_manifest(ecfg.data.url)["input_fingerprint"], "tokens", "evaluation")
+        data = load_eval_data(ecfg)
+        render = lambda t: tokens_to_pixels(t, ecfg.model.grid, tok)  # noqa: E731
+        suite = build_quality_suite(ecfg, data, render)
+        for name, why in suite.unavailable.items():
+            print(f"[evaluate] {name}: not reported. {why}")
+        if use_ray:
+            sample, devices = ray_sampler(checkpoint, ecfg, suite)
+        else:
+            sample, devices = local_sampler(model, ecfg, suite, tok), ["cpu"]
+        report = run_evaluation(ecfg, sample, suite, data, checkpoint,
+                                progress=lambda s: print(f"[evaluate] {s}", flush=True))
+        print(report.table(), flush=True)
+        files = write_outputs(report, output_url)
+        if run:
+            log_to_mlflow(run, ecfg, report, files,
+                          {"workers": len(devices), "device": devices[0], "checkpoint": checkpoint})
+    return EvaluateResult(report, files, run.run_id if run else None, time.perf_counter() - t0)
 
 
-def log_to_mlflow(cfg: RunConfig, report: EvaluationReport, files: dict, output_url: str,
-                  parent_run_id: str | None, extra: dict) -> str:
+SAMPLES_KEY = "samples"
+
+
+def log_to_mlflow(run: Run, cfg: RunConfig, report: EvaluationReport, files: dict, extra: dict) -> None:
+    """The evaluation on its run: params, headline metrics, the plot and summary; a child run
+    per variant with its metrics and samples (the grid as image SAMPLES_KEY, clips as MP4
+    and GIF artifacts)."""
     base = report.baseline()
     search = report.search
     params = {"evaluate.metric": report.metric, "evaluate.checkpoint_resolved": extra["checkpoint"],
@@ -133,27 +145,29 @@ def log_to_mlflow(cfg: RunConfig, report: EvaluationReport, files: dict, output_
         params.update({"search.chosen": search.chosen.name, "search.budget_gflops": search.budget_gflops})
     for name, why in report.suite.unavailable.items():
         params[f"unavailable.{name}"] = why[:500]
-    with start_run(cfg, "evaluate", output_url, params, parent_run_id) as run:
-        top = {"baseline_gflops_per_sample": base.gflops_per_sample,
-               f"baseline_{report.metric}": base.metrics[report.metric]}
-        chosen = report.searched()
-        if chosen is not None:
-            top.update({"searched_gflops_saving": report.baseline_gflops / chosen.gflops_per_sample,
-                        f"searched_{report.metric}": chosen.metrics[report.metric]})
-        run.log_metrics(top)
-        run.log_files([files["plot"], files["summary"]])
-        for row, r in zip(report.summary()["variants"], report.results):
-            with run.child(r.variant.name, "evaluate.variant") as child:
-                child.log_params({"schedule": r.schedule, "schedule_requested": r.variant.schedule,
-                                  "cache": r.variant.cache, "steps": decode_config(cfg, r.variant).steps,
-                                  "guidance_scale": r.variant.guidance_scale, "temperature": cfg.decode.temperature,
-                                  "label": r.variant.label or "-", "num_samples": cfg.evaluate.num_samples})
-                metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                           and k != "guidance_scale"}
-                metrics["pareto"] = float(row["pareto"])
-                child.log_metrics(metrics)
-                child.log_files(list(files["samples"].get(r.variant.name, {}).values()), "samples")
-    return run.run_id
+    run.log_params(params)
+    top = {"baseline_gflops_per_sample": base.gflops_per_sample,
+           f"baseline_{report.metric}": base.metrics[report.metric]}
+    chosen = report.searched()
+    if chosen is not None:
+        top.update({"searched_gflops_saving": report.baseline_gflops / chosen.gflops_per_sample,
+                    f"searched_{report.metric}": chosen.metrics[report.metric]})
+    run.log_metrics(top)
+    run.log_files([files["plot"], files["summary"]])
+    for row, r in zip(report.summary()["variants"], report.results):
+        with run.child(r.variant.name, "evaluate.variant") as child:
+            child.log_params({"schedule": r.schedule, "schedule_requested": r.variant.schedule,
+                              "cache": r.variant.cache, "steps": decode_config(cfg, r.variant).steps,
+                              "guidance_scale": r.variant.guidance_scale, "temperature": cfg.decode.temperature,
+                              "label": r.variant.label or "-", "num_samples": cfg.evaluate.num_samples})
+            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and k != "guidance_scale"}
+            metrics["pareto"] = float(row["pareto"])
+            child.log_metrics(metrics)
+            samples = dict(files["samples"].get(r.variant.name, {}))
+            if "png" in samples:
+                child.log_image(SAMPLES_KEY, read_bytes(samples.pop("png")))
+            child.log_files(list(samples.values()), "samples")
 
 
 def cmd_evaluate(args) -> int:

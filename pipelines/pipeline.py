@@ -110,8 +110,13 @@ def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:
         lines.append(f"  served samples: {out['serve'].get('sample_baseline')}, {out['serve'].get('sample_magnets')}")
     nestgen, mlflow = runnable("nestgen"), runnable("mlflow")
     lines.append("next:")
-    lines.append(f"  browse the runs:  {mlflow} ui --backend-store-uri {cfg.mlflow.resolved_uri()} --host 127.0.0.1"
-                 " --port 5000   (then open http://127.0.0.1:5000)")
+    runs_page = runner.tracker.runs_page() if runner.tracker is not None else ""
+    uri = cfg.mlflow.resolved_uri()
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"  browse the runs:  {runs_page}")
+    else:
+        lines.append(f"  browse the runs:  {mlflow} ui --backend-store-uri {uri} --host 127.0.0.1"
+                     f" --port 5000   (then open {runs_page or 'http://127.0.0.1:5000'})")
     ckpt = (out.get(served_train_step(cfg)) or {}).get("checkpoint_url")
     if ckpt:
         fmt = "mp4" if cfg.model.is_video else "png"

@@ -18,33 +18,16 @@ steps before), joined by `seeds`: every metric as mean and 95% t interval over t
 from __future__ import annotations
 
 import base64
-import hashlib
 import socket
 from dataclasses import replace
 
 from nestgen.configschema import to_dict
 from nestgen.data.index import is_index
+from nestgen.data.raw_files import listing_digest
 from nestgen.storage import join, read_bytes, url_to_fs, write_bytes_atomic
 from pipelines.config import RunConfig
 from pipelines.dag import Step, StepContext
-
-
-def _listing_hash(url: str) -> str:
-    """Names and sizes of every file under a raw folder, or an index's text and the sizes of
-    the files it names: changes when the data do."""
-    fs, path = url_to_fs(url)
-    if not fs.exists(path):
-        return f"missing:{url}"
-    h = hashlib.sha256()
-    if is_index(url):
-        from nestgen.data.raw_files import list_raw_files
-        h.update(read_bytes(url))
-        for it in list_raw_files(url)[0]:
-            h.update(f"{it['uri']}|{it['size']}".encode())
-        return h.hexdigest()
-    for name, info in sorted(fs.find(path, detail=True).items()):
-        h.update(f"{name[len(path):]}|{info.get('size')}".encode())
-    return h.hexdigest()
+from pipelines.dag_mlflow import DATASETS
 
 
 def data_step(cfg: RunConfig, ctx: StepContext) -> dict:
@@ -84,8 +67,10 @@ def tokenize_step(cfg: RunConfig, ctx: StepContext) -> dict:
     from pipelines.tokenize import tokenize_to_shards
     m = tokenize_to_shards(ctx.inputs["data"]["raw_url"], ctx.folder, ctx.inputs["tokenizer"]["tokenizer_url"],
                            cfg.tokenize)
+    raw = ctx.inputs["data"]["raw_url"]
     return {"shards_url": ctx.folder, "rows": {s: v["rows"] for s, v in m["splits"].items()},
-            "failed": len(m["failed"]), "grid_shape": m["grid_shape"], "tokenizer_hash": m["tokenizer"]["hash"]}
+            "failed": len(m["failed"]), "grid_shape": m["grid_shape"], "tokenizer_hash": m["tokenizer"]["hash"],
+            DATASETS: [{"name": "raw", "url": raw, "digest": listing_digest(raw)}]}
 
 
 def train_config(cfg: RunConfig, inputs: dict) -> RunConfig:
@@ -210,7 +195,7 @@ def build_steps(cfg: RunConfig) -> list[Step]:
                  lambda: {k: v for k, v in to_dict(p).items() if k in ("raw_data", "dataset", "data_size",
                                                                        "clips_per_class", "frames")}
                  | {"holdout": cfg.data.holdout_fraction, "seed": cfg.data.seed},
-                 (lambda: _listing_hash(p.raw_data)) if p.raw_data else (lambda: ""),
+                 (lambda: listing_digest(p.raw_data)) if p.raw_data else (lambda: ""),
                  "write the embedded raw set (or check pipeline.raw_data)"),
             Step("tokenizer", lambda ctx: tokenizer_step(cfg, ctx), ["data"],
                  lambda: {"tokenizer": to_dict(cfg.tokenizer), "existing": p.tokenizer,

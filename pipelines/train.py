@@ -1,8 +1,8 @@
 """The Ray Train step: nested transformer training on N workers, checkpoints on storage, MLflow.
 
     driver: MLflow run (params) -> fit_on_workers(train_loop_per_worker, token dataset)
-            -> final checkpoint URI tag [+ registered model version] + sample grid per
-            nested size -> FINISHED | FAILED
+            -> final checkpoint URI tag + sample grid per nested size + the generator
+            as an MLflow model [+ registered model version] -> FINISHED | FAILED
     worker: a NestedTrainer (its objective wrapped for DDP, or sharded with FSDP2 when
             scaling.strategy is fsdp: nestgen.training.sharding) in the skeleton of
             pipelines.train_common (resume, batches, reports, checkpoints); rank 0 also
@@ -20,7 +20,7 @@ from nestgen.local_run import train_local
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config
 from pipelines.ray_runtime import init_ray
-from pipelines.tracking import Run, register_model, start_run
+from pipelines.tracking import Run, log_generator, register_model, start_run
 from pipelines.train_common import Worker, WorkerJob, fit_on_workers, run_worker
 
 
@@ -52,7 +52,7 @@ def generator_job(w: Worker) -> WorkerJob:
             from nestgen.training.sharding import gathered_model
             model = gathered_model(model)
         if w.run:
-            log_sample_grid(w.run, model, cfg, tokenizer, name=f"samples_by_nested_size_step{trainer.step:08d}.png")
+            log_sample_grid(w.run, model, cfg, tokenizer, trainer.step)
 
     return WorkerJob(trainer, tcfg.steps, tcfg.batch_size, tcfg.log_every, torch.long,
                      train_step=lambda batch: trainer.train_step(batch["tokens"], batch["label"]),
@@ -72,9 +72,12 @@ class TrainResult:
     start_step: int
 
 
-def log_sample_grid(run: Run, model, cfg: RunConfig, tokenizer=None,
-                    name: str = "samples_by_nested_size.png") -> None:
-    """One row of class-conditional samples per nested size (schedule FxK, no cache)."""
+GRID_KEY = "samples_by_nested_size"
+
+
+def log_sample_grid(run: Run, model, cfg: RunConfig, tokenizer=None, step: int = 0) -> None:
+    """One row of class-conditional samples per nested size (schedule FxK, no cache), as the
+    run's image GRID_KEY at training step `step`."""
     from dataclasses import replace
 
     from nestgen.decoding.maskgit import decode
@@ -87,7 +90,7 @@ def log_sample_grid(run: Run, model, cfg: RunConfig, tokenizer=None,
         d = replace(cfg.decode, schedule=f"{f}x{cfg.decode.steps}", cache="none")
         tokens = decode(model, torch.arange(n, device=device), d, seeds=range(n)).tokens
         rows.append(tokens_to_pixels(tokens.cpu(), cfg.model.grid, tokenizer))
-    run.log_bytes(name, png_bytes(sample_sheet(rows, scale=4 if tokenizer is None else 2)))
+    run.log_image(GRID_KEY, png_bytes(sample_sheet(rows, scale=4 if tokenizer is None else 2)), step)
 
 
 def _tokenizer(cfg: RunConfig, manifest: dict | None):
@@ -106,13 +109,17 @@ def fit(cfg: RunConfig, output_url: str, parent_run_id: str | None = None, run_k
     extra = ({"data.manifest_url": cfg.data.url, "data.tokenizer_hash": manifest["tokenizer"]["hash"],
               "data.input_fingerprint": manifest["input_fingerprint"]} if manifest else {})
     with start_run(cfg, "train", output_url, extra, parent_run_id, run_key) as run:
+        if manifest:
+            run.log_dataset(cfg.data.url, manifest["input_fingerprint"], "tokens")
         result, ckpt_url = fit_on_workers(train_loop_per_worker, cfg, output_url, f"train-{cfg.name}", ds, run, {
             "manifest": manifest, "tokenizer_hash": manifest["tokenizer"]["hash"] if manifest else None})
-        run.set_tags({"final_step": result.metrics.get("step")})
-        if cfg.mlflow.registered_model:
-            register_model(run, ckpt_url, cfg.mlflow.registered_model, cfg.mlflow.registered_alias)
+        step = int(result.metrics.get("step", 0))
+        run.set_tags({"final_step": step})
         model, _ = load_model(ckpt_url)
-        log_sample_grid(run, model, cfg, _tokenizer(cfg, manifest))
+        log_sample_grid(run, model, cfg, _tokenizer(cfg, manifest), step)
+        model_id = log_generator(run, ckpt_url, manifest["tokenizer"]["url"] if manifest else "", step)
+        if cfg.mlflow.registered_model:
+            register_model(run, model_id, cfg.mlflow.registered_model, cfg.mlflow.registered_alias)
     return TrainResult(ckpt_url, dict(result.metrics), run.run_id, int(result.metrics.get("start_step", 0)))
 
 

@@ -5,7 +5,8 @@
             copy): tagged on the run as checkpoint_uri and named by output_url's LATEST
     worker: run_worker(config, setup): setup(Worker) -> WorkerJob; resume from Ray's last
             checkpoint; batches of the "train" shard until job.steps; metric windows
-            reported by every rank (rank 0 also logs them to MLflow) and, every
+            reported by every rank (rank 0 also logs them, and its machine's system
+            metrics, to MLflow) and, every
             scaling.checkpoint_every steps and at the end, a checkpoint: every rank calls
             job.save (a sharded model's state is gathered collectively), rank 0 writes it.
 
@@ -15,6 +16,7 @@ whose optimizer/scheduler/step state makes the step count exact.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -130,20 +132,22 @@ def run_worker(config: dict, setup: Callable[[Worker], WorkerJob]) -> None:
     reporter = Reporter(worker, job.log_every, local_bs * worker.world, job.tokens_per_sample, job.steps)
     shard = ray.train.get_dataset_shard("train")
     epoch = 0
-    while job.trainer.step < job.steps:
-        # a different shuffle on every rank and epoch, the same on every run
-        shuffle_seed = (job.seed * 1_000_003 + epoch * 1009 + worker.rank) % 2**32
-        epoch += 1
-        for batch in shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=job.batch_dtype,
-                                              local_shuffle_buffer_size=worker.cfg.scaling.shuffle_buffer or None,
-                                              local_shuffle_seed=shuffle_seed):
-            metrics = job.train_step(batch)
-            done = job.trainer.step >= job.steps
-            reporter.step(job.trainer.step, metrics, done, job.save, start_step=start_step)
-            if job.after_step is not None:
-                job.after_step(done)
-            if done:
-                break
+    # rank 0's machine: where the run's metrics come from
+    with run.system_metrics(worker.cfg.mlflow.system_metrics_every_s) if run else contextlib.nullcontext():
+        while job.trainer.step < job.steps:
+            # a different shuffle on every rank and epoch, the same on every run
+            shuffle_seed = (job.seed * 1_000_003 + epoch * 1009 + worker.rank) % 2**32
+            epoch += 1
+            for batch in shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=job.batch_dtype,
+                                                  local_shuffle_buffer_size=worker.cfg.scaling.shuffle_buffer or None,
+                                                  local_shuffle_seed=shuffle_seed):
+                metrics = job.train_step(batch)
+                done = job.trainer.step >= job.steps
+                reporter.step(job.trainer.step, metrics, done, job.save, start_step=start_step)
+                if job.after_step is not None:
+                    job.after_step(done)
+                if done:
+                    break
 
 
 def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: dict, loop_config: dict):

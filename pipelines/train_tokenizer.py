@@ -66,7 +66,9 @@ def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "
     from nestgen.tokenizers import load_tokenizer
     from pipelines.train_data import pixel_dataset
     ds = pixel_dataset(cfg, data_url, split)
+    from nestgen.data.raw_files import listing_digest
     with start_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url}, parent_run_id, run_key) as run:
+        run.log_dataset(data_url, listing_digest(data_url), "raw")
         result, url = fit_on_workers(tokenizer_loop_per_worker, cfg, output_url, f"tokenizer-{cfg.name}", ds, run)
         h = load_tokenizer(url).hash
         run.set_tags({"tokenizer_hash": h})

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from nestgen.configschema import ConfigError
 from pipelines.config import run_config_from_dict
 from pipelines.dag import MARKER, Runner, Step, StepFailed, fingerprints
-from pipelines.dag_mlflow import MlflowTracker
+from pipelines.dag_mlflow import DATASETS, MlflowTracker
 from pipelines.steps import build_steps
 
 
@@ -143,17 +143,20 @@ def test_mlflow_parent_run_and_a_child_per_step(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = run_config_from_dict({"name": "dagt", "mlflow": {"tracking_uri": uri, "experiment": "dag-test"}})
     calls = Calls()
-    steps = _dag(calls, {"a": 1, "b": 1})
+    reads = lambda ctx: {"value": "e", DATASETS: [{"name": "raw", "url": str(tmp_path), "digest": "d1g35t"}]}  # noqa: E731
+    steps = _dag(calls, {"a": 1, "b": 1}) + [Step("e", _mkdir(reads), ["d"])]
     tracker = MlflowTracker(cfg)
     Runner(steps, str(tmp_path / "out"), tracker, backoff_s=0).run()
     client = MlflowClient(uri)
     parent = client.get_run(tracker.run_id)
-    assert parent.info.status == "FINISHED" and parent.data.tags["nestgen.dag"] == "a -> b -> c -> d"
+    assert parent.info.status == "FINISHED" and parent.data.tags["nestgen.dag"] == "a -> b -> c -> d -> e"
     assert {a.path for a in client.list_artifacts(tracker.run_id)} == {"dag.json", "dag.mmd"}
     assert {"step_seconds.a", "step_seconds.d", "pipeline_seconds"} <= set(parent.data.metrics)
     kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
-    assert sorted(k.info.run_name for k in kids) == ["step-a", "step-b", "step-c", "step-d"]
+    assert sorted(k.info.run_name for k in kids) == ["step-a", "step-b", "step-c", "step-d", "step-e"]
     assert all(k.data.tags["dag.status"] == "done" and k.data.params["output.value"] for k in kids)
+    [read] = [d.dataset for k in kids for d in k.inputs.dataset_inputs]     # what step e read
+    assert (read.name, read.digest, json.loads(read.source)["uri"]) == ("raw", "d1g35t", str(tmp_path))
     # a re-run is a new parent whose children say "skipped"
     tracker2 = MlflowTracker(cfg)
     Runner(_dag(Calls(), {"a": 1, "b": 1}), str(tmp_path / "out"), tracker2, backoff_s=0).run()
@@ -180,9 +183,13 @@ def test_nestgen_dag_shapes_and_fingerprints():
 
 def test_retries_do_not_multiply_mlflow_runs_or_model_versions(tmp_path):
     """A retried (and a resumed) step continues the MLflow run keyed by its fingerprint, and
-    registering the same checkpoint again keeps its version."""
-    from pipelines.tracking import Run, register_model, start_run
-    cfg = run_config_from_dict({"name": "reuse", "mlflow": {"experiment": "reuse-test"}})
+    logging and registering the same checkpoint again keeps its model and version."""
+    from nestgen.checkpoint import save_checkpoint
+    from nestgen.model.nested_transformer import NestedTransformer
+    from pipelines.tracking import Run, log_generator, register_model, start_run
+    cfg = run_config_from_dict({"name": "reuse", "mlflow": {"experiment": "reuse-test"},
+                                "model": {"width": 32, "depth": 1}})
+    ckpts = [save_checkpoint(str(tmp_path / f"{n}.pt"), cfg, NestedTransformer(cfg.model)) for n in "ab"]
     seen = []
 
     def train(ctx):
@@ -190,7 +197,7 @@ def test_retries_do_not_multiply_mlflow_runs_or_model_versions(tmp_path):
             seen.append(run.run_id)
             if len(seen) == 1:
                 raise ConnectionError("lost the cluster")
-            version = register_model(run, f"{ctx.folder}/published/a.pt", "reuse-model", "prod")
+            version = register_model(run, log_generator(run, ckpts[0]), "reuse-model", "prod")
         return {"mlflow_run_id": run.run_id, "version": version}
 
     recs = Runner([Step("train", _mkdir(train))], str(tmp_path), MlflowTracker(cfg), retries=2, backoff_s=0).run()
@@ -201,9 +208,10 @@ def test_retries_do_not_multiply_mlflow_runs_or_model_versions(tmp_path):
     exp = client.get_experiment_by_name("reuse-test").experiment_id
     train_runs = client.search_runs([exp], filter_string="tags.`nestgen.step` = 'train'")
     assert [r.info.run_id for r in train_runs] == [seen[0]] and train_runs[0].info.status == "FINISHED"
+    assert len(train_runs[0].outputs.model_outputs) == 1                           # one logged model
     assert [str(v.version) for v in client.search_model_versions("name = 'reuse-model'")] == ["1"]
     again = Run(client, seen[0], exp)
-    assert register_model(again, f"{tmp_path}/published/b.pt", "reuse-model") == "2"   # a new checkpoint
+    assert register_model(again, log_generator(again, ckpts[1]), "reuse-model") == "2"   # a new checkpoint
 
 
 def test_several_seeds_are_branches_that_survive_adding_a_seed():

@@ -1,5 +1,6 @@
 """The evaluation step end to end: checkpoint + tokenizer shards -> Ray actors -> metrics,
 files under the output URL, and MLflow (a parent run, a child run per variant)."""
+import importlib.util
 import json
 
 import av
@@ -29,7 +30,8 @@ def _checkpoint(path, shards, grid, vocab, **train):
 
 
 def _user_cfg(tracking_uri, **evaluate):
-    return run_config_from_dict({"name": "evtest", "mlflow": {"tracking_uri": tracking_uri, "experiment": "test-eval"},
+    return run_config_from_dict({"name": "evtest", "mlflow": {"tracking_uri": tracking_uri, "experiment": "test-eval",
+                                                           "system_metrics_every_s": 1},
                              "evaluate": {"num_samples": 40, "batch_size": 20, **evaluate}})
 
 
@@ -62,6 +64,10 @@ def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, ml
     assert parent.info.status == "FINISHED" and parent.data.params["evaluate.metric"] == "fd_digits"
     assert "unavailable.fid" in parent.data.params
     assert {a.path for a in client.list_artifacts(res.run_id)} >= {"quality_vs_gflops.png", "summary.json"}
+    [read] = parent.inputs.dataset_inputs                                # the token shards it compared against
+    assert read.dataset.name == "tokens" and read.tags[0].value == "evaluation"
+    if importlib.util.find_spec("psutil"):                              # MLflow's system metrics need it
+        assert client.get_metric_history(res.run_id, "system/cpu_utilization_percentage")
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{res.run_id}'")
     assert sorted(c.info.run_name for c in children) == sorted(names)
@@ -70,7 +76,8 @@ def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, ml
         assert {"schedule", "cache", "steps", "guidance_scale", "temperature"} <= set(c.data.params)
         assert {"gflops_per_sample", "seconds_per_sample", "fd_digits", "digits_accuracy", "quality_change_lo",
                 "quality_change_hi"} <= set(c.data.metrics)
-        assert [a.path for a in client.list_artifacts(c.info.run_id, "samples")][0].endswith(".png")
+        [grid] = [a.path for a in client.list_artifacts(c.info.run_id, "images") if a.path.endswith(".png")]
+        assert grid.startswith("images/samples+step+0+")                 # an image the UI shows
     by_name = {c.info.run_name: c for c in children}
     assert by_name["baseline cache=none"].data.params["schedule"] == "1x12"
     assert by_name["magnets cache=none"].data.metrics["gflops_per_sample"] < \

@@ -106,6 +106,9 @@ def test_ray_job_submit_runs_the_whole_pipeline(head, tmp_path):
     assert sorted(k.data.tags["nestgen.step"] for k in kids) == sorted(
         ["data", "train-tokenizer", "tokenize", "train", "evaluate", "serve"])
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"dag.json", "dag.mmd"}
+    read = {k.data.tags["nestgen.step"]: [d.dataset.name for d in k.inputs.dataset_inputs] for k in kids}
+    assert read["train-tokenizer"] == read["tokenize"] == ["raw"] and read["train"] == read["evaluate"] == ["tokens"]
+    assert f"#/experiments/{exp.experiment_id}/runs" in log              # the closing link to the runs table
 
     t0 = time.time()
     _submit(address, env, TINY + [f"pipeline.output_url={out}", "mlflow.experiment=job-test"], tracking)

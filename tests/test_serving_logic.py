@@ -199,32 +199,49 @@ def test_serve_config_files_and_deployment_options():
         read_serve_file("configs/serve_digits.yaml", ["max_samples_per_request=64"])
 
 
-def test_checkpoint_by_registered_mlflow_model(tmp_path):
+def _registered(tmp_path, monkeypatch, widths):
+    """(tracking URI, checkpoint files): a training run in a SQLite store whose generators of
+    `widths` are logged as MLflow models and registered as versions 1, 2, ... of `digits`."""
+    from pipelines.config import run_config_from_dict
+    from pipelines.tracking import log_generator, register_model, start_run
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))     # where models:/ downloads go
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ckpts = []
+    for width in widths:
+        cfg = run_config_from_dict({"model": {"width": width, "depth": 1},
+                                    "mlflow": {"tracking_uri": uri, "experiment": "serve-test"}})
+        ckpts.append(save_checkpoint(str(tmp_path / f"c{width}.pt"), cfg, NestedTransformer(cfg.model)))
+        with start_run(cfg, "train", str(tmp_path)) as run:
+            run.set_tags({"checkpoint_uri": ckpts[-1]})
+            register_model(run, log_generator(run, ckpts[-1]), "digits")
+    return uri, ckpts, run.run_id
+
+
+def test_checkpoint_by_registered_mlflow_model(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from nestgen.checkpoint import load_model
+    from nestgen.serving.engine import Engine
+    from nestgen.storage import read_bytes
     from pipelines.tracking import checkpoint_resolver, resolve_checkpoint
-    cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
-    ckpt = save_checkpoint(str(tmp_path / "c.pt"), cfg, NestedTransformer(cfg.model))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri, [ckpt], run_id = _registered(tmp_path, monkeypatch, [32])
     client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("serve-test"))
-    client.set_tag(run.info.run_id, "checkpoint_uri", ckpt)
-    client.set_terminated(run.info.run_id)
-    client.create_registered_model("digits")
-    version = client.create_model_version("digits", ckpt, run_id=run.info.run_id)
-    client.set_registered_model_alias("digits", "prod", version.version)
-    for name in (f"models:/digits/{version.version}", "models:/digits@prod", f"runs:/{run.info.run_id}"):
-        assert resolve_checkpoint(name, uri) == ckpt
+    client.set_registered_model_alias("digits", "prod", "1")
+    assert resolve_checkpoint(f"runs:/{run_id}", uri) == ckpt                  # the run's checkpoint_uri tag
+    for name in ("models:/digits/1", "models:/digits@prod"):                   # MLflow's download of the model
+        got = resolve_checkpoint(name, uri)
+        assert got.startswith(str(tmp_path / "cache")) and read_bytes(got) == read_bytes(ckpt)
     with pytest.raises(ValueError, match="expected models:/<name>/<version>"):
         resolve_checkpoint("models:/digits/latest", uri)
-    from nestgen.serving.engine import Engine
+    client.create_model_version("digits", ckpt, run_id=run_id)                # a version of no logged model
+    with pytest.raises(FileNotFoundError, match="models:/digits/2 was not registered from a logged model"):
+        resolve_checkpoint("models:/digits/2", uri)
     eng = Engine(ServeConfig(checkpoint="models:/digits@prod", auto_presets=[]), resolve_uri=checkpoint_resolver(uri))
-    assert eng.checkpoint_url == ckpt and eng.info()["formats"] == ["png", "tokens"]
-    assert load_model(ckpt)[1].model.width == 32
+    assert read_bytes(eng.checkpoint_url) == read_bytes(ckpt) and eng.info()["formats"] == ["png", "tokens"]
+    assert load_model(eng.checkpoint_url)[1].model.width == 32
 
 
-def test_a_deployment_pins_the_version_its_alias_names_at_deploy_time(tmp_path):
+def test_a_deployment_pins_the_version_its_alias_names_at_deploy_time(tmp_path, monkeypatch):
     """Replicas started after the alias moved (autoscaling) still serve the deployed version."""
     from mlflow.tracking import MlflowClient
 
@@ -232,24 +249,15 @@ def test_a_deployment_pins_the_version_its_alias_names_at_deploy_time(tmp_path):
     from nestgen.serving.engine import Engine
     from pipelines.serve import build
     from pipelines.tracking import checkpoint_resolver
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri, ckpts, _ = _registered(tmp_path, monkeypatch, [32, 64])
     client = MlflowClient(uri)
-    exp = client.create_experiment("pin-test")
-    client.create_registered_model("digits")
-    ckpts = []
-    for width in (32, 64):
-        cfg = config_from_dict({"model": {"width": width, "depth": 1}})
-        ckpts.append(save_checkpoint(str(tmp_path / f"c{width}.pt"), cfg, NestedTransformer(cfg.model)))
-        run = client.create_run(exp).info.run_id
-        client.set_tag(run, "checkpoint_uri", ckpts[-1])
-        client.create_model_version("digits", ckpts[-1], run_id=run)
     client.set_registered_model_alias("digits", "prod", "1")
     app = build(ServeConfig(checkpoint="models:/digits@prod", mlflow_tracking_uri=uri, auto_presets=[]))
     client.set_registered_model_alias("digits", "prod", "2")       # the alias moves after deployment
     replica_args = app._bound_deployment.init_args[0]              # what every replica is started with
     assert replica_args["checkpoint"] == "models:/digits/1"
     later = Engine(serve_config_from_args(replica_args), resolve_uri=checkpoint_resolver(uri))   # as a replica does
-    assert later.checkpoint_url == ckpts[0] and later.model_cfg.model.width == 32
+    assert later.model_cfg.model.width == 32
     assert build(ServeConfig(checkpoint=ckpts[1], auto_presets=[]))._bound_deployment.init_args[0]["checkpoint"] == ckpts[1]
 
 

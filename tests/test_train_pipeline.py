@@ -1,6 +1,18 @@
-"""Ray Train: 2 CPU workers (DDP over gloo) on the digit shards, checkpoints, failures, MLflow."""
+"""Ray Train: 2 CPU workers (DDP over gloo) on the digit shards, checkpoints, failures, and
+MLflow (a real server): the run as the UI shows it, the logged model loaded by MLflow itself."""
+import base64
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -11,8 +23,10 @@ from nestgen.checkpoint import read_checkpoint
 from nestgen.tokenizers import TokenizerTrainer
 from nestgen.training.loop import NestedTrainer
 from pipelines.config import run_config_from_dict
+from pipelines.tracking import use_tracking_uri
 from pipelines.train import fit
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -75,17 +89,29 @@ def _recording_shards(loop, folder):
     return loop_recording_shards
 
 
-def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(digit_shards, mlflow_server, tmp_path):
+@pytest.fixture(scope="module")
+def trained(digit_shards, mlflow_server, tmp_path_factory):
+    """One 2-worker training run tracked on the real MLflow server, registered as
+    digits-test@production (system metrics sampled every second)."""
     cfg = _cfg(digit_shards, steps=40, tracking_uri=mlflow_server, name="two", grid_every=20)
     cfg.mlflow.registered_model, cfg.mlflow.registered_alias = "digits-test", "production"
-    res = fit(cfg, str(tmp_path / "out"))
+    cfg.mlflow.system_metrics_every_s = 1
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    return fit(cfg, str(tmp_path_factory.mktemp("trained") / "out")), cfg, head
+
+
+def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(trained, mlflow_server):
+    res, _, _ = trained
+    from nestgen.storage import read_bytes
     from pipelines.tracking import resolve_checkpoint
-    for uri in ("models:/digits-test/1", "models:/digits-test@production", f"runs:/{res.run_id}"):
-        assert resolve_checkpoint(uri, mlflow_server) == res.checkpoint_url
+    assert resolve_checkpoint(f"runs:/{res.run_id}", mlflow_server) == res.checkpoint_url
+    for uri in ("models:/digits-test/1", "models:/digits-test@production"):     # the logged model's copy
+        assert read_bytes(resolve_checkpoint(uri, mlflow_server)) == read_bytes(res.checkpoint_url)
     assert res.metrics["step"] == 40 and res.start_step == 0
     ckpt = read_checkpoint(res.checkpoint_url)
     assert ckpt["step"] == 40 and ckpt["tokenizer_hash"]
-    assert read_checkpoint(str(tmp_path / "out"))["step"] == 40       # the output folder's LATEST
+    out = res.checkpoint_url.split("/published/")[0]
+    assert read_checkpoint(out)["step"] == 40       # the output folder's LATEST
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(res.run_id)
@@ -99,9 +125,6 @@ def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(digit_shards, mlf
         assert hist[-1].value < hist[0].value - 0.1, (f, [m.value for m in hist])
     for key in ("lr", "tokens_per_s", "samples_per_s", "lambda"):
         assert client.get_metric_history(res.run_id, key)
-    arts = [a.path for a in client.list_artifacts(res.run_id)]
-    assert "samples_by_nested_size.png" in arts
-    assert "samples_by_nested_size_step00000020.png" in arts                    # periodic grid
 
 
 def test_worker_failure_resumes_from_checkpoint_with_exact_steps(digit_shards, tmp_path, monkeypatch):
@@ -217,4 +240,107 @@ def test_fsdp_workers_learn_every_size_and_resume_exactly(digit_shards, mlflow_s
         hist = sorted(client.get_metric_history(res.run_id, f"loss/f{f}"), key=lambda m: m.step)
         assert hist[0].step == 5 and hist[-1].step == 30
         assert hist[-1].value < hist[0].value - 0.1, (f, [m.value for m in hist])
-    assert "samples_by_nested_size_step00000020.png" in [a.path for a in client.list_artifacts(res.run_id)]
+    images = [a.path for a in client.list_artifacts(res.run_id, "images")]
+    assert any(p.startswith("images/samples_by_nested_size+step+20+") for p in images)      # a periodic grid
+
+
+def _rest(server: str, path: str, **query) -> dict:
+    """GET <server>/api/2.0/mlflow/<path>: MLflow's REST API, as the UI reads it."""
+    return json.load(urllib.request.urlopen(f"{server}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}",
+                                            timeout=30))
+
+
+def test_mlflow_ui_shows_the_run_with_its_data_code_model_and_pictures(trained, mlflow_server):
+    from nestgen.data.shards import read_manifest
+    from pipelines.tracking import runs_page_url
+    res, cfg, head = trained
+    run = _rest(mlflow_server, "runs/get", run_id=res.run_id)["run"]
+    exp_id = run["info"]["experiment_id"]
+    exp = _rest(mlflow_server, "experiments/get", experiment_id=exp_id)["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]   # opens on runs
+    page = runs_page_url(cfg, exp_id)
+    assert page == f"{mlflow_server}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    assert b"<html" in urllib.request.urlopen(page, timeout=30).read().lower()
+
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}          # Source column: the code that ran
+    assert tags["mlflow.source.git.commit"] == head and tags["mlflow.source.type"] == "LOCAL"
+    [inp] = run["inputs"]["dataset_inputs"]                             # Dataset column: the token shards
+    assert inp["dataset"]["name"] == "tokens" and json.loads(inp["dataset"]["source"])["uri"] == cfg.data.url
+    assert inp["dataset"]["digest"] == read_manifest(cfg.data.url)["input_fingerprint"][:36]
+    assert {"key": "mlflow.data.context", "value": "training"} in inp["tags"]
+
+    [out] = run["outputs"]["model_outputs"]                             # Models column: the logged generator
+    assert out["step"] == 40
+    version = _rest(mlflow_server, "registered-models/alias", name="digits-test", alias="production")["model_version"]
+    assert version["source"] == f"models:/{out['model_id']}" and version["run_id"] == res.run_id
+    with use_tracking_uri(mlflow_server):
+        info = mlflow.models.get_model_info(f"models:/{out['model_id']}")
+    assert info.flavors["python_function"]["artifacts"]["checkpoint"]["path"] == "artifacts/checkpoint.pt"
+    assert "tokenizer" in info.flavors["python_function"]["artifacts"]
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["label", "seed", "schedule"]
+    assert info.signature.outputs.to_dict()[-1] == {"type": "binary", "name": "png", "required": True}
+    assert info.saved_input_example_info["type"] == "dataframe"
+
+    images = [a.path for a in MlflowClient(mlflow_server).list_artifacts(res.run_id, "images")]
+    steps = sorted({int(p.split("+step+")[1].split("+")[0]) for p in images if "samples_by_nested_size" in p})
+    assert steps == [20, 40] and tags["mlflow.loggedImages"] == "True"  # one grid per step: the UI's slider
+
+
+def test_training_run_has_system_metrics(trained, mlflow_server):
+    pytest.importorskip("psutil", reason="MLflow's system metrics need psutil")
+    res, _, _ = trained
+    client = MlflowClient(mlflow_server)
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        assert client.get_metric_history(res.run_id, key), key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_registered_model_generates_with_pyfunc_and_mlflow_models_serve(trained, mlflow_server, tmp_path):
+    """MLflow's own loaders: pyfunc.load_model and `mlflow models serve` (POST /invocations)."""
+    import pandas as pd
+    uri = "models:/digits-test@production"
+    asked = pd.DataFrame({"label": [3, 5], "seed": [0, 1], "schedule": ["baseline", ""]})
+    with use_tracking_uri(mlflow_server):
+        model = mlflow.pyfunc.load_model(uri)
+    got = model.predict(asked)
+    assert list(got["label"]) == [3, 5] and list(got["seed"]) == [0, 1]
+    assert list(got["schedule"]) == ["1x12", "8x3,4x3,2x3,1x3"]         # baseline, then the checkpoint's (magnets)
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in got["png"])
+    with pytest.raises(Exception, match="class_label 12 is out of range"):
+        model.predict(pd.DataFrame({"label": [12], "seed": [0]}))
+
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    bin_dir = Path(sys.executable).parent              # as from the activated environment: it starts uvicorn
+    proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", uri,
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+                                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        body = json.dumps({"dataframe_split": {"columns": ["label", "seed", "schedule"],
+                                               "data": [[3, 0, "baseline"], [5, 1, ""]]}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                     {"Content-Type": "application/json"})
+        preds = json.load(urllib.request.urlopen(req, timeout=120))["predictions"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+    assert [p["label"] for p in preds] == [3, 5]
+    # the same seeds give the same samples in either loader
+    assert [base64.b64decode(p["png"]) for p in preds] == list(got["png"])

@@ -8,6 +8,7 @@ and tokenizer training both start here, so every data set takes the same ingesti
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import replace
 
@@ -79,3 +80,20 @@ def load_raw_split(url: str, split: str, kind: str, clip: ClipSpec, max_image_pi
     if not arrays:
         raise FileNotFoundError(f"no usable {kind} files in split {split!r} under {url}")
     return np.stack(arrays), np.asarray(labels, dtype=np.int64), failed
+
+
+def listing_digest(url: str) -> str:
+    """Names and sizes of every file under a raw folder, or an index's text and the sizes of
+    the files it names: changes when the data do."""
+    fs, path = url_to_fs(url)
+    if not fs.exists(path):
+        return f"missing:{url}"
+    h = hashlib.sha256()
+    if is_index(url):
+        h.update(read_bytes(url))
+        for it in list_raw_files(url)[0]:
+            h.update(f"{it['uri']}|{it['size']}".encode())
+        return h.hexdigest()
+    for name, info in sorted(fs.find(path, detail=True).items()):
+        h.update(f"{name[len(path):]}|{info.get('size')}".encode())
+    return h.hexdigest()
