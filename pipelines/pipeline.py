@@ -113,7 +113,7 @@ def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:
     runs_page = runner.tracker.runs_page() if runner.tracker is not None else ""
     uri = cfg.mlflow.resolved_uri()
     if uri.startswith(("http://", "https://")):
-        lines.append(f"  browse the runs:  {runs_page}")
+        lines.append(f"  the runs page:    {runs_page}")
     else:
         lines.append(f"  browse the runs:  {mlflow} ui --backend-store-uri {uri} --host 127.0.0.1"
                      f" --port 5000   (then open {runs_page or 'http://127.0.0.1:5000'})")
