@@ -255,7 +255,7 @@ def unit_rates(name: str, res: dict, cores: int) -> None:
     summary = json.loads(Path(ev["outputs"]["summary_url"]).read_text())
     variants = len(summary["variants"])
     search = summary.get("search") or {}
-    scored = len(search.get("candidates", [])) * cfg.evaluate.search.num_samples
+    scored = len(search.get("scored", [])) * cfg.evaluate.search.num_samples
     ev["units"] = {"variants": variants, "samples": variants * cfg.evaluate.num_samples + scored}
     ev["samples_per_s_per_core"] = per_core(ev["units"]["samples"], ev["seconds"])
     if "serve" in st:

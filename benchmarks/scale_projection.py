@@ -24,10 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 # Units of the full runs (training split unless said otherwise).
+# pixel_factor: the real files' pixels per frame over the rehearsal's (256x256 JPEGs, 128x128
+# AVIs), by which the measured decode cost per file is scaled (decode cost ~ pixels).
 DATASETS = {
-    "imagenet256": {"files": 1_281_167, "eval_reference_files": 50_000, "what": "ImageNet-1k train images"},
-    "ucf101": {"files": 9_537, "eval_reference_files": 3_783, "what": "UCF101 split-1 train videos"},
-    "kinetics600": {"files": 392_000, "eval_reference_files": 30_000, "what": "Kinetics-600 train clips (~390k)"},
+    "imagenet256": {"files": 1_281_167, "eval_reference_files": 50_000, "what": "ImageNet-1k train images",
+                    "pixel_factor": 469 * 387 / 256**2, "pixels": "mean ImageNet image ~469x387"},
+    "ucf101": {"files": 9_537, "eval_reference_files": 3_783, "what": "UCF101 split-1 train videos",
+               "pixel_factor": 320 * 240 / 128**2, "pixels": "UCF101 is 320x240"},
+    "kinetics600": {"files": 392_000, "eval_reference_files": 30_000, "what": "Kinetics-600 train clips (~390k)",
+                    "pixel_factor": 640 * 360 / 128**2, "pixels": "assumed downloaded at 360p (640x360)"},
 }
 CLUSTERS = {"8xH100": 8, "64xH100": 64}
 ASSUMPTIONS = {
@@ -36,6 +41,9 @@ ASSUMPTIONS = {
     "i3d_gflops": 110.0,              # I3D on a 16x224x224 clip: order of magnitude, not measured
     "object_store_list_keys_per_s": 10_000,   # one LIST page of 1000 keys per 100 ms (GCS/S3 typical)
     "scaling_efficiency": 1.0,        # linear in GPUs: no communication or input stalls modelled
+    "tokenizer_rate": "the measured encode-only rate of a small tokenizer, also for tokenizer training "
+                      "(small convolutions underuse an H100: likely pessimistic)",
+    "kinetics600_decode": "UCF101's measured decode cost per clip (MPEG-4 AVI), scaled by pixels; K600 is H.264",
 }
 
 
@@ -94,9 +102,9 @@ def project(name: str, cpu: dict, gpu: dict) -> dict:
     video = cfg.tokenizer.kind == "video"
     clips_per_file = 1 if not video else cfg.tokenize.clips_per_video
     items = ds["files"] * clips_per_file
-    index_rate = run["stages"]["data"].get("files_per_s_per_core") or 1.0
-    index_rate = run["index"]["rows"] / run["index"]["seconds"]
-    decode_rate = ingest["decode_files_per_s_per_core"]
+    index_rate = run["index"]["rows"] / run["index"]["seconds"]      # nestgen index, one process
+    # clips (videos) or images decoded per second and core, at the real files' frame size
+    decode_rate = ingest["decode_items_per_s_per_core"] / ds["pixel_factor"]
     e = cfg.evaluate
     variants = [(s, c, g) for s in e.schedules for c in e.caches for g in e.guidance_scales]
     dec_gflops = sum(decode_flops(cfg.model, replace(cfg.decode, schedule=s, cache=c, guidance_scale=g),
@@ -118,13 +126,13 @@ def project(name: str, cpu: dict, gpu: dict) -> dict:
         st["index"] = {"wall_s": ds["files"] / index_rate + ds["files"] / ASSUMPTIONS["object_store_list_keys_per_s"],
                        "gpu_h": 0.0, "bound": "driver, one core + object-store listing"}
         t = cfg.tokenizer
-        gpu_s = t.steps * t.batch_size * tokg["train_step"] / (gpu["train_tflops"] * 1e3 * g * eff)
-        cpu_s = t.steps * t.batch_size / clips_per_file / (decode_rate * cores)
+        gpu_s = t.steps * t.batch_size * tokg["train_step"] / (gpu["tokenizer_tflops"] * 1e3 * g * eff)
+        cpu_s = t.steps * t.batch_size / (decode_rate * cores)
         st["tokenizer"] = {"wall_s": max(gpu_s, cpu_s), "gpu_h": _hours(gpu_s) * g,
                            "bound": "GPU" if gpu_s >= cpu_s else "CPU decode"}
         all_files = ds["files"] + ds["eval_reference_files"]
         gpu_s = all_files * clips_per_file * tokg["encode"] / (gpu["tokenizer_tflops"] * 1e3 * g * eff)
-        cpu_s = all_files / (decode_rate * cores)
+        cpu_s = all_files * clips_per_file / (decode_rate * cores)
         st["tokenize"] = {"wall_s": max(gpu_s, cpu_s), "gpu_h": _hours(max(gpu_s, cpu_s)) * g,
                           "bound": "GPU" if gpu_s >= cpu_s else "CPU decode"}
         gpu_s = cfg.train.steps * cfg.train.batch_size * out["train_gflops_per_sample"] / (gpu["train_tflops"] * 1e3 * g * eff)
