@@ -176,7 +176,7 @@ def index_folder(name: str, root: Path) -> dict:
     return summary
 
 
-STEP_LINE = re.compile(r"^\[dag\] (\w+): (running|done in|up to date|attempt \d+ failed)")
+STEP_LINE = re.compile(r"^\[[\d:]+\] (\w+) +(started|done in|up to date|attempt \d+ failed)")   # the console's
 
 
 def run_config(name: str, out: Path, index: str, quick: bool) -> dict:
@@ -203,7 +203,7 @@ def run_config(name: str, out: Path, index: str, quick: bool) -> dict:
                 m = STEP_LINE.match(line)
                 if m:
                     print(f"  {time.perf_counter() - t0:7.1f} s  {line.rstrip()}", flush=True)
-                    if m.group(2) == "running":
+                    if m.group(2) == "started":
                         mem.stage = m.group(1)
                     elif m.group(2) == "done in":
                         mem.stage = "between"
