@@ -143,6 +143,11 @@ def project(name: str, cpu: dict, gpu: dict) -> dict:
         st["evaluate"] = {"wall_s": gpu_s + driver_s, "gpu_h": _hours(gpu_s + driver_s) * g,
                           "bound": f"GPU + {driver_s:.0f} s of Frechet sqrtm on the driver", "samples": samples}
         out["stages"][cluster] = st
+    from nestgen.model.nested_transformer import NestedTransformer
+    with torch.device("meta"):
+        params = sum(p.numel() for p in NestedTransformer(cfg.model).parameters())
+    # fp32 weights, their EMA and AdamW's two moments: what a resumable checkpoint holds
+    out["checkpoint"] = {"params": params, "gb": 4 * params * 4 / 1e9, "kept": cfg.scaling.keep_checkpoints}
     mem = ingest["driver_bytes_per_listed_file"]
     out["driver_listing_gb"] = {f"{k}x": ds["files"] * k * mem / 1e9 for k in (1, 10, 100)}
     return out
