@@ -184,7 +184,7 @@ def run_config(name: str, out: Path, index: str, quick: bool) -> dict:
     kind = "image" if name == "imagenet256" else "video"
     run_dir = out / name / "run"
     overrides = MACHINE + OVERRIDES[name][quick] + [
-        f"pipeline.output_url={run_dir}", f"pipeline.raw_data={index}",
+        f"pipeline.output_url={run_dir}", f"pipeline.raw_data={index}", f"data.url={run_dir}/unused-shards",
         f"mlflow.tracking_uri=sqlite:///{(out / name / 'mlflow.db').resolve()}",
         f"evaluate.feature_net={_stand_in(kind, out / name / 'stand_in_nets')}"]
     cmd = [sys.executable, "-m", "pipelines", "run", str(ROOT / "configs" / f"{name}.yaml")]
