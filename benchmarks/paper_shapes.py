@@ -57,10 +57,10 @@ MACHINE = ["scaling.use_gpu=auto", "scaling.num_workers=2", "scaling.cpus_per_wo
 # The Inception Score splits the samples in 10: image runs score at least 10 per variant.
 OVERRIDES = {
     "imagenet256": (
-        ["tokenizer.base_width=16", "tokenizer.max_width=64", "tokenizer.num_res_blocks=1", "tokenizer.steps=40",
-         "tokenizer.batch_size=8", "tokenizer.warmup_steps=4", "tokenizer.log_every=10",
-         "model.width=128", "model.depth=2", "train.steps=40", "train.batch_size=16", "train.warmup_steps=4",
-         "train.log_every=10", "scaling.checkpoint_every=40", "scaling.shuffle_buffer=256",
+        ["tokenizer.base_width=8", "tokenizer.max_width=32", "tokenizer.num_res_blocks=1", "tokenizer.steps=20",
+         "tokenizer.batch_size=4", "tokenizer.warmup_steps=2", "tokenizer.log_every=5",
+         "model.width=128", "model.depth=2", "train.steps=30", "train.batch_size=16", "train.warmup_steps=3",
+         "train.log_every=10", "scaling.checkpoint_every=30", "scaling.shuffle_buffer=256",
          "tokenize.batch_size=16", "evaluate.num_samples=10", "evaluate.batch_size=10", "evaluate.grid_samples=4",
          "evaluate.search.num_samples=10", "evaluate.search.max_candidates=4"],
         ["tokenizer.base_width=8", "tokenizer.max_width=16", "tokenizer.num_res_blocks=1", "tokenizer.steps=4",
@@ -71,7 +71,7 @@ OVERRIDES = {
          "evaluate.schedules=[baseline,magnets]", "evaluate.caches=[on_switch]", "evaluate.guidance_scales=[1.0]",
          "evaluate.search.num_samples=10", "evaluate.search.max_candidates=1"]),
     "ucf101": (
-        ["tokenizer.base_width=8", "tokenizer.max_width=32", "tokenizer.num_res_blocks=1", "tokenizer.steps=20",
+        ["tokenizer.base_width=8", "tokenizer.max_width=32", "tokenizer.num_res_blocks=1", "tokenizer.steps=10",
          "tokenizer.batch_size=4", "tokenizer.warmup_steps=2", "tokenizer.log_every=5",
          "model.width=128", "model.depth=2", "train.steps=20", "train.batch_size=8", "train.warmup_steps=2",
          "train.log_every=5", "scaling.checkpoint_every=20", "scaling.shuffle_buffer=128",
@@ -88,9 +88,9 @@ OVERRIDES = {
 
 # Folder sizes: (full, quick).
 FOLDERS = {
-    "imagenet256": ({"classes": 20, "train_per_class": 16, "val_per_class": 4},
+    "imagenet256": ({"classes": 20, "train_per_class": 10, "val_per_class": 2},
                     {"classes": 20, "train_per_class": 1, "val_per_class": 1}),
-    "ucf101": ({"classes": 10, "groups": 4, "clips_per_group": 2, "frames": 64},
+    "ucf101": ({"classes": 10, "groups": 4, "clips_per_group": 1, "frames": 64},
                {"classes": 10, "groups": 3, "clips_per_group": 1, "frames": 16}),
 }
 
