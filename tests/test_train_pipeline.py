@@ -287,7 +287,6 @@ def test_mlflow_ui_shows_the_run_with_its_data_code_model_and_pictures(trained, 
 
 
 def test_training_run_has_system_metrics(trained, mlflow_server):
-    pytest.importorskip("psutil", reason="MLflow's system metrics need psutil")
     res, _, _ = trained
     client = MlflowClient(mlflow_server)
     for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
