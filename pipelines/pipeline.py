@@ -33,8 +33,9 @@ def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None 
     from pipelines.lease import Lease
     from pipelines.ray_runtime import dashboard_url, init_ray
     log = None if verbose else log_path(cfg)
-    # one writer per output folder: a second `nestgen run` there is refused, naming the first
-    with console.quiet(log), Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"):
+    # one writer per output folder: a second `nestgen run` there is refused, naming the first,
+    # before it writes anything there (its log included)
+    with Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"), console.quiet(log):
         console.say(f"nestgen run {cfg.name}: {' -> '.join(s.name for s in runner.steps)}, "
                     f"outputs under {runner.output_url}")
         if log:
