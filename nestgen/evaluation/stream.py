@@ -53,6 +53,7 @@ class BatchStats:
     seconds: float
     sums: dict[str, dict[int, Sums]]     # metric -> chunk -> summed statistics
     grid: np.ndarray | None              # pixels of this batch's samples among the first plan.grid
+    sample_shape: tuple[int, ...]        # one sample's pixel shape (frames for FVD), also when grid is None
 
 
 def stream_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests: Requests, start: int,
@@ -71,7 +72,8 @@ def stream_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests:
         for name, fn in features.items():
             sums[name][int(c)] = fn(part, worker.device)
     keep = min(len(requests), plan.grid - start)
-    return BatchStats(start, len(requests), b.seconds, sums, b.pixels[:keep] if keep > 0 else None)
+    return BatchStats(start, len(requests), b.seconds, sums, b.pixels[:keep] if keep > 0 else None,
+                      tuple(b.pixels.shape[1:]))
 
 
 class VariantStream:
@@ -94,7 +96,7 @@ class VariantStream:
                     rows[k][c] += x
         if b.grid is not None:
             self.grid.append(b.grid)
-            self.sample_shape = tuple(b.grid.shape[1:])
+        self.sample_shape = b.sample_shape
         self.seconds += b.seconds
         self.count += b.count
 
