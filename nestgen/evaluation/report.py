@@ -60,7 +60,7 @@ def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better:
         ax.scatter([r.gflops_per_sample for r in candidates], [r.metrics[metric] for r in candidates],
                    s=18, c="0.7", label="search candidates (held-out seeds)", zorder=1)
     for r, gi, qi, f in zip(results, g, q, front):
-        color = "tab:red" if r.variant.searched else ("tab:blue" if r.variant.cache == "none" else "tab:green")
+        color = variant_color(r.variant.searched, r.variant.cache)
         ax.scatter([gi], [qi], s=60 if f else 30, marker="*" if f else "o", c=color, zorder=3)
         if metric in r.replicates:
             iv = percentile_interval(qi, r.replicates[metric])
@@ -69,15 +69,26 @@ def quality_plot_png(results: list[VariantResult], metric: str, lower_is_better:
         ax.annotate(r.variant.name, (gi, qi), fontsize=7, xytext=(4, 3), textcoords="offset points")
     pts = sorted((gi, qi) for gi, qi, f in zip(g, q, front) if f)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", c="0.3", lw=1, label="Pareto front", zorder=2)
-    ax.scatter([], [], c="tab:blue", label="no cache")
-    ax.scatter([], [], c="tab:green", label="KV cache")
-    ax.scatter([], [], c="tab:red", label="searched schedule")
-    ax.set_xscale("log")
-    ax.set_xlabel("GFLOPs per sample (analytic)")
     bars = any(metric in r.replicates for r in results)
     ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)"
                   + (", bootstrap 95% interval" if bars else ""))
-    ax.set_title(title or f"{metric} against decode compute")
+    return finish_plot(fig, ax, title or f"{metric} against decode compute")
+
+
+def variant_color(searched: bool, cache: str) -> str:
+    """One colour per kind of variant, the same in every quality-vs-GFLOPs plot."""
+    return "tab:red" if searched else ("tab:blue" if cache == "none" else "tab:green")
+
+
+def finish_plot(fig, ax, title: str) -> bytes:
+    """The shared frame of a quality-vs-GFLOPs plot (colour legend, log GFLOPs axis, title,
+    grid), as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+    for color, label in (("tab:blue", "no cache"), ("tab:green", "KV cache"), ("tab:red", "searched schedule")):
+        ax.scatter([], [], c=color, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("GFLOPs per sample (analytic)")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

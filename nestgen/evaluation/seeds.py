@@ -8,7 +8,6 @@ few seeds. The per-seed values are kept next to every mean.
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,6 +15,7 @@ from typing import Sequence
 from scipy import stats
 
 from nestgen.evaluation.claim import claim_check
+from nestgen.evaluation.report import finish_plot, variant_color
 
 __all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines", "seeds_plot_png"]
 
@@ -126,22 +126,11 @@ def seeds_plot_png(agg: dict, title: str = "") -> bytes:
         g, q = v["gflops_per_sample"], v.get(metric)
         if q is None:
             continue
-        color = "tab:red" if v["searched"] else ("tab:blue" if v["cache"] == "none" else "tab:green")
+        color = variant_color(v["searched"], v["cache"])
         ax.scatter(list(g["per_seed"].values()), list(q["per_seed"].values()), s=10, c=color, alpha=0.35, zorder=2)
         ax.errorbar([g["mean"]], [q["mean"]], yerr=[[q["mean"] - q["lo"]], [q["hi"] - q["mean"]]], fmt="o",
                     c=color, ms=5, elinewidth=1.2, capsize=3, zorder=3)
         ax.annotate(v["variant"], (g["mean"], q["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    for color, label in (("tab:blue", "no cache"), ("tab:green", "KV cache"), ("tab:red", "searched schedule")):
-        ax.scatter([], [], c=color, label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("GFLOPs per sample (analytic)")
     ax.set_ylabel(f"{metric} ({'lower' if agg['lower_is_better'] else 'higher'} is better): mean and "
                   f"{agg['interval'].split(' of the mean')[0]} over {len(agg['seeds'])} seeds")
-    ax.set_title(title or f"{metric} against decode compute over training seeds {agg['seeds']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return finish_plot(fig, ax, title or f"{metric} against decode compute over training seeds {agg['seeds']}")
