@@ -54,7 +54,7 @@ class ScalingConfig:
     """Ray Train workers (pipelines.train). GPU when the cluster has one and use_gpu allows."""
     num_workers: int = 2
     use_gpu: Literal["auto", "yes", "no"] = "auto"
-    strategy: Literal["ddp", "fsdp"] = "ddp"   # generator: ddp, or fsdp (FSDP2: each worker keeps 1/num_workers of weights, grads, AdamW state; no EMA); tokenizers: ddp
+    strategy: Literal["ddp", "fsdp"] = "ddp"   # generator: ddp, or fsdp (FSDP2: each worker keeps 1/num_workers of weights, grads, AdamW state, EMA); tokenizers: ddp
     cpus_per_worker: float = 1.0
     checkpoint_every: int = 200      # optimizer steps between checkpoints (and at the end)
     keep_checkpoints: int = 2
@@ -127,12 +127,6 @@ class RunConfig(NestgenConfig):
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-
-    def validate(self) -> None:
-        super().validate()
-        # torch's AveragedModel deep-copies the model, which a sharded one refuses.
-        check(self.scaling.strategy == "ddp" or self.train.ema_decay == 0, "scaling.strategy",
-              "fsdp does not keep an EMA of weights yet: set train.ema_decay: 0 or strategy: ddp")
 
 
 def run_config_from_dict(data: dict | None, overrides: list[str] | None = None) -> RunConfig:

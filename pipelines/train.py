@@ -47,10 +47,7 @@ def generator_job(w: Worker) -> WorkerJob:
     def sample_grid(done: bool) -> None:
         if trainer.step % grid_every or done:
             return
-        model = trainer.eval_model()
-        if trainer.sharded:
-            from nestgen.training.sharding import gathered_model
-            model = gathered_model(model)
+        model = trainer.eval_model()          # a collective when sharded
         if w.run:
             log_sample_grid(w.run, model, cfg, tokenizer, trainer.step)
 

@@ -91,10 +91,3 @@ def test_checkpoints_from_before_the_top_level_seed_still_load():
     old.pop("seed")
     cfg = config_from_dict(library_sections(old))
     assert cfg.seed == 3 and cfg.train.steps == 7
-
-
-def test_fsdp_refuses_an_ema_of_weights():
-    from pipelines.config import run_config_from_dict
-    assert run_config_from_dict({"scaling": {"strategy": "fsdp"}}).scaling.strategy == "fsdp"
-    with pytest.raises(ConfigError, match="scaling.strategy: fsdp does not keep an EMA"):
-        run_config_from_dict({"scaling": {"strategy": "fsdp"}, "train": {"ema_decay": 0.999}})

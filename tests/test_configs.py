@@ -53,6 +53,12 @@ def test_config_loads_and_matches_its_tokenizer(path):
         assert cfg.train.cond_tokens // per_frame < cfg.model.grid[0], path.name
 
 
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_configs_also_train_sharded_with_their_ema(name):
+    cfg = load_config(ROOT / "configs" / name, ["scaling.strategy=fsdp"])
+    assert cfg.scaling.strategy == "fsdp" and cfg.train.ema_decay > 0
+
+
 def test_embedded_video_configs():
     gen, pred = (load_config(ROOT / "configs" / n) for n in EMBEDDED_VIDEO)
     for cfg in (gen, pred):

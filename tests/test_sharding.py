@@ -1,6 +1,7 @@
 """FSDP2 sharding of the nested objective (nestgen.training.sharding) on two CPU processes
 over gloo: what each rank keeps, what a nested size's forward gathers, the sub-model slices
-as views of the gathered weights, and the full state a checkpoint holds."""
+as views of the gathered weights, and the full state a checkpoint holds, EMA of weights included."""
+import dataclasses
 import os
 import socket
 
@@ -10,6 +11,7 @@ import torch.multiprocessing as mp
 
 WORLD = 2
 FACTORS = (1, 2, 4, 8)
+DECAY = 0.9
 
 
 def _cfg():
@@ -17,7 +19,8 @@ def _cfg():
     return config_from_dict({
         "model": {"vocab_size": 32, "grid": [4, 4], "num_classes": 10, "width": 64, "depth": 2, "heads": 8,
                   "nest_factors": list(FACTORS)},
-        "train": {"steps": 10, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "device": "cpu"}})
+        "train": {"steps": 10, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "device": "cpu",
+                  "ema_decay": DECAY}})
 
 
 def _worker(rank: int, port: int) -> None:
@@ -35,7 +38,7 @@ def _check(rank: int) -> None:
     from torch.distributed.tensor import DTensor, Shard
 
     from nestgen.training.loop import NestedTrainer
-    from nestgen.training.sharding import gathered_model, shard_objective
+    from nestgen.training.sharding import shard_objective
     cfg = _cfg()
     cpu = torch.device("cpu")
     trainer = NestedTrainer(cfg, device=cpu, wrap=shard_objective, rank=rank)
@@ -78,27 +81,47 @@ def _check(rank: int) -> None:
         F.linear = real_linear
 
     # Training, then the gathered state: rank 0 gets the unsharded format, resumable by a
-    # fresh sharded trainer and by an unsharded one.
+    # fresh sharded trainer and by an unsharded one. The reference EMA: the unsharded
+    # weights after every step, averaged in one process (starting at the initial weights).
     gen = torch.Generator().manual_seed(rank)
+    reference = {k: v.detach().double() for k, v in full.items()}
     for _ in range(3):
         trainer.train_step(torch.randint(0, 32, (8, 16), generator=gen), torch.randint(0, 10, (8,), generator=gen))
+        weights = trainer.model_state()
+        reference = {k: DECAY * reference[k] + (1 - DECAY) * weights[k].double() for k in weights}
     ckpt = {"model": trainer.model_state(), **trainer.state()}
-    copy = gathered_model(trainer.core)
+    copy = trainer.eval_model()
     box = [ckpt]
     dist.broadcast_object_list(box, src=0)                   # as if every rank read the file
     if rank == 0:
         assert {k: v.shape for k, v in ckpt["model"].items()} == {k: v.shape for k, v in full.items()}
         assert sorted(ckpt["optimizer"]["state"]) == list(range(len(full)))
+        assert ckpt["ema"].keys() == full.keys()
+        for k, v in ckpt["ema"].items():
+            assert v.dtype == torch.float32 and torch.allclose(v.double(), reference[k], rtol=1e-6, atol=1e-7), k
+        assert not torch.equal(ckpt["ema"]["blocks.0.attn.qkv.weight"], ckpt["model"]["blocks.0.attn.qkv.weight"])
         plain.load_state(ckpt)
-        assert all(torch.equal(copy.state_dict()[k], v) for k, v in plain.core.state_dict().items())
+        assert all(torch.equal(plain.ema.state_dict()[k], v) for k, v in ckpt["ema"].items())
+        assert all(torch.equal(copy.state_dict()[k], v) for k, v in ckpt["ema"].items())    # samples from the EMA
     else:
-        assert ckpt["model"] == {} and ckpt["optimizer"] == {} and copy is None
+        assert ckpt["model"] == {} and ckpt["optimizer"] == {} and ckpt["ema"] == {} and copy is None
     resumed = NestedTrainer(cfg, device=cpu, wrap=shard_objective, rank=rank)
     resumed.load_state(box[0])
     assert resumed.step == 3
     for (name, p), q in zip(trainer.core.named_parameters(), resumed.core.parameters()):
         assert torch.equal(p.to_local(), q.to_local()), name
         assert torch.equal(trainer.opt.state[p]["exp_avg"].to_local(), resumed.opt.state[q]["exp_avg"].to_local()), name
+        assert torch.equal(trainer.ema.avg[name], resumed.ema.avg[name]), name     # this rank's slice of the EMA
+
+    # Without an EMA, a sharded trainer samples from a gathered copy of its live weights.
+    live = NestedTrainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_decay=0)), device=cpu,
+                         wrap=shard_objective, rank=rank)
+    live.load_state(box[0])
+    copy = live.eval_model()
+    if rank == 0:       # (loading the state turned ckpt's tensors into this rank's DTensors; plain holds it)
+        assert all(torch.equal(copy.state_dict()[k], v) for k, v in plain.core.state_dict().items())
+    else:
+        assert copy is None
 
 
 def test_sharded_objective_gathers_whole_blocks_slices_views_and_saves_full_state():

@@ -12,12 +12,12 @@ import time
 import warnings
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from nestgen.config import NestgenConfig
 from nestgen.device import autocast, resolve_device
 from nestgen.model.nested_transformer import NestedTransformer
+from nestgen.training.ema import WeightEMA
 from nestgen.training.metric_window import MetricWindow
 from nestgen.training.objective import NestedObjective, sizes_for_step
 from nestgen.training.optim import build_optimizer, warmup_cosine_scheduler
@@ -46,8 +46,7 @@ class NestedTrainer:
             self.sharded = is_sharded(self.model)
         self.opt = build_optimizer(self.model, cfg.train)
         self.sched = warmup_cosine_scheduler(self.opt, cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay))
-                    if cfg.train.ema_decay > 0 else None)
+        self.ema = WeightEMA(self.model, cfg.train.ema_decay, self.sharded) if cfg.train.ema_decay > 0 else None
         self.step = 0
         self._rng = random.Random(cfg.seed)
         self._gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1000 * rank)
@@ -78,16 +77,25 @@ class NestedTrainer:
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self.ema.update()
         self.step += 1
         metrics = {f"loss/f{f}": per_size[i] for i, f in enumerate(factors)}
         metrics["lambda"] = lam
         metrics["lr"] = self.sched.get_last_lr()[0]
         return metrics
 
-    def eval_model(self) -> NestedTransformer:
-        """EMA weights when kept, else the live model."""
-        return self.ema.module if self.ema is not None else self.core
+    def eval_model(self) -> NestedTransformer | None:
+        """The model to sample from: a copy with the EMA weights when kept, else the live
+        model. A sharded trainer's is an unsharded copy, gathered (a collective: every rank
+        calls it; rank 0 gets the copy on its device, the others None)."""
+        if self.ema is None and not self.sharded:
+            return self.core
+        state = self.ema.state_dict() if self.ema is not None else self.model_state()
+        if not state:
+            return None
+        copy = NestedTransformer(self.core.cfg)
+        copy.load_state_dict(state)
+        return copy.to(self.device)
 
     def model_state(self) -> dict:
         """The model's state_dict; a sharded model's is gathered (a collective: every rank
@@ -98,7 +106,8 @@ class NestedTrainer:
         return full_model_state(self.core)
 
     def state(self) -> dict:
-        """Optimizer, scheduler, EMA and step: the rest of a checkpoint (gathered as model_state)."""
+        """Optimizer, scheduler, EMA and step: the rest of a checkpoint (gathered as model_state:
+        a sharded trainer's optimizer state and EMA reach rank 0, the others get {})."""
         if self.sharded:
             from nestgen.training.sharding import full_optimizer_state
             opt_state = full_optimizer_state(self.core, self.opt)
@@ -106,7 +115,7 @@ class NestedTrainer:
             opt_state = self.opt.state_dict()
         return {"optimizer": opt_state,
                 "scheduler": self.sched.state_dict(),
-                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "step": self.step}
 
     def load_state(self, ckpt: dict) -> None:
@@ -119,7 +128,7 @@ class NestedTrainer:
             self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         if self.ema is not None and ckpt.get("ema"):
-            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.load_state_dict(ckpt["ema"])
         self.step = int(ckpt["step"])
 
 

@@ -20,9 +20,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
-from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.training.objective import NestedObjective
 
 # The full state, gathered to rank 0's CPU memory (the other ranks get {}).
@@ -71,14 +70,23 @@ def load_full_state(model: torch.nn.Module, opt: torch.optim.Optimizer, model_st
                          for g in optimizer_state["param_groups"]]}, options=_SCATTER)
 
 
-def gathered_model(model: NestedTransformer) -> NestedTransformer | None:
-    """An unsharded copy of `model` on rank 0's device, for sampling there (None elsewhere)."""
-    state = full_model_state(model)
-    if not state:
-        return None
-    copy = NestedTransformer(model.cfg)
-    copy.load_state_dict(state)
-    return copy.to(model.pos_emb.device)
+def gather_full(params: dict[str, DTensor], local: dict[str, torch.Tensor]) -> dict:
+    """{name: the full tensor} of tensors sharded as `params` (of which `local` holds this
+    rank's slices, e.g. an average of them), on rank 0's CPU ({} on the others)."""
+    rank0 = torch.distributed.get_rank() == 0
+    state = {}
+    for name, p in params.items():
+        full = DTensor.from_local(local[name], p.device_mesh, p.placements, run_check=False,
+                                  shape=p.shape, stride=p.stride()).full_tensor()
+        if rank0:
+            state[name] = full.cpu()
+    return state
+
+
+def local_slice(param: DTensor, full: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of `full` as `param` is sharded (every rank holds `full`: no communication)."""
+    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements,
+                             src_data_rank=None).to_local()
 
 
 def _param_names(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[str]:
