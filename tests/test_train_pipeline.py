@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 import pipelines.train
 import pipelines.train_tokenizer
-from nestgen.checkpoint import read_checkpoint
+from nestgen.checkpoint import load_model, read_checkpoint
 from nestgen.tokenizers import TokenizerTrainer
 from nestgen.training.loop import NestedTrainer
 from pipelines.config import run_config_from_dict
@@ -30,11 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(900)
 
 
-def _cfg(shards, steps, tracking_uri="", name="t", grid_every=0, **scaling):
+def _cfg(shards, steps, tracking_uri="", name="t", grid_every=0, ema_decay=0.0, **scaling):
     return run_config_from_dict({
         "name": name,
         "model": {"vocab_size": 32, "grid": [4, 4], "num_classes": 10, "width": 64, "depth": 2, "heads": 8},
-        "train": {"steps": steps, "batch_size": 32, "lr": 3e-3, "warmup_steps": 2, "log_every": 5},
+        "train": {"steps": steps, "batch_size": 32, "lr": 3e-3, "warmup_steps": 2, "log_every": 5,
+                  "ema_decay": ema_decay},
         "data": {"source": "shards", "url": str(shards)},
         "scaling": {"num_workers": 2, "checkpoint_every": 10, "max_failures": 2, "shuffle_buffer": 256,
                     **scaling},
@@ -214,15 +215,17 @@ def test_checkpoints_on_gcs_emulator(digit_shards, gcs_emulator):
 
 
 def test_fsdp_workers_learn_every_size_and_resume_exactly(digit_shards, mlflow_server, tmp_path, monkeypatch):
-    """scaling.strategy fsdp (FSDP2 over gloo): every nested size learns; a failure at step 23
-    resumes from the step-20 checkpoint at exactly that step; the checkpoint is the unsharded
-    single-process format (full weights, optimizer state numbered as torch numbers it); a
-    periodic sample grid comes from a gathered copy."""
+    """scaling.strategy fsdp (FSDP2 over gloo) with an EMA: every nested size learns; a failure
+    at step 23 resumes from the step-20 checkpoint at exactly that step; the checkpoint is the
+    unsharded single-process format (full weights, optimizer state numbered as torch numbers
+    it, the EMA as a model state_dict, what evaluation loads); a periodic sample grid comes
+    from a gathered copy."""
     flag, seen = tmp_path / "failed-once", tmp_path / "seen"
     seen.mkdir()
     monkeypatch.setattr(pipelines.train, "train_loop_per_worker", _recording_shards(
         _failing_once(pipelines.train.train_loop_per_worker, NestedTrainer, 23, flag), seen))
-    cfg = _cfg(digit_shards, steps=30, tracking_uri=mlflow_server, name="fsdp", grid_every=20, strategy="fsdp")
+    cfg = _cfg(digit_shards, steps=30, tracking_uri=mlflow_server, name="fsdp", grid_every=20, ema_decay=0.9,
+               strategy="fsdp")
     res = fit(cfg, str(tmp_path / "out"))
     assert flag.exists() and res.start_step == 20 and res.metrics["step"] == 30
     # each worker trained on its half of the rows of (here) the first block's qkv weight
@@ -234,6 +237,11 @@ def test_fsdp_workers_learn_every_size_and_resume_exactly(digit_shards, mlflow_s
     assert sorted(ckpt["optimizer"]["state"]) == list(range(len(list(plain.core.parameters()))))
     plain.load_state(ckpt)                                         # a DDP or local run resumes from it
     assert plain.step == 30
+    assert ckpt["ema"].keys() == ckpt["model"].keys()
+    assert all(torch.equal(plain.ema.state_dict()[k], v) for k, v in ckpt["ema"].items())
+    assert not torch.equal(ckpt["ema"]["blocks.0.attn.qkv.weight"], ckpt["model"]["blocks.0.attn.qkv.weight"])
+    model, _ = load_model(res.checkpoint_url)                      # evaluation and serving: the EMA weights
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["ema"].items())
 
     client = MlflowClient(mlflow_server)
     for f in (1, 2, 4, 8):
