@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 
 def _free_port() -> int:
@@ -38,6 +39,37 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def pytest_collection_modifyitems(config, items):
     """`cluster` tests start their own Ray head after stopping the session's: they go last."""
     items.sort(key=lambda it: it.get_closest_marker("cluster") is not None)
+
+
+class FakeI3D(torch.nn.Module):
+    """Same call interface as StyleGAN-V's i3d_torchscript.pt: x (B, C, T, H, W);
+    rescale maps 0..255 to [-1, 1], resize goes to 224; it checks it got what it needs."""
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if rescale:
+            x = x / 127.5 - 1.0
+        if resize:
+            x = F.interpolate(x, size=(x.shape[2], 224, 224), mode="trilinear", align_corners=False)
+        if x.shape[1] != 3 or x.shape[-1] != 224 or x.shape[-2] != 224:
+            raise RuntimeError("expected (B, 3, T, 224, 224)")
+        if bool(x.min() < -1.001) or bool(x.max() > 1.001):
+            raise RuntimeError("expected values in [-1, 1]")
+        pooled = x.mean(dim=(2, 3, 4))                                              # 3-d
+        motion = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=(2, 3, 4))             # 3-d
+        return torch.cat([pooled, motion * 10.0], dim=1)
+
+
+@pytest.fixture
+def fake_i3d_file(tmp_path) -> Path:
+    """FakeI3D as a TorchScript file, the form the real I3D comes in (NESTGEN_I3D_PATH)."""
+    import warnings
+    path = tmp_path / "i3d_torchscript.pt"
+    with warnings.catch_warnings():      # torch 2.13 deprecates TorchScript; the real file is one
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(FakeI3D()).save(str(path))
+    return path
 
 
 @pytest.fixture

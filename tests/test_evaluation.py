@@ -9,8 +9,8 @@ import torch
 
 from nestgen.config import config_from_dict
 from nestgen.evaluation import (METRICS, EvalData, StreamPlan, Variant, build_quality_suite, class_requests,
-                                load_eval_data, local_sampler, lower_is_better, pareto_front, run_evaluation,
-                                step_splits)
+                                eval_requests, load_eval_data, local_sampler, lower_is_better, pareto_front,
+                                run_evaluation, step_splits)
 from nestgen.evaluation.quality import requested_metrics
 from nestgen.evaluation.search import pick_candidates
 from nestgen.evaluation.variants import variant_gflops
@@ -107,6 +107,32 @@ def test_driver_memory_does_not_grow_with_samples(digits_suite):
     margin = 0.1 * small + 64 * 1024
     assert large <= small + margin, (small, large)
     assert 300 * 64 * 64 * 3 > 10 * margin               # holding the 300 extra samples could not pass
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")      # the I3D file is TorchScript
+def test_a_video_variant_keeping_no_grid_samples_still_gets_its_frame_metrics(fake_i3d_file, monkeypatch):
+    """The schedule search's candidates keep no grid samples (StreamPlan grid 0): FVD and the
+    frame-prediction error still learn the clips' frame count from the streamed batches."""
+    monkeypatch.setenv("NESTGEN_I3D_PATH", str(fake_i3d_file))
+    tok = VQTokenizer(TokenizerConfig(kind="video", channels=1, image_size=8, frames=4, downsample=4,
+                                      temporal_downsample=2, base_width=8, max_width=8, codebook_size=17,
+                                      code_dim=8)).eval()          # clips of 4 frames <-> tokens [2, 2, 2]
+    cfg = config_from_dict({"model": {"vocab_size": 17, "grid": [2, 2, 2], "width": 32, "depth": 1},
+                            "train": {"cond_tokens": 4},           # the first latent frame is given
+                            "data": {"source": "shards", "url": "memory://held-out"},
+                            "evaluate": {"num_samples": 6, "batch_size": 3, "metrics": ["fvd", "frame_pred"]}})
+    held_out = torch.randint(0, 17, (6, 8), generator=torch.Generator().manual_seed(0))
+    data = EvalData("video", held_out, torch.arange(6) % 10, lambda: (held_out, torch.arange(6) % 10),
+                    [str(i) for i in range(10)], "random clips")
+    suite = build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok), "cpu")
+    assert set(suite.scorers) == {"fvd", "frame_pred"}, suite.unavailable
+    torch.manual_seed(0)
+    sample = local_sampler(NestedTransformer(cfg.model).eval(), cfg, suite, tok, progress=False)
+    [res] = sample([Variant("magnets")], eval_requests(cfg, data, 6, 0), StreamPlan(6, 2))
+    assert res.grid is None
+    assert {"fvd", "frame_pred_mse", "frame_pred_psnr"} <= set(res.metrics)
+    assert suite.protocols["fvd"]["num_frames"] == 4 and suite.protocols["fvd"]["clip_shapes_thw"] == [[4, 8, 8]]
+    assert suite.protocols["frame_pred_mse"]["predicted_frames"] == 2       # 4 frames, 2 given
 
 
 def test_step_splits_and_budgeted_candidates():

@@ -166,26 +166,6 @@ class FakeInception(torch.nn.Module):
         return torch.softmax(logits, dim=1)
 
 
-class FakeI3D(torch.nn.Module):
-    """Same call interface as StyleGAN-V's i3d_torchscript.pt: x (B, C, T, H, W);
-    rescale maps 0..255 to [-1, 1], resize goes to 224; it checks it got what it needs."""
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        x = x.to(torch.float32)
-        if rescale:
-            x = x / 127.5 - 1.0
-        if resize:
-            x = F.interpolate(x, size=(x.shape[2], 224, 224), mode="trilinear", align_corners=False)
-        if x.shape[1] != 3 or x.shape[-1] != 224 or x.shape[-2] != 224:
-            raise RuntimeError("expected (B, 3, T, 224, 224)")
-        if bool(x.min() < -1.001) or bool(x.max() > 1.001):
-            raise RuntimeError("expected values in [-1, 1]")
-        pooled = x.mean(dim=(2, 3, 4))                                              # 3-d
-        motion = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=(2, 3, 4))             # 3-d
-        return torch.cat([pooled, motion * 10.0], dim=1)
-
-
 def _save_script(module: torch.nn.Module, path) -> str:
     torch.jit.script(module).save(str(path))
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
@@ -267,9 +247,9 @@ def test_inception_score_limits():
     assert inception_score_from_probs(onehot, 5)[0] == pytest.approx(10.0)
 
 
-def test_fvd_through_torchscript_file(tmp_path, monkeypatch):
-    path = tmp_path / "i3d_torchscript.pt"
-    digest = _save_script(FakeI3D(), path)
+def test_fvd_through_torchscript_file(fake_i3d_file, monkeypatch):
+    path = fake_i3d_file
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     monkeypatch.setenv("NESTGEN_I3D_PATH", str(path))
     net = load_feature_net(I3D, device="auto")
     rng = np.random.default_rng(0)
