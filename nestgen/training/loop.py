@@ -93,8 +93,9 @@ class NestedTrainer:
         state = self.ema.state_dict() if self.ema is not None else self.model_state()
         if not state:
             return None
-        copy = NestedTransformer(self.core.cfg)
-        copy.load_state_dict(state)
+        with torch.device("meta"):        # no initialisation: every weight comes from `state`
+            copy = NestedTransformer(self.core.cfg)
+        copy.load_state_dict(state, assign=True)
         return copy.to(self.device)
 
     def model_state(self) -> dict:
