@@ -122,6 +122,28 @@ def test_grad_accumulation_and_sampled_sizes_run(small_model_cfg):
     assert not torch.equal(ema.blocks[0].attn.qkv.weight, trainer.core.blocks[0].attn.qkv.weight)
 
 
+def test_the_ema_resumes_exactly_and_starts_at_the_weights_of_a_checkpoint_without_one(small_model_cfg):
+    """The EMA starts at the initial weights and each step moves it 1 - decay of the way to the
+    new ones; a resumed trainer continues the checkpoint's average (not restarting it at the
+    weights), and a checkpoint without an average starts it at the checkpoint's weights."""
+    cfg = NestgenConfig(model=small_model_cfg, train=TrainConfig(steps=3, batch_size=8, ema_decay=0.9))
+    tokens, labels = _synthetic_task(n=16)
+    first = NestedTrainer(cfg)
+    init = {k: v.clone() for k, v in first.core.state_dict().items()}
+    first.train_step(tokens[:8], labels[:8])
+    ckpt = {"model": first.core.state_dict(), **first.state()}
+    for k, w in ckpt["model"].items():
+        torch.testing.assert_close(ckpt["ema"][k], 0.9 * init[k] + 0.1 * w, rtol=1e-6, atol=1e-7)
+    resumed = NestedTrainer(cfg)
+    resumed.load_state(ckpt)
+    resumed.train_step(tokens[8:], labels[8:])
+    for k, w in resumed.core.state_dict().items():
+        torch.testing.assert_close(resumed.ema.state_dict()[k], 0.9 * ckpt["ema"][k] + 0.1 * w, rtol=1e-6, atol=1e-7)
+    without = NestedTrainer(cfg)
+    without.load_state({**ckpt, "ema": None})
+    assert all(torch.equal(without.ema.state_dict()[k], w) for k, w in ckpt["model"].items())
+
+
 def _loss_and_grads(model, tcfg, factors, step=0):
     tokens, labels = _synthetic_task(n=8)
     model.zero_grad()

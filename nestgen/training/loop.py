@@ -130,6 +130,8 @@ class NestedTrainer:
         self.sched.load_state_dict(ckpt["scheduler"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.load_state_dict(ckpt["ema"])
+        elif self.ema is not None:      # a checkpoint without one: the average starts at its weights
+            self.ema = WeightEMA(self.model, self.cfg.train.ema_decay, self.sharded)
         self.step = int(ckpt["step"])
 
 
