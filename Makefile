@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 DEMO_OUT ?= runs/pipeline
 
-.PHONY: install demo test serve ui generate bench-decode clean
+.PHONY: install demo test serve ui generate pictures screenshots bench-decode clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,15 @@ ui: install
 
 generate: install
 	$(VENV)/bin/nestgen generate --url http://127.0.0.1:8000 --class 3 --schedule magnets --out sample.png
+
+# The README's pictures from the finished `make demo` (and, with VIDEO_RUN=<output folder>, a
+# video pipeline's frame strip), and screenshots of the MLflow UI on ./mlflow.db (needs chromium).
+VIDEO_RUN ?=
+pictures: install
+	$(PY) -m scripts.readme_pictures --run $(DEMO_OUT) $(if $(VIDEO_RUN),--video-run $(VIDEO_RUN)) --out docs/images
+
+screenshots: install
+	$(PY) -m scripts.mlflow_screenshots --db mlflow.db --out docs/images
 
 # pytest exits 5 when it collects no test: that is a broken suite, not a pass.
 test: install
