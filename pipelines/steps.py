@@ -106,9 +106,9 @@ def evaluate_step(cfg: RunConfig, ctx: StepContext, train: str = "train") -> dic
 
 def seeds_step(cfg: RunConfig, ctx: StepContext) -> dict:
     """Every evaluated metric over the training seeds (mean, 95% t interval, per-seed
-    values) -> seeds_summary.json and quality_vs_gflops.png (error bars over the seeds), and
-    one printed line per variant."""
-    from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, seeds_plot_png
+    values) -> seeds_summary.json, seeds_table.md (the README's result table) and
+    quality_vs_gflops.png (error bars over the seeds), and one printed line per variant."""
+    from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, seeds_plot_png, seeds_table_markdown
     from nestgen.storage import read_json, write_json_atomic
     urls = {s: ctx.inputs[f"evaluate-seed{s}"]["summary_url"] for s in cfg.pipeline.seeds}
     agg = aggregate_summaries({s: read_json(u) for s, u in urls.items()})
@@ -119,8 +119,9 @@ def seeds_step(cfg: RunConfig, ctx: StepContext) -> dict:
     base = agg["baseline"][agg["metric"]]
     plot = write_bytes_atomic(join(ctx.folder, "quality_vs_gflops.png"), seeds_plot_png(agg, f"{cfg.name}: {agg['metric']} "
                                                                                        f"vs decode GFLOPs over seeds"))
+    table = write_bytes_atomic(join(ctx.folder, "seeds_table.md"), seeds_table_markdown(agg).encode())
     return {"summary_url": write_json_atomic(join(ctx.folder, "seeds_summary.json"), agg), "plot_url": plot,
-            "seeds": agg["seeds"],
+            "table_url": table, "seeds": agg["seeds"],
             "metric": agg["metric"], "baseline_quality": base["mean"], "baseline_quality_lo": base["lo"],
             "baseline_quality_hi": base["hi"], "claims": agg["claims"]}
 

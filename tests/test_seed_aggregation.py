@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, seeds_plot_png, t_interval
+from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, seeds_plot_png, seeds_table_markdown, t_interval
 
 
 def test_t_interval_uses_n_minus_1_degrees_of_freedom():
@@ -27,8 +27,9 @@ def _summary(base_q: float, magnets_q: float, searched_schedule: str, searched_q
     def row(name, schedule, q, gflops, searched=False):
         return {"variant": name, "label": "", "searched": searched, "schedule": schedule, "cache": "none",
                 "guidance_scale": 0.0, "gflops_per_sample": gflops, "seconds_per_sample": 0.01,
-                "gflops_saving": 1.2 / gflops, "fd_digits": q, "pareto": True,
-                "quality_change_vs_baseline": (q - base_q) / base_q}
+                "gflops_saving": 1.2 / gflops, "fd_digits": q, "digits_accuracy": 0.9, "pareto": True,
+                "quality_change_vs_baseline": (q - base_q) / base_q,
+                "intervals": {"fd_digits": {"lo": q - 1, "hi": q + 1}, "digits_accuracy": {"lo": 0.85, "hi": 0.95}}}
     return {"metric": "fd_digits", "lower_is_better": True, "num_samples": 100, "claim": {"threshold": 0.10},
             "baseline": {"variant": "1x12 cache=none", "gflops_per_sample": 1.2, "fd_digits": base_q},
             "variants": [row("1x12 cache=none", "1x12", base_q, 1.2),
@@ -56,6 +57,23 @@ def test_aggregate_reports_mean_interval_and_per_seed_values_per_variant():
     three = aggregate_summaries({s: _summary(40.0, 41.0 + s / 10, "2x8,1x4", 42.0) for s in range(3)})
     assert seed_claim_lines(three)[0].endswith("over 3 seeds; within 10%: yes")    # +2.75% +- 0.6%
     assert seeds_plot_png(agg)[:4] == b"\x89PNG"
+
+
+def test_markdown_table_has_a_row_per_variant_with_means_intervals_and_verdicts():
+    agg = aggregate_summaries({s: _summary(40.0, 41.0 + s / 10, "2x8,1x4" if s else "4x6,1x6", 42.0 + s)
+                               for s in range(3)})
+    assert agg["metrics"] == ["fd_digits", "digits_accuracy"]
+    head, rule, base, magnets, searched, _, note = seeds_table_markdown(agg).splitlines()
+    assert head == "| variant | GFLOPs/sample | saving | fd_digits | digits_accuracy | fd_digits change | within 10% |"
+    assert rule.count("---") == 7
+    fd = agg["variants"][1]["fd_digits"]
+    ch = agg["variants"][1]["quality_change_vs_baseline"]
+    assert magnets == (f"| 8x3,4x3,2x3,1x3 cache=none | 0.400 | 3.00x | {fd['mean']:.1f} [{fd['lo']:.1f}, {fd['hi']:.1f}] "
+                       f"| 0.900 [0.900, 0.900] | {100 * ch['mean']:+.1f} [{100 * ch['lo']:+.1f}, {100 * ch['hi']:+.1f}]% | yes |")
+    assert base.startswith("| 1x12 cache=none | 1.200 | 1.00x | 40.0 [40.0, 40.0] |") and base.endswith("| (baseline) |  |")
+    # the search picked differently per model: the row names every schedule it chose; +7.5% whose interval straddles 10%
+    assert searched.startswith("| searched (2x8,1x4; 4x6,1x6), cache=none |") and searched.endswith("| undecided |")
+    assert note.startswith("3 training seeds [0, 1, 2], 100 samples per variant; mean [95% Student t interval")
 
 
 def test_aggregate_refuses_models_evaluated_differently():

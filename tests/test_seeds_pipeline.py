@@ -45,6 +45,8 @@ def test_two_seeds_train_as_branches_and_report_intervals_over_seeds(ray_local, 
         assert (magnets[key]["mean"], magnets[key]["lo"], magnets[key]["hi"]) == (iv.mean, iv.lo, iv.hi)
     assert len(agg["claims"]) == 1 and agg["claims"][0].startswith("magnets cache=none: GFLOPs saving ")
     assert Path(dag["seeds"]["outputs"]["plot_url"]).read_bytes()[:4] == b"\x89PNG"
+    table = Path(dag["seeds"]["outputs"]["table_url"]).read_text().splitlines()
+    assert table[0].startswith("| variant | GFLOPs/sample | saving | fd_digits |") and len(table) == 2 + 2 + 2
     assert f"[seeds] {agg['claims'][0]}" in log and "over training seeds [5, 6]" in log
 
     assert main(args) == 0                          # resubmitted: every step is up to date

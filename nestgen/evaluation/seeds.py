@@ -14,10 +14,11 @@ from typing import Sequence
 
 from scipy import stats
 
-from nestgen.evaluation.claim import claim_check
+from nestgen.evaluation.claim import ClaimCheck, claim_check
 from nestgen.evaluation.report import finish_plot, variant_color
 
-__all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines", "seeds_plot_png"]
+__all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines", "seeds_table_markdown",
+           "seeds_plot_png"]
 
 INTERVAL = "95% Student t interval of the mean over training seeds (N-1 degrees of freedom)"
 
@@ -88,7 +89,10 @@ def aggregate_summaries(summaries: dict[int, dict], level: float = 0.95) -> dict
         variants.append({"variant": k, "schedule": {s: r["schedule"] for s, r in rows.items()},
                          "cache": rows[seeds[0]]["cache"], "searched": bool(rows[seeds[0]].get("searched")),
                          **_aggregate_rows(rows, level)})
+    # every quality metric the suite scored (the ones with a bootstrap interval), the claimed one first
+    scored = [m for r in first["variants"][:1] for m in r.get("intervals", {}) if m != first["metric"]]
     return {"seeds": seeds, "interval": INTERVAL.replace("95%", f"{level:.0%}"), "metric": first["metric"],
+            "metrics": [first["metric"], *scored],
             "lower_is_better": first["lower_is_better"], "num_samples": first["num_samples"],
             "claim_threshold": first["claim"]["threshold"],
             "baseline": {"variant": first["baseline"]["variant"],
@@ -96,21 +100,56 @@ def aggregate_summaries(summaries: dict[int, dict], level: float = 0.95) -> dict
             "variants": variants}
 
 
+def _claim(agg: dict, v: dict) -> ClaimCheck | None:
+    """The claim check of variant row `v` over the seeds: mean GFLOPs saving, mean quality change
+    against each model's own baseline with its t interval; None for the baseline itself."""
+    if v["variant"] == agg["baseline"]["variant"] or "quality_change_vs_baseline" not in v:
+        return None
+    g, q = v["gflops_saving"], v["quality_change_vs_baseline"]
+    return claim_check(g["mean"], q["mean"], q["lo"], q["hi"], agg["claim_threshold"], agg["lower_is_better"])
+
+
 def seed_claim_lines(agg: dict) -> list[str]:
-    """The claim check over training seeds, one line per variant other than the baseline: mean
-    GFLOPs saving, mean quality change against each model's own baseline with its t interval
-    over the seeds, and the verdict of nestgen.evaluation.claim on that interval."""
+    """The claim check over training seeds, one line per variant other than the baseline, with
+    the verdict of nestgen.evaluation.claim on the interval over the seeds."""
     n = len(agg["seeds"])
     lines = []
     for v in agg["variants"]:
-        if v["variant"] == agg["baseline"]["variant"] or "quality_change_vs_baseline" not in v:
-            continue
-        g, q = v["gflops_saving"], v["quality_change_vs_baseline"]
-        c = claim_check(g["mean"], q["mean"], q["lo"], q["hi"], agg["claim_threshold"], agg["lower_is_better"])
-        lines.append(f"{v['variant']}: GFLOPs saving {c.gflops_saving:.2f}x; {agg['metric']} change "
-                     f"{100 * c.change:+.1f}% [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}] over {n} seeds; "
-                     f"within {100 * c.threshold:g}%: {c.verdict}")
+        if (c := _claim(agg, v)) is not None:
+            lines.append(f"{v['variant']}: GFLOPs saving {c.gflops_saving:.2f}x; {agg['metric']} change "
+                         f"{100 * c.change:+.1f}% [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}] over {n} seeds; "
+                         f"within {100 * c.threshold:g}%: {c.verdict}")
     return lines
+
+
+def _mean_lo_hi(m: dict, scale: float = 1.0, signed: bool = False) -> str:
+    mean, lo, hi = (scale * m[k] for k in ("mean", "lo", "hi"))
+    spec = ("+" if signed else "") + (".1f" if max(abs(mean), abs(lo), abs(hi)) >= 10 or scale != 1 else ".3f")
+    return f"{mean:{spec}} [{lo:{spec}}, {hi:{spec}}]"
+
+
+def seeds_table_markdown(agg: dict) -> str:
+    """The result table over training seeds as Markdown, one row per variant: schedule (each
+    model's, where the search picked differently), mean GFLOPs and saving, every scored metric
+    and the claimed metric's change against the baseline as mean [95% t interval], and the
+    claim verdict. The README's result tables are this, verbatim."""
+    metric, n = agg["metric"], len(agg["seeds"])
+    metrics = agg.get("metrics", [metric])
+    head = ["variant", "GFLOPs/sample", "saving", *metrics, f"{metric} change", "within "
+            f"{100 * agg['claim_threshold']:g}%"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in agg["variants"]:
+        schedules = sorted(set(v["schedule"].values()))
+        name = v["variant"] if not v["searched"] else f"searched ({'; '.join(schedules)}), cache={v['cache']}"
+        c = _claim(agg, v)
+        cells = [name, f"{v['gflops_per_sample']['mean']:.3f}", f"{v['gflops_saving']['mean']:.2f}x",
+                 *(_mean_lo_hi(v[m]) if m in v else "n/a" for m in metrics),
+                 _mean_lo_hi(v["quality_change_vs_baseline"], 100, True) + "%" if c else "(baseline)",
+                 c.verdict if c else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\n{n} training seeds {agg['seeds']}, {agg['num_samples']} samples per variant; "
+                 f"mean [{agg['interval']}].")
+    return "\n".join(lines) + "\n"
 
 
 def seeds_plot_png(agg: dict, title: str = "") -> bytes:
