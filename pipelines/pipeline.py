@@ -81,13 +81,25 @@ def name_latest(cfg: RunConfig, runner: Runner) -> None:
 
 
 def quality_table(summary_url: str) -> list[str]:
-    """The evaluation's variants: GFLOPs, saving, quality and whether on the Pareto front."""
+    """The evaluation's variants: GFLOPs, saving, quality with its 95% interval, the claim
+    check (change against the baseline with its paired interval, and the verdict) and
+    whether on the Pareto front."""
+    from nestgen.evaluation.report import format_value
     s = read_json(summary_url)
-    metric = s["metric"]
-    rows = [f"quality vs GFLOPs ({metric}, {'lower' if s['lower_is_better'] else 'higher'} is better; * on the "
-            "Pareto front):", f"  {'variant':36s} {'GFLOPs':>8s} {'saving':>7s} {metric:>15s}  pareto"]
-    rows += [f"  {v['variant']:36s} {v['gflops_per_sample']:8.3f} {v['gflops_saving']:6.2f}x {v[metric]:15.4g}"
-             f"  {'*' if v.get('pareto') else ''}" for v in s["variants"]]
+    metric, threshold = s["metric"], s["claim"]["threshold"]
+    rows = [f"quality vs GFLOPs ({metric}, {'lower' if s['lower_is_better'] else 'higher'} is better; 95% bootstrap "
+            f"intervals over {s['num_samples']} samples; * on the Pareto front):",
+            f"  {'variant':36s} {'GFLOPs':>7s} {'saving':>7s}  {metric + ' [95%]':22s} {'change [95%]':24s} "
+            f"{f'within {100 * threshold:g}%':10s} pareto"]
+    for v in s["variants"]:
+        iv, claim = v.get("intervals", {}).get(metric, {}), v.get("claim")
+        q = format_value(v[metric]) + (f" [{format_value(iv['lo'])}, {format_value(iv['hi'])}]" if "lo" in iv else "")
+        change = (f"{100 * claim['change']:+.1f}% [{100 * claim['lo']:+.1f}, {100 * claim['hi']:+.1f}]"
+                  if claim else "")
+        rows.append(f"  {v['variant']:36s} {v['gflops_per_sample']:7.3f} {v['gflops_saving']:6.2f}x  {q:22s} "
+                    f"{change:24s} {claim['verdict'] if claim else '':10s} {'*' if v.get('pareto') else ''}")
+    rows.append(f"  within {100 * threshold:g}%: yes = the whole interval of the change is within it, no = beyond "
+                "it, undecided = it straddles it")
     return rows
 
 

@@ -88,6 +88,8 @@ def test_ray_job_submit_runs_the_whole_pipeline(head, tmp_path):
     assert Path(dag["evaluate"]["outputs"]["plot_url"]).read_bytes()[:4] == b"\x89PNG"
     assert Path(dag["serve"]["outputs"]["sample_magnets"]).read_bytes()[:4] == b"\x89PNG"
     assert "mlflow ui --backend-store-uri" in log and "nestgen generate --url" in log
+    # the closing table prints the claim check: the baseline against itself is +0.0% [+0.0, +0.0], within 10%
+    assert re.search(r"baseline cache=none .*\+0\.0% \[\+0\.0, \+0\.0\] +yes", log), log
     # the console: a line per step and the summary; Ray's output is in the run's log file
     assert "Failed to query Ray Train Controller" not in log and "Running Dataset" not in log
     assert "Failed to query Ray Train Controller" not in "".join(p.read_text() for p in (out / "logs").glob("*.log"))

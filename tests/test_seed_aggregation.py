@@ -69,7 +69,7 @@ def test_markdown_table_has_a_row_per_variant_with_means_intervals_and_verdicts(
     fd = agg["variants"][1]["fd_digits"]
     ch = agg["variants"][1]["quality_change_vs_baseline"]
     assert magnets == (f"| 8x3,4x3,2x3,1x3 cache=none | 0.400 | 3.00x | {fd['mean']:.1f} [{fd['lo']:.1f}, {fd['hi']:.1f}] "
-                       f"| 0.900 [0.900, 0.900] | {100 * ch['mean']:+.1f} [{100 * ch['lo']:+.1f}, {100 * ch['hi']:+.1f}]% | yes |")
+                       f"| 0.900 [0.900, 0.900] | {100 * ch['mean']:+.1f}% [{100 * ch['lo']:+.1f}, {100 * ch['hi']:+.1f}] | yes |")
     assert base.startswith("| 1x12 cache=none | 1.200 | 1.00x | 40.0 [40.0, 40.0] |") and base.endswith("| (baseline) |  |")
     # the search picked differently per model: the row names every schedule it chose; +7.5% whose interval straddles 10%
     assert searched.startswith("| searched (2x8,1x4; 4x6,1x6), cache=none |") and searched.endswith("| undecided |")

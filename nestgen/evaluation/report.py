@@ -22,6 +22,12 @@ def pareto_front(gflops: list[float], quality: list[float], lower_is_better: boo
     return front
 
 
+def format_value(x: float, signed: bool = False) -> str:
+    """A metric value for a table: one decimal from 10 up (FD, FVD, PSNR), three below
+    (accuracies, MSE), so a column reads evenly."""
+    return f"{x:{'+' if signed else ''}.{1 if abs(x) >= 10 else 3}f}"
+
+
 def results_table(results: list[VariantResult], quality_key: str, lower_is_better: bool = True,
                   baseline_gflops: float | None = None, changes: dict[str, Interval | None] | None = None) -> str:
     """One row per variant; `changes`: variant name -> relative change of `quality_key`

@@ -15,7 +15,7 @@ from typing import Sequence
 from scipy import stats
 
 from nestgen.evaluation.claim import ClaimCheck, claim_check
-from nestgen.evaluation.report import finish_plot, variant_color
+from nestgen.evaluation.report import finish_plot, format_value, variant_color
 
 __all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines", "seeds_table_markdown",
            "seeds_plot_png"]
@@ -122,10 +122,12 @@ def seed_claim_lines(agg: dict) -> list[str]:
     return lines
 
 
-def _mean_lo_hi(m: dict, scale: float = 1.0, signed: bool = False) -> str:
-    mean, lo, hi = (scale * m[k] for k in ("mean", "lo", "hi"))
-    spec = ("+" if signed else "") + (".1f" if max(abs(mean), abs(lo), abs(hi)) >= 10 or scale != 1 else ".3f")
-    return f"{mean:{spec}} [{lo:{spec}}, {hi:{spec}}]"
+def _mean_lo_hi(m: dict) -> str:
+    return f"{format_value(m['mean'])} [{format_value(m['lo'])}, {format_value(m['hi'])}]"
+
+
+def _change(m: dict) -> str:
+    return f"{100 * m['mean']:+.1f}% [{100 * m['lo']:+.1f}, {100 * m['hi']:+.1f}]"
 
 
 def seeds_table_markdown(agg: dict) -> str:
@@ -144,7 +146,7 @@ def seeds_table_markdown(agg: dict) -> str:
         c = _claim(agg, v)
         cells = [name, f"{v['gflops_per_sample']['mean']:.3f}", f"{v['gflops_saving']['mean']:.2f}x",
                  *(_mean_lo_hi(v[m]) if m in v else "n/a" for m in metrics),
-                 _mean_lo_hi(v["quality_change_vs_baseline"], 100, True) + "%" if c else "(baseline)",
+                 _change(v["quality_change_vs_baseline"]) if c else "(baseline)",
                  c.verdict if c else ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\n{n} training seeds {agg['seeds']}, {agg['num_samples']} samples per variant; "
