@@ -7,10 +7,12 @@ loads pages in headless Chromium (Debian's `chromium` package) and writes, as PN
 100 kB:
   mlflow_runs.png       the experiment's runs table: the newest pipeline parent run expanded
                         to its step runs, the evaluate step expanded to its variant runs;
-  mlflow_artifacts.png  the evaluate step run's artifacts (plot, summary, samples);
+  mlflow_artifacts.png  the evaluate step run's artifacts, its quality-vs-GFLOPs plot open;
   mlflow_variant.png    the MaGNeTS variant run's (cached when evaluated so) logged sample grid.
-The server is stopped by its process id. The expansion is a shared view state: an
-experiment tag `mlflow.sharedViewState.<key>` the UI reads when the URL names the key.
+Each page is taken once it shows the runs it should, after the clicks a person would make
+(expanding parent runs, closing the assistant panel). The table's metric columns are a
+shared view state: an experiment tag `mlflow.sharedViewState.<key>` (in the copy) that the
+UI applies when the URL names the key. The server and the browser are stopped by process id.
 """
 from __future__ import annotations
 
@@ -171,7 +173,6 @@ def chromium_page(chromium: str, size: tuple[int, int], timeout: float = 120):
 
 CLOSE_PANELS = ['[data-component-id="mlflow.assistant.chat_panel.close"]',     # the assistant side panel
                 '[data-component-id="mlflow.experiment_page.shared_view.dismiss"]']  # the shared-view banner
-RUN_NAME_COLUMN = "attributes.`Run Name`"
 
 
 def click(selector: str) -> str:
@@ -187,8 +188,8 @@ def expander(run: dict) -> str:
 def screenshot(send, url: str, steps: list[tuple[list[str], str | None]], out: Path, timeout: float = 120,
                settle: float = 3.0) -> Path:
     """Loads `url`; for each (texts, action) step waits until the page's text holds every
-    text and no loading skeleton is left, then runs the action (JavaScript: a click, a
-    ...), as a person would; closes side panels and banners, lets images settle, and
+    text and no loading skeleton is left, then runs the action (JavaScript, e.g. a click)
+    as a person would; closes side panels and banners, lets images settle, and
     writes the PNG."""
     send("Page.navigate", url=url)
 
@@ -227,9 +228,36 @@ def run_id(run: dict) -> str:
 
 
 def share_view(url: str, experiment_id: str, state: dict) -> None:
-    """Stores a UI view state (e.g. which runs are expanded) under VIEW_KEY (in the copy)."""
+    """Stores a UI view state (e.g. the table's columns) under VIEW_KEY."""
     ajax(url, "experiments/set-experiment-tag", {"experiment_id": experiment_id,
                                                  "key": f"mlflow.sharedViewState.{VIEW_KEY}", "value": json.dumps(state)})
+
+
+def run_name(run: dict) -> str:
+    return run["info"]["run_name"]
+
+
+def pages_to_take(url: str, runs: PipelineRuns) -> dict[str, tuple[str, list[tuple[list[str], str | None]]]]:
+    """{file: (page URL, steps for `screenshot`)}."""
+    exp = f"{url}/#/experiments/{runs.experiment_id}"
+    table = [([run_name(runs.parent)], expander(runs.parent))]
+    if "evaluate" in runs.steps:
+        table.append(([run_name(r) for r in runs.steps.values()], expander(runs.steps["evaluate"])))
+    table.append(([run_name(r) for r in runs.variants], None))
+    pages = {"mlflow_runs.png": (f"{exp}/runs?viewStateShareKey={VIEW_KEY}", table)}
+    if "evaluate" in runs.steps:
+        ev = runs.steps["evaluate"]
+        pages["mlflow_artifacts.png"] = (f"{exp}/runs/{run_id(ev)}/artifacts/quality_vs_gflops.png",
+                                         [([run_name(ev), "summary.json"], None)])
+    magnets = [r for r in runs.variants if run_name(r).startswith("magnets cache=")]
+    if magnets:
+        v = max(magnets, key=lambda r: run_name(r) != "magnets cache=none")       # the cached one when evaluated
+        grids = [f["path"] for f in ajax(url, f"artifacts/list?run_id={run_id(v)}&path=images").get("files", [])
+                 if f["path"].endswith(".png")]
+        if grids:
+            pages["mlflow_variant.png"] = (f"{exp}/runs/{run_id(v)}/artifacts/{grids[0]}",
+                                           [([run_name(v), Path(grids[0]).name], None)])
+    return pages
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -254,32 +282,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
         shutil.copyfile(a.db, db)
         with mlflow_ui(db, tmp / "ui.log") as url:
             runs = pipeline_runs(url, a.experiment)
-            share_view(url, runs.experiment_id, {"selectedColumns": metric_columns(runs.variants),
-                                                    "columnWidths": {RUN_NAME_COLUMN: 300}})
-            exp = f"{url}/#/experiments/{runs.experiment_id}"
-            name = lambda r: r["info"]["run_name"]                                   # noqa: E731
-            runs_steps = [([name(runs.parent)], expander(runs.parent))]
-            if "evaluate" in runs.steps:
-                runs_steps.append(([name(r) for r in runs.steps.values()], expander(runs.steps["evaluate"])))
-            runs_steps.append(([name(r) for r in runs.variants], None))
-            pages = {"mlflow_runs.png": (f"{exp}/runs?viewStateShareKey={VIEW_KEY}", runs_steps)}
-            if "evaluate" in runs.steps:
-                ev = runs.steps["evaluate"]
-                pages["mlflow_artifacts.png"] = (f"{exp}/runs/{run_id(ev)}/artifacts/quality_vs_gflops.png",
-                                                 [([name(ev), "summary.json"], None)])
-            magnets = [r for r in runs.variants if name(r).startswith("magnets cache=")]
-            if magnets:
-                v = max(magnets, key=lambda r: name(r) != "magnets cache=none")      # the cached one when run
-                grids = [f["path"] for f in ajax(url, f"artifacts/list?run_id={run_id(v)}&path=images").get("files", [])
-                         if f["path"].endswith(".png")]
-                if grids:
-                    pages["mlflow_variant.png"] = (f"{exp}/runs/{run_id(v)}/artifacts/{grids[0]}",
-                                                   [([name(v), Path(grids[0]).name], None)])
+            share_view(url, runs.experiment_id, {"selectedColumns": metric_columns(runs.variants)})
             with chromium_page(a.chromium, size) as send:
-                for name, (page, steps) in pages.items():
-                    shot = screenshot(send, page, steps, tmp / name)
-                    written.append(save_small_png(Image.open(shot), a.out / name))
-                    print(f"{a.out / name}  {(a.out / name).stat().st_size / 1000:.0f} kB  <- {page}")
+                for file, (page, steps) in pages_to_take(url, runs).items():
+                    shot = screenshot(send, page, steps, tmp / file)
+                    written.append(save_small_png(Image.open(shot), a.out / file))
+                    print(f"{a.out / file}  {(a.out / file).stat().st_size / 1000:.0f} kB  <- {page}")
     return written
 
 
