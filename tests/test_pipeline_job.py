@@ -111,10 +111,35 @@ def test_ray_job_submit_runs_the_whole_pipeline(head, tmp_path):
     read = {k.data.tags["nestgen.step"]: [d.dataset.name for d in k.inputs.dataset_inputs] for k in kids}
     assert read["train-tokenizer"] == read["tokenize"] == ["raw"] and read["train"] == read["evaluate"] == ["tokens"]
     assert f"#/experiments/{exp.experiment_id}/runs" in log              # the closing link to the runs table
+    t0 = time.time()
+    _the_ui_lists_the_runs(tmp_path / "mlflow.db", "job-test")
+    ui = time.time() - t0
 
     t0 = time.time()
     _submit(address, env, TINY + [f"pipeline.output_url={out}", "mlflow.experiment=job-test"], tracking)
     again = time.time() - t0
     dag = json.loads((out / "dag.json").read_text())["steps"]
     assert [s["status"] for s in dag] == ["skipped"] * 6
-    print(f"first run {first:.0f} s, re-run {again:.0f} s (all steps skipped)")
+    print(f"first run {first:.0f} s, UI check {ui:.0f} s, re-run {again:.0f} s (all steps skipped)")
+
+
+def _the_ui_lists_the_runs(db: Path, experiment: str) -> None:
+    """`mlflow ui` on the pipeline's database, as `make ui` serves it (and `make screenshots`,
+    whose code this uses): the page loads, and the calls its runs table makes list the
+    pipeline run, its step runs and the evaluate step's variant runs with comparable metrics."""
+    import urllib.request
+    from scripts.mlflow_screenshots import mlflow_ui, pipeline_runs, tags
+    with mlflow_ui(db, db.parent / "ui.log") as url:
+        page = urllib.request.urlopen(f"{url}/", timeout=60).read().decode()
+        assert '<div id="root"' in page
+        [bundle] = re.findall(r'src="(static-files/static/js/main\.[0-9a-f]+\.js)"', page)
+        assert len(urllib.request.urlopen(f"{url}/{bundle}", timeout=60).read()) > 100_000   # the app itself
+        runs = pipeline_runs(url, experiment)
+    assert runs.parent["info"]["run_name"] == "pipeline-digits-vq" and runs.parent["info"]["status"] == "FINISHED"
+    assert sorted(runs.steps) == sorted(["data", "train-tokenizer", "tokenize", "train", "evaluate", "serve"])
+    names = sorted(v["info"]["run_name"] for v in runs.variants)
+    assert names[:2] == ["baseline cache=none", "magnets cache=none"] and names[2].startswith("searched: ")
+    for v in runs.variants:                        # the columns a person compares the variants by
+        metrics = {m["key"] for m in v["data"]["metrics"]}
+        assert {"gflops_per_sample", "gflops_saving", "fd_digits", "digits_accuracy"} <= metrics, metrics
+        assert tags(v)["mlflow.loggedImages"] == "True"
