@@ -221,3 +221,84 @@ def test_metrics_the_data_rules_out_are_unavailable_with_the_reason():
     with pytest.raises(ValueError, match="fd_digits: the classes .* are not the digits 0..9; "
                                          "frame_pred: train.cond_tokens is 0"):
         build_quality_suite(cfg, cats, lambda t: tokens_to_pixels(t, cfg.model.grid))
+
+
+def _rgb64_tokenizer() -> VQTokenizer:
+    """A (random) VQ tokenizer rendering 8x8 token grids to 64x64 RGB images."""
+    return VQTokenizer(TokenizerConfig(kind="image", channels=3, image_size=64, base_width=8, max_width=16,
+                                       downsample=8, codebook_size=17, code_dim=8)).eval()
+
+
+def _image_shards_cfg(**evaluate):
+    """Held-out token rows of a shard set (not the raw digits): rendered by a tokenizer."""
+    return config_from_dict({"model": {"width": 32, "depth": 1}, "data": {"source": "shards", "url": "memory://x"},
+                             "evaluate": evaluate})
+
+
+def _held_out(kind: str, n: int, length: int) -> EvalData:
+    tokens = torch.randint(0, 17, (n, length), generator=torch.Generator().manual_seed(n))
+    labels = torch.arange(n) % 10
+    return EvalData(kind, tokens, labels, lambda: (tokens, labels), [str(i) for i in range(10)], "random tokens")
+
+
+def test_the_held_out_reference_streamed_in_batches_gives_the_one_shot_statistics(digits_suite, fake_i3d_file,
+                                                                                   monkeypatch):
+    """The reference is rendered evaluate.batch_size rows at a time and reduced as it comes:
+    uneven batches of 5 give the statistics of one render of all rows (batch_size >= rows),
+    so the same distances and the same clip classifier validation accuracy. Equal to float32
+    rounding, not bit for bit: the decoder and the feature nets compute in float32 with
+    kernels that depend on the batch size (about 1e-6 relative; a lost row would be ~1e-2)."""
+    monkeypatch.setenv("NESTGEN_I3D_PATH", str(fake_i3d_file))
+    image_tok, images = _rgb64_tokenizer(), _held_out("image", 32, 64)
+    video_tok = VQTokenizer(TokenizerConfig(kind="video", channels=1, image_size=8, frames=4, downsample=4,
+                                            temporal_downsample=2, base_width=8, max_width=8, codebook_size=17,
+                                            code_dim=8)).eval()
+    clips = _held_out("video", 32, 8)
+
+    def scored(batch_size: int) -> tuple[dict, dict]:
+        image_cfg = _image_shards_cfg(batch_size=batch_size, metrics=["fd_digits"])
+        video_cfg = config_from_dict({"model": {"vocab_size": 17, "grid": [2, 2, 2], "width": 32, "depth": 1},
+                                      "data": {"source": "shards", "url": "memory://x"},
+                                      "evaluate": {"batch_size": batch_size, "metrics": ["fvd", "fvd_digits"]}})
+        out, protocols = {}, {}
+        for cfg, data, tok in ((image_cfg, images, image_tok), (video_cfg, clips, video_tok)):
+            suite = build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok), "cpu")
+            assert not suite.unavailable, suite.unavailable
+            samples = tokens_to_pixels(data.holdout_tokens.flip(0)[:24] // 2, cfg.model.grid, tok)
+            out.update(suite.score(samples, np.arange(24) % 10))
+            protocols.update(suite.protocols)
+        return out, protocols
+
+    streamed, streamed_protocols = scored(5)
+    one_shot, one_shot_protocols = scored(32)
+    assert set(streamed) == {"fd_digits", "fvd", "fvd_digits"}
+    assert streamed == pytest.approx(one_shot, rel=1e-4) and all(v > 0 for v in streamed.values())
+    assert all(streamed_protocols[k]["reference"]["num_samples"] == 32 for k in streamed)
+    record = streamed_protocols["fvd_digits"]["feature_net"]
+    assert record["val_accuracy"] == one_shot_protocols["fvd_digits"]["feature_net"]["val_accuracy"]
+
+
+def test_driver_memory_does_not_grow_with_the_held_out_reference(digits_suite):
+    """The held-out reference is rendered and reduced one evaluate.batch_size batch at a time:
+    peak traced memory while building the suite at 4x the held-out rows is within 10%.
+    tracemalloc sees numpy's allocations, not torch's, so the render here copies each batch
+    into numpy; holding the rendered split (12 KB a row) could not pass (asserted too)."""
+    tok = _rgb64_tokenizer()
+
+    def peak(n: int) -> int:
+        cfg = _image_shards_cfg(batch_size=50, metrics=["fd_digits"])
+        data = _held_out("image", n, 64)
+        tracemalloc.start()
+        try:
+            suite = build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok).copy(), "cpu")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert list(suite.scorers) == ["fd_digits"]
+        return peak
+
+    peak(50)                        # first-use allocations (and the digits classifier) out of the way
+    small, large = peak(100), peak(400)
+    margin = 0.1 * small + 64 * 1024
+    assert large <= small + margin, (small, large)
+    assert 300 * 64 * 64 * 3 > 10 * margin               # holding the 300 extra rows could not pass

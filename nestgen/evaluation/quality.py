@@ -31,6 +31,8 @@ from nestgen.metrics.protocol import MetricResult
 from nestgen.metrics.sums import Sums
 
 if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
+    import torch
+
     from nestgen.config import NestgenConfig
 
 @dataclass
@@ -53,6 +55,23 @@ class StreamedMetric:
     results: ResultFn
 
 
+@dataclass(frozen=True)
+class _RenderedBatches:
+    """Rendered held-out batches, made again on every pass and never all at once: each
+    reference statistic (nestgen.metrics' streaming feature statistics, the clip classifier's
+    validation accuracy) reduces a batch as it comes, so the driver holds one batch of pixels,
+    not the split (tens of GB at ImageNet's 50k validation images). The price is one decode of
+    the split per statistic: at most three (a standard net's reference, a digits net's and
+    the clip classifier's validation), and one for FID or FVD alone."""
+    render: Callable
+    tokens: torch.Tensor           # (n, L)
+    batch_size: int
+
+    def __iter__(self):
+        for i in range(0, len(self.tokens), self.batch_size):
+            yield np.asarray(self.render(self.tokens[i:i + self.batch_size]))
+
+
 @dataclass
 class _Context:
     cfg: NestgenConfig
@@ -61,12 +80,12 @@ class _Context:
     device: str
     memo: dict = field(default_factory=dict)
 
-    @property
-    def ref_pixels(self) -> np.ndarray | None:
-        """Held-out pixels through the renderer, made on first use (None for raw digits: 8x8 levels)."""
+    def reference_batches(self) -> _RenderedBatches | None:
+        """The held-out split through the renderer, `evaluate.batch_size` rows at a time (None
+        for raw digits: 8x8 levels)."""
         if self.cfg.data.source == "digits":
             return None
-        return self.once("ref_pixels", lambda: np.asarray(self.render(self.data.holdout_tokens)))
+        return _RenderedBatches(self.render, self.data.holdout_tokens, self.cfg.evaluate.batch_size)
 
     def once(self, key: str, make):
         if key not in self.memo:
@@ -203,8 +222,8 @@ def _image_net(ctx: _Context):
             _DIGITS_NETS[key] = train_digit_classifier(epochs=15, seed=cfg.data.seed,
                                                        holdout_fraction=cfg.data.holdout_fraction)
         net, info = _DIGITS_NETS[key]
-        ref = ctx.ref_pixels if ctx.ref_pixels is not None else digit_tokens_to_images(ctx.data.holdout_tokens)
-        return net, info, digits_stats(net, ref)
+        ref = ctx.reference_batches()
+        return net, info, digits_stats(net, ref if ref is not None else digit_tokens_to_images(ctx.data.holdout_tokens))
     return ctx.once("image_net", make)
 
 
@@ -214,10 +233,11 @@ def _clip_net(ctx: _Context):
     from nestgen.metrics.digits_train import train_clip_classifier
 
     def make():
-        train = np.asarray(ctx.render(ctx.data.train_tokens))
+        train = np.asarray(ctx.render(ctx.data.train_tokens))     # at most load_eval_data's max_train clips
+        ref = ctx.reference_batches()
         net, info = train_clip_classifier(train, ctx.data.train_labels.numpy(), seed=ctx.cfg.data.seed,
-                                          val=(ctx.ref_pixels, ctx.data.holdout_labels.numpy()))
-        return net, info, digits_stats(net, ctx.ref_pixels)
+                                          val=(ref, ctx.data.holdout_labels.numpy()))
+        return net, info, digits_stats(net, ref)
     return ctx.once("clip_net", make)
 
 
@@ -268,13 +288,15 @@ def _on_worker(net) -> Callable:
 
 
 def _reference(ctx: _Context, key: str, stats_fn):
-    """Reference stats: evaluate.reference_stats (.npz) when set, else the held-out pixels'."""
+    """Reference stats: evaluate.reference_stats (.npz) when set, else the held-out pixels'
+    (`stats_fn` of the rendered batches)."""
     from nestgen.metrics.fid import resolve_reference
     if ctx.cfg.evaluate.reference_stats:
         return ctx.once(key, lambda: resolve_reference(ctx.cfg.evaluate.reference_stats))
-    if ctx.ref_pixels is None:
+    ref = ctx.reference_batches()
+    if ref is None:
         raise _Unavailable("raw 8x8 digit levels are not images for Inception/I3D; set evaluate.reference_stats")
-    return ctx.once(key, lambda: (stats_fn(ctx.ref_pixels), "held-out split"))
+    return ctx.once(key, lambda: (stats_fn(ref), "held-out split"))
 
 
 _INCEPTION_BATCH = 64      # images per Inception forward pass on a worker
@@ -320,8 +342,9 @@ def _fvd(ctx: _Context, net) -> StreamedMetric:
     from nestgen.metrics.frechet import frechet_stats, frechet_sums
     from nestgen.metrics.fvd import compute_video_stats, fvd_result, i3d_features
     from nestgen.metrics.inputs import iter_batches, videos_to_bcthw3
-    # every frame of a clip counts: samples and held-out clips come out of one tokenizer
-    ref, source = _reference(ctx, "i3d_ref", lambda px: compute_video_stats(net, px, num_frames=int(px.shape[1])))
+    # every frame of a clip counts (num_frames=None: any length): samples and held-out clips
+    # come out of one tokenizer
+    ref, source = _reference(ctx, "i3d_ref", lambda px: compute_video_stats(net, px, num_frames=None))
     load, shift = _on_worker(net), ref.mu
 
     def features(chunk: Chunk, device) -> Sums:

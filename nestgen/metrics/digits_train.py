@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from nestgen.metrics.digits_nets import DigitClipNet, DigitImageNet, build_digits_net, net_hash
+from nestgen.metrics.inputs import iter_batches
 from nestgen.metrics.protocol import bytes_sha256
 from nestgen.storage import write_bytes_atomic
 from nestgen.torchfile import load_torch_bytes
@@ -50,10 +51,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: float = 0.12,
 
 @torch.no_grad()
 def predict(net, data, batch_size: int = 256) -> np.ndarray:
-    """Class predictions for uint8 images/clips (preprocessed by the net itself)."""
+    """Class predictions for uint8 images/clips, one array or an iterable of batches
+    (preprocessed by the net itself)."""
     net.eval()
-    out = [net(net.preprocess(data[i:i + batch_size])).argmax(1).cpu()
-           for i in range(0, len(data), batch_size)]
+    out = [net(net.preprocess(b)).argmax(1).cpu() for b in iter_batches(data, batch_size)]
     return torch.cat(out).numpy()
 
 
@@ -120,7 +121,8 @@ def train_clip_classifier(clips: np.ndarray, labels: np.ndarray, epochs: int = 6
                           size: int = 32, batch_size: int = 32, lr: float = 3e-3,
                           order_task: bool = True, val: tuple[np.ndarray, np.ndarray] | None = None,
                           device: str = "cpu") -> tuple[DigitClipNet, dict[str, Any]]:
-    """Train DigitClipNet on uint8 clips (n, T, H, W[, C]) with digit labels (n,)."""
+    """Train DigitClipNet on uint8 clips (n, T, H, W[, C]) with digit labels (n,); `val`:
+    (clips, or an iterable of batches of them, labels) for info['val_accuracy']."""
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
