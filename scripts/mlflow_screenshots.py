@@ -50,6 +50,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server started with start_new_session=True, and everything it started, by its
+    process group: SIGTERM, then SIGKILL after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def mlflow_ui(db: Path, log: Path, timeout: float = 120):
     """`mlflow ui` on sqlite:///db, 127.0.0.1 and a free port; yields its URL; stopped by PID."""
@@ -73,12 +84,7 @@ def mlflow_ui(db: Path, log: Path, timeout: float = 120):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 def ajax(url: str, path: str, body: dict | None = None) -> dict:
@@ -163,12 +169,7 @@ def chromium_page(chromium: str, size: tuple[int, int], timeout: float = 120):
                      mobile=False)
                 yield send
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
 
 
 CLOSE_PANELS = ['[data-component-id="mlflow.assistant.chat_panel.close"]',     # the assistant side panel
