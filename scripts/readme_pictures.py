@@ -32,9 +32,13 @@ def evaluate_folder(run: Path) -> Path:
     dag = run / "dag.json"
     if not dag.is_file():
         raise SystemExit(f"{run} has neither dag.json (a pipeline output folder) nor summary.json (an evaluate folder)")
-    steps = json.loads(dag.read_text())["steps"]
-    done = [s for s in steps if (s["name"] == "evaluate" or s["name"].startswith("evaluate-seed"))
-            and s["status"] in ("done", "skipped")]
+    try:
+        done = [s for s in json.loads(dag.read_text())["steps"]
+                if (s["name"] == "evaluate" or s["name"].startswith("evaluate-seed"))
+                and s["status"] in ("done", "skipped")]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SystemExit(f"{dag} is not a pipeline's dag.json ({type(e).__name__}: {e}): point --run at the "
+                         "output folder of `nestgen run`") from None
     if not done:
         raise SystemExit(f"{dag} lists no finished evaluate step: run the pipeline to the end first")
     return run / Path(done[0]["folder"]).name       # the folder may be relative to where the pipeline ran

@@ -124,3 +124,13 @@ def test_big_pictures_are_shrunk_under_the_budget(tmp_path):
     p = save_small_png(noise, tmp_path / "n.png")
     with Image.open(p) as im:
         assert p.stat().st_size <= MAX_BYTES and im.width < 450 and im.width / im.height == pytest.approx(1.5, 0.01)
+
+
+@pytest.mark.parametrize("text", ["not json", '{"steps": "x"}', '{"steps": [{"name": "evaluate"}]}', "[]"])
+def test_a_malformed_dag_json_is_one_clear_error(tmp_path, text):
+    (tmp_path / "dag.json").write_text(text)
+    with pytest.raises(SystemExit, match=r"dag.json is not a pipeline's dag.json .*point --run at the output folder"):
+        main(["--run", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="has neither dag.json"):
+        main(["--run", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
