@@ -106,6 +106,7 @@ class PipelineConfig:
     tokenizer: str = ""                 # an existing tokenizer (checkpoint or diffusers VQModel folder): not trained
     serve: bool = True                  # the last step: deploy on Serve locally, request a sample, stop
     seeds: list[int] = field(default_factory=list)   # >= 2: a train -> evaluate branch per seed, then `seeds` (mean, 95% t interval)
+    parallel_steps: int = 1             # steps run at once when their inputs are ready (the seeds' branches); 1 on one machine
     retries: int = 2                    # extra attempts of a step after a transient failure
     retry_backoff_s: float = 5.0
 
@@ -116,6 +117,7 @@ class PipelineConfig:
         check(self.frames >= 1, "frames", "must be >= 1")
         check(not self.seeds or (len(self.seeds) >= 2 and len(set(self.seeds)) == len(self.seeds)), "seeds",
               f"must be empty (one model, the top-level seed) or >= 2 distinct seeds, got {self.seeds}")
+        check(self.parallel_steps >= 1, "parallel_steps", "must be >= 1")
         check(self.retries >= 0, "retries", "must be >= 0")
         check(self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
 

@@ -14,12 +14,18 @@ Train WorkerGroupError holding a worker's ConfigError: Ray Train already spent i
 max_failures on it).
 
 The runner executes steps in the driver in dependency order; the steps fan out on the
-cluster themselves (Ray Data, Ray Train, actors, Serve).
+cluster themselves (Ray Data, Ray Train, actors, Serve). With `parallel` > 1, up to that many
+steps whose upstream steps are complete run at once (each in a driver thread), so
+independent branches (a train -> evaluate branch per training seed) share the cluster, each
+waiting in Ray's queue for the resources it asks for; after a failure, running steps finish
+and record their outputs and nothing new starts.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -144,10 +150,12 @@ class Runner:
     """Plans and runs a DAG under `output_url`; `tracker` (optional) mirrors it in MLflow."""
 
     def __init__(self, steps: list[Step], output_url: str, tracker=None, retries: int = 2,
-                 backoff_s: float = 5.0):
+                 backoff_s: float = 5.0, parallel: int = 1):
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.steps = topological(steps)
         self.output_url = output_url.rstrip("/")
-        self.tracker, self.retries, self.backoff_s = tracker, retries, backoff_s
+        self.tracker, self.retries, self.backoff_s, self.parallel = tracker, retries, backoff_s, parallel
         fps = fingerprints(self.steps)
         self.records = {s.name: StepRecord(s.name, s.deps, fps[s.name], join(self.output_url, f"{s.name}-{fps[s.name][:12]}"))
                         for s in self.steps}
@@ -183,32 +191,46 @@ class Runner:
         print(self.describe(plan), flush=True)             # the run's log (the console has a line per step)
         if self.tracker:
             self.tracker.start(self)
-        failed = None
+        failed: StepFailed | None = None
+        pending, running = list(self.steps), set()
+        finished: queue.Queue = queue.Queue()            # (step name, StepFailed or None) as steps end
         try:
-            for s in self.steps:
-                r = self.records[s.name]
-                if failed or plan[s.name] == "not selected":
-                    r.status = "not_run" if failed else r.status
-                    if plan[s.name] == "not selected" and exists(join(r.folder, MARKER)):
-                        r.outputs, r.status = read_json(join(r.folder, MARKER))["outputs"], "skipped"
-                    continue
-                missing = [d for d in s.deps if self.records[d].status not in ("done", "skipped")]
-                if missing:
-                    raise StepFailed(f"step {s.name!r} needs {missing} to be complete first "
-                                     f"(run without --only, or with --only {missing[0]})")
-                if plan[s.name] == "skip":
-                    marker = read_json(join(r.folder, MARKER))
-                    r.outputs, r.status = marker["outputs"], "skipped"
-                    say(f"[{_now()}] {s.name:10s} up to date, skipped   -> {r.folder}")
-                    if self.tracker:
-                        self.tracker.step(r)
-                    continue
-                try:
-                    self._run_step(s, r)
-                except StepFailed as e:
-                    failed = e
+            while True:
+                for s in list(pending):                  # in dependency order: what can start now
+                    if failed:
+                        break
+                    waiting = {p.name for p in pending} | running
+                    if any(d in waiting for d in s.deps) or (plan[s.name] == "run" and len(running) >= self.parallel):
+                        continue
+                    pending.remove(s)
+                    r = self.records[s.name]
+                    if plan[s.name] == "not selected":
+                        self._load_marker(r)
+                        continue
+                    missing = [d for d in s.deps if self.records[d].status not in ("done", "skipped")]
+                    if missing:
+                        raise StepFailed(f"step {s.name!r} needs {missing} to be complete first "
+                                         f"(run without --only, or with --only {missing[0]})")
+                    if plan[s.name] == "skip":
+                        self._load_marker(r)
+                        say(f"[{_now()}] {s.name:10s} up to date, skipped   -> {r.folder}")
+                        if self.tracker:
+                            self.tracker.step(r)
+                        continue
+                    running.add(s.name)
+                    self._launch(s, r, finished)
+                if not running:
+                    break
+                name, error = finished.get()
+                running.discard(name)
+                failed = failed or error
                 if self.tracker:
-                    self.tracker.step(r)
+                    self.tracker.step(self.records[name])
+            for s in pending:                            # after a failure: never started
+                r = self.records[s.name]
+                r.status = "not_run"
+                if plan[s.name] == "not selected":
+                    self._load_marker(r)
         finally:
             write_json_atomic(join(self.output_url, DAG_FILE), self.summary())
             if self.tracker:
@@ -216,6 +238,27 @@ class Runner:
         if failed:
             raise failed
         return self.records
+
+    def _load_marker(self, r: StepRecord) -> None:
+        """A complete step's outputs from its marker (status skipped); nothing if incomplete."""
+        if exists(join(r.folder, MARKER)):
+            r.outputs, r.status = read_json(join(r.folder, MARKER))["outputs"], "skipped"
+
+    def _launch(self, s: Step, r: StepRecord, finished: queue.Queue) -> None:
+        """Run the step and put (name, StepFailed or None) on `finished`. One step at a time runs
+        here, in the caller's thread (Ctrl-C reaches it); with `parallel` > 1 each runs in its
+        own daemon thread, so independent branches (the seeds' train -> evaluate) share the
+        cluster, and a Ctrl-C ends the run without waiting for them."""
+        def work() -> None:
+            try:
+                self._run_step(s, r)
+                finished.put((s.name, None))
+            except StepFailed as e:
+                finished.put((s.name, e))
+        if self.parallel == 1:
+            work()
+        else:
+            threading.Thread(target=work, name=f"step-{s.name}", daemon=True).start()
 
     def _run_step(self, s: Step, r: StepRecord) -> None:
         inputs = {d: self.records[d].outputs for d in s.deps}

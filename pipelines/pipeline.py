@@ -16,7 +16,7 @@ from pipelines.steps import build_steps, served_train_step
 def make_runner(cfg: RunConfig, track: bool = True) -> Runner:
     from pipelines.dag_mlflow import MlflowTracker
     return Runner(build_steps(cfg), cfg.pipeline.output_url, MlflowTracker(cfg) if track else None,
-                  cfg.pipeline.retries, cfg.pipeline.retry_backoff_s)
+                  cfg.pipeline.retries, cfg.pipeline.retry_backoff_s, cfg.pipeline.parallel_steps)
 
 
 def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None = None,

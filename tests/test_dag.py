@@ -2,6 +2,9 @@
 and its MLflow record. Steps here are small functions writing files, so every behaviour of
 the runner is checked without Ray; the full pipeline runs in test_pipeline_job.py."""
 import json
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -129,6 +132,70 @@ def test_from_and_only(tmp_path):
         Runner(_dag(Calls(), cfg), str(tmp_path / "fresh"), backoff_s=0).run(only="b")
     with pytest.raises(ValueError, match="unknown step"):
         Runner(_dag(calls, cfg), str(tmp_path), backoff_s=0).plan(only="zz")
+
+
+def _branches(calls, b_and_c):
+    """a -> (b, c) -> d, where b and c also run b_and_c(name) (e.g. wait for each other)."""
+    def step(name, deps):
+        plain = calls.step(name, deps)
+        if name not in ("b", "c"):
+            return plain
+        def run(ctx):
+            b_and_c(name)
+            return plain.run(ctx)
+        return Step(name, run, list(deps))
+    return [step("a", []), step("b", ["a"]), step("c", ["a"]), step("d", ["b", "c"])]
+
+
+def test_independent_branches_run_at_once_with_parallel_steps(tmp_path):
+    """b and c each wait at a barrier for the other: only a runner that runs them at the same
+    time gets past it. One step at a time (the default), the barrier breaks."""
+    calls = Calls()
+    meet = threading.Barrier(2, timeout=30)
+    recs = Runner(_branches(calls, lambda name: meet.wait()), str(tmp_path / "two"), retries=0, parallel=2).run()
+    assert calls.log[0] == "a" and sorted(calls.log[1:3]) == ["b", "c"] and calls.log[3] == "d"
+    assert recs["d"].outputs["value"] in ("dbaca", "dcaba") and [r.status for r in recs.values()] == ["done"] * 4
+
+    alone = threading.Barrier(2, timeout=1)
+    with pytest.raises(StepFailed, match="BrokenBarrierError"):
+        Runner(_branches(Calls(), lambda name: alone.wait()), str(tmp_path / "one"), retries=0).run()
+
+
+def test_a_failed_branch_lets_the_running_one_finish_and_starts_nothing_new(tmp_path):
+    calls, b_failed = Calls(), threading.Event()
+    calls.fail["b"] = [ValueError("bad input in b")]
+
+    def b_and_c(name):
+        if name == "b":
+            b_failed.set()               # b raises right after this (calls.fail)
+        else:
+            assert b_failed.wait(30)     # c is still running when b fails
+
+    with pytest.raises(StepFailed, match="bad input in b"):
+        Runner(_branches(calls, b_and_c), str(tmp_path), retries=0, parallel=4).run()
+    dag = {s["name"]: s for s in json.loads((tmp_path / "dag.json").read_text())["steps"]}
+    assert {n: s["status"] for n, s in dag.items()} == {"a": "done", "b": "failed", "c": "done", "d": "not_run"}
+    assert (tmp_path / Path(dag["c"]["folder"]).name / MARKER).exists()   # c's outputs are kept
+    calls.log.clear()
+    Runner(_branches(calls, lambda name: None), str(tmp_path), parallel=4).run()
+    assert calls.log == ["b", "d"]                                        # the re-run resumes there
+
+
+def test_parallel_steps_caps_the_steps_running_at_once(tmp_path):
+    lock, active, peak = threading.Lock(), [0], [0]
+
+    def run(ctx):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return {}
+    Runner([Step(n, run) for n in "xyzw"], str(tmp_path), parallel=2).run()
+    assert peak[0] == 2
+    with pytest.raises(ConfigError, match="parallel_steps"):
+        run_config_from_dict({"pipeline": {"parallel_steps": 0}})
 
 
 def test_cycles_and_unknown_deps_are_errors():
