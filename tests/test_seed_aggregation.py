@@ -87,3 +87,33 @@ def test_aggregate_refuses_models_evaluated_differently():
     c = _summary(50.0, 52.5, "4x6,1x6", 50.0) | {"metric": "fid"}
     with pytest.raises(ValueError, match="scored by fid"):
         aggregate_summaries({0: a, 1: c})
+
+
+def test_cache_price_over_seeds_is_the_per_seed_change_against_the_same_schedule_uncached():
+    from benchmarks.cache_over_seeds import cache_prices, markdown
+
+    def summary(q: dict) -> dict:
+        s = _summary(q["1x12", "none"], q["8x3,4x3,2x3,1x3", "none"], "2x8,1x4", 42.0)
+        none_rows = s["variants"][:2]
+        cached = [r | {"variant": r["variant"].replace("none", "on_switch"), "cache": "on_switch",
+                       "gflops_per_sample": r["gflops_per_sample"] / 2, "fd_digits": q[r["schedule"], "on_switch"]}
+                  for r in none_rows]
+        s["variants"] = none_rows + cached + s["variants"][2:]
+        return s
+    per_seed = {0: {("1x12", "none"): 40.0, ("1x12", "on_switch"): 44.0,
+                    ("8x3,4x3,2x3,1x3", "none"): 50.0, ("8x3,4x3,2x3,1x3", "on_switch"): 49.0},
+                1: {("1x12", "none"): 30.0, ("1x12", "on_switch"): 36.0,
+                    ("8x3,4x3,2x3,1x3", "none"): 35.0, ("8x3,4x3,2x3,1x3", "on_switch"): 35.0}}
+    agg = aggregate_summaries({s: summary(q) for s, q in per_seed.items()})
+    rows = {(r["schedule"], r["cache"]): r for r in cache_prices(agg)}
+    assert "searched" not in {s for s, _ in rows} and len(rows) == 4
+    full = rows["1x12", "on_switch"]
+    assert full["change_vs_uncached"]["per_seed"] == {0: pytest.approx(0.10), 1: pytest.approx(0.20)}
+    iv = t_interval([44 / 40 - 1, 36 / 30 - 1])
+    assert (full["change_vs_uncached"]["mean"], full["change_vs_uncached"]["lo"]) == (pytest.approx(iv.mean), pytest.approx(iv.lo))
+    assert full["saving_vs_uncached"] == pytest.approx(2.0) and "change_vs_uncached" not in rows["1x12", "none"]
+    assert rows["8x3,4x3,2x3,1x3", "on_switch"]["change_vs_uncached"]["per_seed"] == {0: pytest.approx(-0.02), 1: 0.0}
+    assert "| 1x12 | `on_switch` | 0.600 | 2.00x |" in markdown(agg, cache_prices(agg))
+    agg["variants"] = [v for v in agg["variants"] if v["cache"] != "none"]
+    with pytest.raises(ValueError, match="add none to evaluate.caches"):
+        cache_prices(agg)

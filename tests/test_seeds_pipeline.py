@@ -16,10 +16,11 @@ pytestmark = pytest.mark.timeout(600)
 TINY = ["seed=5", "model.width=32", "model.depth=1", "train.steps=4", "train.batch_size=64",
         "train.warmup_steps=1", "train.log_every=2", "scaling.checkpoint_every=4", "scaling.shuffle_buffer=64",
         "evaluate.num_samples=30", "evaluate.batch_size=30", "evaluate.schedules=[baseline,magnets]",
-        "evaluate.caches=[none]", "evaluate.search.enabled=false", "evaluate.grid_samples=4", "pipeline.serve=false"]
+        "evaluate.caches=[none]", "evaluate.search.enabled=false", "evaluate.grid_samples=4", "pipeline.serve=false",
+        "pipeline.parallel_steps=2"]
 
 
-def test_two_seeds_train_as_branches_and_report_intervals_over_seeds(ray_local, tmp_path, capsys):
+def test_two_seeds_train_as_parallel_branches_and_report_intervals_over_seeds(ray_local, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "configs/digits.yaml", "--seeds", "2", "--verbose"] + [
         x for kv in TINY + [f"pipeline.output_url={out}"] for x in ("--set", kv)]
@@ -29,6 +30,10 @@ def test_two_seeds_train_as_branches_and_report_intervals_over_seeds(ray_local, 
     assert list(dag) == ["train-seed5", "evaluate-seed5", "train-seed6", "evaluate-seed6", "seeds"]
     assert dag["evaluate-seed6"]["deps"] == ["train-seed6"] and dag["train-seed6"]["deps"] == []
     assert dag["seeds"]["deps"] == ["evaluate-seed5", "evaluate-seed6"]
+    # parallel_steps=2: the two seeds' train steps (both ready at the start) ran at the same time
+    spans = {s: (m["finished_at"] - m["seconds"], m["finished_at"]) for s, m in
+             ((s, json.loads((Path(dag[f"train-seed{s}"]["folder"]) / "_COMPLETE.json").read_text())) for s in (5, 6))}
+    assert spans[5][0] < spans[6][1] and spans[6][0] < spans[5][1]
 
     models = {s: read_checkpoint(dag[f"train-seed{s}"]["outputs"]["checkpoint_url"]) for s in (5, 6)}
     assert models[5]["config"]["seed"] == 5 and models[6]["config"]["seed"] == 6
