@@ -17,7 +17,9 @@ TINY = ["seed=5", "model.width=32", "model.depth=1", "train.steps=4", "train.bat
         "train.warmup_steps=1", "train.log_every=2", "scaling.checkpoint_every=4", "scaling.shuffle_buffer=64",
         "evaluate.num_samples=30", "evaluate.batch_size=30", "evaluate.schedules=[baseline,magnets]",
         "evaluate.caches=[none]", "evaluate.search.enabled=false", "evaluate.grid_samples=4", "pipeline.serve=false",
-        "pipeline.parallel_steps=2"]
+        # both trainings at once on the 4-CPU test cluster: 2 x 2 workers x 0.5 CPU leaves CPUs
+        # for their Ray Data readers (with 1 CPU a worker, the workers would hold all four)
+        "pipeline.parallel_steps=2", "scaling.cpus_per_worker=0.5"]
 
 
 def test_two_seeds_train_as_parallel_branches_and_report_intervals_over_seeds(ray_local, tmp_path, capsys):
