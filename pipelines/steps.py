@@ -210,10 +210,11 @@ def build_steps(cfg: RunConfig) -> list[Step]:
         steps.append(Step(train, lambda ctx, c=c: train_step(c, ctx), ["tokenize"] if raw else [],
                           lambda c=c: _sections(c, "model", "train", "scaling")()
                           | {"seed": c.seed, "data": None if raw else to_dict(c.data)},
-                          about=f"nested transformer on Ray Train (DDP), seed {c.seed}"))
+                          about=f"nested transformer on Ray Train ({c.scaling.strategy.upper()}), seed {c.seed}"))
         steps.append(Step(evaluate, lambda ctx, c=c, t=train: evaluate_step(c, ctx, t), [train],
                           _sections(c, "evaluate", "decode"),
-                          about="quality vs GFLOPs for every schedule + search, on Ray actors"))
+                          about="quality vs GFLOPs for every variant"
+                                + (" + the schedule search" if c.evaluate.search.enabled else "") + ", on Ray actors"))
     if p.seeds:
         steps.append(Step("seeds", lambda ctx: seeds_step(cfg, ctx), [f"evaluate-seed{s}" for s in p.seeds],
                           about=f"every metric as mean and 95% t interval over seeds {p.seeds}"))
