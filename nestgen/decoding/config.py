@@ -14,6 +14,7 @@ class DecodeConfig:
     schedule: str = "magnets"        # preset name or compact string, e.g. "8x3,4x3,2x3,1x3"
     steps: int = 12                  # K; the schedule must add up to it
     cache: str = "on_switch"         # none | on_switch | never_within_size | every:r, optionally +cls
+                                     # (images, frame prediction; class-conditional video configs: every:2)
     temperature: float = 1.0         # token sampling temperature
     temperature_schedule: Literal["constant", "linear"] = "constant"
     choice_temperature: float = 4.5  # Gumbel noise on confidences x (1 - (t+1)/K) at step t
