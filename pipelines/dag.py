@@ -255,6 +255,11 @@ class Runner:
                 finished.put((s.name, None))
             except StepFailed as e:
                 finished.put((s.name, e))
+            except BaseException as e:   # noqa: BLE001 - a step thread must report back, or the run waits for ever
+                if self.parallel == 1:
+                    raise                    # Ctrl-C in the caller's thread ends the run as it always did
+                r.status, r.error = "failed", f"{type(e).__name__}: {e}"
+                finished.put((s.name, StepFailed(f"step {s.name!r} stopped: {r.error}")))
         if self.parallel == 1:
             work()
         else:

@@ -181,6 +181,15 @@ def test_a_failed_branch_lets_the_running_one_finish_and_starts_nothing_new(tmp_
     assert calls.log == ["b", "d"]                                        # the re-run resumes there
 
 
+def test_a_step_thread_that_exits_is_a_failed_step_not_a_hang(tmp_path):
+    def leave(ctx):
+        raise SystemExit(3)              # not an Exception: _run_step does not catch it
+    with pytest.raises(StepFailed, match="step 'x' stopped: SystemExit: 3"):
+        Runner([Step("x", leave), Step("y", lambda ctx: {})], str(tmp_path), parallel=2).run()
+    dag = {s["name"]: s["status"] for s in json.loads((tmp_path / "dag.json").read_text())["steps"]}
+    assert dag["x"] == "failed"
+
+
 def test_parallel_steps_caps_the_steps_running_at_once(tmp_path):
     lock, active, peak = threading.Lock(), [0], [0]
 
