@@ -14,12 +14,10 @@ to the GFLOPs the policy saves against the same schedule uncached.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from benchmarks.common import write_json
-from nestgen.evaluation.report import format_value
-from nestgen.evaluation.seeds import t_interval
+from nestgen.evaluation.seeds import change_text, mean_interval_text, t_interval
+from nestgen.storage import read_json
 
 
 def cache_prices(agg: dict) -> list[dict]:
@@ -54,11 +52,10 @@ def markdown(agg: dict, rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         q, c = r[metric], r.get("change_vs_uncached")
-        change = f"{100 * c['mean']:+.1f}% [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]" if c else ""
+        change = change_text(c) if c else ""
         per_seed = ", ".join(f"{100 * x:+.1f}%" for x in c["per_seed"].values()) if c else ""
         lines.append(f"| {r['schedule']} | `{r['cache']}` | {r['gflops_per_sample']:.3f} | "
-                     f"{r['saving_vs_uncached']:.2f}x | {format_value(q['mean'])} [{format_value(q['lo'])}, "
-                     f"{format_value(q['hi'])}] | {change} | {per_seed} |")
+                     f"{r['saving_vs_uncached']:.2f}x | {mean_interval_text(q)} | {change} | {per_seed} |")
     n = len(agg["seeds"])
     lines.append(f"\n{n} training seeds {agg['seeds']}, {agg['num_samples']} samples per variant; "
                  f"mean [95% Student t interval over the seeds, {n - 1} degrees of freedom]; "
@@ -72,7 +69,7 @@ def main() -> None:
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args()
     try:
-        agg = json.loads(Path(args.summary).read_text())
+        agg = read_json(args.summary)
         rows = cache_prices(agg)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"error: {args.summary} is not a readable seeds summary ({type(e).__name__}: {e}); "

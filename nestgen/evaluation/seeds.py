@@ -18,7 +18,8 @@ from nestgen.evaluation.claim import ClaimCheck, claim_check
 from nestgen.evaluation.report import finish_plot, format_value, variant_color
 
 __all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines", "seeds_table_markdown",
-           "seeds_plot_png"]
+           "seeds_plot_png",
+           "mean_interval_text", "change_text"]
 
 INTERVAL = "95% Student t interval of the mean over training seeds (N-1 degrees of freedom)"
 
@@ -122,11 +123,13 @@ def seed_claim_lines(agg: dict) -> list[str]:
     return lines
 
 
-def _mean_lo_hi(m: dict) -> str:
+def mean_interval_text(m: dict) -> str:
+    """{mean, lo, hi} as 'mean [lo, hi]' (report.format_value each)."""
     return f"{format_value(m['mean'])} [{format_value(m['lo'])}, {format_value(m['hi'])}]"
 
 
-def _change(m: dict) -> str:
+def change_text(m: dict) -> str:
+    """A relative change {mean, lo, hi} as '+x.x% [+lo, +hi]'."""
     return f"{100 * m['mean']:+.1f}% [{100 * m['lo']:+.1f}, {100 * m['hi']:+.1f}]"
 
 
@@ -145,8 +148,8 @@ def seeds_table_markdown(agg: dict) -> str:
         name = v["variant"] if not v["searched"] else f"searched ({'; '.join(schedules)}), cache={v['cache']}"
         c = _claim(agg, v)
         cells = [name, f"{v['gflops_per_sample']['mean']:.3f}", f"{v['gflops_saving']['mean']:.2f}x",
-                 *(_mean_lo_hi(v[m]) if m in v else "n/a" for m in metrics),
-                 _change(v["quality_change_vs_baseline"]) if c else "(baseline)",
+                 *(mean_interval_text(v[m]) if m in v else "n/a" for m in metrics),
+                 change_text(v["quality_change_vs_baseline"]) if c else "(baseline)",
                  c.verdict if c else ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\n{n} training seeds {agg['seeds']}, {agg['num_samples']} samples per variant; "
