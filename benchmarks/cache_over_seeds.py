@@ -40,6 +40,8 @@ def cache_prices(agg: dict) -> list[dict]:
                "saving_vs_uncached": ref["gflops_per_sample"]["mean"] / v["gflops_per_sample"]["mean"],
                metric: v[metric]}
         if v is not ref:
+            if any(q == 0 for q in ref[metric]["per_seed"].values()):
+                raise ValueError(f"{metric} of {ref['variant']} is 0 in some model: no relative change against it")
             change = {s: v[metric]["per_seed"][s] / q - 1 for s, q in ref[metric]["per_seed"].items()}
             row["change_vs_uncached"] = t_interval(list(change.values())).as_dict() | {"per_seed": change}
         out.append(row)
@@ -71,10 +73,11 @@ def main() -> None:
     try:
         agg = read_json(args.summary)
         rows = cache_prices(agg)
+        table = markdown(agg, rows)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"error: {args.summary} is not a readable seeds summary ({type(e).__name__}: {e}); "
                          "give the seeds_summary.json of a `nestgen run --seeds N` step") from None
-    print(markdown(agg, rows))
+    print(table)
     write_json(args.json, {"summary": args.summary, "metric": agg["metric"], "seeds": agg["seeds"],
                            "num_samples": agg["num_samples"], "rows": rows})
 

@@ -114,6 +114,9 @@ def test_cache_price_over_seeds_is_the_per_seed_change_against_the_same_schedule
     assert full["saving_vs_uncached"] == pytest.approx(2.0) and "change_vs_uncached" not in rows["1x12", "none"]
     assert rows["8x3,4x3,2x3,1x3", "on_switch"]["change_vs_uncached"]["per_seed"] == {0: pytest.approx(-0.02), 1: 0.0}
     assert "| 1x12 | `on_switch` | 0.600 | 2.00x |" in markdown(agg, cache_prices(agg))
+    zero = aggregate_summaries({s: summary(q | {("8x3,4x3,2x3,1x3", "none"): 0.0}) for s, q in per_seed.items()})
+    with pytest.raises(ValueError, match="is 0 in some model"):
+        cache_prices(zero)
     agg["variants"] = [v for v in agg["variants"] if v["cache"] != "none"]
     with pytest.raises(ValueError, match="add none to evaluate.caches"):
         cache_prices(agg)
