@@ -422,8 +422,11 @@ def test_streamed_fid_and_is_equal_the_one_shot_numbers_and_pickle_to_workers(tm
         for name, fn in features.items():
             total[name] = add(total.get(name), fn(chunk, torch.device("cpu")))
     got = suite.finish(total, fake.shape[1:])
-    assert got["fid"] == pytest.approx(compute_fid(net, fake, str(tmp_path / "ref.npz")).value, rel=1e-9)
-    assert got["inception_score"] == pytest.approx(compute_inception_score(net, fake).value, rel=1e-9)
+    # The chunks run the float32 net on other batch shapes than the one-shot call, so BLAS may
+    # round differently (4.7e-9 relative was seen between two machines); a lost or repeated
+    # chunk moves these numbers by percents.
+    assert got["fid"] == pytest.approx(compute_fid(net, fake, str(tmp_path / "ref.npz")).value, rel=1e-5)
+    assert got["inception_score"] == pytest.approx(compute_inception_score(net, fake).value, rel=1e-5)
     assert suite.protocols["fid"]["num_samples"] == 200 and suite.protocols["fid"]["input_resolutions"] == [[12, 12]]
     assert suite.protocols["fid"]["reference"]["source"].endswith("ref.npz")
     assert suite.protocols["inception_score"]["num_splits"] == 10
