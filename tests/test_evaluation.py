@@ -69,14 +69,15 @@ def test_variants_share_requests_and_flops_order(digits_suite):
     assert all(np.array_equal(res[0].replicates[k], res[3].replicates[k]) for k in res[0].metrics)
     assert all(r.seconds_per_sample > 0 and r.grid.shape == (30, 8, 8) for r in res)
     assert set(res[0].replicates) == {"fd_digits", "digits_accuracy"} and len(res[0].replicates["fd_digits"]) == 50
-    # batching does not change samples: batch 25 above vs one batch of 60 here (chunk sums
-    # then add up in another order: equal to float rounding)
+    # batching does not change samples: batch 25 above vs one batch of 60 here. The metric
+    # nets then run float32 on other batch shapes and the chunk sums add up in another
+    # order, so the statistics agree to rounding (a BLAS kernel may round batches differently).
     cfg.evaluate.batch_size = 60
     again = local_sampler(model, cfg, suite, progress=False)([Variant("magnets", "on_switch")],
                                                              class_requests(10, 60, 7), plan)[0]
     assert np.array_equal(again.grid, res[2].grid)
-    assert again.metrics == pytest.approx(res[2].metrics, rel=1e-9)
-    np.testing.assert_allclose(again.replicates["fd_digits"], res[2].replicates["fd_digits"], rtol=1e-9)
+    assert again.metrics == pytest.approx(res[2].metrics, rel=1e-5)
+    np.testing.assert_allclose(again.replicates["fd_digits"], res[2].replicates["fd_digits"], rtol=1e-5)
 
 
 def test_driver_memory_does_not_grow_with_samples(digits_suite):
