@@ -82,13 +82,15 @@ def _check(rank: int) -> None:
 
     # Training, then the gathered state: rank 0 gets the unsharded format, resumable by a
     # fresh sharded trainer and by an unsharded one. The reference EMA: the unsharded
-    # weights after every step, averaged in one process (starting at the initial weights).
+    # weights after every step, averaged in one process (starting at the initial weights,
+    # with the EMA's warm-up: decay min(DECAY, (1 + t) / (10 + t)) at step t).
     gen = torch.Generator().manual_seed(rank)
     reference = {k: v.detach().double() for k, v in full.items()}
-    for _ in range(3):
+    for t in range(3):
         trainer.train_step(torch.randint(0, 32, (8, 16), generator=gen), torch.randint(0, 10, (8,), generator=gen))
         weights = trainer.model_state()
-        reference = {k: DECAY * reference[k] + (1 - DECAY) * weights[k].double() for k in weights}
+        d = min(DECAY, (1 + t) / (10 + t))
+        reference = {k: d * reference[k] + (1 - d) * weights[k].double() for k in weights}
     ckpt = {"model": trainer.model_state(), **trainer.state()}
     copy = trainer.eval_model()
     box = [ckpt]

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import random
 
 import pytest
@@ -123,9 +124,11 @@ def test_grad_accumulation_and_sampled_sizes_run(small_model_cfg):
 
 
 def test_the_ema_resumes_exactly_and_starts_at_the_weights_of_a_checkpoint_without_one(small_model_cfg):
-    """The EMA starts at the initial weights and each step moves it 1 - decay of the way to the
-    new ones; a resumed trainer continues the checkpoint's average (not restarting it at the
-    weights), and a checkpoint without an average starts it at the checkpoint's weights."""
+    """The EMA starts at the initial weights and update t moves it 1 - min(decay, (1+t)/(10+t))
+    of the way to the new ones (warm-up: 0.1 then 2/11 here, below decay 0.9); a resumed
+    trainer continues the checkpoint's average at the checkpoint's step (not restarting it at
+    the weights or the warm-up), and a checkpoint without an average starts it at the
+    checkpoint's weights."""
     cfg = NestgenConfig(model=small_model_cfg, train=TrainConfig(steps=3, batch_size=8, ema_decay=0.9))
     tokens, labels = _synthetic_task(n=16)
     first = NestedTrainer(cfg)
@@ -133,15 +136,70 @@ def test_the_ema_resumes_exactly_and_starts_at_the_weights_of_a_checkpoint_witho
     first.train_step(tokens[:8], labels[:8])
     ckpt = {"model": first.core.state_dict(), **first.state()}
     for k, w in ckpt["model"].items():
-        torch.testing.assert_close(ckpt["ema"][k], 0.9 * init[k] + 0.1 * w, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ckpt["ema"][k], 0.1 * init[k] + 0.9 * w, rtol=1e-6, atol=1e-7)
     resumed = NestedTrainer(cfg)
     resumed.load_state(ckpt)
     resumed.train_step(tokens[8:], labels[8:])
     for k, w in resumed.core.state_dict().items():
-        torch.testing.assert_close(resumed.ema.state_dict()[k], 0.9 * ckpt["ema"][k] + 0.1 * w, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(resumed.ema.state_dict()[k], 2 / 11 * ckpt["ema"][k] + 9 / 11 * w,
+                                   rtol=1e-6, atol=1e-7)
     without = NestedTrainer(cfg)
     without.load_state({**ckpt, "ema": None})
     assert all(torch.equal(without.ema.state_dict()[k], w) for k, w in ckpt["model"].items())
+
+
+@pytest.mark.parametrize("decay, steps", [(0.5, 12), (0.9999, 25_000)])
+def test_the_ema_warm_up_forgets_the_initial_weights(decay, steps):
+    """Weights 1 at init jump to 0 and stay: after `steps` updates the average is the init's
+    weight, prod_t min(decay, (1+t)/(10+t)) (TensorFlow's / timm's warm-up). At 0.5 the
+    warm-up hands over to the decay at t = 8; at 0.9999 the init would keep 0.9999^25000 = 8%
+    without the warm-up, and keeps ~1e-34 with it."""
+    from nestgen.training.ema import WeightEMA
+    layer = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(1.0)
+    ema = WeightEMA(layer, decay)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.zero_()
+    for t in range(steps):
+        ema.update(t)
+    w_init = math.prod(min(decay, (1 + t) / (10 + t)) for t in range(steps))
+    assert w_init < 0.1 * decay ** steps                    # the warm-up matters at both
+    for avg in ema.state_dict().values():                   # float32 products: 1e-7 a step
+        torch.testing.assert_close(avg, torch.full_like(avg, w_init), rtol=1e-2, atol=0)
+
+
+def test_a_resumed_run_continues_bit_for_bit(small_model_cfg, tmp_path):
+    """4 steps straight vs 2 steps, a checkpoint file (saved and read back with weights_only,
+    as a resume does), and 2 more: the same losses at every step and the same weights, EMA
+    and optimizer state. Sampled sizes, masks, label dropout and batch draws all take part.
+    torch.equal is fair: both runs are the same ops on the same machine, so only a different
+    random draw (or a lost state) could make them differ. The LR is constant and the
+    distillation weight fixed, so the first half's shorter config changes no schedule."""
+    from nestgen.checkpoint import read_checkpoint, save_checkpoint
+    cfg = config_from_dict({"model": dataclasses.asdict(small_model_cfg),
+                            "train": {"steps": 4, "batch_size": 8, "lr": 3e-3, "warmup_steps": 0,
+                                      "min_lr_ratio": 1.0, "distill": {"schedule": "fixed", "value": 0.5},
+                                      "sizes_per_step": "sample:1", "class_dropout": 0.3, "ema_decay": 0.9,
+                                      "log_every": 1}})
+    half = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=2))
+    tokens, labels = _synthetic_task(n=64)
+    straight, history = train_on_tokens(cfg, tokens, labels, progress=False)
+    first, head = train_on_tokens(half, tokens, labels, progress=False)
+    url = save_checkpoint(str(tmp_path / "half.pt"), half, first.core, **first.state())
+    resumed = NestedTrainer(cfg)
+    resumed.load_state(read_checkpoint(url))
+    resumed, tail = train_on_tokens(cfg, tokens, labels, progress=False, trainer=resumed)
+    losses = [{k: v for k, v in h.items() if k.startswith("loss/")} for h in history]
+    assert losses == [{k: v for k, v in h.items() if k.startswith("loss/")} for h in head + tail]
+    assert len({tuple(sorted(h)) for h in losses}) > 1                  # the sampled size changed
+    for k, w in straight.core.state_dict().items():
+        assert torch.equal(resumed.core.state_dict()[k], w), k
+        assert torch.equal(resumed.ema.state_dict()[k], straight.ema.state_dict()[k]), k
+    a, b = straight.opt.state_dict()["state"], resumed.opt.state_dict()["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a)
 
 
 def _loss_and_grads(model, tcfg, factors, step=0):

@@ -3,6 +3,13 @@
 `NestedTrainer` owns model, optimizer, LR schedule, optional EMA and the step counter, and
 exposes `train_step` so that a distributed driver (pipelines.train, Ray Train) can reuse
 exactly this logic per worker.
+
+Resuming continues a run bit for bit: every random draw of a step (the sizes it trains, its
+masks and label dropout, the batch `train_on_tokens` picks) comes from a generator seeded by
+(run seed, purpose, rank, step), not from a stream that runs across steps. A checkpoint's
+step then fixes every later draw, on every rank and for checkpoints of any age, with no
+generator state to save; the rest (weights, optimizer, scheduler, EMA, step) is in the
+checkpoint. The same scheme as JAX's fold_in of the step into the key.
 """
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import random
 import time
 import warnings
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,6 +29,15 @@ from nestgen.training.ema import WeightEMA
 from nestgen.training.metric_window import MetricWindow
 from nestgen.training.objective import NestedObjective, sizes_for_step
 from nestgen.training.optim import build_optimizer, warmup_cosine_scheduler
+
+# what a step's generator draws (a key of its seed, so the streams are independent)
+SIZES, MASKS, BATCHES = 0, 1, 2
+
+
+def step_seed(seed: int, purpose: int, rank: int, step: int) -> int:
+    """The seed of one step's draws: the keys mixed by numpy's SeedSequence, so nearby steps
+    and ranks get unrelated streams (seeding with seed + step would not mix them)."""
+    return int(np.random.SeedSequence([seed, purpose, rank, step]).generate_state(1, np.uint64)[0])
 
 
 class NestedTrainer:
@@ -48,8 +65,8 @@ class NestedTrainer:
         self.sched = warmup_cosine_scheduler(self.opt, cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         self.ema = WeightEMA(self.model, cfg.train.ema_decay, self.sharded) if cfg.train.ema_decay > 0 else None
         self.step = 0
-        self._rng = random.Random(cfg.seed)
-        self._gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1000 * rank)
+        self.rank = rank
+        self._gen = torch.Generator(device=self.device)
 
     @property
     def core(self) -> NestedTransformer:
@@ -58,7 +75,10 @@ class NestedTrainer:
     def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float | torch.Tensor]:
         tcfg = self.cfg.train
         self.model.train()
-        factors = sizes_for_step(self.cfg.model.nest_factors, tcfg.num_sampled_sizes(), self._rng)
+        # the same sizes on every rank (one set of parameters gets gradients), masks per rank
+        sizes_rng = random.Random(step_seed(self.cfg.seed, SIZES, 0, self.step))
+        factors = sizes_for_step(self.cfg.model.nest_factors, tcfg.num_sampled_sizes(), sizes_rng)
+        self._gen.manual_seed(step_seed(self.cfg.seed, MASKS, self.rank, self.step))
         tokens, labels = tokens.to(self.device), labels.to(self.device)
         per_size = torch.zeros(len(factors), device=self.device)
         lam = 1.0
@@ -77,7 +97,7 @@ class NestedTrainer:
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         if self.ema is not None:
-            self.ema.update()
+            self.ema.update(self.step)
         self.step += 1
         metrics = {f"loss/f{f}": per_size[i] for i, f in enumerate(factors)}
         metrics["lambda"] = lam
@@ -142,13 +162,14 @@ def train_on_tokens(cfg: NestgenConfig, tokens: torch.Tensor, labels: torch.Tens
     trainer and a history of logged metrics (one dict every log_every steps)."""
     tcfg = cfg.train
     trainer = trainer or NestedTrainer(cfg)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = torch.Generator()
     history: list[dict] = []
     window = MetricWindow()
     bar = tqdm(total=tcfg.steps, initial=trainer.step, desc="train", disable=not progress,
                dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
     while trainer.step < tcfg.steps:
+        gen.manual_seed(step_seed(cfg.seed, BATCHES, trainer.rank, trainer.step))
         idx = torch.randint(0, tokens.shape[0], (tcfg.batch_size,), generator=gen)
         m = trainer.train_step(tokens[idx], labels[idx])
         seen += tcfg.batch_size
