@@ -32,6 +32,11 @@ IMAGE_CONFIGS = "/home/ray/nestgen-src/configs/"
 VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), flags=re.MULTILINE).group(1)
 IMAGE = f"us-docker.pkg.dev/PROJECT_ID/nestgen/nestgen:{VERSION}"
 LOOPBACK = ("127.", "localhost", "[::1]", "0.0.0.0")
+# Kinds without a namespace.
+CLUSTER_SCOPED = ("Namespace", "GatewayClass")
+# The label every pod of a RayJob / RayService carries with that manifest's name, and that every
+# NetworkPolicy selector of Ray pods names (KubeRay's ray.io/cluster holds a generated name).
+CLUSTER_LABEL = "nestgen.io/ray-cluster"
 # GPUs that come with GCP's accelerator-optimized machine types used in ray_cluster.yaml.
 GCP_MACHINE_GPUS = {"g2-standard-16": 1, "a2-ultragpu-8g": 8}
 
@@ -322,7 +327,7 @@ def test_every_manifest_parses_with_required_fields():
         assert docs, path
         for d in docs:
             assert d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"), path
-            if d["kind"] != "Namespace":
+            if d["kind"] not in CLUSTER_SCOPED:
                 assert d["metadata"].get("namespace") == NAMESPACE, f"{path}: {d['kind']} outside {NAMESPACE}"
     kinds = {k for k, _ in _manifests()}
     assert {"Namespace", "ServiceAccount", "RayJob", "RayService", "Deployment", "StatefulSet", "Service"} <= kinds
@@ -817,6 +822,16 @@ def test_serve_service_account_can_only_read_storage():
 OPERATOR = ({"kubernetes.io/metadata.name": "kuberay-system"}, {"app.kubernetes.io/name": "kuberay-operator"})
 OUR_NS = {"kubernetes.io/metadata.name": NAMESPACE}
 GCLB = "35.191.3.4"          # a Google Cloud load balancer / health-check address
+# Envoy Gateway runs a Gateway's Envoy proxies in its own namespace, labelled with the Gateway
+# (internal/infrastructure/kubernetes/proxy/resource.go, internal/gatewayapi/translator.go).
+ENVOY_NS = {"kubernetes.io/metadata.name": "envoy-gateway-system"}
+
+
+def _envoy_proxy(gateway: str, namespace: str = NAMESPACE) -> dict:
+    return _pod_src({"app.kubernetes.io/name": "envoy", "app.kubernetes.io/component": "proxy",
+                     "app.kubernetes.io/managed-by": "envoy-gateway",
+                     "gateway.envoyproxy.io/owning-gateway-name": gateway,
+                     "gateway.envoyproxy.io/owning-gateway-namespace": namespace}, ENVOY_NS)
 
 
 def _selects(selector: dict | None, labels: dict) -> bool:
@@ -871,14 +886,21 @@ def _pod_src(labels: dict, ns: dict = OUR_NS) -> dict:
     return {"ns": ns, "pod": labels}
 
 
+def _kuberay_labels(template: dict, node_type: str, cr_name: str) -> dict:
+    """A Ray pod's labels: its template's plus what KubeRay sets (common/pod.go, labelPod),
+    among them ray.io/cluster, a generated <name>-<5 random characters>."""
+    return dict(template.get("metadata", {}).get("labels", {}),
+                **{"ray.io/node-type": node_type, "ray.io/cluster": f"{cr_name}-x7k2q", "ray.io/is-ray-node": "yes"})
+
+
 def _ray_pods(docs: dict, kind: str, name: str) -> list[tuple[dict, list[int]]]:
     """(labels, ports it listens on) for each pod group of a KubeRay manifest: the template's
-    labels plus what KubeRay adds (ray.io/node-type), its container ports and every fixed Ray
-    port of its rayStartParams (the worker-port range by its ends)."""
+    labels plus what KubeRay adds (ray.io/node-type, ray.io/cluster), its container ports and
+    every fixed Ray port of its rayStartParams (the worker-port range by its ends)."""
     rc = _ray_cluster_spec(docs[(kind, name)])
     out = []
     for node_type, group in [("head", rc["headGroupSpec"])] + [("worker", g) for g in rc["workerGroupSpecs"]]:
-        labels = dict(group["template"].get("metadata", {}).get("labels", {}), **{"ray.io/node-type": node_type})
+        labels = _kuberay_labels(group["template"], node_type, name)
         params = group.get("rayStartParams", {})
         ports = [int(v) for k, v in params.items() if k.endswith("-port")]
         # Serve's HTTP port is for clients (serve-http), not for Ray's own traffic.
@@ -902,6 +924,9 @@ def network_problems(docs: dict) -> list[str]:
                 "serve": _ray_pods(docs, "RayService", "nestgen-serve")}
     for comp, pods in clusters.items():
         other = next(o for o in clusters if o != comp)
+        # A Ray cluster made from a copy of this manifest under another name: the same
+        # component label, its own name in CLUSTER_LABEL (and a different ray.io/cluster).
+        twin = _pod_src(dict(pods[-1][0], **{CLUSTER_LABEL: "nestgen-copy", "ray.io/cluster": "nestgen-copy-a1b2c"}))
         for dst, ports in pods:
             for src, _ in pods:
                 for port in ports:
@@ -909,6 +934,7 @@ def network_problems(docs: dict) -> list[str]:
                         p.append(f"{comp}: {src} -> {dst}:{port} refused (Ray needs it)")
             for port in ports:
                 for name, src in (("another cluster's pod", _pod_src(clusters[other][0][0])),
+                                  ("a pod of another Ray cluster of the same component", twin),
                                   ("a stranger pod", stranger), ("another namespace", other_ns),
                                   ("the MLflow server", _pod_src(mlflow))):
                     if port != 8000 and admitted(policies, dst, src, port):
@@ -917,17 +943,25 @@ def network_problems(docs: dict) -> list[str]:
                 p.append(f"{comp}: the KubeRay operator cannot reach the head's dashboard")
         if not admitted(policies, mlflow, _pod_src(pods[-1][0]), 5000):
             p.append(f"{comp}: its pods cannot reach MLflow")
+        if admitted(policies, mlflow, twin, 5000):
+            p.append(f"{comp}: a pod of another Ray cluster of the same component reaches MLflow")
     submitter = docs[("RayJob", "nestgen-pipeline")]["spec"]["submitterPodTemplate"]["metadata"]["labels"]
     head = clusters["pipeline"][0][0]
     if not admitted(policies, head, _pod_src(submitter), 8265):
         p.append("the RayJob submitter cannot reach the dashboard")
     if admitted(policies, head, _pod_src(submitter), 6379):
         p.append("the RayJob submitter reaches the GCS")
+    # Serve's port 8000 only through the Gateway (its body cap and header rules): from its
+    # Envoy proxies, from nothing else, load balancers and in-cluster clients included.
     serve_worker = clusters["serve"][-1][0]
-    if not admitted(policies, serve_worker, {"ip": GCLB}, 8000):
-        p.append("a Google Cloud load balancer cannot reach Serve's port 8000")
+    gateways = [name for kind, name in docs if kind == "Gateway"]
+    if not any(admitted(policies, serve_worker, _envoy_proxy(g), 8000) for g in gateways):
+        p.append(f"the Envoy proxies of the Gateway {gateways} cannot reach Serve's port 8000")
     for name, src in (("a stranger pod", stranger), ("another namespace", other_ns), ("the internet", {"ip": "8.8.8.8"}),
-                      ("a pipeline pod", _pod_src(head))):
+                      ("a pipeline pod", _pod_src(head)), ("a Google Cloud load balancer", {"ip": GCLB}),
+                      ("a namespace labelled nestgen.io/serve-client", _pod_src({}, {"nestgen.io/serve-client": "true"})),
+                      ("another Gateway's Envoy proxy", _envoy_proxy("someone-elses")),
+                      ("a Gateway of the same name in another namespace", _envoy_proxy(gateways[0] if gateways else "", "elsewhere"))):
         if admitted(policies, serve_worker, src, 8000):
             p.append(f"{name} reaches Serve's port 8000")
     for name, src in (("a stranger pod", stranger), ("another namespace", other_ns), ("the submitter", _pod_src(submitter))):
@@ -948,8 +982,7 @@ def test_network_policies_admit_only_what_each_component_needs():
     docs = _manifests()
     assert network_problems(docs) == []
     # The selectors select real pods: every policy's podSelector matches some pod template.
-    labels = [dict(t.get("metadata", {}).get("labels", {}), **({"ray.io/node-type": "head"} if w.endswith("/head") else {}))
-              for w, t, _ in _pod_templates(docs)]
+    labels = [_pod_labels(w, t, owner) for w, t, owner in _pod_templates(docs)]
     for (kind, name), pol in docs.items():
         if kind == "NetworkPolicy":
             assert any(_selects(pol["spec"]["podSelector"], lb) for lb in labels), name
@@ -969,6 +1002,10 @@ def _policy(docs, name):
     lambda m: _policy(m, "mlflow-postgres").update(policyTypes=["Ingress"]),
     lambda m: _policy(m, "mlflow-postgres").update(egress=[{}]),                          # egress anywhere
     lambda m: _policy(m, "serve-http")["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}),
+    lambda m: _policy(m, "serve-http")["ingress"][0]["from"].append({"ipBlock": {"cidr": "35.191.0.0/16"}}),
+    lambda m: _policy(m, "serve-http")["ingress"][0]["from"][0].pop("namespaceSelector"),
+    lambda m: _policy(m, "ray-serve-internal")["ingress"][0]["from"][0]["podSelector"]["matchLabels"].pop(CLUSTER_LABEL),
+    lambda m: _policy(m, "mlflow")["ingress"][0]["from"][0]["podSelector"]["matchLabels"].pop(CLUSTER_LABEL),
     lambda m: _policy(m, "ray-pipeline-dashboard")["ingress"][0]["from"].pop(0),
     # A pinned port moved in the RayService but not in the policies.
     lambda m: _ray_cluster_spec(m[("RayService", "nestgen-serve")])["headGroupSpec"]["rayStartParams"].update(
@@ -978,6 +1015,211 @@ def test_network_checks_catch_broken_copies(breakage):
     docs = copy.deepcopy(_manifests())
     breakage(docs)
     assert network_problems(docs)
+
+
+def _pod_labels(where: str, template: dict, owner: dict) -> dict:
+    """The labels a pod of this template has once running (KubeRay's added to Ray pods)."""
+    group = where.split("/")[2:]
+    if owner["kind"] in ("RayJob", "RayService") and group != ["submitter"]:
+        return _kuberay_labels(template, "head" if group == ["head"] else "worker", owner["metadata"]["name"])
+    return dict(template.get("metadata", {}).get("labels", {}))
+
+
+def cluster_label_problems(docs: dict) -> list[str]:
+    """Every pod of a RayJob / RayService (the submitter too) carries CLUSTER_LABEL = that
+    manifest's name, and every NetworkPolicy selector that selects such pods, a policy's own
+    podSelector or a peer's in this namespace, pins CLUSTER_LABEL to one of those names: so no
+    rule admits, or is about, the pods of any Ray cluster in the namespace."""
+    p = []
+    names = {name for kind, name in docs if kind in ("RayJob", "RayService")}
+    ray_pods = []
+    for where, template, owner in _pod_templates(docs):
+        if owner["kind"] in ("RayJob", "RayService"):
+            labels = _pod_labels(where, template, owner)
+            if labels.get(CLUSTER_LABEL) != owner["metadata"]["name"]:
+                p.append(f"{where}: {CLUSTER_LABEL}={labels.get(CLUSTER_LABEL)!r}, want {owner['metadata']['name']!r}")
+            ray_pods.append(labels)
+
+    def unpinned(selector: dict) -> bool:
+        """Selects Ray pods without naming their cluster, or names a cluster no manifest makes."""
+        named = (selector.get("matchLabels") or {}).get(CLUSTER_LABEL)
+        return named not in names and (named is not None or any(_selects(selector, lb) for lb in ray_pods))
+
+    for (kind, name), pol in docs.items():
+        if kind != "NetworkPolicy" or not pol["spec"].get("ingress"):       # deny-only policies name no one
+            continue
+        if unpinned(pol["spec"]["podSelector"]):
+            p.append(f"{name}: its podSelector selects Ray pods without naming one of {sorted(names)} in {CLUSTER_LABEL}")
+        for rule in pol["spec"]["ingress"]:
+            for peer in rule.get("from") or []:
+                ours = "namespaceSelector" not in peer or _selects(peer["namespaceSelector"], OUR_NS)
+                if ours and "podSelector" in peer and unpinned(peer["podSelector"]):
+                    p.append(f"{name}: a peer selects Ray pods without naming one of {sorted(names)} in {CLUSTER_LABEL}")
+    return p
+
+
+def test_network_policies_name_the_ray_cluster():
+    """Selecting Ray pods by component alone lets another Ray cluster in the namespace (a copy
+    of a manifest under another name) reach these ports; KubeRay's ray.io/cluster cannot be
+    named beforehand (generated), so the manifests label their pods with their own name."""
+    docs = _manifests()
+    assert cluster_label_problems(docs) == []
+    pinned = {(pol["spec"]["podSelector"].get("matchLabels") or {}).get(CLUSTER_LABEL)
+              for (kind, _), pol in docs.items() if kind == "NetworkPolicy"}
+    assert {"nestgen-pipeline", "nestgen-serve"} <= pinned
+
+
+def _template_labels(docs, kind, name, group):
+    rc = _ray_cluster_spec(docs[(kind, name)])
+    g = rc["headGroupSpec"] if group == "head" else next(w for w in rc["workerGroupSpecs"] if w["groupName"] == group)
+    return g["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda m: _template_labels(m, "RayJob", "nestgen-pipeline", "gpu-l4").pop(CLUSTER_LABEL),
+    lambda m: _template_labels(m, "RayService", "nestgen-serve", "head").update({CLUSTER_LABEL: "nestgen-pipeline"}),
+    lambda m: m[("RayJob", "nestgen-pipeline")]["spec"]["submitterPodTemplate"]["metadata"]["labels"].pop(CLUSTER_LABEL),
+    lambda m: _policy(m, "ray-pipeline-internal")["podSelector"]["matchLabels"].pop(CLUSTER_LABEL),
+    lambda m: _policy(m, "ray-serve-dashboard")["podSelector"]["matchLabels"].update({CLUSTER_LABEL: "nestgen"}),
+    lambda m: _policy(m, "ray-pipeline-dashboard")["ingress"][0]["from"][0]["podSelector"]["matchLabels"].pop(CLUSTER_LABEL),
+    lambda m: _policy(m, "mlflow")["ingress"][0]["from"][1]["podSelector"].update(
+        matchLabels={}, matchExpressions=[{"key": CLUSTER_LABEL, "operator": "Exists"}]),
+])
+def test_cluster_label_checks_catch_broken_copies(breakage):
+    docs = copy.deepcopy(_manifests())
+    breakage(docs)
+    assert cluster_label_problems(docs)
+
+
+# ---- exposure: what stands in front of Serve's HTTP proxy ---------------------------------
+
+def _serve_config(svc: dict) -> tuple[dict, object]:
+    """(serveConfigV2 as a dict, the app's ServeConfig with its defaults filled in)."""
+    from nestgen.config import ServeConfig
+    from nestgen.configschema import from_dict
+    conf = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    return conf, from_dict(ServeConfig, conf["applications"][0]["args"], "serve")
+
+
+def _seconds(duration: str) -> float:
+    """A Gateway API Duration ("140s", "2m20s", "1h", "500ms") in seconds."""
+    parts = re.findall(r"(\d+)(h|ms|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[u] for n, u in parts)
+
+
+def _bytes(quantity) -> int:
+    """A Kubernetes resource.Quantity as Envoy Gateway's requestBuffer.limit takes it, in bytes."""
+    m = re.fullmatch(r"([1-9][0-9]*)([KMGTPE]i|[kMGTPE])?", str(quantity))
+    assert m, quantity
+    scale = {"": 1, **{s: 1000 ** (i + 1) for i, s in enumerate("kMGTPE")},
+             **{s + "i": 1024 ** (i + 1) for i, s in enumerate("KMGTPE")}}
+    return int(m.group(1)) * scale[m.group(2) or ""]
+
+
+def _targets(policy: dict, kind: str, names: set[str]) -> bool:
+    return any(t.get("kind") == kind and t.get("name") in names for t in policy["spec"].get("targetRefs", []))
+
+
+def serve_front_problems(docs: dict) -> list[str]:
+    """Serve's own timeout is set above what a request may legitimately wait, and the one way
+    in (infra/gateway.yaml) caps the body at the app's max_body_bytes before Serve's proxy
+    queues it, bounds slow uploads, cannot be told to lift Serve's timeout, and waits longer
+    than Serve; nothing else exposes the proxy."""
+    from ray.serve._private.constants import (SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER,
+                                              SERVE_HTTP_REQUEST_TIMEOUT_S_HEADER)
+    p = []
+    svc = docs[("RayService", "nestgen-serve")]
+    conf, cfg = _serve_config(svc)
+    http = conf.get("http_options") or {}
+    timeout = http.get("request_timeout_s")
+    # A request waits for at most one decode ahead of it, then its own: each ends by
+    # decode_deadline_s, or the replica fails its health check.
+    if timeout is None:
+        p.append("serveConfigV2 http_options.request_timeout_s missing: Serve's proxy holds requests without bound")
+    elif not timeout > 2 * cfg.decode_deadline_s:
+        p.append(f"request_timeout_s {timeout} is not above 2 x decode_deadline_s ({cfg.decode_deadline_s:g} s): "
+                 "a request one decode behind would get 408 while its replica is healthy")
+    backend = f"{svc['metadata']['name']}-serve-svc"          # the Service KubeRay makes for the RayService
+    routes = [d for (kind, _), d in docs.items() if kind == "HTTPRoute"
+              and any(b.get("name") == backend for r in d["spec"].get("rules", []) for b in r.get("backendRefs", []))]
+    if len(routes) != 1:
+        return p + [f"want one HTTPRoute to {backend}, found {len(routes)}"]
+    route = routes[0]
+    gateways = {ref["name"] for ref in route["spec"].get("parentRefs", [])}
+    if not gateways or not gateways <= {name for kind, name in docs if kind == "Gateway"}:
+        p.append(f"HTTPRoute {route['metadata']['name']}: parentRefs {sorted(gateways)} are not Gateways of infra/")
+    for rule in route["spec"]["rules"]:
+        if any(b.get("port") != http.get("port") for b in rule.get("backendRefs", [])):
+            p.append(f"HTTPRoute backend port != http_options.port {http.get('port')}")
+        removed = {h.lower() for f in rule.get("filters", []) if f.get("type") == "RequestHeaderModifier"
+                   for h in f["requestHeaderModifier"].get("remove", [])}
+        for header in (SERVE_HTTP_REQUEST_TIMEOUT_S_HEADER, SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER):
+            if header not in removed:
+                p.append(f"HTTPRoute passes {header} on: a client could lift Serve's request timeout")
+        limit = (rule.get("timeouts") or {}).get("request")
+        if timeout is not None and (limit is None or not _seconds(limit) > timeout):
+            p.append(f"HTTPRoute timeouts.request {limit} is not above request_timeout_s {timeout}: "
+                     "the gateway would cut requests Serve still serves")
+    caps = [d["spec"]["requestBuffer"].get("limit") for (kind, _), d in docs.items()
+            if kind == "BackendTrafficPolicy" and "requestBuffer" in d["spec"]
+            and (_targets(d, "HTTPRoute", {route["metadata"]["name"]}) or _targets(d, "Gateway", gateways))]
+    if [_bytes(c) for c in caps] != [cfg.max_body_bytes]:
+        p.append(f"body caps in front of Serve {caps} != [serve.max_body_bytes {cfg.max_body_bytes}]")
+    if not any(kind == "ClientTrafficPolicy" and _targets(d, "Gateway", gateways)
+               and ((d["spec"].get("timeout") or {}).get("http") or {}).get("requestReceivedTimeout")
+               for (kind, _), d in docs.items()):
+        p.append("no requestReceivedTimeout on the Gateway: slow uploads hold its buffers")
+    if svc["spec"].get("serveService", {}).get("spec", {}).get("type", "ClusterIP") != "ClusterIP":
+        p.append("the RayService's serve Service is exposed beside the Gateway")
+    for (kind, name), d in docs.items():
+        if kind == "Ingress" or (kind == "Service" and d["spec"].get("type") in ("LoadBalancer", "NodePort")):
+            p.append(f"{kind} {name} exposes a way in beside the Gateway")
+    return p
+
+
+def test_serve_has_a_request_timeout_and_a_body_cap_in_front():
+    docs = _manifests()
+    assert serve_front_problems(docs) == []
+    conf, cfg = _serve_config(docs[("RayService", "nestgen-serve")])
+    assert conf["http_options"]["request_timeout_s"] > 2 * cfg.decode_deadline_s
+    cap = docs[("BackendTrafficPolicy", "nestgen-serve-body-cap")]["spec"]["requestBuffer"]["limit"]
+    assert _bytes(cap) == cfg.max_body_bytes == 4_000_000
+
+
+def _serve_args(edit):
+    def apply(m):
+        svc = m[("RayService", "nestgen-serve")]
+        conf = yaml.safe_load(svc["spec"]["serveConfigV2"])
+        edit(conf)
+        svc["spec"]["serveConfigV2"] = yaml.safe_dump(conf)
+    return apply
+
+
+def _route_rule(m):
+    return m[("HTTPRoute", "nestgen-serve")]["spec"]["rules"][0]
+
+
+@pytest.mark.parametrize("breakage", [
+    _serve_args(lambda c: c["http_options"].pop("request_timeout_s")),
+    _serve_args(lambda c: c["http_options"].update(request_timeout_s=c["applications"][0]["args"]["decode_deadline_s"])),
+    _serve_args(lambda c: c["applications"][0]["args"].update(max_body_bytes=16_000_000)),
+    _serve_args(lambda c: c["applications"][0]["args"].update(decode_deadline_s=300)),
+    lambda m: m[("BackendTrafficPolicy", "nestgen-serve-body-cap")]["spec"]["requestBuffer"].update(limit="4Mi"),
+    lambda m: m.pop(("BackendTrafficPolicy", "nestgen-serve-body-cap")),
+    lambda m: m.pop(("ClientTrafficPolicy", "nestgen-serve-clients")),
+    lambda m: _route_rule(m).pop("filters"),
+    lambda m: _route_rule(m)["filters"][0]["requestHeaderModifier"]["remove"].pop(0),
+    lambda m: _route_rule(m)["timeouts"].update(request="130s"),
+    lambda m: _route_rule(m)["backendRefs"][0].update(port=8080),
+    lambda m: m.pop(("HTTPRoute", "nestgen-serve")),
+    lambda m: m[("RayService", "nestgen-serve")]["spec"].update(serveService={"spec": {"type": "LoadBalancer"}}),
+    lambda m: m.update({("Ingress", "nestgen-serve"): {"kind": "Ingress", "spec": {}}}),
+])
+def test_serve_front_checks_catch_broken_copies(breakage):
+    docs = copy.deepcopy(_manifests())
+    breakage(docs)
+    assert serve_front_problems(docs)
 
 
 # ---- exposure: credentials, by Secret name ---------------------------------------------
