@@ -3,8 +3,8 @@
     python -m scripts.mlflow_screenshots --db mlflow.db --out docs/images
 
 Starts `mlflow ui` on 127.0.0.1 on a copy of the database (the original is never written),
-loads pages in headless Chromium (Debian's `chromium` package) and writes, as PNGs under
-100 kB:
+loads pages in headless Chromium (Debian's `chromium` package), driven over a pipe (no
+DevTools port that another local user could connect to), and writes, as PNGs under 100 kB:
   mlflow_runs.png       the experiment's runs table: the newest pipeline parent run expanded
                         to its step runs, the evaluate step expanded to its variant runs;
   mlflow_artifacts.png  the evaluate step run's artifacts, its quality-vs-GFLOPs plot open;
@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
+import itertools
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -39,9 +42,12 @@ from scripts.small_png import save_small_png
 
 VIEW_KEY = "readme"
 FIRST_COLUMNS = ["gflops_per_sample", "gflops_saving"]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+CHROMIUM_FLAGS = ["--headless", "--remote-debugging-pipe", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
+# Chromium refuses to start as root with its sandbox on (crbug.com/638180); as any other user
+# (measured: Debian's chromium 156 as `nobody` in this container) it runs sandboxed.
+ROOT_ONLY_FLAGS = ["--no-sandbox"]
 
 
 def free_port() -> int:
@@ -50,15 +56,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop a server started with start_new_session=True, and everything it started, by its
-    process group: SIGTERM, then SIGKILL after 30 s."""
-    os.killpg(proc.pid, signal.SIGTERM)
+def stop_group(pid: int) -> None:
+    """Stop a process started in a session of its own (start_new_session / setsid), and
+    everything it started, by its process group: SIGTERM, then SIGKILL after 30 s; reaps it."""
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.1)
+    except (ProcessLookupError, ChildProcessError):    # it had exited (and Popen.poll reaped it)
+        pass
 
 
 @contextmanager
@@ -84,7 +95,7 @@ def mlflow_ui(db: Path, log: Path, timeout: float = 120):
             time.sleep(0.5)
         yield url
     finally:
-        stop_group(proc)
+        stop_group(proc.pid)
 
 
 def ajax(url: str, path: str, body: dict | None = None) -> dict:
@@ -133,43 +144,107 @@ def pipeline_runs(url: str, experiment: str | None = None) -> PipelineRuns:
     return PipelineRuns(exp_id, parent, steps, variants)
 
 
+class DevToolsPipe:
+    """Chromium's DevTools protocol over the pipe of `--remote-debugging-pipe`: Chromium reads
+    commands on its fd 3 and writes replies and events on its fd 4, each message a JSON text
+    ended by a NUL byte. Only this process holds the other ends: nothing listens on a port."""
+
+    def __init__(self, commands: int, replies: int, timeout: float):
+        self.commands, self.replies, self.timeout = commands, replies, timeout
+        self.pending = b""
+        self.ids = itertools.count(1)
+
+    def _message(self, deadline: float) -> dict:
+        while b"\0" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.replies], [], [], left)[0]:
+                raise TimeoutError(f"no DevTools reply from Chromium within {self.timeout:.0f} s")
+            chunk = os.read(self.replies, 1 << 20)
+            if not chunk:
+                raise RuntimeError("Chromium closed its DevTools pipe (it exited)")
+            self.pending += chunk
+        message, self.pending = self.pending.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        """Runs one command (on the page `session` when given) and returns its result; events
+        that arrive meanwhile are dropped."""
+        i = next(self.ids)
+        data = json.dumps({"id": i, "method": method, "params": params,
+                           **({"sessionId": session} if session else {})}).encode() + b"\0"
+        while data:
+            data = data[os.write(self.commands, data):]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._message(deadline)
+            if reply.get("id") == i:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+
+def _above_stdio(fd: int) -> int:
+    """fd moved to a number above 4 (close-on-exec), so that placing the two pipe ends on 3
+    and 4 in the child cannot overwrite one with the other."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5)
+    os.close(fd)
+    return moved
+
+
+def spawn_with_pipe(argv: list[str], log: Path) -> tuple[int, int, int]:
+    """Starts argv[0] (a path) in a new session with a command pipe on its fd 3 and a reply
+    pipe on its fd 4, stdout and stderr to `log`; returns (pid, command fd, reply fd), the
+    parent's ends. posix_spawn places the fds without running Python in the child (unlike
+    Popen's preexec_fn, safe with threads)."""
+    cmd_r, cmd_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    cmd_r, reply_w = _above_stdio(cmd_r), _above_stdio(reply_w)
+    try:
+        pid = os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+            (os.POSIX_SPAWN_DUP2, cmd_r, 3),
+            (os.POSIX_SPAWN_DUP2, reply_w, 4)])
+    except BaseException:
+        for fd in (cmd_w, reply_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(cmd_r)       # the child's ends: once Chromium exits, reading gives EOF
+        os.close(reply_w)
+    return pid, cmd_w, reply_r
+
+
 @contextmanager
 def chromium_page(chromium: str, size: tuple[int, int], timeout: float = 120):
-    """Headless Chromium with a fresh profile, driven over the DevTools protocol (a page is
-    taken once it shows what is expected, not after a fixed wait); yields `send(method,
-    **params) -> result`; the browser is stopped by its process id."""
-    from websockets.sync.client import connect
+    """Headless Chromium with a fresh profile, driven over the DevTools protocol on a pipe (a
+    page is taken once it shows what is expected, not after a fixed wait); yields
+    `send(method, **params) -> result` for one page; the browser is stopped by its process id."""
+    exe = shutil.which(chromium) or chromium         # posix_spawn wants a path
+    flags = CHROMIUM_FLAGS + (ROOT_ONLY_FLAGS if os.geteuid() == 0 else [])
     with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                                 f"--window-size={size[0]},{size[1]}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        pid, commands, replies = spawn_with_pipe(
+            [exe, *flags, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", "about:blank"],
+            Path(profile) / "chromium.log")
         try:
-            port_file, deadline = Path(profile) / "DevToolsActivePort", time.time() + timeout
-            while not port_file.exists() or not port_file.read_text().strip():
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{chromium} did not start (exit code {proc.poll()})")
-                time.sleep(0.2)
-            port = port_file.read_text().split()[0]
-            pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30))
-            ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page")
-            with connect(ws_url, max_size=None, open_timeout=60) as ws:
-                ids = iter(range(1, 1 << 30))
+            browser = DevToolsPipe(commands, replies, timeout)
+            try:
+                target = browser.send("Target.createTarget", url="about:blank")["targetId"]
+            except (RuntimeError, TimeoutError) as e:
+                log = (Path(profile) / "chromium.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{chromium} did not start: {e}\n{log}") from None
+            session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
 
-                def send(method: str, **params):
-                    i = next(ids)
-                    ws.send(json.dumps({"id": i, "method": method, "params": params}))
-                    while True:
-                        msg = json.loads(ws.recv(timeout=timeout))
-                        if msg.get("id") == i:
-                            if "error" in msg:
-                                raise RuntimeError(f"{method}: {msg['error']}")
-                            return msg["result"]
+            def send(method: str, **params):
+                return browser.send(method, session, **params)
 
-                send("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
-                     mobile=False)
-                yield send
+            send("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
+                 mobile=False)
+            yield send
         finally:
-            stop_group(proc)
+            os.close(commands)
+            os.close(replies)
+            stop_group(pid)
 
 
 CLOSE_PANELS = ['[data-component-id="mlflow.assistant.chat_panel.close"]',     # the assistant side panel
