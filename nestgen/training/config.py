@@ -31,6 +31,10 @@ class TrainConfig:
     class_dropout: float = 0.1       # share of labels replaced by the null class
     distill: DistillConfig = field(default_factory=DistillConfig)
     sizes_per_step: str = "all"      # "all" or "sample:k" (k smaller sizes; full always runs)
+    # Decode-aware weighting (nestgen.training.decode_aware): 0 trains every size on the cosine
+    # masks alike; up to 1 moves each smaller size's loss onto the mask ratios at which
+    # decode.schedule and evaluate.schedules run it (1: all of it).
+    decode_aware: float = 0.0
     grad_accum: int = 1
     ema_decay: float = 0.0           # 0 disables the EMA of weights
     cond_tokens: int = 0             # leading grid tokens that are never masked (frame prediction)
@@ -66,6 +70,7 @@ class TrainConfig:
             ok = k.isdigit() and int(k) >= 1
         check(ok, "sizes_per_step", f"must be 'all' or 'sample:k' with k >= 1, got {self.sizes_per_step!r}")
         check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        check(0 <= self.decode_aware <= 1, "decode_aware", f"must be in [0, 1], got {self.decode_aware}")
         check(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
         check(self.cond_tokens >= 0, "cond_tokens", "must be >= 0")
         check(self.log_every >= 1, "log_every", "must be >= 1")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from nestgen.config import NestgenConfig
 from nestgen.device import autocast, resolve_device
 from nestgen.model.nested_transformer import NestedTransformer
+from nestgen.training.decode_aware import decode_aware_weights
 from nestgen.training.ema import WeightEMA
 from nestgen.training.metric_window import MetricWindow
 from nestgen.training.objective import NestedObjective, sizes_for_step
@@ -54,7 +55,9 @@ class NestedTrainer:
         self.model.checkpoint_blocks = cfg.train.activation_checkpointing
         if cfg.train.compile and not self.model.compile_blocks():
             warnings.warn("train.compile: torch.compile is not available here; training eagerly")
-        self.objective = NestedObjective(self.model, cfg.train)
+        weights = decode_aware_weights(cfg.train.decode_aware, [cfg.decode.schedule, *cfg.evaluate.schedules],
+                                       cfg.model.nest_factors, cfg.model.num_tokens, cfg.train.cond_tokens)
+        self.objective = NestedObjective(self.model, cfg.train, weights)
         self.sharded = False
         if wrap is not None:
             # Imported only here: torch.distributed's FSDP and checkpoint modules cost seconds.

@@ -8,6 +8,10 @@ With `loss_chunk` > 0 the head and both CEs run over chunks of that many masked 
 under activation checkpointing: the (masked tokens x vocabulary) fp32 logits of a size,
 and the teacher's softmax, then exist for one chunk at a time, in forward and backward,
 instead of for the whole batch (the same loss and gradients, one extra head matmul).
+
+With decode-aware weights (nestgen.training.decode_aware) each smaller size's CE and
+distillation terms are weighted means over the masked tokens, each token weighted by its
+sample's mask ratio, instead of plain means.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nestgen.masking import random_training_mask
 from nestgen.training.config import TrainConfig
+from nestgen.training.decode_aware import DecodeAwareWeights
 
 
 def distill_lambda(cfg: TrainConfig, step: int) -> float:
@@ -55,7 +60,8 @@ class LossOutput:
 
 
 def nested_loss(model, tokens: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int,
-                factors: list[int], generator: torch.Generator | None = None) -> LossOutput:
+                factors: list[int], generator: torch.Generator | None = None,
+                weights: DecodeAwareWeights | None = None) -> LossOutput:
     mcfg = model.cfg
     b, n = tokens.shape
     mask = random_training_mask(b, n, cfg.cond_tokens, generator, tokens.device)
@@ -63,55 +69,82 @@ def nested_loss(model, tokens: torch.Tensor, labels: torch.Tensor, cfg: TrainCon
     labels = drop_labels(labels, mcfg.null_class, cfg.class_dropout, generator)
     target = tokens[mask]
     lam = distill_lambda(cfg, step)
+    # (smaller sizes, masked tokens): each token weighted by its sample's mask ratio; None: plain means
+    token_w = _token_weights(weights, factors[1:], mask, cfg.cond_tokens)
 
     if cfg.loss_chunk > 0:
         feats = [model.features(inputs, labels, f)[mask] for f in factors]
         sums = [torch.zeros((), device=tokens.device) for _ in range(3)]
         for i in range(0, target.shape[0], cfg.loss_chunk):
+            w = None if token_w is None else token_w[:, i:i + cfg.loss_chunk]
             part = checkpoint(_chunk_ce_sums, model, [x[i:i + cfg.loss_chunk] for x in feats],
-                              target[i:i + cfg.loss_chunk], cfg.label_smoothing, lam < 1.0,
+                              target[i:i + cfg.loss_chunk], cfg.label_smoothing, lam < 1.0, w,
                               use_reentrant=False)
             sums = [a + b for a, b in zip(sums, part)]
-        full_ce, small_ce, distill = (x / target.shape[0] for x in sums)
     else:
         logits = [model(inputs, labels, f)[mask].float() for f in factors]
-        full_ce, small_ce, distill = _ce_sums(logits, target, cfg.label_smoothing, lam < 1.0, "mean")
+        sums = _ce_sums(logits, target, cfg.label_smoothing, lam < 1.0, token_w)
+    full_ce, small_ce, distill = sums[0] / target.shape[0], *(x / _norm(token_w, target) for x in sums[1:])
     per_size = {1: full_ce.detach()} | {f: small_ce[j].detach() for j, f in enumerate(factors[1:])}
     total = full_ce + lam * small_ce.sum() + (1.0 - lam) * distill.sum()
     return LossOutput(total, per_size, lam)
 
 
+def _token_weights(weights: DecodeAwareWeights | None, small: list[int], mask: torch.Tensor,
+                   cond_tokens: int) -> torch.Tensor | None:
+    if weights is None or not small:
+        return None
+    ratio = mask[:, cond_tokens:].sum(1) / (mask.shape[1] - cond_tokens)
+    rows = mask.nonzero()[:, 0]                       # the sample of each masked token, in tokens[mask] order
+    per_sample = [weights(f, ratio) for f in small]
+    ones = torch.ones_like(ratio, dtype=torch.float32)
+    return torch.stack([(ones if w is None else w)[rows] for w in per_sample])
+
+
+def _norm(token_w: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor | int:
+    """What each smaller size's summed terms are divided by: its token count, or its weights' sum
+    (a batch without a single token in a size's band gives that size no loss, not a 0/0)."""
+    return target.shape[0] if token_w is None else token_w.sum(1).clamp_min(1e-6)
+
+
 def _ce_sums(logits: list[torch.Tensor], target: torch.Tensor, smoothing: float, distill: bool,
-             reduction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CE(full), CE(m) and CE(m, stopgrad(softmax(full))) for every smaller size m, from
-    fp32 logits (full first) of the same masked tokens."""
-    full_ce = F.cross_entropy(logits[0], target, label_smoothing=smoothing, reduction=reduction)
+             token_w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sums over tokens of CE(full), CE(m) and CE(m, stopgrad(softmax(full))) for every smaller
+    size m (weighted by `token_w`'s row for m when given), from fp32 logits (full first) of the
+    same masked tokens."""
+    full_ce = F.cross_entropy(logits[0], target, label_smoothing=smoothing, reduction="sum")
     small = logits[1:]
     zero = full_ce.new_zeros(len(small))
     if not small:
         return full_ce, zero, zero
-    small_ce = torch.stack([F.cross_entropy(x, target, label_smoothing=smoothing, reduction=reduction)
-                            for x in small])
+
+    def summed(per_token: list[torch.Tensor]) -> torch.Tensor:
+        if token_w is None:
+            return torch.stack([x.sum() for x in per_token])
+        return torch.stack([(x * w).sum() for x, w in zip(per_token, token_w)])
+
+    small_ce = summed([F.cross_entropy(x, target, label_smoothing=smoothing, reduction="none") for x in small])
     if not distill:
         return full_ce, small_ce, zero
     teacher = logits[0].detach().softmax(-1)
-    return full_ce, small_ce, torch.stack([F.cross_entropy(x, teacher, reduction=reduction) for x in small])
+    return full_ce, small_ce, summed([F.cross_entropy(x, teacher, reduction="none") for x in small])
 
 
 def _chunk_ce_sums(model, feats: list[torch.Tensor], target: torch.Tensor, smoothing: float,
-                   distill: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _ce_sums([model.logits(x).float() for x in feats], target, smoothing, distill, "sum")
+                   distill: bool, token_w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _ce_sums([model.logits(x).float() for x in feats], target, smoothing, distill, token_w)
 
 
 class NestedObjective(torch.nn.Module):
     """The whole nested loss as one module: a data-parallel wrapper (DDP) then sees one
     forward per backward although every nested size runs inside it."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, weights: DecodeAwareWeights | None = None):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.weights = weights
 
     def forward(self, tokens, labels, step: int, factors: list[int], generator=None):
-        out = nested_loss(self.model, tokens, labels, self.cfg, step, factors, generator)
+        out = nested_loss(self.model, tokens, labels, self.cfg, step, factors, generator, self.weights)
         return out.total, torch.stack([out.per_size[f] for f in factors]), out.lam
