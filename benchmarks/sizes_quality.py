@@ -26,14 +26,16 @@ from pipelines.config import load_run_config
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
 
-def heldout_ce(model, cfg, tokens, labels, draws: int = 8) -> dict[int, float]:
+def heldout_ce(model, cfg, tokens, labels, draws: int = 8, weights=None) -> dict[int, float]:
+    """Per size; with decode-aware `weights`, each smaller size's CE weighted towards its
+    decode-time mask ratios (strength 1: the CE on the inputs its schedules give it)."""
     tcfg = dataclasses.replace(cfg.train, class_dropout=0.0, label_smoothing=0.0)
     sums: dict[int, float] = {}
     model.eval()
     with torch.no_grad():
         for d in range(draws):
             out = nested_loss(model, tokens, labels, tcfg, 0, cfg.model.nest_factors,
-                              torch.Generator().manual_seed(10_000 + d))
+                              torch.Generator().manual_seed(10_000 + d), weights)
             for f, v in out.per_size.items():
                 sums[f] = sums.get(f, 0.0) + float(v) / draws
     return sums
