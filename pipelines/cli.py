@@ -91,7 +91,14 @@ def cmd_index(args) -> int:
     options = {"imagenet": {"val_labels": args.val_labels, "synsets": args.synsets},
                "ucf101": {"split_number": args.split_number},
                "kinetics600": {"annotations": args.annotations, "full_videos": args.full_videos}}[args.layout]
-    print(json.dumps(layouts.CONVERTERS[args.layout](args.root, args.out, **options), indent=1))
+    summary = layouts.CONVERTERS[args.layout](args.root, args.out, **options)
+    print(json.dumps(summary | {"refused": len(summary["refused"])}, indent=1))
+    for f in summary["refused"]:
+        print(f"refused {f['source_uri']}: {f['reason']}", file=sys.stderr)
+    if not summary["relative_paths"]:
+        print(f"nestgen index: {args.root} is not under the folder of {args.out}, so the index names its files by "
+              "absolute path / URL: reading it needs tokenize.allow_external_urls: true (or write the index "
+              "inside the data set's folder)", file=sys.stderr)
     return 0
 
 

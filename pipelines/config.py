@@ -33,6 +33,10 @@ class TokenizeConfig:
     max_video_pixels: int = 3840 * 2160    # width x height of a video frame, from the stream header
     max_video_frames: int = 18_000         # frames a video's header may claim (and frames decoded)
     max_video_seconds: float = 600.0       # duration a video's header may claim
+    # An index file's rows name files under the index's folder. Its absolute paths and URLs
+    # (gs://, https://, ...) are failure rows unless this is on: rows often come from label
+    # files shipped with a download, and must not make workers read other files or fetch URLs.
+    allow_external_urls: bool = False      # index rows may name absolute paths and URLs (else failure rows)
 
     def video_limits(self) -> VideoLimits:
         return VideoLimits(self.max_video_pixels, self.max_video_frames, self.max_video_seconds)

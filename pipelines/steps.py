@@ -70,7 +70,7 @@ def tokenize_step(cfg: RunConfig, ctx: StepContext) -> dict:
     raw = ctx.inputs["data"]["raw_url"]
     return {"shards_url": ctx.folder, "rows": {s: v["rows"] for s, v in m["splits"].items()},
             "failed": len(m["failed"]), "grid_shape": m["grid_shape"], "tokenizer_hash": m["tokenizer"]["hash"],
-            DATASETS: [{"name": "raw", "url": raw, "digest": listing_digest(raw)}]}
+            DATASETS: [{"name": "raw", "url": raw, "digest": listing_digest(raw, cfg.tokenize.allow_external_urls)}]}
 
 
 def train_config(cfg: RunConfig, inputs: dict) -> RunConfig:
@@ -145,10 +145,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _first_val_clip(ctx: StepContext) -> str:
+def _first_val_clip(cfg: RunConfig, ctx: StepContext) -> str:
     """A held-out raw clip (base64 MP4) to condition a frame-prediction request on."""
     from nestgen.data.raw_files import list_raw_files
-    items, _, _ = list_raw_files(ctx.inputs["data"]["raw_url"])
+    items, _, _ = list_raw_files(ctx.inputs["data"]["raw_url"], cfg.tokenize.allow_external_urls)
     clips = sorted((it for it in items if it["kind"] == "video"), key=lambda it: (it["split"] == "train", it["uri"]))
     if not clips:
         raise FileNotFoundError("frame prediction needs a raw video to condition on; none found")
@@ -169,7 +169,7 @@ def serve_step(cfg: RunConfig, ctx: StepContext, train: str = "train") -> dict:
         video = cfg.model.is_video
         fmt = "mp4" if video else "png"
         out = {"health": request_json(f"{url}/v1/health")}
-        extra = {"condition": {"mp4_base64": _first_val_clip(ctx)}} if cfg.train.cond_tokens else {}
+        extra = {"condition": {"mp4_base64": _first_val_clip(cfg, ctx)}} if cfg.train.cond_tokens else {}
         for schedule in ("baseline", "magnets"):
             resp = generate(url, {"class_label": 3 % max(1, cfg.model.num_classes), "num_samples": 1, "seed": 0,
                                   "schedule": schedule, "format": fmt, "cache": "on_switch", **extra})
@@ -196,7 +196,7 @@ def build_steps(cfg: RunConfig) -> list[Step]:
                  lambda: {k: v for k, v in to_dict(p).items() if k in ("raw_data", "dataset", "data_size",
                                                                        "clips_per_class", "frames")}
                  | {"holdout": cfg.data.holdout_fraction, "seed": cfg.data.seed},
-                 (lambda: listing_digest(p.raw_data)) if p.raw_data else (lambda: ""),
+                 (lambda: listing_digest(p.raw_data, cfg.tokenize.allow_external_urls)) if p.raw_data else (lambda: ""),
                  "write the embedded raw set (or check pipeline.raw_data)"),
             Step("tokenizer", lambda ctx: tokenizer_step(cfg, ctx), ["data"],
                  lambda: {"tokenizer": to_dict(cfg.tokenizer), "existing": p.tokenizer,

@@ -160,7 +160,7 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
     tokenizer_url = resolve_tokenizer_url(tokenizer_url, checkpoint_resolver())   # pin what a LATEST names
     tok = load_tokenizer(tokenizer_url)
     tok_hash = tok.hash
-    items, unusable, label_map = list_raw_files(input_url)
+    items, unusable, label_map = list_raw_files(input_url, cfg.allow_external_urls)
     if not items:
         raise ValueError(f"no usable image or video files in {input_url}"
                          + (f" ({len(unusable)} unusable, e.g. {unusable[0]['reason']})" if unusable else ""))

@@ -81,7 +81,7 @@ def pixel_dataset(cfg: RunConfig, data_url: str, split: str = "train"):
     from nestgen.data.media import ClipSpec
     from nestgen.data.raw_files import list_raw_files
     t = cfg.tokenizer
-    items, _, _ = list_raw_files(data_url)
+    items, _, _ = list_raw_files(data_url, cfg.tokenize.allow_external_urls)
     items = [{k: it[k] for k in ("uri", "start", "end")} for it in items
              if it["split"] == split and it["kind"] == t.kind]
     if not items:

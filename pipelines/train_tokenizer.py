@@ -68,7 +68,7 @@ def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "
     ds = pixel_dataset(cfg, data_url, split)
     from nestgen.data.raw_files import listing_digest
     with start_run(cfg, "train-tokenizer", output_url, {"data.raw_url": data_url}, parent_run_id, run_key) as run:
-        run.log_dataset(data_url, listing_digest(data_url), "raw")
+        run.log_dataset(data_url, listing_digest(data_url, cfg.tokenize.allow_external_urls), "raw")
         result, url = fit_on_workers(tokenizer_loop_per_worker, cfg, output_url, f"tokenizer-{cfg.name}", ds, run)
         h = load_tokenizer(url).hash
         run.set_tags({"tokenizer_hash": h})
@@ -79,7 +79,8 @@ def cmd_tokenizer_train(args) -> int:
     cfg = load_run_config(args.config, args.overrides)
     if args.local:
         res = train_tokenizer_local(cfg.tokenizer, args.data, args.split, args.out, cfg.tokenize.fps,
-                                    cfg.tokenize.max_image_pixels, cfg.tokenize.video_limits())
+                                    cfg.tokenize.max_image_pixels, cfg.tokenize.video_limits(),
+                                    cfg.tokenize.allow_external_urls)
         for f in res.pop("skipped"):
             print(f"skipped {f['source_uri']}: {f['reason']}", file=sys.stderr)
         print(json.dumps(res, indent=1))

@@ -3,6 +3,7 @@ JPEGs/PNGs written with Pillow, MP4s with nestgen's encoder, AVIs with PyAV."""
 import io
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import replace
 
@@ -64,10 +65,10 @@ def test_index_rows_resolve_and_malformed_rows_become_failures(tmp_path):
     _jpeg(tmp_path / "imgs" / "b.png", fmt="PNG")
     _jpeg(tmp_path / "elsewhere" / "c.jpg")
     _mp4(tmp_path / "clips" / "v.mp4")
-    UP = "../"        # the index lives in data/, the files beside it
+    UP = ""           # the index lives beside the files' folders
     rows = ("path,label,split,start,end\n"
             f"{UP}imgs/a.jpg,cat,train,,\n"                 # 2: relative to the index's folder
-            f"{tmp_path}/imgs/b.png,dog,val,,\n"            # 3: absolute path
+            f"{tmp_path}/imgs/b.png,dog,val,,\n"            # 3: absolute path (external files allowed here)
             f"{UP}elsewhere/c.jpg,cat,test,,\n"
             f"{UP}clips/v.mp4,dog,train,0.5,1.5\n"          # 5: a window
             f"{UP}clips/v.mp4,dog,train,,\n"                # 6: the whole clip: another id
@@ -82,9 +83,8 @@ def test_index_rows_resolve_and_malformed_rows_become_failures(tmp_path):
             "nope://bucket/x.jpg,cat,train,,\n"             # 15: unknown protocol
             f"{UP}imgs/gone.jpg,bird,train,,\n"             # 16: missing file (its class stays)
             f"{UP}imgs/a.jpg,cat,train,,\n")                # 17: the same id as line 2
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "index.csv").write_text(rows)
-    items, failed, label_map = list_raw_files(str(tmp_path / "data" / "index.csv"))
+    (tmp_path / "index.csv").write_text(rows)
+    items, failed, label_map = list_raw_files(str(tmp_path / "index.csv"), allow_external=True)
     assert label_map == {"bird": 0, "cat": 1, "dog": 2}
     got = {(it["uri"], it["split"], it["label"], it["start"], it["end"]) for it in items}
     assert got == {(f"{tmp_path}/imgs/a.jpg", "train", 1, 0.0, math.inf),
@@ -266,29 +266,32 @@ def test_tokenize_an_index_of_images_and_windowed_videos(ray_local, digits_png, 
     from nestgen.tokenizers import clips_to_pixels, load_tokenizer
     from pipelines.tokenize import tokenize_to_shards
 
-    # Images: digit PNGs relabelled through an index (even/odd), plus a malformed row and a missing file.
+    # Images: digit PNGs relabelled through an index (even/odd), plus a malformed row and a missing file;
+    # the index names them by absolute path, so it is read with external files allowed.
     pngs = sorted((digits_png / "val").glob("*/*.png"))[:12]
     rows = [{"path": str(p), "label": "even" if int(p.parent.name) % 2 == 0 else "odd",
              "split": "train" if i % 3 else "val"} for i, p in enumerate(pngs)]
     rows += [{"path": str(digits_png / "gone.png"), "label": "odd", "split": "train"},
-             {"path": str(pngs[0]), "label": "odd", "split": "holdout"}]
+             {"path": str(pngs[0]), "label": "odd", "split": "holdout"},
+             {"path": os.path.relpath(pngs[1], tmp_path), "label": "odd", "split": "test"}]   # '..': refused
     write_index(str(tmp_path / "images.csv"), rows)
     m = tokenize_to_shards(str(tmp_path / "images.csv"), str(tmp_path / "img_shards"), str(image_tokenizer[0]),
-                           TokenizeConfig(batch_size=8))
+                           TokenizeConfig(batch_size=8, allow_external_urls=True))
     assert m["label_map"] == {"even": 0, "odd": 1}
     assert {s: v["rows"] for s, v in m["splits"].items()} == {"train": 8, "val": 4}
     for split in ("train", "val"):
         want = Counter(r["label"] for r in rows[:12] if r["split"] == split)
         assert m["splits"][split]["per_label"] == dict(sorted(want.items()))
     assert sorted(f["reason"] for f in m["failed"]) == [
-        "index line 14: missing file", "index line 15: unknown split 'holdout' (one of train, val, validation, test)"]
+        "index line 14: missing file", "index line 15: unknown split 'holdout' (one of train, val, validation, test)",
+        f"index line 16: path '{os.path.relpath(pngs[1], tmp_path)}' climbs out of its folder with '..'"]
     got = pq.ParquetDataset(shard_urls(str(tmp_path / "img_shards"), "train")).read().to_pylist()
     assert all(m["label_map"][r["label_name"]] == r["label"] for r in got)
     # Changing a label in the index is a new input: the step runs again.
     rows[1]["label"] = "even" if rows[1]["label"] == "odd" else "odd"
     write_index(str(tmp_path / "images.csv"), rows)
     m2 = tokenize_to_shards(str(tmp_path / "images.csv"), str(tmp_path / "img_shards"), str(image_tokenizer[0]),
-                            TokenizeConfig(batch_size=8))
+                            TokenizeConfig(batch_size=8, allow_external_urls=True))
     assert m2["input_fingerprint"] != m["input_fingerprint"]
 
     # Videos: one file, whole and through a window; the window's tokens are those of its frames.

@@ -4,8 +4,8 @@ Kinetics-600).
 
 A CSV file with a header, or JSONL (one JSON object a line), with the fields
 
-    path    the file: relative to the index's folder, an absolute local path, or any
-            fsspec URL (gs://..., s3://..., memory://...)
+    path    the file, relative to the index's folder; an absolute local path or an fsspec
+            URL (gs://..., https://..., memory://...) only where external files are allowed
     label   the class name; the label map is the sorted class names of all labelled rows
     split   train, val, validation or test
     start   optional, videos only: seconds where the clip window begins (empty: 0)
@@ -13,14 +13,21 @@ A CSV file with a header, or JSONL (one JSON object a line), with the fields
 
 A row that cannot be used (no path, no label, an unknown split, a start/end that is not a
 number, negative, not start < end or given for an image, a path that is not an image or
-video by its extension, a protocol fsspec does not know, a missing file, a second row with
-the same id) is a failure with its reason, like an unreadable file, and the other rows go on.
-A file without the path, label and split columns is refused as a whole.
+video by its extension, a path that leaves the index's folder, a protocol fsspec does not
+know, a missing file, a second row with the same id) is a failure with its reason, like an
+unreadable file, and the other rows go on. A file without the path, label and split
+columns is refused as a whole.
 
-The index is configuration, trusted like `pipeline.raw_data` itself: it may name any file
-its author could name as a raw-data URL, so relative paths may also climb out of the
-index's folder with `..`. Files are listed one folder at a time (one listing
-call per folder, not one per file), which keeps a million-row index on object storage fast.
+Index rows stay in the index's folder: an index is often made from label files that came
+with a download (UCF101's trainlists, Kinetics' annotation CSVs), and its rows must not
+make tokenize workers read the machine's other files or fetch URLs. So a path with a `..`
+component, a backslash, a NUL or other control character, or a `scheme:` / drive-letter
+start (`file:x`, `C:x`) is refused, and an absolute path or a URL (`/x`, `gs://...`,
+`https://...`) only names a file when the reader is told external files are allowed
+(`tokenize.allow_external_urls`). The check is on the normalised joined path, the same for
+local and fsspec folders; symlinks inside the folder are followed as their owner made them.
+Files are listed one folder at a time (one listing call per folder, not one per file),
+which keeps a million-row index on object storage fast.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import io
 import json
 import math
 import posixpath
+import re
 from collections import defaultdict
 
 import fsspec
@@ -76,7 +84,7 @@ def _rows(url: str) -> list[tuple[int, dict | None]]:
     return out
 
 
-def _seconds(value: str, name: str) -> float | None:
+def seconds(value: str, name: str) -> float | None:
     if value.strip() == "":
         return None
     try:
@@ -88,25 +96,63 @@ def _seconds(value: str, name: str) -> float | None:
     return s
 
 
-def _resolve(path: str, base: str, base_prefix: str) -> str:
-    """The URL of a row's path: URLs and absolute paths as written, relative ones under base."""
-    if "://" in path:
+# A start that fsspec or Windows could read as a protocol or a drive: `file:x`, `C:x`, `gs:x`.
+_SCHEME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+EXTERNAL_HINT = "external files need tokenize.allow_external_urls: true"
+
+
+def shown(entry: str, limit: int = 120) -> str:
+    """An entry for a one-line reason: quoted, control characters escaped, long ones cut."""
+    return repr(entry if len(entry) <= limit else entry[:limit] + "...")
+
+
+def external_kind(entry: str) -> str | None:
+    """'a URL' or 'an absolute path' for an entry naming a file by itself, None for a
+    relative one; ValueError for an entry no reader should follow (see the module doc)."""
+    if _CONTROL.search(entry):
+        raise ValueError(f"path {shown(entry)} has a control character")
+    if "\\" in entry:
+        raise ValueError(f"path {shown(entry)} has a backslash")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", entry):
+        return "a URL"
+    if "://" in entry or _SCHEME_LIKE.match(entry):
+        raise ValueError(f"path {shown(entry)} looks like a URL or a drive letter")
+    return "an absolute path" if entry.startswith("/") else None
+
+
+def under(base: str, entry: str) -> str:
+    """base/entry normalised, for a relative entry that must stay under base: ValueError
+    for a '..' component, and the normalised path is checked too, whatever the spelling."""
+    root = posixpath.normpath(base) if base else ""
+    joined = posixpath.normpath(posixpath.join(root, entry))
+    if ".." in entry.split("/") or (root and not (joined + "/").startswith(root.rstrip("/") + "/")):
+        raise ValueError(f"path {shown(entry)} climbs out of its folder with '..'")
+    return joined
+
+
+def _resolve(path: str, base: str, base_prefix: str, allow_external: bool) -> str:
+    """The URL of a row's path: relative ones under the index's folder; URLs and absolute
+    paths as written, where external files are allowed."""
+    kind = external_kind(path)
+    if kind is None:
+        return base_prefix + under(base, path)
+    if not allow_external:
+        raise ValueError(f"path {shown(path)} is {kind}, not a file under the index's folder: {EXTERNAL_HINT}")
+    if kind == "a URL":
         protocol = path.split("://", 1)[0]
         if protocol not in fsspec.available_protocols():
             raise ValueError(f"unknown protocol {protocol!r}")
-        return path
-    if path.startswith("/"):
-        return path
-    return base_prefix + posixpath.normpath(posixpath.join(base, path))
+    return path
 
 
-def _parse_row(fields: dict, base: str, base_prefix: str) -> dict:
+def _parse_row(fields: dict, base: str, base_prefix: str, allow_external: bool) -> dict:
     """One row -> item fields; ValueError with the reason for an unusable row."""
     get = lambda k: (fields.get(k) or "").strip()  # noqa: E731
     path, label, split = get("path"), get("label"), get("split")
     if not path:
         raise ValueError("no path")
-    uri = _resolve(path, base, base_prefix)
+    uri = _resolve(path, base, base_prefix, allow_external)
     if not label:
         raise ValueError("no label")
     if split not in SPLITS:
@@ -114,7 +160,7 @@ def _parse_row(fields: dict, base: str, base_prefix: str) -> dict:
     kind = media_kind(path)
     if kind is None:
         raise ValueError("not an image or video file by its extension")
-    start, end = _seconds(get("start"), "start"), _seconds(get("end"), "end")
+    start, end = seconds(get("start"), "start"), seconds(get("end"), "end")
     if kind == "image" and (start is not None or end is not None):
         raise ValueError("start/end given for an image")
     start, end = start or 0.0, math.inf if end is None else end
@@ -142,9 +188,10 @@ def _sizes(uris: list[str]) -> dict[str, int]:
     return sizes
 
 
-def read_index(url: str) -> tuple[list[dict], list[dict], dict[str, int]]:
+def read_index(url: str, allow_external: bool = False) -> tuple[list[dict], list[dict], dict[str, int]]:
     """(items, failed [{source_uri, reason}], label_map) from a CSV/JSONL index: the same
-    items as `nestgen.data.raw_files.list_raw_files` gives for a folder."""
+    items as `nestgen.data.raw_files.list_raw_files` gives for a folder. allow_external:
+    rows may name absolute paths and URLs (else they are failures; see the module doc)."""
     fs, path = url_to_fs(url)
     if not fs.isfile(path):
         raise FileNotFoundError(f"index {url} does not exist")
@@ -158,7 +205,7 @@ def read_index(url: str) -> tuple[list[dict], list[dict], dict[str, int]]:
         if (fields.get("label") or "").strip():
             labels.add(fields["label"].strip())
         try:
-            it = _parse_row(fields, base, base_prefix)
+            it = _parse_row(fields, base, base_prefix, allow_external)
         except ValueError as e:
             failed.append({"source_uri": where, "reason": f"index line {line}: {e}"})
             continue

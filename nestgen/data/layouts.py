@@ -6,7 +6,15 @@ the number of classes and what did not go in. A file that the label files name b
 is not on storage is still written, so that tokenization reports it as a failure row
 ("missing file") and the label map keeps its class; files that no label file names are
 left out and counted. Paths are written relative to the index's folder when the files are
-under it, else as absolute paths / URLs.
+under it, else as absolute paths / URLs (which the index's readers take only where external
+files are allowed: `relative_paths` in the summary says which).
+
+A label-file entry is data that came with the download, not configuration: an entry whose
+path would leave the root (a `..` component, an absolute path, a URL, a backslash, a
+control character, a `scheme:` or drive-letter start; nestgen.data.index checks them for
+index files too) is not written; it is listed in the summary's `refused`
+([{source_uri: <label file>#line<N>, reason}], as manifests list failures) and the other
+rows go on.
 
 - ImageNet (ILSVRC2012 CLS-LOC): `train/<wnid>/*.JPEG`; `val/` flat and labelled by
   `LOC_val_solution.csv` (Kaggle's: ImageId, PredictionString whose first token is the
@@ -36,7 +44,7 @@ import io
 import posixpath
 from collections import Counter
 
-from nestgen.data.index import write_index
+from nestgen.data.index import external_kind, seconds, shown, under, write_index
 from nestgen.data.media import VIDEO_EXTENSIONS, media_kind
 from nestgen.storage import protocol_prefix, read_bytes, url_to_fs
 
@@ -75,33 +83,58 @@ class _Tree:
 
 
 def _relative_to(out: str, tree: _Tree):
-    """rel -> the path an index at `out` names that file by."""
+    """(rel -> the path an index at `out` names that file by, whether that path is relative)."""
     _, out_path = url_to_fs(out)
     folder = posixpath.dirname(out_path)
     same = protocol_prefix(out) == tree.prefix
     if same and (tree.root == folder or tree.root.startswith(folder.rstrip("/") + "/")):
         base = tree.root[len(folder):].strip("/")
-        return lambda rel: posixpath.join(base, rel) if base else rel
-    return tree.url
+        return (lambda rel: posixpath.join(base, rel) if base else rel), True
+    return tree.url, False
 
 
-def _lines(url: str) -> list[str]:
-    return [ln.strip() for ln in read_bytes(url).decode("utf-8-sig").splitlines() if ln.strip()]
+class _Refused(list):
+    """The label-file entries not written: [{source_uri, reason}]."""
+
+    def add(self, source: str, line: int, why: Exception | str) -> None:
+        self.append({"source_uri": f"{source}#line{line}",
+                     "reason": f"{posixpath.basename(source)} line {line}: {why}"})
+
+    def check(self, tree: _Tree, rel: str, entries: tuple[str, ...], source: str, line: int) -> bool:
+        """Whether rel, built from the entries of line `line` of the label file `source`,
+        names a file under the root; if not, it is recorded with its reason."""
+        try:
+            for entry in (*entries, rel):
+                kind = external_kind(entry)
+                if kind is not None:
+                    raise ValueError(f"path {shown(entry)} is {kind}, not a file under the data set's root")
+            under(tree.root, rel)
+        except ValueError as e:
+            self.add(source, line, e)
+            return False
+        return True
 
 
-def _summary(rows: list[dict], **counts) -> dict:
+def _lines(url: str) -> list[tuple[int, str]]:
+    """(line number, stripped text) of each non-blank line."""
+    return [(n, ln.strip()) for n, ln in enumerate(read_bytes(url).decode("utf-8-sig").splitlines(), 1)
+            if ln.strip()]
+
+
+def _summary(rows: list[dict], relative: bool, refused: _Refused, **counts) -> dict:
     return {"rows": len(rows), "splits": dict(sorted(Counter(r["split"] for r in rows).items())),
-            "classes": len({r["label"] for r in rows}), **counts}
+            "classes": len({r["label"] for r in rows}), "relative_paths": relative, **counts,
+            "refused": list(refused)}
 
 
 def imagenet_index(root: str, out: str, val_labels: str | None = None, synsets: str | None = None) -> dict:
     """Write the index of an ImageNet CLS-LOC folder (train/, val/); see the module doc."""
     tree = _Tree(root)
-    path_of = _relative_to(out, tree)
+    path_of, relative = _relative_to(out, tree)
     val_labels = val_labels or tree.nearby("LOC_val_solution.csv")
     synsets = synsets or tree.nearby("LOC_synset_mapping.txt")
-    known = {ln.split()[0] for ln in _lines(synsets)} if synsets else None
-    rows, skipped = [], Counter()
+    known = {ln.split()[0] for _, ln in _lines(synsets)} if synsets else None
+    rows, skipped, refused = [], Counter(), _Refused()
 
     def add(rel: str, wnid: str, split: str) -> None:
         if known is not None and wnid not in known:
@@ -129,16 +162,22 @@ def imagenet_index(root: str, out: str, val_labels: str | None = None, synsets: 
         reader = csv.DictReader(io.StringIO(read_bytes(val_labels).decode("utf-8-sig")))
         labelled = set()
         for r in reader:
-            image_id, wnid = r["ImageId"].strip(), r["PredictionString"].split()[0]
+            image_id, prediction = (r.get("ImageId") or "").strip(), (r.get("PredictionString") or "").split()
+            if not image_id or not prediction:
+                refused.add(val_labels, reader.line_num, "no ImageId or PredictionString")
+                continue
+            wnid = prediction[0]
             labelled.add(image_id)
             rel = flat_val.get(image_id)
             if rel is None and tree.find(f"val/{wnid}/{image_id}.JPEG") is None:
-                missing += 1
                 rel = f"val/{image_id}.JPEG"
+                if not refused.check(tree, rel, (image_id,), val_labels, reader.line_num):
+                    continue
+                missing += 1
             if rel is not None:
                 add(rel, wnid, "val")
         skipped["unlabeled"] = len(set(flat_val) - labelled)
-    return {"index": write_index(out, rows), **_summary(rows, missing=missing, **dict(skipped))}
+    return {"index": write_index(out, rows), **_summary(rows, relative, refused, missing=missing, **dict(skipped))}
 
 
 def ucf101_index(root: str, out: str, split_number: int = 1) -> dict:
@@ -147,40 +186,45 @@ def ucf101_index(root: str, out: str, split_number: int = 1) -> dict:
     if split_number not in (1, 2, 3):
         raise ValueError(f"UCF101 has splits 1, 2 and 3, not {split_number}")
     tree = _Tree(root)
-    path_of = _relative_to(out, tree)
+    path_of, relative = _relative_to(out, tree)
     videos = "UCF-101/" if any(f.startswith("UCF-101/") for f in tree.files) else ""
     lists = tree.find("ucfTrainTestlist/classInd.txt")
     if lists is None:
         raise FileNotFoundError(f"{root}: no ucfTrainTestlist/classInd.txt")
     lists = posixpath.dirname(lists)
     classes = {}
-    for ln in _lines(tree.url(f"{lists}/classInd.txt")):
+    for _, ln in _lines(tree.url(f"{lists}/classInd.txt")):
         idx, name = ln.split()
         classes[int(idx)] = name
     by_lower = {name.lower(): name for name in classes.values()}
-    rows, listed, missing = [], set(), 0
+    rows, listed, missing, refused = [], set(), 0, _Refused()
     for split, name in (("train", "trainlist"), ("test", "testlist")):
         list_rel = tree.find(f"{lists}/{name}{split_number:02d}.txt")
         if list_rel is None:
             raise FileNotFoundError(f"{root}: no {lists}/{name}{split_number:02d}.txt")
-        for ln in _lines(tree.url(list_rel)):
+        for n, ln in _lines(tree.url(list_rel)):
             entry, *idx = ln.split()
+            if idx and not (idx[0].isdigit() and int(idx[0]) in classes):
+                refused.add(tree.url(list_rel), n, f"class index {shown(idx[0])} is not in classInd.txt")
+                continue
             label = classes[int(idx[0])] if idx else by_lower.get(entry.split("/")[0].lower(), entry.split("/")[0])
             rel = tree.find(videos + entry)
             if rel is None:
-                missing += 1
                 rel = videos + entry
+                if not refused.check(tree, rel, (entry,), tree.url(list_rel), n):
+                    continue
+                missing += 1
             listed.add(rel)
             rows.append({"path": path_of(rel), "label": label, "split": split})
     unlisted = sum(1 for f in tree.files if f.startswith(videos) and media_kind(f) == "video" and f not in listed)
-    return {"index": write_index(out, rows), **_summary(rows, missing=missing, unlisted=unlisted)}
+    return {"index": write_index(out, rows), **_summary(rows, relative, refused, missing=missing, unlisted=unlisted)}
 
 
 def kinetics600_index(root: str, out: str, annotations: list[str] | None = None, full_videos: bool = False) -> dict:
     """Write the index of Kinetics-600 clips under root from its annotation CSVs (default:
     every *.csv in root and root/annotations/); see the module doc."""
     tree = _Tree(root)
-    path_of = _relative_to(out, tree)
+    path_of, relative = _relative_to(out, tree)
     if not annotations:
         annotations = [tree.url(f) for f in tree.files
                        if f.lower().endswith(".csv") and posixpath.dirname(f) in ("", "annotations")]
@@ -191,22 +235,32 @@ def kinetics600_index(root: str, out: str, annotations: list[str] | None = None,
         if f.lower().endswith(VIDEO_EXTENSIONS):
             by_stem.setdefault(posixpath.basename(f).rsplit(".", 1)[0], f)
     nested = any(f.count("/") >= 2 for f in by_stem.values())
-    rows, missing, unlabeled = [], 0, 0
+    rows, missing, unlabeled, refused = [], 0, 0, _Refused()
     for url in annotations:
-        for r in csv.DictReader(io.StringIO(read_bytes(url).decode("utf-8-sig"))):
+        reader = csv.DictReader(io.StringIO(read_bytes(url).decode("utf-8-sig")))
+        for r in reader:
             label, split = (r.get("label") or "").strip(), KINETICS_SPLITS.get((r.get("split") or "").strip().lower())
             if not label or split is None:
                 unlabeled += 1
                 continue
-            start, end = float(r["time_start"]), float(r["time_end"])
-            stem = r["youtube_id"] if full_videos else f"{r['youtube_id']}_{int(start):06d}_{int(end):06d}"
+            youtube_id = (r.get("youtube_id") or "").strip()
+            try:
+                start, end = (seconds(r.get(k) or "", k) for k in ("time_start", "time_end"))
+                if not youtube_id or start is None or end is None:
+                    raise ValueError("no youtube_id, time_start or time_end")
+            except ValueError as e:
+                refused.add(url, reader.line_num, e)
+                continue
+            stem = youtube_id if full_videos else f"{youtube_id}_{int(start):06d}_{int(end):06d}"
             rel = by_stem.get(stem)
             if rel is None:
-                missing += 1
                 rel = f"{split}/{label}/{stem}.mp4" if nested else f"{stem}.mp4"
+                if not refused.check(tree, rel, (label, youtube_id), url, reader.line_num):
+                    continue
+                missing += 1
             row = {"path": path_of(rel), "label": label, "split": split}
             rows.append(row | ({"start": f"{start:g}", "end": f"{end:g}"} if full_videos else {}))
-    return {"index": write_index(out, rows), **_summary(rows, missing=missing, unlabeled=unlabeled)}
+    return {"index": write_index(out, rows), **_summary(rows, relative, refused, missing=missing, unlabeled=unlabeled)}
 
 
 CONVERTERS = {"imagenet": imagenet_index, "ucf101": ucf101_index, "kinetics600": kinetics600_index}

@@ -20,13 +20,14 @@ from nestgen.data.media import (ClipSpec, MediaError, VideoLimits, load_image, l
 from nestgen.storage import protocol_prefix, read_bytes, url_to_fs
 
 
-def list_raw_files(input_url: str) -> tuple[list[dict], list[dict], dict[str, int]]:
+def list_raw_files(input_url: str, allow_external: bool = False) -> tuple[list[dict], list[dict], dict[str, int]]:
     """(items, unusable [{source_uri, reason}], label_map) of a folder in the
     `<split>/<class>/<file>` or `<class>/<file>` layout, or of an index file (*.csv, *.jsonl).
     Items: {uri, rel, id, split, label_name, label, kind, size, start, end} (start/end: the
-    seconds of a video's window; 0 and inf for the whole file)."""
+    seconds of a video's window; 0 and inf for the whole file). allow_external: an index's
+    rows may name absolute paths and URLs (tokenize.allow_external_urls)."""
     if is_index(input_url):
-        return read_index(input_url)
+        return read_index(input_url, allow_external)
     fs, root = url_to_fs(input_url)
     root = root.rstrip("/")
     if not fs.exists(root):
@@ -57,12 +58,12 @@ def list_raw_files(input_url: str) -> tuple[list[dict], list[dict], dict[str, in
     return items, unusable, label_map
 
 
-def load_raw_split(url: str, split: str, kind: str, clip: ClipSpec, max_image_pixels: int,
-                   video_limits: VideoLimits) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def load_raw_split(url: str, split: str, kind: str, clip: ClipSpec, max_image_pixels: int, video_limits: VideoLimits,
+                   allow_external: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """(uint8 arrays (n, [T,] size, size, C), labels (n,), failed [{source_uri, reason}])
     of one split, in memory: for tokenizer training on sets that fit; bad files and files
     over the budgets are skipped. Images are clip.size x clip.size too."""
-    items, failed, _ = list_raw_files(url)
+    items, failed, _ = list_raw_files(url, allow_external)
     arrays, labels = [], []
     for it in items:
         if it["split"] != split or it["kind"] != kind:
@@ -82,16 +83,16 @@ def load_raw_split(url: str, split: str, kind: str, clip: ClipSpec, max_image_pi
     return np.stack(arrays), np.asarray(labels, dtype=np.int64), failed
 
 
-def listing_digest(url: str) -> str:
+def listing_digest(url: str, allow_external: bool = False) -> str:
     """Names and sizes of every file under a raw folder, or an index's text and the sizes of
-    the files it names: changes when the data do."""
+    the files it names (as list_raw_files reads them): changes when the data do."""
     fs, path = url_to_fs(url)
     if not fs.exists(path):
         return f"missing:{url}"
     h = hashlib.sha256()
     if is_index(url):
         h.update(read_bytes(url))
-        for it in list_raw_files(url)[0]:
+        for it in list_raw_files(url, allow_external)[0]:
             h.update(f"{it['uri']}|{it['size']}".encode())
         return h.hexdigest()
     for name, info in sorted(fs.find(path, detail=True).items()):
