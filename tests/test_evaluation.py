@@ -136,6 +136,56 @@ def test_a_video_variant_keeping_no_grid_samples_still_gets_its_frame_metrics(fa
     assert suite.protocols["frame_pred_mse"]["predicted_frames"] == 2       # 4 frames, 2 given
 
 
+def _frame_prediction_cfg(**evaluate):
+    return config_from_dict({"model": {"vocab_size": 17, "grid": [2, 2, 2], "width": 32, "depth": 1},
+                             "train": {"cond_tokens": 4}, "data": {"source": "shards", "url": "memory://held-out"},
+                             "evaluate": {"num_samples": 40, "interval_chunks": 8, "bootstrap_replicates": 10,
+                                          "schedules": ["baseline"], "caches": ["none"],
+                                          "search": {"num_samples": 20, "max_candidates": 2, "budget_fraction": 0.5},
+                                          **evaluate}})
+
+
+def test_the_search_is_held_out_and_the_bootstrap_resamples_whole_clips():
+    """Frame prediction: the schedule search conditions on held-out clips and uses seeds that
+    the final evaluation never sends (it used to condition both on the same clips), and the
+    final evaluation, which repeats each of its clips under other seeds, resamples whole
+    clips: every sample conditioned on one clip falls in the same bootstrap chunk (contiguous
+    chunks of samples used to split a clip's samples over chunks, counted as independent)."""
+    from nestgen.evaluation.quality import QualitySuite
+    from nestgen.evaluation.variants import VariantResult
+    clips = 15
+    held_out = torch.stack([torch.tensor([i // 4, i % 4, i % 3, 7] + [0] * 4) for i in range(clips)])  # own first frames
+    data = EvalData("video", held_out, torch.arange(clips) % 10, lambda: (held_out, torch.arange(clips) % 10),
+                    [str(i) for i in range(10)], "15 clips")
+    calls = []
+
+    def sample(variants, requests, plan):
+        calls.append((requests, plan))
+        return [VariantResult(v, v.schedule, 1.0, 0.0, {"fvd": float(i)}) for i, v in enumerate(variants)]
+
+    cfg = _frame_prediction_cfg()
+    run_evaluation(cfg, sample, QualitySuite({}, "fvd"), data, progress=lambda s: None)
+    (search, _), (final, plan) = calls
+
+    def clip_of(req):
+        return [tuple(row.tolist()) for row in req.cond]
+    assert set(clip_of(search)).isdisjoint(clip_of(final)) and set(search.seeds).isdisjoint(final.seeds)
+    assert len(set(clip_of(search))) + len(set(clip_of(final))) == clips           # a split of the held-out clips
+    assert len(set(clip_of(search))) == 5                                          # 20 of 60 samples: a third
+    chunks: dict[tuple, set] = {}
+    for c, chunk in zip(clip_of(final), plan.chunk_of(np.arange(len(final)))):
+        chunks.setdefault(c, set()).add(int(chunk))
+    assert len(chunks) == 10 and all(len(v) == 1 for v in chunks.values())        # 40 samples, 4 per clip
+    assert plan.num_chunks == 8 and len(set.union(*chunks.values())) == 8
+    with pytest.raises(ValueError, match=r"search's seeds \[30, 50\) overlap the final evaluation's \[0, 40\)"):
+        run_evaluation(_frame_prediction_cfg(search={"seed": 30, "num_samples": 20}), sample,
+                       QualitySuite({}, "fvd"), data, progress=lambda s: None)
+    with pytest.raises(ValueError, match="2 held-out clips: the schedule search and the final evaluation need"):
+        run_evaluation(cfg, sample, QualitySuite({}, "fvd"), EvalData("video", held_out[:2], torch.arange(2), None,
+                                                                      [str(i) for i in range(10)], "2 clips"),
+                       progress=lambda s: None)
+
+
 def test_step_splits_and_budgeted_candidates():
     splits = step_splits([1, 2, 4, 8], 12)
     assert len(splits) == 455 and len(set(splits)) == 455          # C(15, 3) splits

@@ -77,14 +77,14 @@ def load_eval_data(cfg: NestgenConfig, max_train: int = 2000) -> EvalData:
 def eval_requests(cfg: NestgenConfig, data: EvalData, n: int, seed: int) -> Requests:
     """N requests. Frame prediction (train.cond_tokens > 0): each request is conditioned on
     the leading tokens of a held-out clip (cycled) with that clip's label, and carries the
-    clip's tokens to score the predicted frames against."""
+    clip's tokens to score the predicted frames against; `groups` says how many clips."""
     c = cfg.train.cond_tokens
     if not c:
         return class_requests(cfg.model.num_classes, n, seed)
     idx = torch.arange(n) % len(data.holdout_tokens)
     tokens = data.holdout_tokens[idx]
     labels = data.holdout_labels[idx] if cfg.model.num_classes else torch.zeros(n, dtype=torch.long)
-    return Requests(labels, range(seed, seed + n), tokens[:, :c].clone(), tokens)
+    return Requests(labels, range(seed, seed + n), tokens[:, :c].clone(), tokens, min(n, len(data.holdout_tokens)))
 
 
 def cond_frames(cfg: NestgenConfig, pixel_frames: int) -> int:

@@ -15,7 +15,7 @@ from nestgen.evaluation.claim import ClaimCheck, claim_check
 from nestgen.evaluation.data import EvalData, eval_requests
 from nestgen.evaluation.quality import QualitySuite
 from nestgen.evaluation.report import pareto_front, results_table
-from nestgen.evaluation.search import SearchResult, search_schedule
+from nestgen.evaluation.search import SearchResult, search_schedule, split_held_out
 from nestgen.evaluation.stream import StreamPlan, stream_batch, stream_variants
 from nestgen.evaluation.variants import (Requests, Variant, VariantResult, baseline_variant, eval_worker,
                                          variant_gflops, variants_from_config)
@@ -36,6 +36,7 @@ class EvaluationReport:
     baseline_gflops: float
     search: SearchResult | None
     checkpoint: str = ""
+    plan: StreamPlan | None = None    # the final evaluation's: its bootstrap chunks and groups
 
     @property
     def metric(self) -> str:
@@ -116,8 +117,10 @@ class EvaluationReport:
             "baseline": {"variant": base.variant.name, "gflops_per_sample": base.gflops_per_sample,
                          self.metric: qb, "analytic_full_model_gflops": self.baseline_gflops},
             "intervals": {"level": 0.95, "replicates": e.bootstrap_replicates,
-                          "chunks": min(e.interval_chunks, e.num_samples),
-                          "method": "percentile bootstrap over contiguous chunks of samples; the change vs the "
+                          "chunks": self.plan.num_chunks if self.plan else None,
+                          "groups": self.plan.num_groups if self.plan else None,
+                          "method": "percentile bootstrap over chunks of whole groups of samples (a group: the "
+                                    "samples conditioned on one held-out clip, else one sample); the change vs the "
                                     "baseline is paired (same labels, seeds and bootstrap draws for every variant)"},
             "claim": {"threshold": e.claim_threshold, "lines": self.claim_lines()},
             "variants": rows, "search": self.search.summary() if self.search else None,
@@ -130,21 +133,22 @@ def run_evaluation(cfg: NestgenConfig, sample: SampleFn, suite: QualitySuite, da
     e = cfg.evaluate
     variants = variants_from_config(e)
     search = None
+    search_data, final_data = split_held_out(cfg, data)
     if e.search.enabled:
         s = e.search
-        req = eval_requests(cfg, data, s.num_samples, s.seed)
+        req = eval_requests(cfg, search_data, s.num_samples, s.seed)
         progress(f"schedule search: budget {s.budget_gflops or s.budget_fraction} "
                  f"({'GFLOPs' if s.budget_gflops else 'x the full model'}), {suite.primary} on "
                  f"{s.num_samples} held-out seeds")
-        plan = StreamPlan(s.num_samples, e.interval_chunks)
+        plan = StreamPlan(s.num_samples, e.interval_chunks, groups=req.groups)
         search = search_schedule(cfg, lambda vs: sample(vs, req, plan), suite.primary, suite.lower_is_better)
         progress(f"searched schedule: {search.chosen.name}")
         variants.append(search.chosen)
-    req = eval_requests(cfg, data, e.num_samples, e.seed)
+    req = eval_requests(cfg, final_data, e.num_samples, e.seed)
     progress(f"evaluating {len(variants)} variants x {e.num_samples} samples")
-    plan = StreamPlan(e.num_samples, e.interval_chunks, e.grid_samples, e.bootstrap_replicates, e.seed)
+    plan = StreamPlan(e.num_samples, e.interval_chunks, e.grid_samples, e.bootstrap_replicates, e.seed, req.groups)
     report = EvaluationReport(cfg, sample(variants, req, plan), suite, variant_gflops(cfg, baseline_variant(cfg)),
-                              search, checkpoint)
+                              search, checkpoint, plan=plan)
     for line in report.claim_lines():
         progress(f"claim check: {line}")
     return report

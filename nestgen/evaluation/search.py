@@ -6,16 +6,23 @@ in search.steps. Their GFLOPs are analytic, so the budget filter is free. Scorin
 candidate costs samples, so at most `max_candidates` are scored: for each (number of
 full-model steps, cache policy) the in-budget candidate that spends the most compute, the
 groups taken from the most to the least compute. The full-model steps dominate both cost
-and quality, so this spreads the scored set over the shapes that matter. Scoring uses
-seeds disjoint from the final evaluation's, and the chosen schedule is then evaluated with
-every other variant.
+and quality, so this spreads the scored set over the shapes that matter. The chosen
+schedule is then evaluated with every other variant.
+
+Held out from the final evaluation: the search scores on requests the final evaluation
+never sends, seeds disjoint from its seeds and, for frame prediction, conditioning clips
+disjoint from its clips (`split_held_out`). Choosing on the evaluation's own requests would
+favour a schedule that happens to suit those clips, and its interval would not say so.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
+import torch
+
 from nestgen.decoding.schedule import Schedule, parse_schedule
+from nestgen.evaluation.data import EvalData
 from nestgen.evaluation.variants import Variant, VariantResult, baseline_variant, variant_gflops
 
 if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
@@ -48,6 +55,33 @@ class SearchResult:
                 "candidates_total": self.candidates_total, "candidates_in_budget": self.candidates_in_budget,
                 "metric": self.metric, "chosen": {"schedule": self.chosen.schedule, "cache": self.chosen.cache},
                 "scored": [r.row(self.baseline_gflops) for r in self.scored]}
+
+
+def split_held_out(cfg: NestgenConfig, data: EvalData) -> tuple[EvalData, EvalData]:
+    """(the search's held-out data, the final evaluation's). Frame prediction conditions on
+    held-out clips: with a search they are split in a fixed random order (evaluate.seed),
+    the search taking its share of the samples' share (100 of 300 samples: a third of the
+    clips), both at least one and the final evaluation at least two (its bootstrap resamples
+    clips). Refuses search seeds that overlap the final evaluation's."""
+    e, s = cfg.evaluate, cfg.evaluate.search
+    if not s.enabled:
+        return data, data
+    if s.seed < e.seed + e.num_samples and e.seed < s.seed + s.num_samples:
+        raise ValueError(f"evaluate.search.seed: the search's seeds [{s.seed}, {s.seed + s.num_samples}) overlap "
+                         f"the final evaluation's [{e.seed}, {e.seed + e.num_samples}): the search must be held out")
+    if not cfg.train.cond_tokens:
+        return data, data
+    clips = len(data.holdout_tokens)
+    if clips < 3:
+        raise ValueError(f"{clips} held-out clips: the schedule search and the final evaluation need disjoint "
+                         f"conditioning clips (>= 1 and >= 2); add held-out clips or set evaluate.search.enabled false")
+    k = min(max(1, round(clips * s.num_samples / (s.num_samples + e.num_samples))), clips - 2)
+    order = torch.randperm(clips, generator=torch.Generator().manual_seed(e.seed))
+
+    def part(idx: torch.Tensor) -> EvalData:
+        idx = idx.sort().values
+        return replace(data, holdout_tokens=data.holdout_tokens[idx], holdout_labels=data.holdout_labels[idx])
+    return part(order[:k]), part(order[k:])
 
 
 def pick_candidates(cfg: NestgenConfig, budget: float) -> tuple[list[tuple[Variant, float]], int, int]:

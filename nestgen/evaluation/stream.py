@@ -5,9 +5,18 @@ statistics (nestgen.metrics.sums) per chunk of samples: `stream_batch`, where th
 is. The driver adds the batches up (`VariantStream`): per variant and metric it keeps one
 row of sums per chunk, `evaluate.interval_chunks` rows whatever the number of samples, and
 the first `evaluate.grid_samples` samples for the grids. So what the driver holds does not
-grow with the number of samples. Chunks are contiguous runs of sample indices, the same
-for every variant, and the rows are what the bootstrap resamples (the same draws for
-every variant: paired, nestgen.metrics.intervals).
+grow with the number of samples. Chunks are the same for every variant, and the rows are
+what the bootstrap resamples (the same draws for every variant: paired,
+nestgen.metrics.intervals).
+
+A chunk holds whole groups of samples that share their conditioning: frame prediction's
+requests cycle through held-out clips (sample i conditions on clip i % groups), and the
+samples of one clip are not independent draws, so the bootstrap resamples clips, every
+sample of a clip in the same chunk (a group bootstrap). Repeating a clip under other decode
+seeds is kept, rather than capping the samples at the clip count: the set metrics (FVD's
+covariance) need the samples, and the held-out split is small (100 clips on the moving
+digits, a third of them the schedule search's). Without conditioning every sample is its
+own group, and chunks are contiguous runs of samples.
 """
 from __future__ import annotations
 
@@ -29,20 +38,28 @@ if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its 
 
 @dataclass(frozen=True)
 class StreamPlan:
-    """How one pass over the requests is reduced: n samples per variant in `chunks`
-    contiguous chunks, the first `grid` samples kept, `replicates` bootstrap draws."""
+    """How one pass over the requests is reduced: n samples per variant in `chunks` chunks
+    of whole groups (sample i in group i % groups: the conditioning clips the requests
+    cycle through, Requests.groups; 0: each sample its own group), the first `grid` samples
+    kept, `replicates` bootstrap draws."""
     n: int
     chunks: int
     grid: int = 0
     replicates: int = 0
     seed: int = 0
+    groups: int = 0
+
+    @property
+    def num_groups(self) -> int:
+        return self.groups or self.n
 
     @property
     def num_chunks(self) -> int:
-        return min(self.chunks, self.n)
+        return min(self.chunks, self.num_groups)
 
     def chunk_of(self, index: np.ndarray) -> np.ndarray:
-        return contiguous_parts(index, self.n, self.num_chunks)
+        """The chunk of each sample: contiguous runs of groups."""
+        return contiguous_parts(np.asarray(index) % self.num_groups, self.num_groups, self.num_chunks)
 
 
 @dataclass
@@ -65,10 +82,9 @@ def stream_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests:
     chunk = plan.chunk_of(index)
     sums: dict[str, dict[int, Sums]] = {name: {} for name in features}
     for c in np.unique(chunk):
-        at = np.flatnonzero(chunk == c)
-        a, z = int(at[0]), int(at[-1]) + 1
-        part = Chunk(b.pixels[a:z], requests.labels[a:z].numpy(), None if targets is None else targets[a:z],
-                     index[a:z], plan.n)
+        at = np.flatnonzero(chunk == c)          # not contiguous when groups cycle
+        part = Chunk(b.pixels[at], requests.labels[at].numpy(), None if targets is None else targets[at],
+                     index[at], plan.n)
         for name, fn in features.items():
             sums[name][int(c)] = fn(part, worker.device)
     keep = min(len(requests), plan.grid - start)

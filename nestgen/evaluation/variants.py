@@ -94,11 +94,15 @@ def sample_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests:
 class Requests:
     """What every variant is asked for: labels (N,), seeds (N,), optional cond (N, n_cond)
     and, for frame prediction, the tokens of the true clips the conditioning came from
-    (rendered to pixels where the samples are scored)."""
+    (rendered to pixels where the samples are scored). `groups`: how many conditioning
+    clips the requests cycle through (request i conditions on clip i % groups), which the
+    bootstrap resamples whole (StreamPlan.groups); 0: every request stands alone. A batch
+    cut by `chunk` has none: the plan, not the batch, groups samples."""
     labels: torch.Tensor
     seeds: Sequence[int]
     cond: torch.Tensor | None = None
     target_tokens: torch.Tensor | None = None
+    groups: int = 0
 
     def __len__(self) -> int:
         return len(self.seeds)
