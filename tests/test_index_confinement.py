@@ -202,3 +202,10 @@ def test_a_kinetics_csv_cannot_turn_ids_into_urls_or_paths_outside_the_root(tmp_
     assert "://" not in text and "outside" not in text and "/etc" not in text
     items, failed, _ = read_index(str(root / "index.csv"))
     assert [it["rel"] for it in items] == [good] and failed == []
+
+
+def test_the_hostile_index_benchmark_meets_its_target(tmp_path):
+    from benchmarks import hostile_index
+    result = hostile_index.run_all(tmp_path)
+    assert hostile_index.ok(result), hostile_index.summary(result)
+    assert sum(len(p["kinds"]) for p in (result["index_file"], result["ucf101"], result["kinetics600"])) == 27
