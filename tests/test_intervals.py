@@ -4,12 +4,28 @@ import pytest
 from nestgen.metrics.intervals import paired_bootstrap
 
 
-def test_identical_variants_give_a_zero_width_interval():
-    """Pairing: both variants see the same resampled indices, so a variant equal to the
-    reference has relative change exactly 0 in every replicate (unpaired draws would not)."""
-    x = np.random.default_rng(0).normal(5, 1, 200)
-    iv = paired_bootstrap(lambda idx: x[idx].mean() / x[idx].mean() - 1, len(x), replicates=200)
-    assert iv.value == iv.lo == iv.hi == 0.0
+def test_a_paired_change_is_far_narrower_than_an_unpaired_one():
+    """Two strongly correlated variants: each sample's score is mostly a per-request part
+    (sd 1) both share, and b is a's +5% plus noise of its own (sd 0.05). Pairing (one set of
+    indices for both) leaves only b's own noise in the change: its 95% width is about
+    2 * 1.96 * 0.05 / (10 * sqrt(n)) = 0.001. An unpaired bootstrap (each variant's samples
+    drawn independently, written out here as the reference) also carries the shared part,
+    ~0.03 wide. A paired_bootstrap whose draws are no resample (a permutation: width 0) or
+    a fixed index set fails the lower bound; an unpaired one fails the upper."""
+    n, reps = 400, 1000
+    rng = np.random.default_rng(2)
+    shared = rng.normal(10, 1, n)
+    a, b = shared, 1.05 * shared + rng.normal(0, 0.05, n)
+    paired = paired_bootstrap(lambda idx: b[idx].mean() / a[idx].mean() - 1, n, replicates=reps, seed=3)
+    draw = np.random.default_rng(4)
+    unpaired = np.array([b[draw.integers(0, n, n)].mean() / a[draw.integers(0, n, n)].mean() - 1
+                         for _ in range(reps)])
+    unpaired_width = float(np.subtract(*np.quantile(unpaired, [0.975, 0.025])))
+    paired_width = paired.hi - paired.lo
+    assert paired.lo < paired.value < paired.hi and paired.lo < 0.05 < paired.hi
+    assert paired_width < unpaired_width / 2, (paired_width, unpaired_width)
+    expected = 2 * 1.96 * 0.05 / (10 * np.sqrt(n))
+    assert 0.7 * expected < paired_width < 1.4 * expected, (paired_width, expected)
 
 
 def test_interval_covers_the_estimate_and_narrows_with_samples():
