@@ -10,7 +10,7 @@ import pytest
 
 from nestgen.configschema import ConfigError
 from nestgen.data.index import read_index, under
-from nestgen.data.layouts import kinetics600_index, ucf101_index
+from nestgen.data.layouts import imagenet_index, kinetics600_index, ucf101_index
 from nestgen.data.raw_files import list_raw_files
 from pipelines.cli import main as nestgen_main
 from pipelines.config import TokenizeConfig, run_config_from_dict
@@ -202,6 +202,25 @@ def test_a_kinetics_csv_cannot_turn_ids_into_urls_or_paths_outside_the_root(tmp_
     assert "://" not in text and "outside" not in text and "/etc" not in text
     items, failed, _ = read_index(str(root / "index.csv"))
     assert [it["rel"] for it in items] == [good] and failed == []
+
+
+def test_an_imagenet_val_label_file_cannot_name_files_outside_the_root(tmp_path):
+    root = tmp_path / "in"
+    _file(root / "train" / "n01" / "n01_0.JPEG")
+    _file(root / "val" / "ILSVRC2012_val_00000001.JPEG")
+    (root / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\n"
+        "ILSVRC2012_val_00000001,n01 1 2 3 4\n"
+        "../../outside/private,n01 1 2 3 4\n"               # 3
+        "http://127.0.0.1:9/x,n01 1 2 3 4\n"
+        "ILSVRC2012_val_00000002,\n")                      # 5: no label: not a row either
+    summary = imagenet_index(str(root), str(root / "index.csv"))
+    assert summary["splits"] == {"train": 1, "val": 1}
+    assert [f["reason"] for f in summary["refused"]] == [
+        "LOC_val_solution.csv line 3: path 'val/../../outside/private.JPEG' climbs out of its folder with '..'",
+        "LOC_val_solution.csv line 4: path 'http://127.0.0.1:9/x' is a URL, not a file under the data set's root",
+        "LOC_val_solution.csv line 5: no ImageId or PredictionString"]
+    assert read_index(str(root / "index.csv"))[1] == []
 
 
 def test_the_hostile_index_benchmark_meets_its_target(tmp_path):
