@@ -85,14 +85,57 @@ def test_resample_counts_and_paired_change():
     assert w.shape == (50, 7) and (w.sum(1) == 7).all() and (w >= 0).all()
     assert np.array_equal(w, resample_counts(7, 50, seed=3)) and not np.array_equal(w, resample_counts(7, 50, 4))
     base = RNG.normal(10, 1, 50)
-    same = paired_change(10.0, 10.0, base, base)
-    assert same.value == same.lo == same.hi == 0.0
     up = paired_change(11.0, 10.0, base * 1.1, base)       # every replicate +10%: paired, no spread
     assert (up.value, up.lo, up.hi) == pytest.approx((0.1, 0.1, 0.1))
     with pytest.raises(ValueError, match="not paired"):
         paired_change(1.0, 1.0, base, base[:10])
     with pytest.raises(ValueError, match="at least 2 chunks"):
         resample_counts(1, 10)
+
+
+def test_streamed_variants_share_their_draws_so_a_correlated_change_is_narrow():
+    """Two variants streamed with one plan (as every variant of an evaluation is): each
+    sample's score is mostly a per-request part both share (sd 1), and b is a's +5% plus
+    noise of its own (sd 0.05). Their replicates come from the same chunk draws, so the
+    change's interval carries only b's own noise; a reference unpaired bootstrap written
+    here (each variant's chunks drawn independently) carries the shared part too and is
+    over ten times wider. A stream that drew its own chunks per variant fails."""
+    from nestgen.config import config_from_dict
+    from nestgen.evaluation.quality import QualitySuite, StreamedMetric
+    from nestgen.evaluation.stream import BatchStats, StreamPlan, VariantStream
+    from nestgen.evaluation.variants import Variant
+    from nestgen.metrics.protocol import MetricResult
+    n, chunks, reps = 400, 40, 1000
+    rng = np.random.default_rng(5)
+    shared = rng.normal(10, 1, n)
+    scores = {"baseline": shared, "magnets": 1.05 * shared + rng.normal(0, 0.05, n)}
+    suite = QualitySuite({"mean": StreamedMetric(None, lambda s, shape: [MetricResult("mean", s["sum"] / s["n"])])},
+                         "mean")
+    plan = StreamPlan(n, chunks, replicates=reps, seed=0)
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
+    chunk = plan.chunk_of(np.arange(n))
+    rows, results = {}, {}
+    for name, x in scores.items():
+        rows[name] = np.array([[x[chunk == c].sum(), (chunk == c).sum()] for c in range(chunks)])
+        stream = VariantStream(Variant(name), plan)
+        for start in range(0, n, 100):             # four batches of 100 samples
+            part = np.arange(start, start + 100)
+            sums = {int(c): {"sum": x[part][chunk[part] == c].sum(), "n": float((chunk[part] == c).sum())}
+                    for c in np.unique(chunk[part])}
+            stream.add(BatchStats(start, 100, 0.0, {"mean": sums}, None, ()))
+        results[name] = stream.result(cfg, suite)
+    b, m = results["baseline"], results["magnets"]
+    paired = paired_change(m.metrics["mean"], b.metrics["mean"], m.replicates["mean"], b.replicates["mean"])
+    draw = np.random.default_rng(6)
+
+    def unpaired_mean(r):
+        w = np.bincount(draw.integers(0, chunks, chunks), minlength=chunks)
+        return (w @ r)[0] / (w @ r)[1]
+    unpaired = np.array([unpaired_mean(rows["magnets"]) / unpaired_mean(rows["baseline"]) - 1 for _ in range(reps)])
+    unpaired_width = float(np.subtract(*np.quantile(unpaired, [0.975, 0.025])))
+    assert paired.value == pytest.approx(scores["magnets"].mean() / shared.mean() - 1, rel=1e-12)
+    assert paired.lo < paired.value < paired.hi and paired.lo < 0.05 < paired.hi
+    assert paired.hi - paired.lo < unpaired_width / 10, (paired.hi - paired.lo, unpaired_width)
 
 
 @pytest.mark.parametrize("change, lo, hi, lower_is_better, verdict", [
