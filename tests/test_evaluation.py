@@ -1,5 +1,6 @@
 """Quality against compute: variants, streamed quality suites, intervals, claim checks, schedule
 search, Pareto front, outputs."""
+import hashlib
 import json
 import tracemalloc
 
@@ -115,6 +116,7 @@ def test_a_video_variant_keeping_no_grid_samples_still_gets_its_frame_metrics(fa
     """The schedule search's candidates keep no grid samples (StreamPlan grid 0): FVD and the
     frame-prediction error still learn the clips' frame count from the streamed batches."""
     monkeypatch.setenv("NESTGEN_I3D_PATH", str(fake_i3d_file))
+    monkeypatch.setenv("NESTGEN_I3D_SHA256", hashlib.sha256(fake_i3d_file.read_bytes()).hexdigest())
     tok = VQTokenizer(TokenizerConfig(kind="video", channels=1, image_size=8, frames=4, downsample=4,
                                       temporal_downsample=2, base_width=8, max_width=8, codebook_size=17,
                                       code_dim=8)).eval()          # clips of 4 frames <-> tokens [2, 2, 2]
@@ -300,6 +302,7 @@ def test_the_held_out_reference_streamed_in_batches_gives_the_one_shot_statistic
     rounding, not bit for bit: the decoder and the feature nets compute in float32 with
     kernels that depend on the batch size (about 1e-6 relative; a lost row would be ~1e-2)."""
     monkeypatch.setenv("NESTGEN_I3D_PATH", str(fake_i3d_file))
+    monkeypatch.setenv("NESTGEN_I3D_SHA256", hashlib.sha256(fake_i3d_file.read_bytes()).hexdigest())
     image_tok, images = _rgb64_tokenizer(), _held_out("image", 32, 64)
     video_tok = VQTokenizer(TokenizerConfig(kind="video", channels=1, image_size=8, frames=4, downsample=4,
                                             temporal_downsample=2, base_width=8, max_width=8, codebook_size=17,

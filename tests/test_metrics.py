@@ -181,6 +181,7 @@ def test_fid_and_is_through_torchscript_file(tmp_path, monkeypatch):
     path = tmp_path / "inception-2015-12-05.pt"
     digest = _save_script(FakeInception(), path)
     monkeypatch.setenv("NESTGEN_INCEPTION_PATH", str(path))
+    monkeypatch.setenv("NESTGEN_INCEPTION_SHA256", digest)
     net = load_feature_net(INCEPTION, device="auto")
     assert net.sha256 == digest and net.device.type in ("cpu", "cuda")
 
@@ -251,6 +252,7 @@ def test_fvd_through_torchscript_file(fake_i3d_file, monkeypatch):
     path = fake_i3d_file
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     monkeypatch.setenv("NESTGEN_I3D_PATH", str(path))
+    monkeypatch.setenv("NESTGEN_I3D_SHA256", digest)
     net = load_feature_net(I3D, device="auto")
     rng = np.random.default_rng(0)
     real = rng.integers(0, 256, size=(16, 16, 8, 8, 3), dtype=np.uint8)       # BTHWC RGB
@@ -405,7 +407,7 @@ def test_streamed_fid_and_is_equal_the_one_shot_numbers_and_pickle_to_workers(tm
     from nestgen.evaluation.quality import Chunk
     from nestgen.metrics.sums import add
     path = tmp_path / "inception-2015-12-05.pt"
-    _save_script(FakeInception(), path)
+    monkeypatch.setenv("NESTGEN_INCEPTION_SHA256", _save_script(FakeInception(), path))
     net = load_feature_net(INCEPTION, str(path), "cpu")
     save_stats(str(tmp_path / "ref.npz"), compute_inception_stats(net, _random_images(300, 0)))
     cfg = config_from_dict({"evaluate": {"metrics": ["fid", "is"], "feature_net": str(path),

@@ -281,10 +281,10 @@ def _feature_net(ctx: _Context, which: str):
 
 def _on_worker(net) -> Callable:
     """(device) -> the same network file loaded there (TorchScript does not pickle: workers
-    load the file by path, once per process)."""
+    load the file by path, once per process), only with the bytes the driver checked."""
     from nestgen.metrics.feature_nets import load_feature_net
-    spec, path = net.spec, net.path
-    return lambda device: load_feature_net(spec, path, device)
+    spec, path, sha256 = net.spec, net.path, net.sha256
+    return lambda device: load_feature_net(spec, path, device, sha256)
 
 
 def _reference(ctx: _Context, key: str, stats_fn):

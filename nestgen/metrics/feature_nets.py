@@ -5,6 +5,12 @@ caller (config), the environment variable, then the cache directory
 ($NESTGEN_CACHE_DIR or ~/.cache/nestgen). If none exists, `FeatureNetUnavailable` says
 which file is needed, every place that was looked at, and how to supply it.
 
+A TorchScript file is code: loading it runs what it holds. So a file is loaded only when
+its sha256 is the one expected, given by the caller, ${env_var}_SHA256 or the published
+file's hash recorded below; `FeatureNetUntrusted` otherwise. The bytes are read once,
+hashed, and those same bytes are loaded (never the path again, which could have changed in
+between); workers are given the hash the driver checked and verify what they load.
+
 Input conventions (checked against the reference code; the protocol record repeats them):
 
 * Inception-v3 `inception-2015-12-05.pt` (StyleGAN2-ADA, a direct TorchScript translation of
@@ -34,16 +40,20 @@ from typing import Any
 import fsspec
 import torch
 
-from nestgen.metrics.protocol import bytes_sha256, file_sha256, short
+from nestgen.metrics.protocol import bytes_sha256, short
 
 __all__ = [
-    "FeatureNetSpec", "FeatureNetUnavailable", "LoadedFeatureNet", "INCEPTION", "I3D",
+    "FeatureNetSpec", "FeatureNetUnavailable", "FeatureNetUntrusted", "LoadedFeatureNet", "INCEPTION", "I3D",
     "cache_dir", "candidate_paths", "resolve_feature_net", "load_feature_net",
 ]
 
 
 class FeatureNetUnavailable(FileNotFoundError):
     """A required feature-network file is not on this machine (nothing is downloaded)."""
+
+
+class FeatureNetUntrusted(ValueError):
+    """A feature-network file with no expected hash, or with other bytes than expected."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,15 @@ class FeatureNetSpec:
     env_var: str
     feature_dim: int
     source: str               # where the file comes from (for the error message)
+    # sha256 of the file as its source publishes it. "": none from an authoritative source was
+    # found to record here (StyleGAN2-ADA and StyleGAN-V download these files without one),
+    # so the user gives the hash of the copy they trust.
+    published_sha256: str = ""
     conventions: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sha256_env_var(self) -> str:
+        return self.env_var.removesuffix("_PATH") + "_SHA256"
 
 
 INCEPTION = FeatureNetSpec(
@@ -141,7 +159,8 @@ class LoadedFeatureNet:
         return self.module(*args, **kwargs)
 
 
-_LOADED: dict[tuple[str, str, str], LoadedFeatureNet] = {}
+# (spec, path, expected sha256, device) -> the network loaded from bytes with that hash
+_LOADED: dict[tuple[str, str, str, str], LoadedFeatureNet] = {}
 
 
 def _jit_load(f, dev: torch.device):
@@ -152,23 +171,36 @@ def _jit_load(f, dev: torch.device):
         return torch.jit.load(f, map_location=dev).eval()
 
 
+def _expected_sha256(spec: FeatureNetSpec, sha256: str | None, path: str) -> str:
+    """The hash the file at `path` must have: `sha256`, else ${spec.sha256_env_var}, else the
+    published file's; FeatureNetUntrusted when there is none."""
+    expected = (sha256 or os.environ.get(spec.sha256_env_var) or spec.published_sha256).strip().lower()
+    if not expected:
+        raise FeatureNetUntrusted(
+            f"refusing to load feature network {path} ({spec.name}) without its sha256: a TorchScript "
+            f"file runs code when loaded. Set ${spec.sha256_env_var} to the sha256 of the copy you trust "
+            f"(sha256sum {spec.filename}; the file comes from {spec.source})")
+    return expected
+
+
 def load_feature_net(spec: FeatureNetSpec, path: str | os.PathLike | None = None,
-                     device: str | torch.device = "auto") -> LoadedFeatureNet:
-    """torch.jit.load the network (cached per file, hash and device), eval mode, on device."""
+                     device: str | torch.device = "auto", sha256: str | None = None) -> LoadedFeatureNet:
+    """torch.jit.load the network whose bytes hash to the expected sha256 (`sha256`, else
+    ${spec.sha256_env_var}, else the published file's), eval mode, on device; cached per
+    file, hash and device."""
     from nestgen.device import resolve_device
 
     dev = resolve_device(device) if isinstance(device, str) else device
     p = resolve_feature_net(spec, path)
-    if "://" in p:
+    expected = _expected_sha256(spec, sha256, p)
+    key = (spec.name, p if "://" in p else os.path.abspath(p), expected, str(dev))
+    if key not in _LOADED:
         with fsspec.open(p, "rb") as f:
             data = f.read()
         digest = bytes_sha256(data)
-        key = (p, digest, str(dev))
-        if key not in _LOADED:
-            _LOADED[key] = LoadedFeatureNet(spec, _jit_load(io.BytesIO(data), dev), p, digest, dev)
-        return _LOADED[key]
-    digest = file_sha256(p)
-    key = (os.path.abspath(p), digest, str(dev))
-    if key not in _LOADED:
-        _LOADED[key] = LoadedFeatureNet(spec, _jit_load(p, dev), p, digest, dev)
+        if digest != expected:
+            raise FeatureNetUntrusted(
+                f"refusing to load feature network {p}: its sha256 is {digest}, expected {expected}; replace the "
+                f"file with the trusted copy, or if this file is the one you trust set ${spec.sha256_env_var}={digest}")
+        _LOADED[key] = LoadedFeatureNet(spec, _jit_load(io.BytesIO(data), dev), p, digest, dev)
     return _LOADED[key]

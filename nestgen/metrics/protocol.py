@@ -7,13 +7,10 @@ float: `MetricResult.protocol` records all of them, and `flat()` gives loggable 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
-
-__all__ = ["MetricResult", "file_sha256", "bytes_sha256", "short", "low_sample_note"]
+__all__ = ["MetricResult", "bytes_sha256", "short", "low_sample_note"]
 
 # Hash length shown in protocol records (sha256 prefix); the full hash is kept alongside.
 SHORT = 16
@@ -48,29 +45,6 @@ def short(hexdigest: str) -> str:
 
 def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-_FILE_HASH_CACHE: dict[tuple[str, int, float], str] = {}
-
-
-def file_sha256(path: str) -> str:
-    """Full sha256 of a local file or fsspec URL, streamed; cached by (path, size, mtime)
-    so repeated evaluations do not re-read a 100 MB network file."""
-    if "://" not in str(path):
-        st = os.stat(path)
-        key = (os.path.abspath(path), st.st_size, st.st_mtime)
-        if key in _FILE_HASH_CACHE:
-            return _FILE_HASH_CACHE[key]
-    else:
-        key = None
-    h = hashlib.sha256()
-    with fsspec.open(str(path), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    if key is not None:
-        _FILE_HASH_CACHE[key] = digest
-    return digest
 
 
 def low_sample_note(n: int, dim: int) -> str | None:
