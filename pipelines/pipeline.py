@@ -5,7 +5,7 @@ import os
 import tempfile
 import time
 
-from nestgen.storage import join, protocol_prefix, read_json, write_latest
+from nestgen.storage import join, protocol_prefix, read_json, republish, write_latest
 from pipelines import console
 from pipelines.cli_args import add_config_args, add_ray_address, runnable
 from pipelines.config import RunConfig, load_run_config, outside_job_copy, refuse_placeholders
@@ -77,7 +77,8 @@ def name_latest(cfg: RunConfig, runner: Runner) -> None:
     is complete, whether it ran now or earlier (also when a later step fails)."""
     train = runner.records.get(served_train_step(cfg))
     if train is not None and train.status in ("done", "skipped") and train.outputs.get("checkpoint_url"):
-        write_latest(pipeline_folder(cfg), train.outputs["checkpoint_url"])
+        # a LATEST names only its own folder's published checkpoints: a copy there (once per checkpoint)
+        write_latest(pipeline_folder(cfg), republish(pipeline_folder(cfg), train.outputs["checkpoint_url"]))
 
 
 def quality_table(summary_url: str) -> list[str]:

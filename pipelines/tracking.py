@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 from nestgen.config import config_to_dict
 from nestgen.configschema import flatten
-from nestgen.storage import read_bytes
+from nestgen.storage import read_bytes, read_verified
 from nestgen.storage import resolve_checkpoint as resolve_storage_checkpoint
 from pipelines.config import MlflowConfig, RunConfig
 
@@ -243,7 +243,7 @@ def _fetch(url: str, local: str) -> str:
         fs.get(path.rstrip("/") + "/", local, recursive=True)
     else:
         with open(local, "wb") as f:
-            f.write(read_bytes(url))
+            f.write(read_verified(url))
     return local
 
 
@@ -357,6 +357,19 @@ def _model_id(client, uri: str) -> str:
     return model_id
 
 
+def _inside(root: str, relative: str, what: str) -> str:
+    """root/relative, refused (ValueError) unless it stays inside root: what a tracking
+    server returns must not make this machine read or write elsewhere."""
+    parts, real_root = relative.replace("\\", "/").split("/"), os.path.realpath(root)
+    path = os.path.join(root, relative)
+    real = os.path.realpath(path)
+    if (os.path.isabs(relative) or ".." in parts or real == real_root
+            or os.path.commonpath([real, real_root]) != real_root):
+        raise ValueError(f"refusing {what} {relative!r}: it leaves {root} (an absolute path, '..' or a link "
+                         "out); a model logged by nestgen names files inside its own folder")
+    return path
+
+
 def _models_cache() -> str:
     """Downloaded models, one folder per logged model id (a logged model never changes)."""
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -368,7 +381,7 @@ def download_model(client, uri: str) -> str:
     per model: a folder is complete before it gets its name)."""
     import mlflow.artifacts
     model_id = _model_id(client, uri)
-    local = os.path.join(_models_cache(), model_id)
+    local = _inside(_models_cache(), model_id, f"{uri}: model id")
     if not os.path.isdir(local):
         os.makedirs(_models_cache(), exist_ok=True)
         part = tempfile.mkdtemp(prefix=f"{model_id}.part-", dir=_models_cache())
@@ -397,7 +410,7 @@ def checkpoint_resolver(tracking_uri: str = "") -> Callable[[str], str]:
             flavor = Model.load(local).flavors.get("python_function", {})
             if CHECKPOINT not in flavor.get("artifacts", {}):
                 raise FileNotFoundError(f"{uri} is not a nestgen generator: its model has no {CHECKPOINT} artifact")
-            return os.path.join(local, flavor["artifacts"][CHECKPOINT]["path"])
+            return _inside(local, flavor["artifacts"][CHECKPOINT]["path"], f"{uri}: {CHECKPOINT} artifact path")
         if not uri.startswith(RUN_SCHEMES):
             return uri
         run_id = uri.split(":", 1)[1].lstrip("/").split("/", 1)[0]
