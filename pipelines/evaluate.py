@@ -96,15 +96,17 @@ class EvaluateResult:
 
 
 def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: bool = True,
-             parent_run_id: str | None = None, log_mlflow: bool = True) -> EvaluateResult:
-    """Evaluate `checkpoint` (or cfg.evaluate.checkpoint) as cfg.evaluate says; ray.init is the caller's."""
+             parent_run_id: str | None = None, log_mlflow: bool = True, run_key: str = "") -> EvaluateResult:
+    """Evaluate `checkpoint` (or cfg.evaluate.checkpoint) as cfg.evaluate says; ray.init is the caller's.
+    With run_key (a DAG step's fingerprint), a retried step logs to the run of its earlier
+    attempt and replaces that attempt's variant runs (pipelines.tracking.start_run)."""
     t0 = time.perf_counter()
     checkpoint = resolve_checkpoint(checkpoint or cfg.evaluate.checkpoint, cfg.mlflow.tracking_uri)
     if not checkpoint:
         raise ValueError("no checkpoint to evaluate: set evaluate.checkpoint or pass --checkpoint")
     model, trained, tok = load_generator(checkpoint)
     ecfg = evaluation_config(cfg, trained)
-    run = start_run(ecfg, "evaluate", output_url, None, parent_run_id) if log_mlflow else None
+    run = start_run(ecfg, "evaluate", output_url, None, parent_run_id, run_key) if log_mlflow else None
     with run or contextlib.nullcontext(), \
             run.system_metrics(ecfg.mlflow.system_metrics_every_s) if run else contextlib.nullcontext():
         if run and ecfg.data.source == "shards":
@@ -130,6 +132,7 @@ def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: boo
 
 
 SAMPLES_KEY = "samples"
+VARIANT_STEP = "evaluate.variant"          # the nestgen.step tag of a variant's child run
 
 
 def log_to_mlflow(run: Run, cfg: RunConfig, report: EvaluationReport, files: dict, extra: dict) -> None:
@@ -145,7 +148,9 @@ def log_to_mlflow(run: Run, cfg: RunConfig, report: EvaluationReport, files: dic
         params.update({"search.chosen": search.chosen.name, "search.budget_gflops": search.budget_gflops})
     for name, why in report.suite.unavailable.items():
         params[f"unavailable.{name}"] = why[:500]
-    run.log_params(params)
+    # a retried step's run (run key) keeps what an earlier attempt logged: MLflow params are write-once
+    logged = run.client.get_run(run.run_id).data.params
+    run.log_params({k: v for k, v in params.items() if k not in logged})
     top = {"baseline_gflops_per_sample": base.gflops_per_sample,
            f"baseline_{report.metric}": base.metrics[report.metric]}
     chosen = report.searched()
@@ -154,8 +159,12 @@ def log_to_mlflow(run: Run, cfg: RunConfig, report: EvaluationReport, files: dic
                     f"searched_{report.metric}": chosen.metrics[report.metric]})
     run.log_metrics(top)
     run.log_files([files["plot"], files["summary"]])
+    # the variant runs of an earlier attempt of this run are replaced, not added to
+    for old in run.client.search_runs([run.experiment_id], filter_string=(
+            f"tags.`mlflow.parentRunId` = '{run.run_id}' and tags.`nestgen.step` = '{VARIANT_STEP}'")):
+        run.client.delete_run(old.info.run_id)
     for row, r in zip(report.summary()["variants"], report.results):
-        with run.child(r.variant.name, "evaluate.variant") as child:
+        with run.child(r.variant.name, VARIANT_STEP) as child:
             child.log_params({"schedule": r.schedule, "schedule_requested": r.variant.schedule,
                               "cache": r.variant.cache, "steps": decode_config(cfg, r.variant).steps,
                               "guidance_scale": r.variant.guidance_scale, "temperature": cfg.decode.temperature,

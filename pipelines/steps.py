@@ -90,7 +90,7 @@ def evaluate_step(cfg: RunConfig, ctx: StepContext, train: str = "train") -> dic
     """Evaluate the checkpoint of the step named `train`."""
     from pipelines.evaluate import evaluate
     res = evaluate(cfg, ctx.folder, ctx.inputs[train]["checkpoint_url"], use_ray=True,
-                   parent_run_id=ctx.parent_run_id)
+                   parent_run_id=ctx.parent_run_id, run_key=ctx.fingerprint)
     s = res.report.summary()
     base = s["baseline"]
     out = {"summary_url": res.files["summary"], "plot_url": res.files["plot"], "mlflow_run_id": res.run_id,

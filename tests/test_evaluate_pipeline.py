@@ -112,3 +112,42 @@ def test_frame_prediction_evaluation_writes_videos(video_shards, tmp_path):
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 8 and np.asarray(frames).std() > 0
     assert next((out / "samples").glob("*.gif")).read_bytes()[:3] == b"GIF"
+
+
+def test_a_retried_evaluation_reuses_its_run_and_replaces_its_variant_runs(tmp_path, monkeypatch):
+    """The DAG retries a failed evaluate step with the same run key (its fingerprint): the
+    retry logs to the first attempt's run, and that attempt's variant runs (here after a
+    failure while they were being logged) are replaced, not added to."""
+    from unittest import mock
+
+    from nestgen.evaluation import quality
+    from nestgen.metrics import digits_train
+    from pipelines.tracking import Run
+    real_train = digits_train.train_digit_classifier          # the metric's classifier: one cheap epoch
+    monkeypatch.setattr(digits_train, "train_digit_classifier",
+                        lambda epochs, **kw: real_train(epochs=1, size=8, augment=False, **kw))
+    monkeypatch.setattr(quality, "_DIGITS_NETS", {})
+    cfg = run_config_from_dict({"model": {"grid": [4, 4], "num_classes": 10, "width": 32, "depth": 1, "heads": 8}})
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(str(tmp_path / "gen.pt"), cfg, NestedTransformer(cfg.model))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    user = _user_cfg(uri, schedules=["baseline", "magnets"], caches=["none"], num_samples=8, batch_size=8,
+                     interval_chunks=2, bootstrap_replicates=0, grid_samples=2, search={"enabled": False})
+    real_files = Run.log_files
+
+    def fail_on_samples(self, urls, artifact_path=None):
+        if artifact_path == "samples":
+            raise ConnectionError("tracking server went away")
+        return real_files(self, urls, artifact_path)
+    with mock.patch.object(Run, "log_files", fail_on_samples), pytest.raises(ConnectionError):
+        evaluate(user, str(tmp_path / "eval"), ckpt, use_ray=False, run_key="fp-1")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("test-eval").experiment_id
+    assert len(client.search_runs([exp])) == 2                 # the run and the variant run it failed in
+    retry = evaluate(user, str(tmp_path / "eval"), ckpt, use_ray=False, run_key="fp-1")
+    runs = client.search_runs([exp])
+    parents = [r for r in runs if r.data.tags.get("nestgen.step") == "evaluate"]
+    variants = [r for r in runs if r.data.tags.get("nestgen.step") == "evaluate.variant"]
+    assert [r.info.run_id for r in parents] == [retry.run_id] and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in variants) == ["baseline cache=none", "magnets cache=none"]
+    assert all(r.data.tags["mlflow.parentRunId"] == retry.run_id and r.info.status == "FINISHED" for r in variants)
