@@ -9,7 +9,8 @@ masks and label dropout, the batch `train_on_tokens` picks) comes from a generat
 (run seed, purpose, rank, step), not from a stream that runs across steps. A checkpoint's
 step then fixes every later draw, on every rank and for checkpoints of any age, with no
 generator state to save; the rest (weights, optimizer, scheduler, EMA, step) is in the
-checkpoint. The same scheme as JAX's fold_in of the step into the key.
+checkpoint. The same scheme as JAX's fold_in of the step into the key. (Under Ray Train the
+batches come from Ray Data in pipelines.train_common, whose order this does not cover.)
 """
 from __future__ import annotations
 
