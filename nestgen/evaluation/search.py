@@ -60,9 +60,9 @@ class SearchResult:
 def split_held_out(cfg: NestgenConfig, data: EvalData) -> tuple[EvalData, EvalData]:
     """(the search's held-out data, the final evaluation's). Frame prediction conditions on
     held-out clips: with a search they are split in a fixed random order (evaluate.seed),
-    the search taking its share of the samples' share (100 of 300 samples: a third of the
-    clips), both at least one and the final evaluation at least two (its bootstrap resamples
-    clips). Refuses search seeds that overlap the final evaluation's."""
+    the search taking clips in proportion to its share of the samples (100 of 300 samples:
+    a third of the clips), at least one, and leaving the final evaluation at least two (its
+    bootstrap resamples clips). Refuses search seeds that overlap the final evaluation's."""
     e, s = cfg.evaluate, cfg.evaluate.search
     if not s.enabled:
         return data, data
