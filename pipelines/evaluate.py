@@ -155,8 +155,10 @@ def log_to_mlflow(run: Run, cfg: RunConfig, report: EvaluationReport, files: dic
            f"baseline_{report.metric}": base.metrics[report.metric]}
     chosen = report.searched()
     if chosen is not None:
-        top.update({"searched_gflops_saving": report.baseline_gflops / chosen.gflops_per_sample,
+        top.update({"searched_gflops_saving": report.gflops_saving(chosen),
                     f"searched_{report.metric}": chosen.metrics[report.metric]})
+    if report.real is not None and report.metric in report.real.metrics:      # the metric's floor
+        top[f"real_data_{report.metric}"] = report.real.metrics[report.metric]
     run.log_metrics(top)
     run.log_files([files["plot"], files["summary"]])
     # the variant runs of an earlier attempt of this run are replaced, not added to

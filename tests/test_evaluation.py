@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from nestgen.config import config_from_dict
+from nestgen.data.digits import load_digit_tokens
 from nestgen.evaluation import (METRICS, EvalData, StreamPlan, Variant, build_quality_suite, class_requests,
                                 eval_requests, load_eval_data, local_sampler, lower_is_better, pareto_front,
                                 run_evaluation, step_splits)
 from nestgen.evaluation.quality import requested_metrics
 from nestgen.evaluation.search import pick_candidates
-from nestgen.evaluation.variants import variant_gflops
+from nestgen.evaluation.variants import VariantResult, variant_gflops
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.render import tokens_to_pixels
 from nestgen.tokenizers import TokenizerConfig, VQTokenizer
@@ -220,12 +221,14 @@ def test_run_evaluation_search_intervals_claims_and_outputs(digits_suite, tmp_pa
     assert report.searched() is report.results[4] and report.baseline() is report.results[0]
     assert len(report.search.scored) == 3 and not report.search.scored[0].replicates   # no intervals in the search
     assert report.results[4].gflops_per_sample <= 0.4 * report.baseline_gflops + 1e-9
-    # the claim check is printed for every variant, and reads the paired interval
+    # the claim check is printed for every variant with both readings: the change, and the
+    # change of the excess over the real-data floor (the held-out split, scored like samples)
     claims = [s for s in lines if s.startswith("claim check: ")]
-    assert len(claims) == 5 and claims[0].endswith("quality change +0.0% [+0.0, +0.0]; within 10%: yes")
+    assert len(claims) == 5 and all("excess over the real-data floor" in c for c in claims)
+    assert any(s.startswith("real data: fd_digits ") and s.endswith("on 60 held-out rows (the floor)") for s in lines)
     files = write_outputs(report, str(tmp_path / "eval"))
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["baseline"]["variant"] == "baseline cache=none"
+    assert summary["baseline"]["variant"] == "baseline cache=none" and summary["baselines"] == {"0": "baseline cache=none"}
     base, magnets = summary["variants"][0], summary["variants"][2]
     assert base["gflops_saving"] == 1.0 and base["quality_change_vs_baseline"] == 0
     # the cached baseline decodes the baseline's samples (no size switch to cache at) in its
@@ -233,10 +236,21 @@ def test_run_evaluation_search_intervals_claims_and_outputs(digits_suite, tmp_pa
     same = summary["variants"][1]
     assert same["variant"] == "baseline cache=on_switch" and same["quality_change_lo"] == same["quality_change_hi"] == 0
     assert same["claim"]["verdict"] == "yes"
-    assert magnets["quality_change_lo"] < magnets["quality_change_hi"]
+    assert magnets["quality_change_lo"] < magnets["quality_change_hi"] and magnets["baseline"] == "baseline cache=none"
     assert magnets["claim"]["change"] == magnets["quality_change_vs_baseline"]
-    assert magnets["claim"]["line"] in \
-        summary["claim"]["lines"][2]
+    assert magnets["claim"]["line"] in summary["claim"]["lines"][2]
+    # the real-data row: the held-out split (60 of its 180 rows: the variants' count), every
+    # metric with an interval, and the excess reading built on its fd_digits
+    real, floor = summary["real_data"], summary["floor"]
+    assert real["variant"] == "real data" and real["num_samples"] == 60 and "held-out" in real["source"]
+    assert real["intervals"]["fd_digits"]["lo"] < real["intervals"]["fd_digits"]["hi"]
+    assert real["digits_accuracy"] > 0.9 and "digits_accuracy" in real["intervals"]      # real digits, real labels
+    assert floor["value"] == real["fd_digits"] and floor["share_of_baseline"] == pytest.approx(
+        real["fd_digits"] / summary["baseline"]["fd_digits"])
+    assert magnets["excess_change_vs_baseline"] == pytest.approx(
+        (magnets["fd_digits"] - base["fd_digits"]) / (base["fd_digits"] - real["fd_digits"]))
+    assert magnets["claim"]["reading"] == floor["judged_on"]
+    assert "real data (60 held-out)" in report.table() and "excess over floor [95%]" in report.table()
     fd = magnets["intervals"]["fd_digits"]
     assert fd["lo"] < fd["hi"] and fd["change"] == magnets["quality_change_vs_baseline"]
     assert summary["intervals"]["replicates"] == 40 and summary["intervals"]["chunks"] == 12
@@ -245,6 +259,137 @@ def test_run_evaluation_search_intervals_claims_and_outputs(digits_suite, tmp_pa
     assert (tmp_path / "eval" / "quality_vs_gflops.png").read_bytes()[:4] == b"\x89PNG"
     assert all(v["png"].endswith(".png") for v in files["samples"].values()) and len(files["samples"]) == 5
     assert "fd_digits change [95%]" in report.table()
+
+
+def test_the_reference_is_the_training_split_and_the_held_out_split_scores_the_floor(digits_suite):
+    """The reference statistics are the whole digits training split (1617 images), not the
+    180 held-out images they used to be; the held-out split is the real-data row."""
+    from nestgen.evaluation import score_real_data
+    suite, data = digits_suite
+    (train, _), (held_out, _) = load_digit_tokens(0.1, 0)
+    assert torch.equal(data.reference_tokens, train) and len(train) == 1617 and len(data.train_tokens) == 1617
+    assert data.has_real_rows and data.real_name == "real data"
+    suite.score(tokens_to_pixels(held_out[:20], [8, 8]), np.zeros(20))
+    reference = suite.protocols["fd_digits"]["reference"]
+    assert reference["num_samples"] == 1617 and "training split" in reference["source"] and \
+        "training split" in suite.reference
+    # the row takes held-out rows once each: the variants' count, or all of them when fewer
+    real = score_real_data(_cfg(num_samples=500, bootstrap_replicates=20, interval_chunks=10), suite, data)
+    assert real.num_samples == 180 and len(real.replicates["fd_digits"]) == 20
+    assert real.metrics == pytest.approx(suite.score(tokens_to_pixels(held_out, [8, 8]), data.holdout_labels.numpy()),
+                                         rel=1e-6)
+
+
+def test_the_excess_over_the_floor_on_constructed_numbers():
+    """(q - q_base) / (q_base - floor) with its interval from the replicates; the verdict reads
+    it when the floor is above a quarter of the baseline, and prints both readings."""
+    from nestgen.evaluation.claim import claim_check, excess_change
+    # variant 40 vs baseline 35 over a floor of 30: +14% of the score, +100% of the excess
+    ex = excess_change(40.0, 35.0, 30.0, [40, 41, 39, 40], [35, 35, 36, 34], [30, 31, 30, 30])
+    assert ex.value == pytest.approx(1.0)
+    assert (ex.lo, ex.hi) == pytest.approx((0.5, 1.5))        # replicate ratios 5/5, 6/4, 3/6, 6/4: the extremes
+    change = (40 - 35) / 35
+    near = claim_check(3.0, change, 0.12, 0.16, floor_share=30 / 35, excess=ex)
+    assert near.reading == "excess" and near.verdict == "no" and near.excess == pytest.approx(1.0)
+    assert "excess over the real-data floor (86% of the baseline) +100.0% [" in near.line and \
+        near.line.endswith("judged on the excess; within 10%: no")
+    # a small floor: the plain change decides, the excess is still printed
+    small = claim_check(3.0, 0.04, 0.01, 0.08, floor_share=0.2, excess=excess_change(
+        36.4, 35.0, 7.0, [36.4] * 4, [35.0] * 4, [7.0] * 4))
+    assert small.verdict == "yes" and small.reading == "change" and "judged on the change" in small.line
+    # the baseline at or below the floor: no excess to compare, and the verdict cannot say yes
+    assert excess_change(36.0, 30.0, 31.0, [36] * 4, [30] * 4, [31] * 4) is None
+    undefined = claim_check(3.0, 0.2, 0.1, 0.3, floor_share=31 / 30, excess=None)
+    assert undefined.verdict == "undecided" and "undefined: the baseline is not above the floor" in undefined.line
+    # a replicate whose baseline sinks to the floor is an unbounded loss, written as null in JSON
+    wide = excess_change(40.0, 35.0, 30.0, [40, 40, 40, 40], [35, 35, 35, 30], [30, 30, 30, 30])
+    assert wide.hi == np.inf and claim_check(3.0, 0.1, 0.0, 0.2, floor_share=0.9, excess=wide).as_dict()[
+        "excess_hi"] is None
+
+
+def _constructed_report(results, real=None, **decode):
+    """An EvaluationReport over given results (no sampling): fd_digits with 4 paired replicates."""
+    from nestgen.evaluation.quality import QualitySuite
+    from nestgen.evaluation.run import EvaluationReport
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1}, "decode": decode,
+                            "evaluate": {"guidance_scales": [0.0, 2.0], "caches": ["none"]}})
+    rows = [VariantResult(v, v.schedule if v.schedule != "baseline" else "1x12", variant_gflops(cfg, v), 0.0,
+                          {"fd_digits": q}, replicates={"fd_digits": q + np.array([-1.0, -0.5, 0.5, 1.0])})
+            for v, q in results]
+    return EvaluationReport(cfg, rows, QualitySuite({}, "fd_digits"), variant_gflops(cfg, Variant("1x12")), None,
+                            **({"real": real} if real else {}))
+
+
+def test_a_guided_variant_is_judged_against_the_guided_baseline():
+    """A guided magnets 50% worse than the guided baseline used to be compared with the
+    unguided baseline, where it read -25% and "yes"; it is judged against the baseline with
+    the same guidance scale, and its GFLOPs saving is against the guided full model's."""
+    report = _constructed_report([(Variant("baseline"), 40.0), (Variant("magnets"), 41.0),
+                                  (Variant("baseline", guidance_scale=2.0), 20.0),
+                                  (Variant("magnets", guidance_scale=2.0), 30.0)])
+    guided = report.claims()[3]
+    assert guided.change == pytest.approx(0.5) and guided.verdict == "no"       # was -25% and "yes"
+    assert [report.baseline_for(r).variant.name for r in report.results] == ["baseline cache=none"] * 2 + \
+        ["baseline cache=none g2"] * 2
+    assert report.claims()[1].change == pytest.approx(0.025) and report.claims()[1].verdict == "yes"
+    assert report.gflops_saving(report.results[3]) == pytest.approx(
+        report.results[2].gflops_per_sample / report.results[3].gflops_per_sample)
+    assert report.summary()["baselines"] == {"0": "baseline cache=none", "2": "baseline cache=none g2"}
+
+
+def test_a_floor_near_the_baseline_turns_a_small_change_into_a_large_excess_in_the_report_and_over_seeds():
+    """Baseline 35, floor 30: a variant at 36.5 is +4.3% of the baseline's score (within 10%)
+    but +30% of its excess over the floor: the report and the seeds table judge the excess,
+    and print both readings."""
+    from nestgen.evaluation import RealDataResult
+    from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, seeds_table_markdown
+    summaries = {}
+    for seed in (0, 1, 2):
+        real = RealDataResult("real data", "held-out", 180, {"fd_digits": 30.0},
+                              {"fd_digits": 30.0 + np.array([-0.2, 0.0, 0.1, 0.2])})
+        report = _constructed_report([(Variant("baseline"), 35.0 + seed), (Variant("magnets"), 36.5 + seed)], real)
+        claim = report.claims()[1]
+        assert claim.change == pytest.approx(1.5 / (35 + seed)) and claim.reading == "excess"
+        assert claim.excess == pytest.approx(1.5 / (5 + seed)) and claim.verdict == "no"
+        summaries[seed] = json.loads(json.dumps(report.summary()))
+    assert summaries[0]["floor"]["judged_on"] == "excess" and summaries[0]["real_data"]["num_samples"] == 180
+    agg = aggregate_summaries(summaries)
+    [line] = seed_claim_lines(agg)
+    assert "excess over the real-data floor (83% of the baseline) +25.5% [+14." in line and \
+        line.endswith("judged on the excess; within 10%: no")
+    table = seeds_table_markdown(agg)
+    assert "| excess over floor |" in table and "| real data (180 held-out) | - | - | 30.0 [30.0, 30.0] |" in table
+
+
+def test_a_guidance_scale_without_a_baseline_is_said_not_compared():
+    report = _constructed_report([(Variant("baseline"), 40.0), (Variant("magnets"), 41.0),
+                                  (Variant("magnets", guidance_scale=1.0, searched=True), 20.0)])
+    assert report.baseline_for(report.results[2]) is None and report.claims()[2] is None
+    line = report.claim_lines()[2]
+    assert line == ("searched: magnets cache=none g1: no baseline at guidance scale 1 (no other variant was "
+                    "evaluated at it): not compared")
+    assert report.summary()["variants"][2]["baseline"] is None
+
+
+def test_the_search_decodes_and_budgets_at_the_served_guidance_scale():
+    """The search's candidates decode at decode.guidance_scale, its budget is a share of the
+    full model's GFLOPs at that scale (guidance doubles them), and the chosen schedule is
+    evaluated at that scale, next to the baseline with the same guidance."""
+    from nestgen.evaluation.search import search_schedule
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1}, "decode": {"guidance_scale": 2.0},
+                            "evaluate": {"search": {"max_candidates": 3, "budget_fraction": 0.4}}})
+    seen = []
+
+    def score(variants):
+        seen.extend(variants)
+        return [VariantResult(v, v.schedule, variant_gflops(cfg, v), 0.0, {"fd_digits": float(i)})
+                for i, v in enumerate(variants)]
+    result = search_schedule(cfg, score, "fd_digits")
+    guided = variant_gflops(cfg, Variant("1x12", guidance_scale=2.0))
+    assert guided > 1.9 * variant_gflops(cfg, Variant("1x12"))
+    assert result.budget_gflops == pytest.approx(0.4 * guided) and result.baseline_gflops == guided
+    assert {v.guidance_scale for v in seen} == {2.0} and result.chosen.guidance_scale == 2.0
+    assert result.chosen.searched
 
 
 def test_metric_registry_lookups():

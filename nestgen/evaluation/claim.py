@@ -5,12 +5,28 @@ point estimate cannot carry it, so the verdict reads the interval of the relativ
 change: `yes` when the whole interval is within the threshold, `no` when the whole interval
 is beyond it, `undecided` when it straddles the threshold. Only a loss of quality counts
 against the claim; a variant better than the baseline is within it.
+
+Two readings of "within 10%". A distance such as fd_digits is not 0 for real data: real
+images that the reference does not contain score a *floor* (the evaluation's `real data`
+row). When the floor is a large share of the baseline's score, a variant twice as far from
+real data as the baseline can still be within 10% of the baseline's number, so the plain
+change measures the reference set more than the method. Above `FLOOR_SHARE` the verdict
+therefore reads the change of the *excess over the floor*, (q - q_base) / (q_base - floor),
+with its interval from the same bootstrap draws; both readings are always reported.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["ClaimCheck", "claim_check"]
+import numpy as np
+
+from nestgen.metrics.intervals import Interval
+
+__all__ = ["ClaimCheck", "claim_check", "excess_change", "FLOOR_SHARE"]
+
+# A floor above this share of the baseline's score: the verdict reads the excess over the
+# floor (the issue's goal is a metric whose floor is at most a quarter of the baseline).
+FLOOR_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -22,22 +38,69 @@ class ClaimCheck:
     threshold: float
     lower_is_better: bool
     verdict: str                # yes | no | undecided
+    reading: str = "change"     # what the verdict read: change | excess
+    floor_share: float | None = None    # the real-data floor / the baseline's score (None: no floor)
+    excess: float | None = None         # (q - q_base) / (q_base - floor) and its interval; None: undefined
+    excess_lo: float | None = None
+    excess_hi: float | None = None
 
     @property
     def line(self) -> str:
-        return (f"GFLOPs saving {self.gflops_saving:.2f}x; quality change {100 * self.change:+.1f}% "
-                f"[{100 * self.lo:+.1f}, {100 * self.hi:+.1f}]; within {100 * self.threshold:g}%: {self.verdict}")
+        text = (f"GFLOPs saving {self.gflops_saving:.2f}x; quality change {100 * self.change:+.1f}% "
+                f"[{100 * self.lo:+.1f}, {100 * self.hi:+.1f}]")
+        if self.floor_share is not None:
+            floor = f"excess over the real-data floor ({100 * self.floor_share:.0f}% of the baseline)"
+            text += (f"; {floor} undefined: the baseline is not above the floor" if self.excess is None else
+                     f"; {floor} {100 * self.excess:+.1f}% [{100 * self.excess_lo:+.1f}, {100 * self.excess_hi:+.1f}]")
+            text += f"; judged on the {self.reading}"
+        return text + f"; within {100 * self.threshold:g}%: {self.verdict}"
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "line": self.line}
+        # an unbounded excess interval (inf) is written as None: JSON has no infinity
+        d = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+        return {**d, "line": self.line}
+
+
+def _verdict(lo: float, hi: float, threshold: float, lower_is_better: bool) -> str:
+    loss_lo, loss_hi = (lo, hi) if lower_is_better else (-hi, -lo)
+    return "yes" if loss_hi <= threshold else "no" if loss_lo > threshold else "undecided"
 
 
 def claim_check(gflops_saving: float, change: float, lo: float, hi: float, threshold: float = 0.10,
-                lower_is_better: bool = True) -> ClaimCheck:
+                lower_is_better: bool = True, floor_share: float | None = None,
+                excess: Interval | None = None) -> ClaimCheck:
     """The verdict on one variant. `lower_is_better` is the metric's direction (FID: True,
-    so a positive change is a loss; accuracy, IS, PSNR: False)."""
+    so a positive change is a loss; accuracy, IS, PSNR: False). `floor_share`: the real-data
+    floor as a share of the baseline's score (None: no floor); `excess`: the change of the
+    excess over that floor (None: undefined, the baseline is not above the floor). Above
+    FLOOR_SHARE the verdict reads the excess, and is `undecided` where it is undefined."""
     if not lo <= hi:
         raise ValueError(f"interval [{lo}, {hi}] is empty")
-    loss_lo, loss_hi = (lo, hi) if lower_is_better else (-hi, -lo)
-    verdict = "yes" if loss_hi <= threshold else "no" if loss_lo > threshold else "undecided"
-    return ClaimCheck(gflops_saving, change, lo, hi, threshold, lower_is_better, verdict)
+    if floor_share is None or floor_share <= FLOOR_SHARE:
+        verdict, reading = _verdict(lo, hi, threshold, lower_is_better), "change"
+    else:
+        verdict = "undecided" if excess is None else _verdict(excess.lo, excess.hi, threshold, lower_is_better)
+        reading = "excess"
+    e = (None, None, None) if excess is None else (excess.value, excess.lo, excess.hi)
+    return ClaimCheck(gflops_saving, change, lo, hi, threshold, lower_is_better, verdict, reading, floor_share, *e)
+
+
+def excess_change(value: float, base: float, floor: float, replicates, base_replicates, floor_replicates,
+                  level: float = 0.95) -> Interval | None:
+    """(value - base) / (base - floor): the relative change of the distance *above the
+    floor*, and its percentile interval over bootstrap replicates drawn jointly for the
+    variant and the baseline (paired) and independently for the floor (other data). None
+    when the baseline is not above the floor. A replicate where it is not (a near-floor
+    baseline) has no finite ratio: it counts as an unbounded change in the direction of
+    value - base, and the interval's quantiles are taken from the replicate values
+    themselves (no interpolation towards infinity)."""
+    if not base > floor:
+        return None
+    v, b, f = (np.asarray(x, np.float64) for x in (replicates, base_replicates, floor_replicates))
+    if not v.shape == b.shape == f.shape:
+        raise ValueError(f"replicates differ in shape: {v.shape}, {b.shape}, {f.shape}")
+    num, den = v - b, b - f
+    ratio = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num == 0, 0.0, np.copysign(np.inf, num)))
+    a = (1 - level) / 2
+    lo, hi = np.quantile(ratio, [a, 1 - a], method="inverted_cdf")
+    return Interval((value - base) / (base - floor), float(lo), float(hi), level, int(len(ratio)))

@@ -57,10 +57,10 @@ class StreamedMetric:
 
 @dataclass(frozen=True)
 class _RenderedBatches:
-    """Rendered held-out batches, made again on every pass and never all at once: each
+    """Rendered batches of a split, made again on every pass and never all at once: each
     reference statistic (nestgen.metrics' streaming feature statistics, the clip classifier's
     validation accuracy) reduces a batch as it comes, so the driver holds one batch of pixels,
-    not the split (tens of GB at ImageNet's 50k validation images). The price is one decode of
+    not the split (tens of GB at ImageNet's 50k reference images). The price is one decode of
     the split per statistic: at most three (a standard net's reference, a digits net's and
     the clip classifier's validation), and one for FID or FVD alone."""
     render: Callable
@@ -81,11 +81,18 @@ class _Context:
     memo: dict = field(default_factory=dict)
 
     def reference_batches(self) -> _RenderedBatches | None:
-        """The held-out split through the renderer, `evaluate.batch_size` rows at a time (None
-        for raw digits: 8x8 levels)."""
+        """The reference rows (the training split, nestgen.evaluation.data) through the
+        renderer, `evaluate.batch_size` rows at a time (None for raw digits: 8x8 levels)."""
+        return self._batches(self.data.reference_tokens)
+
+    def holdout_batches(self) -> _RenderedBatches | None:
+        """The held-out split, likewise."""
+        return self._batches(self.data.holdout_tokens)
+
+    def _batches(self, tokens) -> _RenderedBatches | None:
         if self.cfg.data.source == "digits":
             return None
-        return _RenderedBatches(self.render, self.data.holdout_tokens, self.cfg.evaluate.batch_size)
+        return _RenderedBatches(self.render, tokens, self.cfg.evaluate.batch_size)
 
     def once(self, key: str, make):
         if key not in self.memo:
@@ -131,16 +138,22 @@ class QualitySuite:
     unavailable: dict[str, str] = field(default_factory=dict)
     reference: str = ""
     protocols: dict[str, dict] = field(default_factory=dict)
+    render: Callable | None = None              # tokens -> pixels on the driver (the real-data row)
+    device: str = "cpu"
 
     def features(self) -> dict[str, FeatureFn]:
         """What a worker needs to reduce its samples (picklable)."""
         return {name: m.features for name, m in self.scorers.items()}
 
+    def features_without_targets(self) -> dict[str, FeatureFn]:
+        """The metrics that do not compare with true clips (real data has nothing to predict)."""
+        return {name: fn for name, fn in self.features().items() if not METRICS[name].needs_frame_prediction}
+
     def finish(self, sums: dict[str, Sums], sample_shape: tuple, record: bool = True) -> dict[str, float]:
-        """Values from each metric's summed statistics; `record` keeps their protocols."""
+        """Values from the summed statistics of each metric in `sums`; `record` keeps their protocols."""
         out: dict[str, float] = {}
-        for name, m in self.scorers.items():
-            for r in m.results(sums[name], sample_shape):
+        for name, s in sums.items():
+            for r in self.scorers[name].results(s, sample_shape):
                 out[r.name] = r.value
                 if record:
                     self.protocols[r.name] = r.protocol
@@ -176,7 +189,7 @@ def build_quality_suite(cfg: NestgenConfig, data: EvalData, render, device: str 
     e = cfg.evaluate
     names = requested_metrics(e, cfg, data)
     ctx = _Context(cfg, data, render, device)
-    suite = QualitySuite({}, "", reference=data.source)
+    suite = QualitySuite({}, "", reference=data.reference_source, render=render, device=device)
     for name in names:
         spec = METRICS[name]
         try:
@@ -210,7 +223,7 @@ _DIGITS_NETS: dict = {}
 
 def _image_net(ctx: _Context):
     """The digits classifier (trained on the generator's own training split) and the
-    held-out reference statistics in its features."""
+    reference statistics in its features."""
     from nestgen.data.digits import digit_tokens_to_images
     from nestgen.metrics.digits_metrics import digits_stats
     from nestgen.metrics.digits_train import train_digit_classifier
@@ -223,7 +236,7 @@ def _image_net(ctx: _Context):
                                                        holdout_fraction=cfg.data.holdout_fraction)
         net, info = _DIGITS_NETS[key]
         ref = ctx.reference_batches()
-        return net, info, digits_stats(net, ref if ref is not None else digit_tokens_to_images(ctx.data.holdout_tokens))
+        return net, info, digits_stats(net, ref if ref is not None else digit_tokens_to_images(ctx.data.reference_tokens))
     return ctx.once("image_net", make)
 
 
@@ -233,24 +246,23 @@ def _clip_net(ctx: _Context):
     from nestgen.metrics.digits_train import train_clip_classifier
 
     def make():
-        train = np.asarray(ctx.render(ctx.data.train_tokens))     # at most load_eval_data's max_train clips
-        ref = ctx.reference_batches()
+        train = np.asarray(ctx.render(ctx.data.train_tokens))     # at most EvalData.max_train clips
         net, info = train_clip_classifier(train, ctx.data.train_labels.numpy(), seed=ctx.cfg.data.seed,
-                                          val=(ref, ctx.data.holdout_labels.numpy()))
-        return net, info, digits_stats(net, ref)
+                                          val=(ctx.holdout_batches(), ctx.data.holdout_labels.numpy()))
+        return net, info, digits_stats(net, ctx.reference_batches())
     return ctx.once("clip_net", make)
 
 
 def _vs_reference(net_of: Callable, metric: str) -> Callable[[_Context, None], StreamedMetric]:
-    """A digits-classifier Fréchet distance of the samples' features against the held-out reference's."""
+    """A digits-classifier Fréchet distance of the samples' features against the reference's."""
     def build(ctx: _Context, _: None) -> StreamedMetric:
         from nestgen.metrics.digits_metrics import digits_features, frechet_result, net_record
         from nestgen.metrics.frechet import frechet_stats, frechet_sums
         net, info, ref = net_of(ctx)
-        shift, record = ref.mu, net_record(net, info)
+        shift, record, source = ref.mu, net_record(net, info), ctx.data.reference_source
         return StreamedMetric(
             lambda chunk, device: frechet_sums(digits_features(net.to(device), chunk.pixels), shift),
-            lambda sums, shape: [frechet_result(metric, net, frechet_stats(sums, shift), ref, "stats", info,
+            lambda sums, shape: [frechet_result(metric, net, frechet_stats(sums, shift), ref, source, info,
                                                 record=record)])
     return build
 
@@ -288,15 +300,15 @@ def _on_worker(net) -> Callable:
 
 
 def _reference(ctx: _Context, key: str, stats_fn):
-    """Reference stats: evaluate.reference_stats (.npz) when set, else the held-out pixels'
-    (`stats_fn` of the rendered batches)."""
+    """Reference stats: evaluate.reference_stats (.npz) when set, else the reference rows'
+    (`stats_fn` of the rendered batches of the training split)."""
     from nestgen.metrics.fid import resolve_reference
     if ctx.cfg.evaluate.reference_stats:
         return ctx.once(key, lambda: resolve_reference(ctx.cfg.evaluate.reference_stats))
     ref = ctx.reference_batches()
     if ref is None:
         raise _Unavailable("raw 8x8 digit levels are not images for Inception/I3D; set evaluate.reference_stats")
-    return ctx.once(key, lambda: (stats_fn(ref), "held-out split"))
+    return ctx.once(key, lambda: (stats_fn(ref), ctx.data.reference_source))
 
 
 _INCEPTION_BATCH = 64      # images per Inception forward pass on a worker

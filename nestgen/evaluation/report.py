@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 
+from nestgen.evaluation.real import RealDataResult
 from nestgen.evaluation.variants import VariantResult
 from nestgen.metrics.intervals import Interval, percentile_interval
 
@@ -29,23 +30,37 @@ def format_value(x: float, signed: bool = False) -> str:
 
 
 def results_table(results: list[VariantResult], quality_key: str, lower_is_better: bool = True,
-                  baseline_gflops: float | None = None, changes: dict[str, Interval | None] | None = None) -> str:
-    """One row per variant; `changes`: variant name -> relative change of `quality_key`
-    against the baseline with its interval (a last column)."""
-    base = baseline_gflops or results[0].gflops_per_sample
+                  savings: list[float] | None = None, changes: dict[str, Interval | None] | None = None,
+                  excess: dict[str, Interval | None] | None = None, real: RealDataResult | None = None) -> str:
+    """One row per variant; `savings`: each variant's GFLOPs saving against its baseline
+    (default: against the first row); `changes`: variant name -> relative change of
+    `quality_key` against its baseline with its interval, `excess`: the change of the excess
+    over the real-data floor (two last columns); `real`: the real-data row, last, with each
+    metric and the interval of `quality_key`."""
+    savings = savings or [results[0].gflops_per_sample / r.gflops_per_sample for r in results]
     front = pareto_front([r.gflops_per_sample for r in results], [r.metrics[quality_key] for r in results],
                          lower_is_better)
     keys = sorted({k for r in results for k in r.metrics})
     width = max(34, *(len(r.variant.name) for r in results))
     head = f"{'variant':{width}s} {'GFLOPs':>8s} {'saving':>7s} {'ms/sample':>10s} " + " ".join(f"{k:>15s}" for k in keys)
-    rows = [head + "  pareto" + (f"  {quality_key} change [95%]" if changes else "")]
-    for r, f in zip(results, front):
-        c = (changes or {}).get(r.variant.name)
-        ci = f"  {100 * c.value:+6.1f}% [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}]" if c else ""
-        rows.append(f"{r.variant.name:{width}s} {r.gflops_per_sample:8.3f} {base / r.gflops_per_sample:6.2f}x "
+    tail = (f"  {quality_key} change [95%]" if changes else "") + ("    excess over floor [95%]" if excess else "")
+    rows = [head + "  pareto" + tail]
+
+    def pct(c: Interval | None) -> str:
+        return f"{f'{100 * c.value:+6.1f}% [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}]' if c else '':>27s}"
+    for r, f, saving in zip(results, front, savings):
+        c, x = (changes or {}).get(r.variant.name), (excess or {}).get(r.variant.name)
+        rows.append(f"{r.variant.name:{width}s} {r.gflops_per_sample:8.3f} {saving:6.2f}x "
                     f"{r.seconds_per_sample * 1e3:10.2f} "
                     + " ".join(f"{r.metrics.get(k, float('nan')):15.4f}" for k in keys) + ("  *" if f else "   ")
-                    + ci)
+                    + (pct(c) if changes else "") + (pct(x) if excess else ""))
+    if real is not None:
+        reps = real.replicates.get(quality_key)
+        iv = percentile_interval(real.metrics[quality_key], reps) if reps is not None and quality_key in real.metrics \
+            else None
+        rows.append(f"{real.name + f' ({real.num_samples} held-out)':{width}s} {'-':>8s} {'-':>7s} {'-':>10s} "
+                    + " ".join(f"{real.metrics.get(k, float('nan')):15.4f}" for k in keys) + "   "
+                    + (f"  {quality_key} [{format_value(iv.lo)}, {format_value(iv.hi)}]: the floor" if iv else ""))
     return "\n".join(rows)
 
 

@@ -1,7 +1,9 @@
 """One evaluation: (optional) schedule search, then every variant on the same requests,
-scored by the quality suite as the samples stream (nestgen.evaluation.stream), summarised
-against the full-model baseline: each metric with a bootstrap interval, each variant's
-change against the baseline with a paired interval, and the claim check.
+scored by the quality suite as the samples stream (nestgen.evaluation.stream), and the
+held-out real data scored the same way (the metric's floor, nestgen.evaluation.real);
+summarised against the full-model baseline with the same guidance scale: each metric with a
+bootstrap interval, each variant's change against its baseline with a paired interval, the
+change of the excess over the floor, and the claim check (nestgen.evaluation.claim).
 
 Sampling is injected (`SampleFn`), so the same evaluation runs in one process
 (`local_sampler`) or spread over Ray actors (pipelines.evaluate).
@@ -11,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from nestgen.evaluation.claim import ClaimCheck, claim_check
+from nestgen.evaluation.claim import FLOOR_SHARE, ClaimCheck, claim_check, excess_change
 from nestgen.evaluation.data import EvalData, eval_requests
 from nestgen.evaluation.quality import QualitySuite
+from nestgen.evaluation.real import RealDataResult, score_real_data
 from nestgen.evaluation.report import pareto_front, results_table
 from nestgen.evaluation.search import SearchResult, search_schedule, split_held_out
 from nestgen.evaluation.stream import StreamPlan, stream_batch, stream_variants
@@ -33,22 +36,36 @@ class EvaluationReport:
     cfg: NestgenConfig
     results: list[VariantResult]
     suite: QualitySuite
-    baseline_gflops: float
+    baseline_gflops: float           # the unguided full model's, analytic
     search: SearchResult | None
     checkpoint: str = ""
+    real: RealDataResult | None = None
     plan: StreamPlan | None = None    # the final evaluation's: its bootstrap chunks and groups
 
     @property
     def metric(self) -> str:
         return self.suite.primary
 
+    def baseline_for(self, r: VariantResult) -> VariantResult | None:
+        """What `r` is judged against: the full model without cache at r's guidance scale
+        (every variant shares the temperature and, for frame prediction, the conditioning)
+        when it was evaluated, else the first variant at that scale in config order; None
+        when no other variant was evaluated at that scale: then nothing is compared."""
+        g = r.variant.guidance_scale
+        same = [x for x in self.results if x.variant.guidance_scale == g and not x.variant.searched]
+        full = baseline_variant(self.cfg, g).schedule
+        return next((x for x in same if x.schedule == full and x.variant.cache == "none"), same[0] if same else None)
+
     def baseline(self) -> VariantResult:
-        """The full model without cache when it was evaluated, else the first variant."""
-        ref = baseline_variant(self.cfg)
-        for r in self.results:
-            if r.schedule == ref.schedule and r.variant.cache == "none" and not r.variant.searched:
-                return r
-        return self.results[0]
+        """The baseline of the first guidance scale (the summary's headline row)."""
+        return self.baseline_for(self.results[0]) or self.results[0]
+
+    def full_model_gflops(self, r: VariantResult) -> float:
+        """Analytic GFLOPs per sample of the full model at r's guidance scale."""
+        return variant_gflops(self.cfg, baseline_variant(self.cfg, r.variant.guidance_scale))
+
+    def gflops_saving(self, r: VariantResult) -> float:
+        return self.full_model_gflops(r) / r.gflops_per_sample
 
     def searched(self) -> VariantResult | None:
         """The schedule search's choice, evaluated with the other variants (None without a search)."""
@@ -59,8 +76,10 @@ class EvaluationReport:
                             [r.metrics[self.metric] for r in self.results], self.suite.lower_is_better)
 
     def table(self) -> str:
-        return results_table(self.results, self.metric, self.suite.lower_is_better, self.baseline_gflops,
-                             {r.variant.name: c for r, c in zip(self.results, self.changes())})
+        return results_table(self.results, self.metric, self.suite.lower_is_better,
+                             [self.gflops_saving(r) for r in self.results],
+                             {r.variant.name: c for r, c in zip(self.results, self.changes())},
+                             {r.variant.name: self.excess(r) for r in self.results}, self.real)
 
     def interval(self, r: VariantResult, value: str) -> Interval | None:
         """Bootstrap interval of one reported value (None without replicates)."""
@@ -68,46 +87,93 @@ class EvaluationReport:
         return None if reps is None else percentile_interval(r.metrics[value], reps)
 
     def change(self, r: VariantResult, value: str) -> Interval | None:
-        """Relative change of a value against the baseline with its paired interval (same
-        samples, same bootstrap draws); None without replicates or a zero baseline."""
-        base = self.baseline()
-        if value not in r.replicates or value not in base.replicates or not base.metrics[value]:
+        """Relative change of a value against r's baseline with its paired interval (same
+        samples, same bootstrap draws); None without replicates, a baseline or a zero baseline."""
+        base = self.baseline_for(r)
+        if base is None or value not in r.replicates or value not in base.replicates or not base.metrics[value]:
             return None
         return paired_change(r.metrics[value], base.metrics[value], r.replicates[value], base.replicates[value])
 
     def changes(self) -> list[Interval | None]:
         return [self.change(r, self.metric) for r in self.results]
 
+    def floor(self) -> float | None:
+        """The real-data row's primary metric: the floor of a lower-is-better distance (None
+        without a real-data row, or for a higher-is-better metric, which has no floor to subtract)."""
+        if self.real is None or not self.suite.lower_is_better:
+            return None
+        return self.real.metrics.get(self.metric)
+
+    def floor_share(self, r: VariantResult) -> float | None:
+        """The floor as a share of r's baseline's score."""
+        base, floor = self.baseline_for(r), self.floor()
+        if base is None or floor is None or not base.metrics[self.metric] > 0:
+            return None
+        return floor / base.metrics[self.metric]
+
+    def excess(self, r: VariantResult) -> Interval | None:
+        """The change of the primary metric's excess over the floor against r's baseline, with
+        the interval from the same bootstrap draws (None where undefined)."""
+        base, floor, m = self.baseline_for(r), self.floor(), self.metric
+        if base is None or floor is None or not all(m in x.replicates for x in (r, base, self.real)):
+            return None
+        return excess_change(r.metrics[m], base.metrics[m], floor, r.replicates[m], base.replicates[m],
+                             self.real.replicates[m])
+
     def claims(self) -> list[ClaimCheck | None]:
-        """The claim check of every variant on the primary metric (None without an interval)."""
+        """The claim check of every variant on the primary metric (None without an interval or
+        a baseline at its guidance scale): on the change, or on the change of the excess over
+        the floor where the floor is above FLOOR_SHARE of the baseline."""
         e = self.cfg.evaluate
-        return [None if c is None else claim_check(self.baseline_gflops / r.gflops_per_sample, c.value, c.lo, c.hi,
-                                                   e.claim_threshold, self.suite.lower_is_better)
+        return [None if c is None else claim_check(self.gflops_saving(r), c.value, c.lo, c.hi, e.claim_threshold,
+                                                   self.suite.lower_is_better, self.floor_share(r), self.excess(r))
                 for r, c in zip(self.results, self.changes())]
 
     def claim_lines(self) -> list[str]:
-        return [f"{r.variant.name}: {c.line}" for r, c in zip(self.results, self.claims()) if c is not None]
+        lines = []
+        for r, c in zip(self.results, self.claims()):
+            if c is not None:
+                lines.append(f"{r.variant.name}: {c.line}")
+            elif self.baseline_for(r) is None:
+                lines.append(f"{r.variant.name}: no baseline at guidance scale {r.variant.guidance_scale:g} "
+                             f"(no other variant was evaluated at it): not compared")
+        return lines
+
+    def _intervals(self, metrics: dict, replicates: dict) -> dict:
+        return {v: {"lo": iv.lo, "hi": iv.hi} for v in metrics if v in replicates
+                for iv in [percentile_interval(metrics[v], replicates[v])]}
+
+    def real_row(self) -> dict | None:
+        """The real-data row for the summary: every metric with its interval."""
+        if self.real is None:
+            return None
+        r = self.real
+        return {"variant": r.name, "source": r.source, "num_samples": r.num_samples, **r.metrics,
+                "intervals": self._intervals(r.metrics, r.replicates)}
 
     def summary(self) -> dict:
         base = self.baseline()
-        qb = base.metrics[self.metric]
         rows = []
         for r, f, claim in zip(self.results, self.front(), self.claims()):
-            row = r.row(self.baseline_gflops)
+            row = r.row(self.full_model_gflops(r))
             row["pareto"] = f
+            b = self.baseline_for(r)
+            row["baseline"] = b.variant.name if b else None
+            qb = b.metrics[self.metric] if b else 0
             row["quality_change_vs_baseline"] = (r.metrics[self.metric] - qb) / abs(qb) if qb else None
-            row["intervals"] = {}
+            row["intervals"] = self._intervals(r.metrics, r.replicates)
             for value in r.metrics:
-                iv, ch = self.interval(r, value), self.change(r, value)
-                if iv is not None:
-                    row["intervals"][value] = {"lo": iv.lo, "hi": iv.hi}
+                ch = self.change(r, value)
                 if ch is not None:
                     row["intervals"].setdefault(value, {}).update(change=ch.value, change_lo=ch.lo, change_hi=ch.hi)
             if claim is not None:
                 row["quality_change_lo"], row["quality_change_hi"] = claim.lo, claim.hi
+                if claim.excess is not None:
+                    row["excess_change_vs_baseline"] = claim.excess
                 row["claim"] = claim.as_dict()
             rows.append(row)
         e = self.cfg.evaluate
+        floor, share = self.floor(), self.floor_share(base)
         return {
             "checkpoint": self.checkpoint, "model": {"grid": self.cfg.model.grid, "width": self.cfg.model.width,
                                                      "depth": self.cfg.model.depth,
@@ -115,13 +181,26 @@ class EvaluationReport:
             "num_samples": e.num_samples, "seed": e.seed, "metric": self.metric,
             "lower_is_better": self.suite.lower_is_better, "reference": self.suite.reference,
             "baseline": {"variant": base.variant.name, "gflops_per_sample": base.gflops_per_sample,
-                         self.metric: qb, "analytic_full_model_gflops": self.baseline_gflops},
+                         self.metric: base.metrics[self.metric], "analytic_full_model_gflops": self.baseline_gflops},
+            "baselines": {f"{r.variant.guidance_scale:g}": r.variant.name for r in self.results
+                          if self.baseline_for(r) is r},
+            "real_data": self.real_row(),
+            "floor": None if floor is None else {
+                "value": floor, "share_of_baseline": share, "judged_on": "excess" if (share or 0) > FLOOR_SHARE
+                else "change", "rule": f"above {FLOOR_SHARE:g} of the baseline's score the claim check judges the "
+                                        "change of the excess over the real-data floor",
+                "rows": self.real.num_samples,
+                **({"note": f"{self.real.num_samples} held-out rows against {e.num_samples} samples per variant: "
+                            "a Fréchet distance grows as samples get fewer, so this is an upper estimate of the "
+                            "floor at the variants' count (the excess reading built on it is the stricter one)"}
+                   if self.real.num_samples < e.num_samples else {})},
             "intervals": {"level": 0.95, "replicates": e.bootstrap_replicates,
                           "chunks": self.plan.num_chunks if self.plan else None,
                           "groups": self.plan.num_groups if self.plan else None,
                           "method": "percentile bootstrap over chunks of whole groups of samples (a group: the "
                                     "samples conditioned on one held-out clip, else one sample); the change vs the "
-                                    "baseline is paired (same labels, seeds and bootstrap draws for every variant)"},
+                                    "baseline is paired (same labels, seeds and bootstrap draws for every variant); "
+                                    "the real-data row is resampled alike, independently (other data)"},
             "claim": {"threshold": e.claim_threshold, "lines": self.claim_lines()},
             "variants": rows, "search": self.search.summary() if self.search else None,
             "unavailable_metrics": self.suite.unavailable, "protocols": self.suite.protocols,
@@ -147,8 +226,13 @@ def run_evaluation(cfg: NestgenConfig, sample: SampleFn, suite: QualitySuite, da
     req = eval_requests(cfg, final_data, e.num_samples, e.seed)
     progress(f"evaluating {len(variants)} variants x {e.num_samples} samples")
     plan = StreamPlan(e.num_samples, e.interval_chunks, e.grid_samples, e.bootstrap_replicates, e.seed, req.groups)
-    report = EvaluationReport(cfg, sample(variants, req, plan), suite, variant_gflops(cfg, baseline_variant(cfg)),
-                              search, checkpoint, plan=plan)
+    results = sample(variants, req, plan)
+    real = score_real_data(cfg, suite, data)
+    report = EvaluationReport(cfg, results, suite, variant_gflops(cfg, baseline_variant(cfg)), search, checkpoint, real,
+                              plan=plan)
+    if real is not None and suite.primary in real.metrics:
+        progress(f"{real.name}: {suite.primary} {real.metrics[suite.primary]:.4g} on {real.num_samples} held-out "
+                 f"rows (the floor)")
     for line in report.claim_lines():
         progress(f"claim check: {line}")
     return report

@@ -13,6 +13,11 @@ Held out from the final evaluation: the search scores on requests the final eval
 never sends, seeds disjoint from its seeds and, for frame prediction, conditioning clips
 disjoint from its clips (`split_held_out`). Choosing on the evaluation's own requests would
 favour a schedule that happens to suit those clips, and its interval would not say so.
+
+Like with like: the search decodes at the served guidance scale (decode.guidance_scale), its
+budget is a share of the full model's GFLOPs at that scale, and the chosen schedule is
+evaluated at that scale, so it is judged against the baseline with the same guidance (the
+temperature and, for frame prediction, the conditioning are the same for every variant).
 """
 from __future__ import annotations
 
@@ -84,15 +89,16 @@ def split_held_out(cfg: NestgenConfig, data: EvalData) -> tuple[EvalData, EvalDa
     return part(order[:k]), part(order[k:])
 
 
-def pick_candidates(cfg: NestgenConfig, budget: float) -> tuple[list[tuple[Variant, float]], int, int]:
-    """(scored candidates with their GFLOPs, all candidates, in budget)."""
+def pick_candidates(cfg: NestgenConfig, budget: float, guidance_scale: float = 0.0
+                    ) -> tuple[list[tuple[Variant, float]], int, int]:
+    """(scored candidates with their GFLOPs, all candidates, in budget), at `guidance_scale`."""
     s = cfg.evaluate.search
     full = min(cfg.model.nest_factors)
     every, fits, best = 0, 0, {}
     for k in s.steps:
         for sched in step_splits(cfg.model.nest_factors, k):
             for cache in s.caches:
-                v = Variant(sched, cache)
+                v = Variant(sched, cache, guidance_scale)
                 g = variant_gflops(cfg, v)
                 every += 1
                 if g > budget:
@@ -108,10 +114,10 @@ def pick_candidates(cfg: NestgenConfig, budget: float) -> tuple[list[tuple[Varia
 def search_schedule(cfg: NestgenConfig, score: Callable[[list[Variant]], list[VariantResult]],
                     metric: str, lower_is_better: bool = True) -> SearchResult:
     """`score(variants)` samples and scores variants on the search's held-out seeds."""
-    s = cfg.evaluate.search
-    base = variant_gflops(cfg, baseline_variant(cfg))
+    s, g = cfg.evaluate.search, cfg.decode.guidance_scale
+    base = variant_gflops(cfg, baseline_variant(cfg, g))
     budget = s.budget_gflops or s.budget_fraction * base
-    picked, total, fits = pick_candidates(cfg, budget)
+    picked, total, fits = pick_candidates(cfg, budget, g)
     if not picked:
         raise ValueError(f"no schedule of {s.steps} steps fits {budget:.4g} GFLOPs per sample "
                          f"(the cheapest needs more); raise evaluate.search.budget_*")
@@ -119,4 +125,4 @@ def search_schedule(cfg: NestgenConfig, score: Callable[[list[Variant]], list[Va
     sign = 1 if lower_is_better else -1
     best = min(scored, key=lambda r: (sign * r.metrics[metric], r.gflops_per_sample))
     return SearchResult(budget, base, total, fits, scored,
-                        Variant(best.variant.schedule, best.variant.cache, searched=True), metric)
+                        Variant(best.variant.schedule, best.variant.cache, g, searched=True), metric)

@@ -14,8 +14,9 @@ from typing import Sequence
 
 from scipy import stats
 
-from nestgen.evaluation.claim import ClaimCheck, claim_check
+from nestgen.evaluation.claim import FLOOR_SHARE, ClaimCheck, claim_check
 from nestgen.evaluation.report import finish_plot, format_value, variant_color
+from nestgen.metrics.intervals import Interval
 
 __all__ = ["MeanInterval", "t_interval", "aggregate_summaries", "seed_claim_lines", "seeds_table_markdown",
            "seeds_plot_png",
@@ -89,6 +90,7 @@ def aggregate_summaries(summaries: dict[int, dict], level: float = 0.95) -> dict
         rows = {s: by_seed[s][k] for s in seeds}
         variants.append({"variant": k, "schedule": {s: r["schedule"] for s, r in rows.items()},
                          "cache": rows[seeds[0]]["cache"], "searched": bool(rows[seeds[0]].get("searched")),
+                         "baseline": rows[seeds[0]].get("baseline", first["baseline"]["variant"]),
                          **_aggregate_rows(rows, level)})
     # every quality metric the suite scored (the ones with a bootstrap interval), the claimed one first
     scored = [m for r in first["variants"][:1] for m in r.get("intervals", {}) if m != first["metric"]]
@@ -98,16 +100,34 @@ def aggregate_summaries(summaries: dict[int, dict], level: float = 0.95) -> dict
             "claim_threshold": first["claim"]["threshold"],
             "baseline": {"variant": first["baseline"]["variant"],
                          **_aggregate_rows({s: summaries[s]["baseline"] for s in seeds}, level)},
-            "variants": variants}
+            "variants": variants, **_floor(summaries, seeds, level)}
+
+
+def _floor(summaries: dict[int, dict], seeds: list[int], level: float) -> dict:
+    """The real-data row over the seeds and which reading the claim check takes: the excess
+    over the floor when the floor's mean share of the baseline is above FLOOR_SHARE (every
+    model's summary must have the row; {} when one lacks it)."""
+    if not all(summaries[s].get("real_data") and summaries[s].get("floor") for s in seeds):
+        return {}
+    real = summaries[seeds[0]]["real_data"]
+    share = math.fsum(summaries[s]["floor"]["share_of_baseline"] or 0.0 for s in seeds) / len(seeds)
+    return {"real_data": {**_aggregate_rows({s: summaries[s]["real_data"] for s in seeds}, level),
+                          "variant": real["variant"], "num_samples": real["num_samples"]},
+            "floor": {"share_of_baseline": share, "judged_on": "excess" if share > FLOOR_SHARE else "change"}}
 
 
 def _claim(agg: dict, v: dict) -> ClaimCheck | None:
     """The claim check of variant row `v` over the seeds: mean GFLOPs saving, mean quality change
-    against each model's own baseline with its t interval; None for the baseline itself."""
-    if v["variant"] == agg["baseline"]["variant"] or "quality_change_vs_baseline" not in v:
+    against each model's own baseline (at the variant's guidance scale) with its t interval, and
+    the change of the excess over the real-data floor where each model has one (undefined
+    where some model's baseline is not above its floor); None for a baseline itself."""
+    if v["variant"] == v.get("baseline", agg["baseline"]["variant"]) or "quality_change_vs_baseline" not in v:
         return None
     g, q = v["gflops_saving"], v["quality_change_vs_baseline"]
-    return claim_check(g["mean"], q["mean"], q["lo"], q["hi"], agg["claim_threshold"], agg["lower_is_better"])
+    floor, x = agg.get("floor"), v.get("excess_change_vs_baseline")
+    excess = None if x is None else Interval(x["mean"], x["lo"], x["hi"], x["level"], x["n"])
+    return claim_check(g["mean"], q["mean"], q["lo"], q["hi"], agg["claim_threshold"], agg["lower_is_better"],
+                       floor and floor["share_of_baseline"], excess)
 
 
 def seed_claim_lines(agg: dict) -> list[str]:
@@ -117,9 +137,14 @@ def seed_claim_lines(agg: dict) -> list[str]:
     lines = []
     for v in agg["variants"]:
         if (c := _claim(agg, v)) is not None:
+            excess = "" if c.floor_share is None else (
+                f"excess over the real-data floor ({100 * c.floor_share:.0f}% of the baseline) "
+                + ("undefined" if c.excess is None else
+                   f"{100 * c.excess:+.1f}% [{100 * c.excess_lo:+.1f}, {100 * c.excess_hi:+.1f}]")
+                + f"; judged on the {c.reading}; ")
             lines.append(f"{v['variant']}: GFLOPs saving {c.gflops_saving:.2f}x; {agg['metric']} change "
                          f"{100 * c.change:+.1f}% [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}] over {n} seeds; "
-                         f"within {100 * c.threshold:g}%: {c.verdict}")
+                         f"{excess}within {100 * c.threshold:g}%: {c.verdict}")
     return lines
 
 
@@ -140,20 +165,31 @@ def seeds_table_markdown(agg: dict) -> str:
     claim verdict. The README's result tables are this, verbatim."""
     metric, n = agg["metric"], len(agg["seeds"])
     metrics = agg.get("metrics", [metric])
-    head = ["variant", "GFLOPs/sample", "saving", *metrics, f"{metric} change", "within "
-            f"{100 * agg['claim_threshold']:g}%"]
+    floor = agg.get("floor")
+    head = ["variant", "GFLOPs/sample", "saving", *metrics, f"{metric} change",
+            *(["excess over floor"] if floor else []), "within " f"{100 * agg['claim_threshold']:g}%"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in agg["variants"]:
         schedules = sorted(set(v["schedule"].values()))
         name = v["variant"] if not v["searched"] else f"searched ({'; '.join(schedules)}), cache={v['cache']}"
         c = _claim(agg, v)
+        excess = v.get("excess_change_vs_baseline")
         cells = [name, f"{v['gflops_per_sample']['mean']:.3f}", f"{v['gflops_saving']['mean']:.2f}x",
                  *(mean_interval_text(v[m]) if m in v else "n/a" for m in metrics),
                  change_text(v["quality_change_vs_baseline"]) if c else "(baseline)",
+                 *([change_text(excess) if c and excess else "" if not c else "undefined"] if floor else []),
                  c.verdict if c else ""]
         lines.append("| " + " | ".join(cells) + " |")
+    if floor:
+        real = agg["real_data"]
+        lines.append("| " + " | ".join([f"{real['variant']} ({real['num_samples']} held-out)", "-", "-",
+                                         *(mean_interval_text(real[m]) if m in real else "n/a" for m in metrics),
+                                         "(the floor)", "", ""]) + " |")
     lines.append(f"\n{n} training seeds {agg['seeds']}, {agg['num_samples']} samples per variant; "
-                 f"mean [{agg['interval']}].")
+                 f"mean [{agg['interval']}]."
+                 + (f" The floor is {100 * floor['share_of_baseline']:.0f}% of the baseline's {metric}: the verdict "
+                    f"reads the {'change of the excess over the floor' if floor['judged_on'] == 'excess' else 'change'}."
+                    if floor else ""))
     return "\n".join(lines) + "\n"
 
 

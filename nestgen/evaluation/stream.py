@@ -78,24 +78,30 @@ def stream_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests:
     """Decode requests [start, start + len) as variant v, render, and reduce to chunk sums."""
     b = sample_batch(worker, cfg, v, requests)
     targets = None if requests.target_tokens is None else worker.render(requests.target_tokens)
-    index = np.arange(start, start + len(requests))
-    chunk = plan.chunk_of(index)
-    sums: dict[str, dict[int, Sums]] = {name: {} for name in features}
-    for c in np.unique(chunk):
-        at = np.flatnonzero(chunk == c)          # not contiguous when groups cycle
-        part = Chunk(b.pixels[at], requests.labels[at].numpy(), None if targets is None else targets[at],
-                     index[at], plan.n)
-        for name, fn in features.items():
-            sums[name][int(c)] = fn(part, worker.device)
+    sums = reduce_batch(b.pixels, requests.labels.numpy(), targets, start, plan, features, worker.device)
     keep = min(len(requests), plan.grid - start)
     return BatchStats(start, len(requests), b.seconds, sums, b.pixels[:keep] if keep > 0 else None,
                       tuple(b.pixels.shape[1:]))
 
 
-class VariantStream:
-    """The driver's running total for one variant."""
+def reduce_batch(pixels: np.ndarray, labels: np.ndarray, targets: np.ndarray | None, start: int, plan: StreamPlan,
+                 features: dict[str, FeatureFn], device) -> dict[str, dict[int, Sums]]:
+    """Rendered samples [start, start + len) reduced to each metric's sums per chunk."""
+    index = np.arange(start, start + len(pixels))
+    chunk = plan.chunk_of(index)
+    sums: dict[str, dict[int, Sums]] = {name: {} for name in features}
+    for c in np.unique(chunk):
+        at = np.flatnonzero(chunk == c)          # not contiguous when groups cycle
+        part = Chunk(pixels[at], labels[at], None if targets is None else targets[at], index[at], plan.n)
+        for name, fn in features.items():
+            sums[name][int(c)] = fn(part, device)
+    return sums
 
-    def __init__(self, v: Variant, plan: StreamPlan):
+
+class VariantStream:
+    """The driver's running total for one variant (or for the real-data row: v None)."""
+
+    def __init__(self, v: Variant | None, plan: StreamPlan):
         self.variant, self.plan = v, plan
         self.rows: dict[str, Sums] = {}
         self.grid: list[np.ndarray] = []
@@ -104,34 +110,42 @@ class VariantStream:
         self.sample_shape: tuple[int, ...] = ()
 
     def add(self, b: BatchStats) -> None:
-        for name, per_chunk in b.sums.items():
+        self.rows_from(b.sums, b.sample_shape, b.count)
+        if b.grid is not None:
+            self.grid.append(b.grid)
+        self.seconds += b.seconds
+
+    def rows_from(self, sums: dict[str, dict[int, Sums]], sample_shape: tuple[int, ...], count: int) -> None:
+        """Add one batch's per-chunk sums."""
+        for name, per_chunk in sums.items():
             for c, s in per_chunk.items():
                 rows = self.rows.setdefault(name, {k: np.zeros((self.plan.num_chunks, *np.shape(x)))
                                                    for k, x in s.items()})
                 for k, x in s.items():
                     rows[k][c] += x
-        if b.grid is not None:
-            self.grid.append(b.grid)
-        self.sample_shape = b.sample_shape
-        self.seconds += b.seconds
-        self.count += b.count
+        self.sample_shape = sample_shape
+        self.count += count
 
-    def result(self, cfg: NestgenConfig, suite: QualitySuite) -> VariantResult:
-        if self.count != self.plan.n:
-            raise RuntimeError(f"{self.variant.name}: {self.count} of {self.plan.n} samples came back")
+    def values(self, suite: QualitySuite, record: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """(metrics on all samples, their bootstrap replicate values); `record` keeps the protocols."""
         total = {name: {k: x.sum(0) for k, x in rows.items()} for name, rows in self.rows.items()}
-        metrics = suite.finish(total, self.sample_shape)
+        metrics = suite.finish(total, self.sample_shape, record)
         replicates: dict[str, list[float]] = {k: [] for k in metrics}
         for w in resample_counts(self.plan.num_chunks, self.plan.replicates, self.plan.seed):
             values = suite.finish({name: weighted(rows, w) for name, rows in self.rows.items()},
                                   self.sample_shape, record=False)
             for k in replicates:
                 replicates[k].append(values[k])
+        return metrics, {k: np.asarray(r) for k, r in replicates.items() if r}
+
+    def result(self, cfg: NestgenConfig, suite: QualitySuite) -> VariantResult:
+        if self.count != self.plan.n:
+            raise RuntimeError(f"{self.variant.name}: {self.count} of {self.plan.n} samples came back")
+        metrics, replicates = self.values(suite)
         v = self.variant
         return VariantResult(v, str(resolve_schedule(v.schedule, cfg.model.nest_factors)), variant_gflops(cfg, v),
                              self.seconds / self.count, metrics,
-                             grid=np.concatenate(self.grid) if self.grid else None,
-                             replicates={k: np.asarray(r) for k, r in replicates.items() if r})
+                             grid=np.concatenate(self.grid) if self.grid else None, replicates=replicates)
 
 
 # tasks (variant index, start) -> their BatchStats, in task order

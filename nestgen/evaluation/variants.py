@@ -75,9 +75,10 @@ def variant_gflops(cfg: NestgenConfig, v: Variant) -> float:
     return decode_flops(cfg.model, decode_config(cfg, v), cfg.train.cond_tokens).gflops
 
 
-def baseline_variant(cfg: NestgenConfig) -> Variant:
-    """The full model at every step, no cache: what savings are measured against."""
-    return Variant(f"1x{cfg.decode.steps}", "none")
+def baseline_variant(cfg: NestgenConfig, guidance_scale: float = 0.0) -> Variant:
+    """The full model at every step, no cache: what savings are measured against, at the
+    guidance scale of the variants it judges (guidance doubles the cost and changes quality)."""
+    return Variant(f"1x{cfg.decode.steps}", "none", guidance_scale)
 
 
 def eval_worker(model, cfg: NestgenConfig, tokenizer=None) -> DecodeWorker:
