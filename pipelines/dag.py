@@ -12,6 +12,9 @@ Transient failures are retried with backoff; input and config errors (ValueError
 TypeError, KeyError, FileNotFoundError) fail at once, also when they come wrapped (a Ray
 Train WorkerGroupError holding a worker's ConfigError: Ray Train already spent its own
 max_failures on it).
+Under a lease on the output folder (pipelines.lease), each step attempt starts and its
+marker (and the run's dag.json) is written only after checking the lease; a lost lease fails
+the step at once.
 
 The runner executes steps in the driver in dependency order; the steps fan out on the
 cluster themselves (Ray Data, Ray Train, actors, Serve). With `parallel` > 1, up to that many
@@ -33,6 +36,7 @@ from typing import Any, Callable
 
 from nestgen.storage import exists, join, read_json, write_json_atomic
 from pipelines.console import say
+from pipelines.lease import LeaseLost, check
 
 MARKER = "_COMPLETE.json"
 DAG_FILE = "dag.json"
@@ -232,9 +236,12 @@ class Runner:
                 if plan[s.name] == "not selected":
                     self._load_marker(r)
         finally:
-            write_json_atomic(join(self.output_url, DAG_FILE), self.summary())
-            if self.tracker:
-                self.tracker.finish(self, failed)
+            try:
+                check(self.output_url)           # a writer that lost the folder leaves dag.json to its successor
+                write_json_atomic(join(self.output_url, DAG_FILE), self.summary())
+            finally:
+                if self.tracker:
+                    self.tracker.finish(self, failed)
         if failed:
             raise failed
         return self.records
@@ -274,10 +281,12 @@ class Runner:
             print(f"[dag] {s.name}: running (attempt {attempt}) -> {r.folder}", flush=True)
             t0 = time.perf_counter()
             try:
+                check(r.folder)                     # a step boundary: a lost lease starts nothing more
                 parent = self.tracker.step_parent(r) if self.tracker else None
                 outputs = s.run(StepContext(r.folder, inputs, parent, attempt, r.fingerprint)) or {}
                 r.seconds += time.perf_counter() - t0
                 r.outputs, r.status, r.error = outputs, "done", ""
+                check(r.folder)                     # the marker commits the step
                 write_json_atomic(join(r.folder, MARKER), {
                     "step": s.name, "fingerprint": r.fingerprint, "outputs": outputs,
                     "seconds": r.seconds, "attempts": attempt, "finished_at": time.time()})
@@ -289,14 +298,18 @@ class Runner:
                 permanent = permanent_cause(e)
                 if permanent is not None and permanent is not e:
                     r.error = f"{type(permanent).__name__}: {permanent} (inside {type(e).__name__})"
+                lost = next((c for c in causes(e) if isinstance(c, LeaseLost)), None)
+                if lost is not None:                # another writer owns the folder now: a retry can't commit
+                    r.error = f"LeaseLost: {lost}"
                 traceback.print_exc()
-                final = permanent is not None or attempt > self.retries
+                final = lost is not None or permanent is not None or attempt > self.retries
                 wait = self.backoff_s * 2 ** (attempt - 1)
                 say(f"[{_now()}] {s.name:10s} attempt {attempt} failed: {r.error.splitlines()[0][:300]}"
                     + ("" if final else f"; retrying in {wait:.0f} s"))
                 if final:
                     r.status = "failed"
-                    why = "input/config error, not retried" if permanent is not None else f"after {attempt} attempts"
+                    why = ("the output folder's lease was lost, not retried" if lost is not None else
+                           "input/config error, not retried" if permanent is not None else f"after {attempt} attempts")
                     raise StepFailed(f"step {s.name!r} failed ({why}): {r.error}") from e
                 time.sleep(wait)
 

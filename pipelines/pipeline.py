@@ -6,7 +6,7 @@ import tempfile
 import time
 
 from nestgen.storage import join, protocol_prefix, read_json, republish, write_latest
-from pipelines import console
+from pipelines import console, lease
 from pipelines.cli_args import add_config_args, add_ray_address, runnable
 from pipelines.config import RunConfig, load_run_config, outside_job_copy, refuse_placeholders
 from pipelines.dag import Runner, StepFailed
@@ -30,12 +30,11 @@ def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None 
     if dry_run:
         print(runner.describe(runner.plan(from_step, only)))
         return runner
-    from pipelines.lease import Lease
     from pipelines.ray_runtime import dashboard_url, init_ray
     log = None if verbose else log_path(cfg)
     # one writer per output folder: a second `nestgen run` there is refused, naming the first,
     # before it writes anything there (its log included)
-    with Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"), console.quiet(log):
+    with lease.Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"), console.quiet(log):
         console.say(f"nestgen run {cfg.name}: {' -> '.join(s.name for s in runner.steps)}, "
                     f"outputs under {runner.output_url}")
         if log:
@@ -51,9 +50,11 @@ def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None 
         except StepFailed as e:
             raise StepFailed(f"{e}" + (f"; the traceback is in {log}" if log else "")) from None
         finally:
-            name_latest(cfg, runner)
-            if local:
-                ray.shutdown()          # the Ray this run started, while its chatter still goes to the log
+            try:
+                name_latest(cfg, runner)
+            finally:
+                if local:
+                    ray.shutdown()      # the Ray this run started, while its chatter still goes to the log
         console.say(next_steps(cfg, runner, time.perf_counter() - t0))
     return runner
 
@@ -77,6 +78,7 @@ def name_latest(cfg: RunConfig, runner: Runner) -> None:
     is complete, whether it ran now or earlier (also when a later step fails)."""
     train = runner.records.get(served_train_step(cfg))
     if train is not None and train.status in ("done", "skipped") and train.outputs.get("checkpoint_url"):
+        lease.check(pipeline_folder(cfg))          # a run that lost the output folder's lease names nothing
         # a LATEST names only its own folder's published checkpoints: a copy there (once per checkpoint)
         write_latest(pipeline_folder(cfg), republish(pipeline_folder(cfg), train.outputs["checkpoint_url"]))
 

@@ -30,6 +30,7 @@ from nestgen.data.media import (ClipSpec, MediaError, VideoLimits, load_image, l
 from nestgen.data.raw_files import list_raw_files
 from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
 from nestgen.storage import exists, join, protocol_prefix, read_bytes, remove_tree, url_to_fs, write_json_atomic
+from pipelines import lease
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import TokenizeConfig, load_run_config
 from pipelines.ray_runtime import init_ray
@@ -124,8 +125,7 @@ def tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str,
                        cfg: TokenizeConfig | None = None, force: bool = False) -> dict:
     """Run the step; returns the manifest. Needs `ray.init()` (or an address) done by the caller.
     Holds the output folder's lease meanwhile: a second writer there is refused, naming this one."""
-    from pipelines.lease import Lease
-    with Lease(output_url, "nestgen tokenize"):
+    with lease.Lease(output_url, "nestgen tokenize"):
         return _tokenize_to_shards(input_url, output_url, tokenizer_url, cfg, force)
 
 
@@ -213,7 +213,9 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
         "label_map": label_map, "tokenize": to_dict(cfg), "shards_dir": run_dir,
         "splits": splits, "failed": sorted(failed, key=lambda f: f["source_uri"]),
     }
+    lease.check(manifest_url)                               # a writer that lost the folder commits nothing
     write_json_atomic(manifest_url, manifest)               # the commit point
+    lease.check(output_url)                                 # nor deletes what its successor may read
     remove_stale_shards(output_url, run_dir)
     return manifest
 

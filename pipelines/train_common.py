@@ -28,6 +28,7 @@ import torch
 from nestgen.config import config_to_dict
 from nestgen.training.metric_window import MetricWindow
 from nestgen.storage import protocol_prefix, publish_checkpoint, write_latest
+from pipelines import lease
 from pipelines.config import RunConfig, run_config_from_dict
 from pipelines.tracking import Run
 
@@ -192,7 +193,9 @@ def fit_on_workers(loop, cfg: RunConfig, output_url: str, name: str, dataset, ru
             "cfg": config_to_dict(cfg), "tracking_uri": cfg.mlflow.resolved_uri(), "run_id": run.run_id,
             "progress": bar.feed, **(loop_config or {})}).fit()
     trained = protocol_prefix(output_url) + result.checkpoint.path.rstrip("/") + "/" + CKPT_FILE
+    lease.check(output_url)               # a writer that lost the folder's lease publishes nothing there
     url = publish_checkpoint(output_url, trained, int(result.metrics.get("step", 0)))
     run.set_tags({"checkpoint_uri": url})
+    lease.check(output_url)
     write_latest(output_url, url)
     return result, url
