@@ -137,3 +137,50 @@ def test_decode_worker_gives_the_decode_tokens_after_an_untimed_warm_up(model):
             assert torch.equal(got.tokens, decode(model, labels, d, seeds=[5, 6, 7], cond=c).tokens)
     finally:
         h.remove()
+
+
+# Per-row settings: a mixed batch, rows 0..3: one at the config's settings, one hotter and
+# guided, one colder and unguided, one guided harder.
+ROW_TEMPS, ROW_GUIDANCE = [1.0, 1.7, 0.5, 1.0], [0.0, 1.5, 0.0, 3.0]
+
+
+@pytest.mark.parametrize("grid, n_cond", [([4, 4], 0), ([2, 2, 4], 8)], ids=["image", "video-frame-prediction"])
+@pytest.mark.parametrize("cache", ["none", "on_switch", "every:2+cls"])
+def test_a_row_among_others_with_other_temperature_and_guidance_decodes_as_alone(small_model_cfg, grid, n_cond,
+                                                                                 cache):
+    import dataclasses
+    torch.manual_seed(0)
+    model = NestedTransformer(dataclasses.replace(small_model_cfg, grid=grid)).eval()
+    with torch.no_grad():   # weights large enough for guidance and class to change the samples
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)
+        model.head_bias.add_(torch.randn(model.head_bias.shape))
+    d = DecodeConfig(schedule="8x3,4x3,2x3,1x3", steps=12, cache=cache)
+    labels, seeds = torch.tensor([0, 1, 2, 1]), [3, 4, 5, 6]
+    cond = torch.randint(0, model.cfg.vocab_size, (4, n_cond)) if n_cond else None
+    rows = []
+    h = model.blocks[0].register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
+    try:
+        mixed = decode(model, labels, d, seeds=seeds, cond=cond, temperature=ROW_TEMPS,
+                       guidance_scale=ROW_GUIDANCE)
+    finally:
+        h.remove()
+    assert mixed.guided and set(rows) == {4 + 2}      # one decode; only the 2 guided rows run twice
+    for i in range(4):
+        alone = decode(model, labels[i:i + 1], dataclasses.replace(d, temperature=ROW_TEMPS[i],
+                                                                   guidance_scale=ROW_GUIDANCE[i]),
+                       seeds=seeds[i:i + 1], cond=None if cond is None else cond[i:i + 1])
+        assert torch.equal(mixed.tokens[i], alone.tokens[0]), i
+    # the settings take effect: at the config's own settings for every row, the tokens differ
+    plain = decode(model, labels, d, seeds=seeds, cond=cond).tokens
+    assert torch.equal(plain[0], mixed.tokens[0])
+    assert all(not torch.equal(plain[i], mixed.tokens[i]) for i in (1, 2, 3))
+
+
+def test_per_row_settings_are_checked(model):
+    d = DecodeConfig(schedule="1x4", steps=4)
+    with pytest.raises(ValueError, match="got 1 temperatures for 2 samples"):
+        decode(model, torch.tensor([0, 1]), d, temperature=[1.0])
+    with pytest.raises(ValueError, match="temperatures must be > 0"):
+        decode(model, torch.tensor([0, 1]), d, temperature=[1.0, 0.0])

@@ -75,11 +75,30 @@ def test_non_finite_json_numbers_are_refused_as_parsed_from_the_wire():
             GenerateRequest.model_validate(json.loads(raw))
 
 
-def test_near_equal_float_settings_share_one_decode_group():
+def test_requests_differing_only_in_temperature_and_guidance_share_one_decode_group():
     jobs = [resolve_request(GenerateRequest(temperature=t, guidance_scale=g, format="tokens"), _spec())
-            for t, g in [(1.0, 0.5), (1.0001, 0.4999), (0.9999, 0.5004), (1.5, 0.5)]]
-    assert [j.decode.temperature for j in jobs] == [1.0, 1.0, 1.0, 1.5]
-    assert group_jobs(jobs) == [[0, 1, 2], [3]]
+            for t, g in [(1.0, 0.5), (1.0001, 0.4999), (0.9999, 0.5004), (1.5, 0.5), (0.3, 0.0), (2.0, 7.5)]]
+    assert [j.decode.temperature for j in jobs] == [1.0, 1.0, 1.0, 1.5, 0.3, 2.0]     # rounded to 0.01
+    assert [j.decode.guidance_scale for j in jobs] == [0.5, 0.5, 0.5, 0.5, 0.0, 7.5]
+    assert group_jobs(jobs) == [[0, 1, 2, 3, 4, 5]]
+
+
+# Twelve ways to ask for the on_switch cache policy, and schedules that spell the same one.
+ON_SWITCH = ["on_switch", " on_switch", "on_switch ", "  on_switch\t", "\non_switch", "\ton_switch\n",
+             "never_within_size", " never_within_size", "never_within_size ", "\tnever_within_size",
+             "never_within_size\n", "\r\non_switch \r\n"]
+MAGNETS = ["magnets", "8x3,4x3,2x3,1x3", " 8x3, 4x3 ,2X3,1x3 ", "8x1,8x2,4x3,2x3,1x3", "magnets "]
+
+
+def test_spellings_of_one_cache_policy_and_schedule_make_one_group():
+    jobs = [resolve_request(GenerateRequest(cache=c, schedule=MAGNETS[i % len(MAGNETS)], format="tokens"), _spec())
+            for i, c in enumerate(ON_SWITCH)]
+    assert len(set(ON_SWITCH)) == 12
+    assert {(j.decode.cache, j.decode.schedule) for j in jobs} == {("on_switch", "8x3,4x3,2x3,1x3")}
+    assert group_jobs(jobs) == [list(range(12))]
+    plus = [resolve_request(GenerateRequest(cache=c, format="tokens"), _spec()).decode.cache
+            for c in ("never_within_size+cls", " on_switch+cls", "every:02", "off", "false ")]
+    assert plus == ["on_switch+cls", "on_switch+cls", "every:2", "none", "none"]
 
 
 def test_a_good_request_resolves_to_rows_with_consecutive_seeds():
@@ -337,3 +356,43 @@ def test_serve_config_refuses_non_positive_condition_limits():
 def test_only_ascii_schedules_and_policies_and_no_empty_schedule(body, reason):
     with pytest.raises(RequestError, match=reason):
         resolve_request(GenerateRequest(**body), _spec())
+
+
+def test_a_mixed_batch_runs_as_one_decode_and_each_request_gets_its_tokens_alone(tmp_path):
+    """Requests that differ in temperature, guidance scale and the cache policy's spelling run as
+    one decode, each as its own settings say: its tokens are the ones it gets alone with the
+    same seed. Frame-prediction jobs (conditioning tokens) form the second group."""
+    from nestgen.serving.engine import Engine
+    torch.manual_seed(0)
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
+    model = NestedTransformer(cfg.model)
+    with torch.no_grad():   # weights large enough for guidance and temperature to change the samples
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)
+    eng = Engine(ServeConfig(checkpoint=save_checkpoint(str(tmp_path / "c.pt"), cfg, model), auto_presets=[]))
+    settings = [(1.0, 0.0, "on_switch"), (0.5, 2.0, " never_within_size"), (1.7, 0.0, "on_switch\n"),
+                (1.0, 4.0, "on_switch ")]
+
+    def jobs(cond: bool) -> list[Job]:
+        out = []
+        for k, (t, g, c) in enumerate(settings):
+            job = resolve_request(GenerateRequest(class_label=k, num_samples=1 + k % 2, seed=10 * k, temperature=t,
+                                                  guidance_scale=g, cache=c, format="tokens"), eng.spec)
+            if cond:
+                job.cond = torch.full((job.rows, 8), k, dtype=torch.long)
+            out.append(job)
+        return out
+
+    batch = jobs(False) + jobs(True)
+    got = eng.run(batch)
+    assert [r["batch_size"] for r in got] == [6] * 4 + [6] * 4          # two decodes of 6 rows, not eight
+    for job, resp in zip(batch, got):
+        alone = eng.run([job])[0]
+        assert alone["batch_size"] == job.rows
+        assert [s["tokens"] for s in resp["samples"]] == [s["tokens"] for s in alone["samples"]]
+        assert (resp["temperature"], resp["guidance_scale"]) == (job.decode.temperature, job.decode.guidance_scale)
+        assert resp["gflops_per_sample"] == alone["gflops_per_sample"] and resp["cache"] == "on_switch"
+    tokens = [[s["tokens"] for s in r["samples"]] for r in got]
+    assert tokens[0][0] != tokens[4][0]          # the conditioning takes effect
+    assert all(all(t[:8] == [k] * 8 for t in tokens[4 + k]) for k in range(4))

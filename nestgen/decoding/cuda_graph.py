@@ -3,13 +3,13 @@
 Eager decoding on a GPU is bound by per-op launch overhead (thousands of small kernels
 per decode), which hides exactly the savings MaGNeTS is about: a D/8 sub-model launches
 as many kernels as the full one. Because the decode loop has static shapes for a given
-(batch size, schedule, cache policy, conditioning length) and never syncs with the host
-(nestgen.decoding.maskgit.decode_loop), the whole loop is captured as one graph and
-replayed with new labels, seeds and conditioning copied into its input buffers.
+(batch size, guided rows, schedule, cache policy, conditioning length) and never syncs
+with the host (nestgen.decoding.maskgit.decode_loop), the whole loop is captured as one
+graph and replayed with new labels, seeds, conditioning and per-row settings (temperatures,
+which rows are guided and how strongly) copied into its input buffers.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -17,7 +17,8 @@ from typing import Sequence
 import torch
 
 from nestgen.decoding.config import DecodeConfig
-from nestgen.decoding.maskgit import decode, decode_loop, prepare, seed_tensor
+from nestgen.decoding.maskgit import (RowSettings, decode, decode_loop, prepare, row_settings, seed_tensor,
+                                     shared_settings)
 from nestgen.model.nested_transformer import NestedTransformer
 
 
@@ -27,11 +28,13 @@ class _Captured:
     labels: torch.Tensor
     seeds: torch.Tensor
     cond: torch.Tensor | None
+    rows: RowSettings
     out: torch.Tensor
 
 
 class GraphedDecoder:
-    """`decoder(labels, cfg, seeds, cond)` -> tokens; CUDA graphs on GPU, eager on CPU.
+    """`decoder(labels, cfg, seeds, cond, temperature, guidance_scale)` -> tokens; CUDA graphs
+    on GPU, eager on CPU. Per-row temperature / guidance_scale: as in maskgit.decode.
 
     Keeps at most `max_graphs` captured graphs (least recently used evicted); each holds
     its own activation memory. The model's weights may change in place between calls.
@@ -51,25 +54,32 @@ class GraphedDecoder:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @staticmethod
-    def _key(rows: int, cfg: DecodeConfig, n_cond: int) -> tuple:
-        return rows, n_cond, tuple(dataclasses.astuple(cfg))
+    def _key(rows: int, cfg: DecodeConfig, n_cond: int, settings: RowSettings) -> tuple:
+        # The per-row values are buffers, not part of the graph: how many rows are guided and
+        # whether sampling divides by the temperatures are.
+        return rows, settings.n_guided, settings.unit_temperature, n_cond, shared_settings(cfg)
 
-    def captured(self, rows: int, cfg: DecodeConfig, n_cond: int = 0) -> bool:
+    def captured(self, rows: int, cfg: DecodeConfig, n_cond: int = 0, temperature: Sequence[float] | None = None,
+                 guidance_scale: Sequence[float] | None = None) -> bool:
         """Whether a graph for this shape is held (its next call replays, no capture)."""
-        return self._key(rows, cfg, n_cond) in self._graphs
+        settings = row_settings(cfg, rows, "cpu", temperature, guidance_scale)
+        return self._key(rows, cfg, n_cond, settings) in self._graphs
 
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor, cfg: DecodeConfig, seeds: Sequence[int] | None = None,
-                 cond: torch.Tensor | None = None) -> torch.Tensor:
+                 cond: torch.Tensor | None = None, temperature: Sequence[float] | None = None,
+                 guidance_scale: Sequence[float] | None = None) -> torch.Tensor:
         if self.device.type != "cuda":
-            return decode(self.model, labels, cfg, seeds, cond).tokens
+            return decode(self.model, labels, cfg, seeds, cond, temperature=temperature,
+                          guidance_scale=guidance_scale).tokens
         b = labels.shape[0]
         n_cond = 0 if cond is None else cond.shape[1]
-        key = self._key(b, cfg, n_cond)
         seed_t = seed_tensor(seeds, b, self.device)
+        rows = row_settings(cfg, b, self.device, temperature, guidance_scale)
+        key = self._key(b, cfg, n_cond, rows)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(labels.to(self.device), seed_t, cond, cfg)
+            entry = self._capture(labels.to(self.device), seed_t, cond, cfg, rows)
             self._graphs[key] = entry
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
@@ -78,20 +88,23 @@ class GraphedDecoder:
         entry.seeds.copy_(seed_t)
         if cond is not None:
             entry.cond.copy_(cond)
+        for name in ("temperature", "guided", "guidance"):
+            getattr(entry.rows, name).copy_(getattr(rows, name))
         entry.graph.replay()
         return entry.out.clone()
 
-    def _capture(self, labels, seeds, cond, cfg: DecodeConfig) -> _Captured:
+    def _capture(self, labels, seeds, cond, cfg: DecodeConfig, rows: RowSettings) -> _Captured:
         prep = prepare(self.model, cfg, 0 if cond is None else cond.shape[1])
         labels, seeds = labels.clone(), seeds.clone()
         cond = None if cond is None else cond.to(self.device).clone()
+        rows = RowSettings(rows.temperature.clone(), rows.guided.clone(), rows.guidance.clone(), rows.unit_temperature)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), self._autocast():     # warm-up: kernels, cuBLAS handles
             for _ in range(2):
-                decode_loop(self.model, labels, seeds, cond, cfg, prep)
+                decode_loop(self.model, labels, seeds, cond, cfg, prep, rows)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), self._autocast():
-            out = decode_loop(self.model, labels, seeds, cond, cfg, prep)
-        return _Captured(graph, labels, seeds, cond, out)
+            out = decode_loop(self.model, labels, seeds, cond, cfg, prep, rows)
+        return _Captured(graph, labels, seeds, cond, rows, out)

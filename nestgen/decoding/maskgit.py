@@ -4,11 +4,15 @@ Every random draw of sample i is a function of seeds[i], the step and the grid p
 (nestgen.decoding.noise), so a sample does not depend on which other samples share its
 batch. Tokens are sampled by inverse CDF (one uniform per token); which sampled tokens
 are kept follows MaskGIT: log-probability plus annealed Gumbel noise, most confident first.
+
+Temperature and guidance scale are per row (`RowSettings`), so requests that differ only in
+them share one decode: only the guided rows get an unconditional pass, and every row's
+arithmetic is the same as when it is decoded alone.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import torch
@@ -31,28 +35,80 @@ class DecodeResult:
     history: list[torch.Tensor] = field(default_factory=list)   # tokens after each step (opt.)
 
 
-def _guidance_at(scale: float, kind: str, t: int, steps: int) -> float:
+# DecodeConfig fields that are per row inside one decode (RowSettings): requests that differ
+# only in these share a forward pass (nestgen.serving.job.Job.group_key).
+ROW_SETTINGS = ("temperature", "guidance_scale")
+
+
+def shared_settings(cfg: DecodeConfig) -> tuple:
+    """The values of cfg that every row of one decode shares (all but ROW_SETTINGS)."""
+    return tuple(getattr(cfg, f.name) for f in fields(cfg) if f.name not in ROW_SETTINGS)
+
+
+def _guidance_factor(kind: str, t: int, steps: int) -> float:
+    """The guidance schedule: the share of each row's scale applied at step t."""
     r = (t + 1) / steps
     if kind == "linear":
-        return scale * r
+        return r
     if kind == "cosine":
-        return scale * (1 - math.cos(math.pi * r)) / 2
-    return scale
+        return (1 - math.cos(math.pi * r)) / 2
+    return 1.0
 
 
-def _temperature_at(temp: float, kind: str, t: int, steps: int) -> float:
-    return temp * (1 - t / steps) if kind == "linear" else temp
+def _temperature_factor(kind: str, t: int, steps: int) -> float:
+    return 1 - t / steps if kind == "linear" else 1.0
 
 
-def _sample(logits: torch.Tensor, temp: float, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw from softmax(logits / temp) by inverse CDF (u (B, n) in (0, 1)); returns the ids
-    and their log-probability under softmax(logits) (MaskGIT's confidence). One log-sum-exp
-    serves both: at width D/8 these passes over the vocabulary were a third of a step."""
-    lse = logits.logsumexp(-1, keepdim=True)
-    probs = (logits - lse).exp_() if temp == 1.0 else torch.softmax(logits / temp, dim=-1)
-    cdf = probs.cumsum_(-1)
+def _sample(logits: torch.Tensor, temp: torch.Tensor | None, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw from softmax(logits / temp) by inverse CDF (temp (B,) per row, None: 1 for every
+    row; u (B, n) in (0, 1)); returns the ids and their log-probability under softmax(logits)
+    (MaskGIT's confidence).
+
+    The weights are exp((logits - max) / temp) for every temperature: the inverse CDF scales u
+    by their total, so they need no normalising, and the max shift keeps them finite at any
+    temperature. At temperature 1 they are the terms of the log-sum-exp itself, so `temp=None`
+    skips a division and an exp over the vocabulary (a third of a step at width D/8 went to
+    these passes), with the same bits as dividing by exactly 1: a row's arithmetic does not
+    depend on its neighbours' temperatures."""
+    shifted = logits - logits.amax(-1, keepdim=True)
+    weights = shifted.exp()
+    log_z = weights.sum(-1, keepdim=True).log_()
+    if temp is not None:
+        weights = (shifted / temp[:, None, None]).exp_()
+    cdf = weights.cumsum_(-1)
     idx = torch.searchsorted(cdf, (u[..., None] * cdf[..., -1:])).clamp_(max=logits.shape[-1] - 1)
-    return idx[..., 0], (logits.gather(-1, idx) - lse)[..., 0]
+    return idx[..., 0], (shifted.gather(-1, idx) - log_z)[..., 0]
+
+
+@dataclass(frozen=True)
+class RowSettings:
+    """The per-row sampler settings of one decode, as device tensors (static shapes: a CUDA
+    graph copies new values into them, nestgen.decoding.cuda_graph)."""
+    temperature: torch.Tensor     # (B,) float32
+    guided: torch.Tensor          # (G,) long: the rows with guidance scale > 0, ascending
+    guidance: torch.Tensor        # (G,) float32: their scales
+    unit_temperature: bool        # every row at temperature 1 (sampling skips the division)
+
+    @property
+    def n_guided(self) -> int:
+        return self.guided.shape[0]
+
+
+def row_settings(cfg: DecodeConfig, b: int, device, temperature: Sequence[float] | None = None,
+                 guidance_scale: Sequence[float] | None = None) -> RowSettings:
+    """RowSettings for `b` rows: the given per-row values, else cfg's scalar for every row."""
+    temps = [cfg.temperature] * b if temperature is None else [float(x) for x in temperature]
+    scales = [cfg.guidance_scale] * b if guidance_scale is None else [float(x) for x in guidance_scale]
+    for name, values in (("temperatures", temps), ("guidance scales", scales)):
+        if len(values) != b:
+            raise ValueError(f"got {len(values)} {name} for {b} samples")
+    if not all(t > 0 for t in temps) or not all(g >= 0 for g in scales):
+        raise ValueError("temperatures must be > 0 and guidance scales >= 0")
+    guided = [i for i, g in enumerate(scales) if g > 0]
+    return RowSettings(torch.tensor(temps, dtype=torch.float32, device=device),
+                       torch.tensor(guided, dtype=torch.long, device=device),
+                       torch.tensor([scales[i] for i in guided], dtype=torch.float32, device=device),
+                       all(t == 1.0 for t in temps) and cfg.temperature_schedule == "constant")
 
 
 @dataclass(frozen=True)
@@ -80,31 +136,39 @@ def seed_tensor(seeds: Sequence[int] | None, b: int, device) -> torch.Tensor:
 @torch.no_grad()
 def decode(model: NestedTransformer, labels: torch.Tensor, cfg: DecodeConfig,
            seeds: Sequence[int] | None = None, cond: torch.Tensor | None = None,
-           keep_history: bool = False) -> DecodeResult:
+           keep_history: bool = False, temperature: Sequence[float] | None = None,
+           guidance_scale: Sequence[float] | None = None) -> DecodeResult:
     """Generate token grids for class `labels` (B,) (null class = unconditional).
 
     cond: (B, n_cond) given leading tokens (frame prediction, `input->input`): they sit in
     the grid, are never masked, and are returned unchanged.
+    temperature, guidance_scale: one value per row; None: cfg's value for every row.
     """
     device = next(model.parameters()).device
     labels = labels.to(device)
     prep = prepare(model, cfg, 0 if cond is None else cond.shape[1])
     seed_t = seed_tensor(seeds, labels.shape[0], device)
+    rows = row_settings(cfg, labels.shape[0], device, temperature, guidance_scale)
     history: list[torch.Tensor] | None = [] if keep_history else None
     was_training = model.training
     model.eval()
     try:
-        tokens = decode_loop(model, labels, seed_t, None if cond is None else cond.to(device), cfg, prep, history)
+        tokens = decode_loop(model, labels, seed_t, None if cond is None else cond.to(device), cfg, prep,
+                             rows, history)
     finally:
         model.train(was_training)
-    return DecodeResult(tokens, prep.plan, prep.schedule, prep.policy, cfg.guidance_scale > 0, history or [])
+    return DecodeResult(tokens, prep.plan, prep.schedule, prep.policy, rows.n_guided > 0, history or [])
 
 
 def decode_loop(model: NestedTransformer, labels: torch.Tensor, seed_t: torch.Tensor,
                 cond: torch.Tensor | None, cfg: DecodeConfig, prep: PreparedDecode,
-                history: list | None = None) -> torch.Tensor:
+                rows: RowSettings, history: list | None = None) -> torch.Tensor:
     """The K steps, device ops only: no host sync and static shapes, so that the whole
-    loop can be captured as one CUDA graph (nestgen.decoding.cuda_graph)."""
+    loop can be captured as one CUDA graph (nestgen.decoding.cuda_graph).
+
+    The guided rows run a second time with the null class, appended after the B rows
+    (B + G rows per forward; the KV cache holds all of them); every other row's logits are
+    its conditional ones as they come."""
     mcfg = model.cfg
     device = labels.device
     b, n = labels.shape[0], mcfg.num_tokens
@@ -113,9 +177,10 @@ def decode_loop(model: NestedTransformer, labels: torch.Tensor, seed_t: torch.Te
     if cond is not None:
         tokens[:, :prep.n_cond] = cond
     unknown_pos = torch.arange(prep.n_cond, n, device=device).expand(b, -1).contiguous()
-    guided = cfg.guidance_scale > 0
-    labels_in = torch.cat([labels, torch.full_like(labels, mcfg.null_class)]) if guided else labels
-    dup = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
+    guided = rows.n_guided > 0
+    g_rows = rows.guided
+    labels_in = torch.cat([labels, labels.new_full((rows.n_guided,), mcfg.null_class)]) if guided else labels
+    dup = (lambda x: torch.cat([x, x.index_select(0, g_rows)])) if guided else (lambda x: x)
     cache = KVCache() if prep.policy.enabled else None
     fixed_prev: torch.Tensor | None = None
     fresh = prep.policy.fresh_context
@@ -131,10 +196,11 @@ def decode_loop(model: NestedTransformer, labels: torch.Tensor, seed_t: torch.Te
                                           labels=labels_in if fresh else None)
         logits = logits.float()
         if guided:
-            g = _guidance_at(cfg.guidance_scale, cfg.guidance_schedule, p.step, k)
-            cond_l, uncond_l = logits.chunk(2)
-            logits = (1 + g) * cond_l - g * uncond_l
-        temp = _temperature_at(cfg.temperature, cfg.temperature_schedule, p.step, k)
+            g = (rows.guidance * _guidance_factor(cfg.guidance_schedule, p.step, k))[:, None, None]
+            cond_l, uncond_l = logits[:b], logits[b:]
+            logits = cond_l.index_copy(0, g_rows, (1 + g) * cond_l.index_select(0, g_rows) - g * uncond_l)
+        temp = None if rows.unit_temperature else \
+            rows.temperature * _temperature_factor(cfg.temperature_schedule, p.step, k)
         sampled, logp = _sample(logits, temp, noise.uniform(seed_t, p.step, unknown_pos, stream=0))
         if p.n_fixed == p.n_unknown:
             order = torch.arange(p.n_unknown, device=device).expand(b, -1)

@@ -1,4 +1,6 @@
-"""One Serve batch -> decode calls: requests with the same decode settings run together."""
+"""One Serve batch -> decode calls: requests whose forward passes can be shared run together
+(the same schedule, cache policy and conditioning length; temperature and guidance scale are
+per row, see nestgen.decoding.maskgit.RowSettings)."""
 from __future__ import annotations
 
 from nestgen.serving.job import Job

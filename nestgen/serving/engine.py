@@ -2,7 +2,8 @@
 
 `Engine` is what a Ray Serve replica holds (pipelines/serve.py), and it works the same in a
 plain process: resolve() turns a request into a Job (or a RequestError), run() decodes one
-batch of Jobs, grouped by decode settings, and encodes every request's response.
+batch of Jobs, grouped by the decode settings a forward pass shares (temperature and guidance
+scale are per row, so they never split a batch), and encodes every request's response.
 """
 from __future__ import annotations
 
@@ -162,16 +163,18 @@ class Engine:
         return out
 
     def _run_group(self, jobs: list[Job]) -> list[dict]:
-        d = jobs[0].decode
         labels = torch.tensor([lab for j in jobs for lab in j.labels])
         seeds = [s for j in jobs for s in j.seeds]
         cond = None if jobs[0].cond is None else torch.cat([j.cond for j in jobs])
-        batch = self.worker.run(d, labels, seeds, cond, render=any(j.format != "tokens" for j in jobs))
+        batch = self.worker.run(jobs[0].decode, labels, seeds, cond, render=any(j.format != "tokens" for j in jobs),
+                                temperature=[j.decode.temperature for j in jobs for _ in j.labels],
+                                guidance_scale=[j.decode.guidance_scale for j in jobs for _ in j.labels])
         tokens, pixels, seconds = batch.tokens, batch.pixels, batch.seconds
         n_cond = 0 if cond is None else cond.shape[1]
-        gflops = decode_flops(self.spec.model, d, n_cond).gflops
         responses = []
         for job, rows in zip(jobs, row_slices(jobs)):
+            d = job.decode
+            gflops = decode_flops(self.spec.model, d, n_cond).gflops
             samples = [{"seed": seed, **encode_sample(job.format, tokens[r], None if pixels is None else pixels[r],
                                                      self.spec.kind == "video", self.cfg.video_fps)}
                        for seed, r in zip(job.seeds, range(rows.start, rows.stop))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nestgen.decoding.cache_policy import parse_cache_policy
 from nestgen.decoding.config import DecodeConfig
 from nestgen.model.config import ModelConfig
 from nestgen.configschema import ConfigError, from_dict, to_dict
@@ -47,8 +48,8 @@ def _labels(req: GenerateRequest, m: ModelConfig) -> list[int]:
     return [req.class_label] * req.num_samples
 
 
-# Float settings are rounded so that near-equal values share one decode call in a batch
-# (a batch runs one decode per distinct setting; see nestgen.serving.batching).
+# Float settings are rounded to 0.01 (as the API documents): the response reports the value
+# that ran, so a sample can be reproduced from the response alone.
 FLOAT_DECIMALS = 2
 
 
@@ -72,8 +73,13 @@ def _decode_config(req: GenerateRequest, spec: ModelSpec, schedule: str) -> Deco
     for key in ("guidance_scale", "temperature"):
         if getattr(req, key) is not None:
             d[key] = round(getattr(req, key), FLOAT_DECIMALS)
-    if req.cache is not None:
-        d["cache"] = req.cache
+    # The canonical spelling (" on_switch", "never_within_size" -> "on_switch"): requests are
+    # grouped by it, and the response reports it.
+    cache = d["cache"] if req.cache is None else req.cache
+    try:
+        d["cache"] = str(parse_cache_policy(cache))
+    except ValueError as e:
+        raise RequestError(f"cache: {e}") from None
     try:
         return from_dict(DecodeConfig, d)
     except ConfigError as e:

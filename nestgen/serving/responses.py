@@ -45,7 +45,8 @@ class GenerateResponse(BaseModel):
     temperature: float
     gflops_per_sample: float
     gflops: float = Field(description="gflops_per_sample x the request's samples")
-    batch_size: int = Field(description="rows decoded together with this request's (same decode settings)")
+    batch_size: int = Field(description="rows decoded together with this request's (same schedule, cache policy "
+                                        "and conditioning length; temperature and guidance are per row)")
     decode_seconds: float = Field(description="seconds that batch's decode took")
     batch_requests: int = Field(description="requests in the Serve batch this request ran in")
     batch_rows: int = Field(description="rows in that Serve batch")
