@@ -7,7 +7,8 @@
 The replica loads the checkpoint and tokenizer once (GPU when it has one) and holds them in a
 nestgen.serving.Engine; this module only wires HTTP and batching around it. Concurrent
 requests are collected by @serve.batch (a request for n samples counts as n rows) and decoded
-as one batch per distinct decode setting. Bad requests are refused before they reach the
+as one batch per schedule, cache policy and conditioning length (temperature and guidance
+scale are per row and never split a batch). Bad requests are refused before they reach the
 batch, so they never hold up or break anyone else's.
 
 No `from __future__ import annotations` here: FastAPI reads the endpoint's annotations
