@@ -127,12 +127,12 @@ def test_a_retried_evaluation_reuses_its_run_and_replaces_its_variant_runs(tmp_p
     monkeypatch.setattr(digits_train, "train_digit_classifier",
                         lambda epochs, **kw: real_train(epochs=1, size=8, augment=False, **kw))
     monkeypatch.setattr(quality, "_DIGITS_NETS", {})
-    cfg = run_config_from_dict({"model": {"grid": [4, 4], "num_classes": 10, "width": 32, "depth": 1, "heads": 8}})
+    cfg = run_config_from_dict({"model": {"width": 32, "depth": 1, "heads": 8}})          # raw 8x8 digits
     torch.manual_seed(0)
     ckpt = save_checkpoint(str(tmp_path / "gen.pt"), cfg, NestedTransformer(cfg.model))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    user = _user_cfg(uri, schedules=["baseline", "magnets"], caches=["none"], num_samples=8, batch_size=8,
-                     interval_chunks=2, bootstrap_replicates=0, grid_samples=2, search={"enabled": False})
+    user = _user_cfg(uri, schedules=["baseline", "magnets"], caches=["none"], num_samples=4, batch_size=4,
+                     interval_chunks=2, bootstrap_replicates=0, search={"enabled": False})
     real_files = Run.log_files
 
     def fail_on_samples(self, urls, artifact_path=None):
