@@ -175,9 +175,12 @@ def test_a_resumed_run_continues_bit_for_bit(small_model_cfg, tmp_path):
     """4 steps straight vs 2 steps, a checkpoint file (saved and read back with weights_only,
     as a resume does), and 2 more: the same losses at every step and the same weights, EMA
     and optimizer state. Sampled sizes, masks, label dropout and batch draws all take part.
-    torch.equal is fair: both runs are the same ops on the same machine, so only a different
-    random draw (or a lost state) could make them differ. The LR is constant and the
-    distillation weight fixed, so the first half's shorter config changes no schedule."""
+    torch.equal is fair: both runs are the same ops on the same machine on one thread, so
+    only a different random draw (or a lost state) could make them differ. One thread,
+    because CPU kernels split large reductions over threads in no fixed order: two identical
+    6-step runs of configs/digits.yaml on 2 threads differ by ~4e-9 in 45 tensors. The LR is
+    constant and the distillation weight fixed, so the first half's shorter config changes
+    no schedule."""
     from nestgen.checkpoint import read_checkpoint, save_checkpoint
     cfg = config_from_dict({"model": dataclasses.asdict(small_model_cfg),
                             "train": {"steps": 4, "batch_size": 8, "lr": 3e-3, "warmup_steps": 0,
@@ -186,12 +189,17 @@ def test_a_resumed_run_continues_bit_for_bit(small_model_cfg, tmp_path):
                                       "log_every": 1}})
     half = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=2))
     tokens, labels = _synthetic_task(n=64)
-    straight, history = train_on_tokens(cfg, tokens, labels, progress=False)
-    first, head = train_on_tokens(half, tokens, labels, progress=False)
-    url = save_checkpoint(str(tmp_path / "half.pt"), half, first.core, **first.state())
-    resumed = NestedTrainer(cfg)
-    resumed.load_state(read_checkpoint(url))
-    resumed, tail = train_on_tokens(cfg, tokens, labels, progress=False, trainer=resumed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        straight, history = train_on_tokens(cfg, tokens, labels, progress=False)
+        first, head = train_on_tokens(half, tokens, labels, progress=False)
+        url = save_checkpoint(str(tmp_path / "half.pt"), half, first.core, **first.state())
+        resumed = NestedTrainer(cfg)
+        resumed.load_state(read_checkpoint(url))
+        resumed, tail = train_on_tokens(cfg, tokens, labels, progress=False, trainer=resumed)
+    finally:
+        torch.set_num_threads(threads)
     losses = [{k: v for k, v in h.items() if k.startswith("loss/")} for h in history]
     assert losses == [{k: v for k, v in h.items() if k.startswith("loss/")} for h in head + tail]
     assert len({tuple(sorted(h)) for h in losses}) > 1                  # the sampled size changed
