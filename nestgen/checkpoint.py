@@ -1,8 +1,9 @@
 """Checkpoints on any fsspec URL: model weights with the config that built them.
 
 A checkpoint is one torch file holding {"config", "model", and optionally "optimizer",
-"scheduler", "ema", "step", "extra"}. It is written to a temporary name and moved into
-place, so a reader never sees a half-written file.
+"scheduler", "ema", "step", "extra"}. It is serialized in memory and written whole by
+nestgen.storage.write_bytes_atomic: a reader never sees a half-written file, and a write
+broken by a transient storage fault is written again (bounded, storage.retry_transient).
 """
 from __future__ import annotations
 
