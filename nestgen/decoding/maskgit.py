@@ -68,8 +68,8 @@ def _sample(logits: torch.Tensor, temp: torch.Tensor | None, u: torch.Tensor) ->
     by their total, so they need no normalising, and the max shift keeps them finite at any
     temperature. At temperature 1 they are the terms of the log-sum-exp itself, so `temp=None`
     skips a division and an exp over the vocabulary (a third of a step at width D/8 went to
-    these passes), with the same bits as dividing by exactly 1: a row's arithmetic does not
-    depend on its neighbours' temperatures."""
+    these passes) and gives what dividing by exactly 1 gives: a row's sample does not depend
+    on its neighbours' temperatures."""
     shifted = logits - logits.amax(-1, keepdim=True)
     weights = shifted.exp()
     log_z = weights.sum(-1, keepdim=True).log_()
