@@ -12,7 +12,8 @@ row). When the floor is a large share of the baseline's score, a variant twice a
 real data as the baseline can still be within 10% of the baseline's number, so the plain
 change measures the reference set more than the method. Above `FLOOR_SHARE` the verdict
 therefore reads the change of the *excess over the floor*, (q - q_base) / (q_base - floor),
-with its interval from the same bootstrap draws; both readings are always reported.
+with the paired interval of the variant and the baseline (the floor held fixed, like the
+reference); both readings are always reported.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class ClaimCheck:
     verdict: str                # yes | no | undecided
     reading: str = "change"     # what the verdict read: change | excess
     floor_share: float | None = None    # the real-data floor / the baseline's score (None: no floor)
-    excess: float | None = None         # (q - q_base) / (q_base - floor) and its interval; None: undefined
+    excess: float | None = None         # the change of the excess over the floor and its interval
     excess_lo: float | None = None
     excess_hi: float | None = None
 
@@ -48,11 +49,10 @@ class ClaimCheck:
     def line(self) -> str:
         text = (f"GFLOPs saving {self.gflops_saving:.2f}x; quality change {100 * self.change:+.1f}% "
                 f"[{100 * self.lo:+.1f}, {100 * self.hi:+.1f}]")
-        if self.floor_share is not None:
-            floor = f"excess over the real-data floor ({100 * self.floor_share:.0f}% of the baseline)"
-            text += (f"; {floor} undefined: the baseline is not above the floor" if self.excess is None else
-                     f"; {floor} {100 * self.excess:+.1f}% [{100 * self.excess_lo:+.1f}, {100 * self.excess_hi:+.1f}]")
-            text += f"; judged on the {self.reading}"
+        if self.floor_share is not None and self.excess is not None:
+            text += (f"; excess over the real-data floor ({100 * self.floor_share:.0f}% of the baseline) "
+                     f"{100 * self.excess:+.1f}% [{100 * self.excess_lo:+.1f}, {100 * self.excess_hi:+.1f}]; "
+                     f"judged on the {self.reading}")
         return text + f"; within {100 * self.threshold:g}%: {self.verdict}"
 
     def as_dict(self) -> dict:
@@ -72,35 +72,37 @@ def claim_check(gflops_saving: float, change: float, lo: float, hi: float, thres
     """The verdict on one variant. `lower_is_better` is the metric's direction (FID: True,
     so a positive change is a loss; accuracy, IS, PSNR: False). `floor_share`: the real-data
     floor as a share of the baseline's score (None: no floor); `excess`: the change of the
-    excess over that floor (None: undefined, the baseline is not above the floor). Above
-    FLOOR_SHARE the verdict reads the excess, and is `undecided` where it is undefined."""
+    excess over that floor (excess_change). Above FLOOR_SHARE the verdict reads the excess."""
     if not lo <= hi:
         raise ValueError(f"interval [{lo}, {hi}] is empty")
-    if floor_share is None or floor_share <= FLOOR_SHARE:
+    if floor_share is None or floor_share <= FLOOR_SHARE or excess is None:
         verdict, reading = _verdict(lo, hi, threshold, lower_is_better), "change"
     else:
-        verdict = "undecided" if excess is None else _verdict(excess.lo, excess.hi, threshold, lower_is_better)
-        reading = "excess"
+        verdict, reading = _verdict(excess.lo, excess.hi, threshold, lower_is_better), "excess"
     e = (None, None, None) if excess is None else (excess.value, excess.lo, excess.hi)
     return ClaimCheck(gflops_saving, change, lo, hi, threshold, lower_is_better, verdict, reading, floor_share, *e)
 
 
-def excess_change(value: float, base: float, floor: float, replicates, base_replicates, floor_replicates,
-                  level: float = 0.95) -> Interval | None:
-    """(value - base) / (base - floor): the relative change of the distance *above the
-    floor*, and its percentile interval over bootstrap replicates drawn jointly for the
-    variant and the baseline (paired) and independently for the floor (other data). None
-    when the baseline is not above the floor. A replicate where it is not (a near-floor
-    baseline) has no finite ratio: it counts as an unbounded change in the direction of
-    value - base, and the interval's quantiles are taken from the replicate values
-    themselves (no interpolation towards infinity)."""
-    if not base > floor:
-        return None
-    v, b, f = (np.asarray(x, np.float64) for x in (replicates, base_replicates, floor_replicates))
-    if not v.shape == b.shape == f.shape:
-        raise ValueError(f"replicates differ in shape: {v.shape}, {b.shape}, {f.shape}")
-    num, den = v - b, b - f
-    ratio = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num == 0, 0.0, np.copysign(np.inf, num)))
+def excess_change(value: float, base: float, floor: float, replicates, base_replicates,
+                  level: float = 0.95) -> Interval:
+    """The relative change of the distance *above the floor*, (e - e_base) / e_base with
+    e = max(q - floor, 0) (a score below the floor is as close to the reference as real data
+    gets: no excess), and its percentile interval over the paired bootstrap replicates of the
+    variant and the baseline. The floor is held fixed, like the reference statistics: it is
+    one number per evaluation, shared by every variant, with its own interval in the
+    real-data row (a bootstrap of a Fréchet distance over a few hundred rows is far wider
+    than its sampling noise, duplicated rows inflating it). Where the baseline has no excess
+    the change is 0 if the variant has none either, else unbounded (+-inf); the interval's
+    quantiles are taken from the replicate values themselves (no interpolation towards
+    infinity)."""
+    v, b = np.asarray(replicates, np.float64), np.asarray(base_replicates, np.float64)
+    if v.shape != b.shape:
+        raise ValueError(f"replicates are not paired: {v.shape} vs {b.shape}")
+
+    def ratio(q, qb):
+        e, eb = np.maximum(np.asarray(q) - floor, 0.0), np.maximum(np.asarray(qb) - floor, 0.0)
+        num = e - eb
+        return np.where(eb > 0, num / np.where(eb > 0, eb, 1.0), np.where(num == 0, 0.0, np.copysign(np.inf, num)))
     a = (1 - level) / 2
-    lo, hi = np.quantile(ratio, [a, 1 - a], method="inverted_cdf")
-    return Interval((value - base) / (base - floor), float(lo), float(hi), level, int(len(ratio)))
+    lo, hi = np.quantile(ratio(v, b), [a, 1 - a], method="inverted_cdf")
+    return Interval(float(ratio(value, base)), float(lo), float(hi), level, int(len(v)))

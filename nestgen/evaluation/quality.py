@@ -109,6 +109,7 @@ class MetricSpec:
     build: Callable[[_Context, object], StreamedMetric]   # (context, loaded feature net or None) -> metric
     feature_net: str | None = None          # the standard network it needs, inception | i3d (local files only)
     needs_digits: bool = False              # the classes must be the digits 0..9 (a digits classifier judges)
+    count_biased: bool = False              # a Fréchet distance: grows as samples get fewer (nestgen.evaluation.real)
     needs_frame_prediction: bool = False    # train.cond_tokens > 0: there are true frames to compare with
     auto_if_class_conditional: bool = False  # `auto` picks it only when samples are asked for by class
     primary_rank: int | None = None         # preference as the primary metric (lowest first)
@@ -144,6 +145,10 @@ class QualitySuite:
     def features(self) -> dict[str, FeatureFn]:
         """What a worker needs to reduce its samples (picklable)."""
         return {name: m.features for name, m in self.scorers.items()}
+
+    def count_biased(self) -> list[str]:
+        """The reported values that grow as samples get fewer (the Fréchet distances)."""
+        return [v for name in self.scorers if METRICS[name].count_biased for v in METRICS[name].values]
 
     def features_without_targets(self) -> dict[str, FeatureFn]:
         """The metrics that do not compare with true clips (real data has nothing to predict)."""
@@ -384,15 +389,16 @@ def _frame_pred(ctx: _Context, _: None) -> StreamedMetric:
 
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
-    MetricSpec("fid", "image", {"fid": False}, _fid, feature_net="inception", primary_rank=0),
+    MetricSpec("fid", "image", {"fid": False}, _fid, feature_net="inception", primary_rank=0,
+               count_biased=True),
     MetricSpec("is", "image", {"inception_score": True}, _is, feature_net="inception"),
-    MetricSpec("fvd", "video", {"fvd": False}, _fvd, feature_net="i3d", primary_rank=1),
+    MetricSpec("fvd", "video", {"fvd": False}, _fvd, feature_net="i3d", primary_rank=1, count_biased=True),
     MetricSpec("fd_digits", "image", {"fd_digits": False}, _vs_reference(_image_net, "fd_digits"),
-               needs_digits=True, primary_rank=2),
+               needs_digits=True, primary_rank=2, count_biased=True),
     MetricSpec("digits_accuracy", "image", {"digits_accuracy": True}, _vs_labels(_image_net, "digits_accuracy"),
                needs_digits=True, auto_if_class_conditional=True),
     MetricSpec("fvd_digits", "video", {"fvd_digits": False}, _vs_reference(_clip_net, "fvd_digits"),
-               needs_digits=True, primary_rank=3),
+               needs_digits=True, primary_rank=3, count_biased=True),
     MetricSpec("digit_clip_accuracy", "video", {"digit_clip_accuracy": True},
                _vs_labels(_clip_net, "digit_clip_accuracy"), needs_digits=True, auto_if_class_conditional=True),
     MetricSpec("frame_pred", "video", {"frame_pred_mse": False, "frame_pred_psnr": True}, _frame_pred,

@@ -60,7 +60,9 @@ def results_table(results: list[VariantResult], quality_key: str, lower_is_bette
             else None
         rows.append(f"{real.name + f' ({real.num_samples} held-out)':{width}s} {'-':>8s} {'-':>7s} {'-':>10s} "
                     + " ".join(f"{real.metrics.get(k, float('nan')):15.4f}" for k in keys) + "   "
-                    + (f"  {quality_key} [{format_value(iv.lo)}, {format_value(iv.hi)}]: the floor" if iv else ""))
+                    + (f"  {quality_key} [{format_value(iv.lo)}, {format_value(iv.hi)}]: the floor" if iv else "")
+                    + (f" at the variants' count ({format_value(real.measured[quality_key])} on the rows)"
+                       if quality_key in real.count_matched else ""))
     return "\n".join(rows)
 
 

@@ -10,6 +10,7 @@ Sampling is injected (`SampleFn`), so the same evaluation runs in one process
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -113,12 +114,11 @@ class EvaluationReport:
 
     def excess(self, r: VariantResult) -> Interval | None:
         """The change of the primary metric's excess over the floor against r's baseline, with
-        the interval from the same bootstrap draws (None where undefined)."""
+        the paired interval (None without a floor or replicates)."""
         base, floor, m = self.baseline_for(r), self.floor(), self.metric
-        if base is None or floor is None or not all(m in x.replicates for x in (r, base, self.real)):
+        if base is None or floor is None or not all(m in x.replicates for x in (r, base)):
             return None
-        return excess_change(r.metrics[m], base.metrics[m], floor, r.replicates[m], base.replicates[m],
-                             self.real.replicates[m])
+        return excess_change(r.metrics[m], base.metrics[m], floor, r.replicates[m], base.replicates[m])
 
     def claims(self) -> list[ClaimCheck | None]:
         """The claim check of every variant on the primary metric (None without an interval or
@@ -149,7 +149,8 @@ class EvaluationReport:
             return None
         r = self.real
         return {"variant": r.name, "source": r.source, "num_samples": r.num_samples, **r.metrics,
-                "intervals": self._intervals(r.metrics, r.replicates)}
+                "intervals": self._intervals(r.metrics, r.replicates),
+                **({"count_matched": r.count_matched, "measured_on_rows": r.measured} if r.count_matched else {})}
 
     def summary(self) -> dict:
         base = self.baseline()
@@ -168,7 +169,7 @@ class EvaluationReport:
                     row["intervals"].setdefault(value, {}).update(change=ch.value, change_lo=ch.lo, change_hi=ch.hi)
             if claim is not None:
                 row["quality_change_lo"], row["quality_change_hi"] = claim.lo, claim.hi
-                if claim.excess is not None:
+                if claim.excess is not None and math.isfinite(claim.excess):     # JSON has no infinity
                     row["excess_change_vs_baseline"] = claim.excess
                 row["claim"] = claim.as_dict()
             rows.append(row)
@@ -191,16 +192,18 @@ class EvaluationReport:
                                         "change of the excess over the real-data floor",
                 "rows": self.real.num_samples,
                 **({"note": f"{self.real.num_samples} held-out rows against {e.num_samples} samples per variant: "
-                            "a Fréchet distance grows as samples get fewer, so this is an upper estimate of the "
-                            "floor at the variants' count (the excess reading built on it is the stricter one)"}
-                   if self.real.num_samples < e.num_samples else {})},
+                            "a Fréchet distance grows as samples get fewer, so the floor is read off a line in 1/n "
+                            "fitted over subsets of the rows, at the variants' count (measured on the rows: "
+                            f"{self.real.measured[self.metric]:.4g})"}
+                   if self.metric in self.real.count_matched else {})},
             "intervals": {"level": 0.95, "replicates": e.bootstrap_replicates,
                           "chunks": self.plan.num_chunks if self.plan else None,
                           "groups": self.plan.num_groups if self.plan else None,
                           "method": "percentile bootstrap over chunks of whole groups of samples (a group: the "
                                     "samples conditioned on one held-out clip, else one sample); the change vs the "
                                     "baseline is paired (same labels, seeds and bootstrap draws for every variant); "
-                                    "the real-data row is resampled alike, independently (other data)"},
+                                    "the real-data row is resampled alike, independently (other data), and its value "
+                                    "is held fixed in the excess reading, like the reference"},
             "claim": {"threshold": e.claim_threshold, "lines": self.claim_lines()},
             "variants": rows, "search": self.search.summary() if self.search else None,
             "unavailable_metrics": self.suite.unavailable, "protocols": self.suite.protocols,
@@ -231,8 +234,10 @@ def run_evaluation(cfg: NestgenConfig, sample: SampleFn, suite: QualitySuite, da
     report = EvaluationReport(cfg, results, suite, variant_gflops(cfg, baseline_variant(cfg)), search, checkpoint, real,
                               plan=plan)
     if real is not None and suite.primary in real.metrics:
-        progress(f"{real.name}: {suite.primary} {real.metrics[suite.primary]:.4g} on {real.num_samples} held-out "
-                 f"rows (the floor)")
+        at = (f" at {e.num_samples} samples (line in 1/n; {real.measured[suite.primary]:.4g} measured)"
+              if suite.primary in real.count_matched else "")
+        progress(f"{real.name}: {suite.primary} {real.metrics[suite.primary]:.4g}{at} on {real.num_samples} "
+                 f"held-out rows (the floor)")
     for line in report.claim_lines():
         progress(f"claim check: {line}")
     return report

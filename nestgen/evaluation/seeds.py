@@ -119,8 +119,8 @@ def _floor(summaries: dict[int, dict], seeds: list[int], level: float) -> dict:
 def _claim(agg: dict, v: dict) -> ClaimCheck | None:
     """The claim check of variant row `v` over the seeds: mean GFLOPs saving, mean quality change
     against each model's own baseline (at the variant's guidance scale) with its t interval, and
-    the change of the excess over the real-data floor where each model has one (undefined
-    where some model's baseline is not above its floor); None for a baseline itself."""
+    the change of the excess over the real-data floor where each model has a finite one (else
+    the change decides, and the line says the excess is undefined); None for a baseline itself."""
     if v["variant"] == v.get("baseline", agg["baseline"]["variant"]) or "quality_change_vs_baseline" not in v:
         return None
     g, q = v["gflops_saving"], v["quality_change_vs_baseline"]
