@@ -36,7 +36,7 @@ def _user_cfg(tracking_uri, **evaluate):
 
 def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, mlflow_server, tmp_path):
     ckpt = _checkpoint(tmp_path / "gen.pt", digit_shards, [4, 4], 32)
-    cfg = _user_cfg(mlflow_server, schedules=["baseline", "magnets"], caches=["none"], interval_chunks=20,
+    cfg = _user_cfg(mlflow_server, schedules=["baseline", "magnets", "1x12"], caches=["none"], interval_chunks=20,
                     bootstrap_replicates=50, search={"num_samples": 20, "max_candidates": 2, "budget_fraction": 0.5})
     out = tmp_path / "eval"
     res = evaluate(cfg, str(out), ckpt, use_ray=True)
@@ -45,18 +45,23 @@ def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, ml
     assert summary["metric"] == "fd_digits" and {"fid", "is"} <= set(summary["unavailable_metrics"])
     assert "tokenizer" in summary["reference"]                   # reference = held-out split through the tokenizer
     names = [v["variant"] for v in summary["variants"]]
-    assert names[:2] == ["baseline cache=none", "magnets cache=none"] and names[2].startswith("searched: ")
+    assert names[:3] == ["baseline cache=none", "magnets cache=none", "1x12 cache=none"]
+    assert names[3].startswith("searched: ")
     assert summary["variants"][1]["gflops_saving"] > 2.5           # 16 tokens, depth 1: embeddings weigh more
-    assert summary["variants"][2]["gflops_per_sample"] <= 0.5 * summary["baseline"]["gflops_per_sample"]
+    assert summary["variants"][3]["gflops_per_sample"] <= 0.5 * summary["baseline"]["gflops_per_sample"]
     assert (out / "quality_vs_gflops.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(list((out / "samples").glob("*.png"))) == 3
+    assert len(list((out / "samples").glob("*.png"))) == 4
     # workers returned chunk statistics: every variant has paired intervals and a claim check
-    assert summary["intervals"]["chunks"] == 20 and len(summary["claim"]["lines"]) == 3
-    assert summary["variants"][0]["quality_change_lo"] == summary["variants"][0]["quality_change_hi"] == 0
-    for row in summary["variants"][1:]:
+    assert summary["intervals"]["chunks"] == 20 and len(summary["claim"]["lines"]) == 4
+    # "1x12" decodes the baseline's samples in its own stream: paired draws (the same for
+    # every variant) give its change [0, 0] (to float rounding) and a "yes"; draws of its
+    # own would give it the width of two independent intervals
+    same = summary["variants"][2]
+    assert same["quality_change_lo"] == pytest.approx(0, abs=1e-9) == same["quality_change_hi"]
+    assert same["claim"]["verdict"] == "yes"
+    for row in (summary["variants"][1], summary["variants"][3]):
         assert row["quality_change_lo"] < row["quality_change_hi"]
         assert row["claim"]["change"] == row["quality_change_vs_baseline"]
-        assert row["claim"]["verdict"] in ("yes", "no", "undecided")
 
     client = MlflowClient(mlflow_server)
     parent = client.get_run(res.run_id)
