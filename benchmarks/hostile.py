@@ -12,6 +12,11 @@ prints the kinds tried, how many were answered 4xx and 5xx, hangs (no answer wit
 memory before and after (from /v1/health). A few odd requests are valid and must get 200 (named
 "(valid: ...)"); every other kind must get a 4xx. Targets: 0 5xx, 0 hangs, no unexpected
 answer, identical samples, memory within 10%.
+
+First, hostile files (benchmarks.hostile_files): 1 x N and N x 2 PNGs, thin MP4s and files
+over the byte budget through the decoders and the tokenize actor, each path in a fresh
+process: every file a row or a failure with its reason, no process growing by more than
+50 MB.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ import random
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from benchmarks import hostile_files
 from benchmarks.common import free_port, loopback_ray_env, write_json
 
 loopback_ray_env()
@@ -51,11 +58,12 @@ def _models(folder: str) -> tuple[str, str, str]:
     return image_ckpt, video_ckpt, tok_path
 
 
-def _mp4(frames: int, size: int, fps: int = 8) -> bytes:
+def _mp4(frames: int, size: int, fps: int = 8, height: int | None = None) -> bytes:
+    """Black frames, size x size, or size wide and `height` tall."""
     import numpy as np
 
     from nestgen.data.media import encode_mp4
-    return encode_mp4(np.zeros((frames, size, size), np.uint8), fps=fps)
+    return encode_mp4(np.zeros((frames, height or size, size), np.uint8), fps=fps)
 
 
 def _b64(data: bytes) -> str:
@@ -107,6 +115,8 @@ def _video_kinds() -> list[tuple[str, object]]:
          {"condition": {"mp4_base64": _b64(_mp4(3000, 32, fps=25))}}),
         ("condition: 500-frame MP4 (valid: only the first frames are decoded)",
          {"condition": {"mp4_base64": _b64(_mp4(500, 32, fps=25))}}),
+        ("condition: 2x8000 MP4 (valid: only its centre square is resampled)",
+         {"condition": {"mp4_base64": _b64(_mp4(8, 2, height=8000))}}),
         ("condition: truncated MP4", {"condition": {"mp4_base64": _b64(_mp4(8, 32)[:300])}}),
         ("condition: too few frames", {"condition": {"frames": [[[0] * 32] * 32] * 2}}),
         ("condition: pixel 300", {"condition": {"frames": [[[300]]]}}),
@@ -165,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.serve import build
 
     folder = tempfile.mkdtemp(prefix="nestgen-hostile-")
+    files = hostile_files.run_all(Path(folder) / "files")
+    hostile_files.report(files)
     image_ckpt, video_ckpt, tok = _models(folder)
     max_body = 200_000
     init_ray(num_cpus=4)
@@ -213,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "queue_rows_after": {a: h["queue_rows"] for a, h in health.items()},
         "seconds": round(time.perf_counter() - t0, 1), "kinds": rows,
         "unexpected": [r for r in rows if not _as_expected(r["kind"], r["status"])],
+        "files": files,
     }
     growth = {a: result["rss_mb_after"][a] / result["rss_mb_before"][a] - 1 for a in apps}
     result["rss_growth"] = {a: round(g, 3) for a, g in growth.items()}
@@ -223,11 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     for a in apps:
         print(f"replica {a}: rss {mem_before[a]:.0f} -> {result['rss_mb_after'][a]:.0f} MB "
               f"({100 * growth[a]:+.1f}%), queue rows after {result['queue_rows_after'][a]}")
+    print(hostile_files.summary(files))
     for r in result["unexpected"]:
         print(f"unexpected answer: {r}")
     write_json(args.json, result)
     ok = (n5 == 0 and hangs == 0 and not result["unexpected"] and result["identical_samples_before_after"]
-          and max(growth.values()) <= 0.10)
+          and max(growth.values()) <= 0.10 and hostile_files.ok(files))
     return 0 if ok else 1
 
 

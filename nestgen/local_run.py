@@ -48,7 +48,8 @@ def train_local(cfg: NestgenConfig, out: str, progress: bool = True):
 
 
 def train_tokenizer_local(t: TokenizerConfig, data_url: str, split: str, out: str, fps: float,
-                          max_image_pixels: int, video_limits: VideoLimits, allow_external: bool = False) -> dict:
+                          max_image_pixels: int, video_limits: VideoLimits, allow_external: bool = False, *,
+                          max_file_bytes: int) -> dict:
     """Train the tokenizer `t` on one split of a raw media folder, evaluate it on the same
     pixels and save it to `out`. Videos are resampled to `fps`; files over the budgets are
     skipped; allow_external: an index may name absolute paths and URLs. Returns the
@@ -59,7 +60,8 @@ def train_tokenizer_local(t: TokenizerConfig, data_url: str, split: str, out: st
     from nestgen.tokenizers import (clips_to_pixels, evaluate_tokenizer, images_to_pixels, save_tokenizer,
                                     train_tokenizer)
     clip = ClipSpec(frames=t.frames, fps=fps, size=t.image_size, channels=t.channels)
-    arrays, _, failed = load_raw_split(data_url, split, t.kind, clip, max_image_pixels, video_limits, allow_external)
+    arrays, _, failed = load_raw_split(data_url, split, t.kind, clip, max_image_pixels, video_limits, allow_external,
+                                       max_file_bytes=max_file_bytes)
     pixels = (clips_to_pixels if t.kind == "video" else images_to_pixels)(arrays)
     model, history = train_tokenizer(t, pixels)
     metrics = evaluate_tokenizer(model, pixels)

@@ -27,8 +27,10 @@ class TokenizeConfig:
     fps: float = 8.0                 # videos are resampled to this rate
     clips_per_video: int = 1         # up to this many non-overlapping clips per video
     rows_per_shard: int = 4096
-    # Budgets per file, checked from the header before decoding; a file over one is a
-    # manifest failure. Only a video's first clips are decoded, however long it is.
+    # Budgets per file, checked from the listing and the header before decoding; a file over
+    # one is a manifest failure. Files are streamed to the decoders, never read whole, and
+    # only a video's first clips are decoded, however long it is.
+    max_file_bytes: int = 2 * 1024**3      # the size a file's storage lists (2 GiB: 10 min of 4K at 25 Mbit/s)
     max_image_pixels: int = 40_000_000     # width x height an image's header may claim (else a failure row)
     max_video_pixels: int = 3840 * 2160    # width x height of a video frame, from the stream header
     max_video_frames: int = 18_000         # frames a video's header may claim (and frames decoded)
@@ -49,7 +51,8 @@ class TokenizeConfig:
         check(self.fps >= 0, "fps", "must be >= 0 (0 keeps the source rate)")
         check(self.clips_per_video >= 1, "clips_per_video", "must be >= 1")
         check(self.rows_per_shard >= 1, "rows_per_shard", "must be >= 1")
-        for name in ("max_image_pixels", "max_video_pixels", "max_video_frames", "max_video_seconds"):
+        for name in ("max_file_bytes", "max_image_pixels", "max_video_pixels", "max_video_frames",
+                     "max_video_seconds"):
             check(getattr(self, name) > 0, name, "must be > 0")
 
 

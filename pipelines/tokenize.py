@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -25,11 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nestgen.configschema import to_dict
-from nestgen.data.media import (ClipSpec, MediaError, VideoLimits, load_image, load_video_clips,
-                               video_demuxer)
-from nestgen.data.raw_files import list_raw_files
+from nestgen.data.media import ClipSpec, MediaError, VideoLimits
+from nestgen.data.raw_files import list_raw_files, load_item
 from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
-from nestgen.storage import exists, join, protocol_prefix, read_bytes, remove_tree, url_to_fs, write_json_atomic
+from nestgen.storage import exists, join, protocol_prefix, remove_tree, url_to_fs, write_json_atomic
 from pipelines import lease
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import TokenizeConfig, load_run_config
@@ -42,7 +41,7 @@ log = logging.getLogger(__name__)
 def _fingerprint(items: list[dict], tok_hash: str, cfg: TokenizeConfig) -> str:
     h = hashlib.sha256(tok_hash.encode())
     h.update(json.dumps([cfg.fps, cfg.clips_per_video, cfg.max_image_pixels, cfg.max_video_pixels,
-                         cfg.max_video_frames, cfg.max_video_seconds]).encode())
+                         cfg.max_video_frames, cfg.max_video_seconds, cfg.max_file_bytes]).encode())
     for it in items:      # an index row's label, split and window are inputs as much as its file
         h.update(f"{it['rel']}|{it['size']}|{it['split']}|{it['label_name']}|{it['start']}|{it['end']}".encode())
     return h.hexdigest()[:16]
@@ -52,7 +51,7 @@ class TokenizeFiles:
     """Ray Data actor: decode a batch of files and tokenize them in one tokenizer call."""
 
     def __init__(self, tokenizer_url: str, tokenizer_hash: str, spec: dict, max_image_pixels: int,
-                 video_limits: dict, progress=None):
+                 video_limits: dict, max_file_bytes: int, progress=None):
         import torch
 
         from nestgen.tokenizers import load_tokenizer
@@ -63,26 +62,20 @@ class TokenizeFiles:
         self.spec = ClipSpec(**spec)
         self.max_image_pixels = max_image_pixels
         self.video_limits = VideoLimits(**video_limits)
+        self.max_file_bytes = max_file_bytes
         self.grid = list(self.tok.grid)
         self.progress = progress          # the driver's console bar (pipelines.console.RemoteBar), in files
         self.schema = shard_schema(int(np.prod(self.grid))).append(pa.field("error", pa.string()))
 
     def _pixels(self, item: dict) -> list[tuple[str, np.ndarray]]:
-        """[(id suffix, uint8 array)]: one image, or the clips of a video ('#clip<k>')."""
-        try:
-            data = read_bytes(item["uri"])
-        except (OSError, ValueError) as e:
-            raise MediaError(f"unreadable file: {type(e).__name__}: {e}") from None
-        tok = self.tok
-        if item["kind"] == "image":
-            if tok.kind != "image":
-                raise MediaError("an image, but the tokenizer is a video tokenizer")
-            return [("", load_image(data, tok.image_size, tok.channels, self.max_image_pixels))]
-        if tok.kind != "video":
+        """[(id suffix, uint8 array)]: one image, or the clips of a video ('#clip<k>'), streamed
+        from storage within the budgets (self.spec is the tokenizer's size and channels)."""
+        if item["kind"] == "image" and self.tok.kind != "image":
+            raise MediaError("an image, but the tokenizer is a video tokenizer")
+        if item["kind"] == "video" and self.tok.kind != "video":
             raise MediaError("a video, but the tokenizer is an image tokenizer")
-        spec = replace(self.spec, start=item["start"], end=item["end"])       # the row's window
-        clips = load_video_clips(data, spec, self.video_limits, video_demuxer(item["rel"]))
-        return [(f"#clip{k}", c) for k, c in enumerate(clips)]
+        arrays = load_item(item, self.spec, self.max_image_pixels, self.video_limits, self.max_file_bytes)
+        return [("", arrays[0])] if item["kind"] == "image" else [(f"#clip{k}", c) for k, c in enumerate(arrays)]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from nestgen.tokenizers import clips_to_pixels, images_to_pixels
@@ -181,7 +174,8 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
         ds = ds.map_batches(
             TokenizeFiles, fn_constructor_kwargs={"tokenizer_url": tokenizer_url, "tokenizer_hash": tok_hash,
                                                   "spec": spec, "max_image_pixels": cfg.max_image_pixels,
-                                                  "video_limits": asdict(cfg.video_limits()), "progress": bar.feed},
+                                                  "video_limits": asdict(cfg.video_limits()),
+                                                  "max_file_bytes": cfg.max_file_bytes, "progress": bar.feed},
             batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
             num_gpus=cfg.gpus_per_actor if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
         ).materialize()

@@ -2,7 +2,7 @@
 the built-in digits) and decoded pixels of raw files for the tokenizer."""
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
@@ -52,20 +52,18 @@ def token_dataset(cfg: RunConfig, split: str = "train"):
 
 
 def _decode_batch(batch: dict[str, np.ndarray], kind: str, spec: dict, max_image_pixels: int,
-                  video_limits: dict) -> dict[str, np.ndarray]:
+                  video_limits: dict, max_file_bytes: int) -> dict[str, np.ndarray]:
     """Files -> uint8 pixels; undecodable files and files over the budgets are dropped
     (tokenize reports them by name)."""
-    from nestgen.data.media import ClipSpec, MediaError, VideoLimits, load_image, load_video_clips, video_demuxer
-    from nestgen.storage import read_bytes
+    from nestgen.data.media import ClipSpec, MediaError, VideoLimits
+    from nestgen.data.raw_files import load_item
     clip, limits = ClipSpec(**spec), VideoLimits(**video_limits)
     out = []
-    for uri, start, end in zip(batch["uri"], batch["start"], batch["end"]):
+    for i in range(len(batch["uri"])):
+        item = {k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in batch.items()}   # str: object
         try:
-            data = read_bytes(str(uri))
-            out.extend([load_image(data, clip.size, clip.channels, max_image_pixels)] if kind == "image"
-                       else load_video_clips(data, replace(clip, start=float(start), end=float(end)), limits,
-                                             video_demuxer(str(uri))))
-        except (MediaError, OSError):
+            out.extend(load_item(item, clip, max_image_pixels, limits, max_file_bytes))
+        except MediaError:
             continue
     shape = ((0, clip.size, clip.size, clip.channels) if kind == "image"
              else (0, clip.frames, clip.size, clip.size, clip.channels))
@@ -82,7 +80,7 @@ def pixel_dataset(cfg: RunConfig, data_url: str, split: str = "train"):
     from nestgen.data.raw_files import list_raw_files
     t = cfg.tokenizer
     items, _, _ = list_raw_files(data_url, cfg.tokenize.allow_external_urls)
-    items = [{k: it[k] for k in ("uri", "start", "end")} for it in items
+    items = [{k: it[k] for k in ("uri", "rel", "kind", "start", "end")} for it in items
              if it["split"] == split and it["kind"] == t.kind]
     if not items:
         raise ValueError(f"no {t.kind} files in split {split!r} under {data_url}")
@@ -90,5 +88,6 @@ def pixel_dataset(cfg: RunConfig, data_url: str, split: str = "train"):
                            clips_per_video=cfg.tokenize.clips_per_video))
     return ray.data.from_items(items).randomize_block_order(seed=t.seed).map_batches(
         _decode_batch, fn_kwargs={"kind": t.kind, "spec": spec, "max_image_pixels": cfg.tokenize.max_image_pixels,
-                                  "video_limits": asdict(cfg.tokenize.video_limits())},
+                                  "video_limits": asdict(cfg.tokenize.video_limits()),
+                                  "max_file_bytes": cfg.tokenize.max_file_bytes},
         batch_size=64, batch_format="numpy")

@@ -80,7 +80,7 @@ def cmd_tokenizer_train(args) -> int:
     if args.local:
         res = train_tokenizer_local(cfg.tokenizer, args.data, args.split, args.out, cfg.tokenize.fps,
                                     cfg.tokenize.max_image_pixels, cfg.tokenize.video_limits(),
-                                    cfg.tokenize.allow_external_urls)
+                                    cfg.tokenize.allow_external_urls, max_file_bytes=cfg.tokenize.max_file_bytes)
         for f in res.pop("skipped"):
             print(f"skipped {f['source_uri']}: {f['reason']}", file=sys.stderr)
         print(json.dumps(res, indent=1))

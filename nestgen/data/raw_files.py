@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
 from nestgen.data.index import SPLITS, is_index, item_id, read_index
-from nestgen.data.media import (ClipSpec, MediaError, VideoLimits, load_image, load_video_clips, media_kind,
-                                video_demuxer)
+from nestgen.data.media import (ClipSpec, MediaError, MediaLimitError, VideoLimits, load_image, load_video_clips,
+                                media_kind, video_demuxer)
 from nestgen.storage import protocol_prefix, read_bytes, url_to_fs
 
 
@@ -58,8 +60,44 @@ def list_raw_files(input_url: str, allow_external: bool = False) -> tuple[list[d
     return items, unusable, label_map
 
 
+@contextmanager
+def open_within_budget(uri: str, max_bytes: int) -> Iterator[BinaryIO]:
+    """The file at `uri` open for streaming to a decoder, once the size its storage lists
+    is within max_bytes: a bigger file is a MediaLimitError naming both before a byte of it
+    is read (it was once read whole first: one multi-GB file took a worker's memory). A
+    file that cannot be listed or opened is a MediaError."""
+    try:
+        fs, path = url_to_fs(uri)
+        size = fs.size(path)
+    except (OSError, ValueError) as e:
+        raise MediaError(f"unreadable file: {type(e).__name__}: {e}") from None
+    if size is None:
+        raise MediaLimitError(f"file size not listed by its storage, so not within the budget of {max_bytes} bytes")
+    if size > max_bytes:
+        raise MediaLimitError(f"file is {size} bytes, over the budget of {max_bytes} bytes")
+    try:
+        f = fs.open(path, "rb")
+    except (OSError, ValueError) as e:
+        raise MediaError(f"unreadable file: {type(e).__name__}: {e}") from None
+    with f:
+        yield f
+
+
+def load_item(it: dict, clip: ClipSpec, max_image_pixels: int, video_limits: VideoLimits, max_file_bytes: int
+              ) -> list[np.ndarray]:
+    """The uint8 arrays of one listed file (an item of list_raw_files: uri, rel, kind, start,
+    end): [its image], clip.size square, or its clips within the item's window. Streamed
+    from storage within the byte budget; a MediaError with the reason when over a budget or
+    unreadable."""
+    with open_within_budget(it["uri"], max_file_bytes) as f:
+        if it["kind"] == "image":
+            return [load_image(f, clip.size, clip.channels, max_image_pixels)]
+        return load_video_clips(f, replace(clip, start=it["start"], end=it["end"]), video_limits,
+                                video_demuxer(it["rel"]))
+
+
 def load_raw_split(url: str, split: str, kind: str, clip: ClipSpec, max_image_pixels: int, video_limits: VideoLimits,
-                   allow_external: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                   allow_external: bool = False, *, max_file_bytes: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """(uint8 arrays (n, [T,] size, size, C), labels (n,), failed [{source_uri, reason}])
     of one split, in memory: for tokenizer training on sets that fit; bad files and files
     over the budgets are skipped. Images are clip.size x clip.size too."""
@@ -69,11 +107,8 @@ def load_raw_split(url: str, split: str, kind: str, clip: ClipSpec, max_image_pi
         if it["split"] != split or it["kind"] != kind:
             continue
         try:
-            data = read_bytes(it["uri"])
-            got = ([load_image(data, clip.size, clip.channels, max_image_pixels)] if kind == "image"
-                   else load_video_clips(data, replace(clip, start=it["start"], end=it["end"]), video_limits,
-                                         video_demuxer(it["rel"])))
-        except (MediaError, OSError) as e:
+            got = load_item(it, clip, max_image_pixels, video_limits, max_file_bytes)
+        except MediaError as e:
             failed.append({"source_uri": it["uri"], "reason": str(e)})
             continue
         arrays.extend(got)
