@@ -43,7 +43,14 @@ def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, ml
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "fd_digits" and {"fid", "is"} <= set(summary["unavailable_metrics"])
-    assert "tokenizer" in summary["reference"]                   # reference = held-out split through the tokenizer
+    # the reference is the training split through the tokenizer; the held-out split, decoded
+    # alike, is the real-data row (the floor the generator can reach through its tokenizer)
+    assert summary["reference"].startswith("split 'train' of ") and "tokenizer" in summary["reference"]
+    train_rows = read_manifest(str(digit_shards))["splits"]["train"]["rows"]
+    assert summary["protocols"]["fd_digits"]["reference"]["num_samples"] == train_rows
+    real = summary["real_data"]
+    assert real["variant"] == "real data (tokenizer)" and real["source"].startswith("split 'val' of ")
+    assert real["num_samples"] == 40 and real["intervals"]["fd_digits"]["lo"] < real["intervals"]["fd_digits"]["hi"]
     names = [v["variant"] for v in summary["variants"]]
     assert names[:3] == ["baseline cache=none", "magnets cache=none", "1x12 cache=none"]
     assert names[3].startswith("searched: ")
@@ -62,11 +69,16 @@ def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, ml
     for row in (summary["variants"][1], summary["variants"][3]):
         assert row["quality_change_lo"] < row["quality_change_hi"]
         assert row["claim"]["change"] == row["quality_change_vs_baseline"]
+    for row in summary["variants"][1:]:    # the verdict reads the excess exactly when the floor is above a quarter
+        claim = row["claim"]
+        assert claim["floor_share"] == pytest.approx(real["fd_digits"] / summary["baseline"]["fd_digits"])
+        assert claim["reading"] == ("excess" if claim["floor_share"] > 0.25 else "change")
 
     client = MlflowClient(mlflow_server)
     parent = client.get_run(res.run_id)
     assert parent.info.status == "FINISHED" and parent.data.params["evaluate.metric"] == "fd_digits"
     assert "unavailable.fid" in parent.data.params
+    assert parent.data.metrics["real_data_fd_digits"] == pytest.approx(real["fd_digits"])     # the floor
     assert {a.path for a in client.list_artifacts(res.run_id)} >= {"quality_vs_gflops.png", "summary.json"}
     [read] = parent.inputs.dataset_inputs                                # the token shards it compared against
     assert read.dataset.name == "tokens" and read.tags[0].value == "evaluation"
@@ -108,6 +120,9 @@ def test_frame_prediction_evaluation_writes_videos(video_shards, tmp_path):
     assert "fvd" in s["unavailable_metrics"]                   # no I3D weights here: said, not reported
     row = s["variants"][0]
     assert {"fvd_digits", "frame_pred_mse", "frame_pred_psnr"} <= set(row)
+    # the held-out clips through the tokenizer: a floor for fvd_digits, no frame error (nothing predicted)
+    real = s["real_data"]
+    assert real["variant"] == "real data (tokenizer)" and "fvd_digits" in real and "frame_pred_mse" not in real
     assert s["protocols"]["frame_pred_psnr"]["cond_frames"] == 4   # 1 of 2 latent frames = 4 of 8 frames
     # the given frames are copied, so the prediction error only counts frames 4..7
     assert s["protocols"]["frame_pred_psnr"]["predicted_frames"] == 4
