@@ -16,9 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The whole embedded pipeline as a DAG on a local Ray: data -> tokenizer -> tokenize -> train
-# -> evaluate -> served sample, tracked in ./mlflow.db. Re-running skips finished steps.
+# -> evaluate -> served sample, tracked in ./mlflow.db. Re-running skips finished steps. Like every
+# nestgen command it listens on loopback only (pipelines/__init__.py), with no variable to set here.
 demo: install
-	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 \
 	$(VENV)/bin/nestgen run configs/digits_vq.yaml --set pipeline.output_url=$(DEMO_OUT)
 
 # What to do after `make demo`, without activating .venv (or: `. .venv/bin/activate`, then the

@@ -39,7 +39,7 @@ from nestgen.serving.responses import (GenerateResponse, HealthResponse, ModelRe
                                          error_responses)
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import RunConfig
-from pipelines.ray_runtime import dashboard_url, init_ray
+from pipelines.ray_runtime import bind_serve_replica_to_node_address, dashboard_url, init_ray
 from pipelines.tracking import checkpoint_resolver, pin_model_version
 
 api = FastAPI(
@@ -66,6 +66,7 @@ class Generator:
         import torch
 
         from nestgen.serving.engine import Engine
+        bind_serve_replica_to_node_address()      # before Serve starts this replica's gRPC server
         cfg = serve_config_from_args(serve_cfg)
         # One intra-op thread per reserved CPU: oversubscribed OpenMP threads were measured
         # to slow a small decode down 50x on a busy 2-core machine.

@@ -153,13 +153,15 @@ def run_worker(config: dict, setup: Callable[[Worker], WorkerJob]) -> None:
 
 def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: dict, loop_config: dict):
     """A TorchTrainer from cfg.scaling: GPU workers when the cluster has GPUs (unless
-    use_gpu says otherwise), storage at output_url through its fsspec filesystem."""
+    use_gpu says otherwise), storage at output_url through its fsspec filesystem, the
+    torch.distributed rendezvous on the node's Ray address only (pipelines.rendezvous)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from nestgen.storage import url_to_fs
     from pipelines.arrow_fs import arrow_filesystem
+    from pipelines.rendezvous import NodeAddressTorchConfig
     sc = cfg.scaling
     use_gpu = {"yes": True, "no": False}.get(sc.use_gpu, ray.cluster_resources().get("GPU", 0) > 0)
     # Ordered execution makes the split into worker shards deterministic (Ray otherwise
@@ -170,7 +172,7 @@ def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: di
     fs, storage = url_to_fs(output_url)
     fs.makedirs(storage, exist_ok=True)
     return TorchTrainer(
-        loop, train_loop_config=loop_config,
+        loop, train_loop_config=loop_config, torch_config=NodeAddressTorchConfig(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),

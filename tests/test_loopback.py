@@ -1,0 +1,181 @@
+"""Nothing a nestgen command starts listens beyond loopback: `nestgen serve` and `nestgen run`
+(through Ray Train) run as the user runs them, as subprocesses starting their own local Ray,
+while the TCP listening sockets of every process they started are listed with psutil.
+
+"Every process they started" is every process whose environment carries this test's marker:
+Ray's daemons are re-parented away from the command's process tree, but every process Ray
+starts inherits the environment of the driver that started it. The conftest's loopback
+variable is taken out of the commands' environment: the user's shell does not set it."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from pipelines.ray_runtime import is_loopback
+
+pytestmark = pytest.mark.timeout(600)
+
+REPO = Path(__file__).resolve().parents[1]
+NESTGEN = str(Path(sys.executable).parent / "nestgen")
+MARK = "NESTGEN_LOOPBACK_TEST"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _users_env(tmp: Path, ray_tmp: str) -> dict:
+    """The environment of a user's shell (without what conftest sets for the tests), with a Ray
+    temp folder and an MLflow store of the test's own."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED", "RAY_ADDRESS")}
+    return env | {"RAY_TMPDIR": ray_tmp, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+                  # fixed by default: a second Ray beside the session's would find them taken
+                  "AUTOSCALER_METRIC_PORT": str(_free_port()), "DASHBOARD_METRIC_PORT": str(_free_port())}
+
+
+class Command:
+    """One nestgen command as a subprocess with its own Ray, and the listening sockets of
+    every process it started, gathered by `sample`."""
+
+    def __init__(self, args: list[str], tmp: Path):
+        self.mark = uuid.uuid4().hex
+        self.ray_tmp = tempfile.mkdtemp(prefix="nglb", dir="/tmp")      # Ray's socket paths must stay short
+        env = _users_env(tmp, self.ray_tmp) | {MARK: self.mark}
+        self.proc = subprocess.Popen([NESTGEN, *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.listening: dict[tuple[str, int], str] = {}      # (address, port) -> the process's command line
+        self.seen: set[str] = set()                          # command lines of the processes seen
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def processes(self) -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.environ().get(MARK) == self.mark:
+                    found.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return found
+
+    def sample(self) -> None:
+        for p in self.processes():
+            try:
+                name = " ".join(p.cmdline())[:120]
+                conns = p.net_connections(kind="tcp")
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            self.seen.add(name)
+            for c in conns:
+                if c.status == psutil.CONN_LISTEN:
+                    self.listening[(c.laddr.ip, c.laddr.port)] = name
+
+    def sample_until(self, pattern: str, timeout_s: float = 400) -> None:
+        """Sample until a line of the command's output matches `pattern`."""
+        deadline = time.monotonic() + timeout_s
+        while not any(re.search(pattern, line) for line in list(self.lines)):
+            assert self.proc.poll() is None, f"the command ended early:\n{self.output()}"
+            assert time.monotonic() < deadline, f"no line matching {pattern!r} in time:\n{self.output()}"
+            self.sample()
+            time.sleep(0.2)
+        self.sample()
+
+    def assert_loopback_only(self) -> None:
+        beyond = [f"{ip} port {port}: {name.strip()}" for (ip, port), name in sorted(self.listening.items())
+                  if not is_loopback(ip)]
+        assert not beyond, "listening beyond loopback:\n" + "\n".join(beyond)
+
+    def output(self) -> str:
+        return "".join(self.lines[-40:])
+
+    def stop(self, sig: int) -> None:
+        """`sig` to the command (it shuts its Ray down), then SIGKILL to whatever it left."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for p in self.processes():
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.reader.join(timeout=10)
+        subprocess.run(["rm", "-rf", self.ray_tmp], check=False)
+
+
+def test_is_loopback_knows_the_wildcards_and_mapped_addresses():
+    assert all(is_loopback(a) for a in ("127.0.0.1", "127.0.1.1", "::1", "::ffff:127.0.0.1"))
+    assert not any(is_loopback(a) for a in ("0.0.0.0", "::", "192.0.2.2", "fd00::2", "::ffff:192.0.2.2"))
+
+
+def test_nestgen_serve_listens_on_loopback_only(tmp_path):
+    from nestgen.checkpoint import save_checkpoint
+    from nestgen.config import config_from_dict
+    from nestgen.model.nested_transformer import NestedTransformer
+    torch.manual_seed(0)
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
+    ckpt = save_checkpoint(str(tmp_path / "c.pt"), cfg, NestedTransformer(cfg.model))
+    port = _free_port()
+    cmd = Command(["serve", "configs/serve_digits.yaml", "--checkpoint", ckpt, "--port", str(port)], tmp_path)
+    try:
+        cmd.sample_until(r"nestgen serving .* on http://127\.0\.0\.1:")
+    finally:
+        cmd.stop(signal.SIGTERM)
+    assert ("127.0.0.1", port) in cmd.listening, f"Serve's proxy was not seen: {sorted(cmd.listening)}"
+    assert any("gcs_server" in n for n in cmd.seen) and any("raylet" in n for n in cmd.seen), sorted(cmd.seen)
+    cmd.assert_loopback_only()
+
+
+def test_nestgen_run_listens_on_loopback_only_through_training(tmp_path):
+    tiny = ["model.width=32", "model.depth=1", "train.steps=4", "train.log_every=2",
+            "scaling.checkpoint_every=4", "scaling.num_workers=2", "scaling.cpus_per_worker=0.5",
+            "mlflow.system_metrics_every_s=0", f"pipeline.output_url={tmp_path / 'out'}"]
+    cmd = Command(["run", "configs/digits.yaml", *[x for kv in tiny for x in ("--set", kv)]], tmp_path)
+    try:
+        cmd.sample_until(r"\] train +done in ")
+    finally:
+        cmd.stop(signal.SIGINT)
+    workers = [n for n in cmd.seen if n.startswith("ray::RayTrainWorker")]
+    assert workers, f"no Ray Train worker was seen: {sorted(cmd.seen)}"
+    cmd.assert_loopback_only()
+
+
+def test_a_local_ray_that_would_listen_on_the_network_is_refused(tmp_path):
+    """A program that imports ray before pipelines (too late for pipelines/__init__.py): init_ray
+    refuses to start the local Ray rather than open it to the network."""
+    code = ("import ray\nip = ray.util.get_node_ip_address()\n"
+            "from pipelines.ray_runtime import init_ray, is_loopback\n"
+            "if is_loopback(ip):\n    raise SystemExit('this machine has no network address')\n"
+            "init_ray()\n")
+    ray_tmp = tempfile.mkdtemp(prefix="nglb", dir="/tmp")
+    try:
+        res = subprocess.run([sys.executable, "-c", code], env=_users_env(tmp_path, ray_tmp), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+    if "this machine has no network address" in res.stderr:
+        pytest.skip("this machine has no network address to refuse")
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "a local Ray would listen on" in res.stderr and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1" in res.stderr
