@@ -28,7 +28,7 @@ from nestgen.configschema import to_dict
 from nestgen.data.media import ClipSpec, MediaError, VideoLimits
 from nestgen.data.raw_files import list_raw_files, load_item
 from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
-from nestgen.storage import exists, join, protocol_prefix, remove_tree, url_to_fs, write_json_atomic
+from nestgen.storage import WRITE_ATTEMPTS, exists, join, protocol_prefix, remove_tree, url_to_fs, write_json_atomic
 from pipelines import lease
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import TokenizeConfig, load_run_config
@@ -191,8 +191,13 @@ def _tokenize_to_shards(input_url: str, output_url: str, tokenizer_url: str, cfg
     splits: dict[str, dict] = {}
     for split in sorted({c["split"] for c in counts}):
         part = good.filter(expr=col("split") == split)
+        # A transient storage fault mid-file fails the write task (Ray Data's own in-task
+        # retries match only AWS error messages): Ray runs the task again, which writes the
+        # same file names over the broken one, so the files found below are all whole (a
+        # refusal such as PermissionError, an OSError too, is repeated at most as often).
         part.write_parquet(f"{out_path.rstrip('/')}/{run_dir}/{split}", filesystem=afs,
-                           min_rows_per_file=cfg.rows_per_shard)
+                           min_rows_per_file=cfg.rows_per_shard,
+                           ray_remote_args={"retry_exceptions": [OSError], "max_retries": WRITE_ATTEMPTS - 1})
         files = sorted(p for p in fs.find(f"{out_path.rstrip('/')}/{run_dir}/{split}") if p.endswith(".parquet"))
         per_label = {c["label_name"]: c["count()"] for c in counts if c["split"] == split}
         splits[split] = {"rows": sum(per_label.values()), "per_label": dict(sorted(per_label.items())),

@@ -130,7 +130,8 @@ def test_publishing_and_latest_each_survive_a_broken_write(tmp_path, faults, sma
     out = f"flaky://{tmp_path}/out"
     faults.fail = {1, 3}             # the published copy's first write, then LATEST's first write
     # what stands under a final name (not a temporary one) at the moment a write breaks
-    faults.probe = lambda: sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file() and ".tmp-" not in p.name)
+    faults.probe = lambda: sorted(p.name for p in (tmp_path / "out").rglob("*")
+                                  if p.is_file() and ".tmp-" not in p.name)
     url = publish_checkpoint(out, trained, 7)
     write_latest(out, url)
     assert faults.injected == 2 and len(_retries(caplog)) == 2
