@@ -16,7 +16,9 @@ answer, identical samples, memory within 10%.
 First, hostile files (benchmarks.hostile_files): 1 x N and N x 2 PNGs, thin MP4s and files
 over the byte budget through the decoders and the tokenize actor, each path in a fresh
 process: every file a row or a failure with its reason, no process growing by more than
-50 MB.
+50 MB. Then hostile index entries (benchmarks.hostile_index): rows and label-file entries
+that leave their root ('..', absolute paths, URLs, backslashes, control characters) are
+failures naming the row, and no file outside the root is read.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks import hostile_files
+from benchmarks import hostile_files, hostile_index
 from benchmarks.common import free_port, loopback_ray_env, write_json
 
 loopback_ray_env()
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = tempfile.mkdtemp(prefix="nestgen-hostile-")
     files = hostile_files.run_all(Path(folder) / "files")
     hostile_files.report(files)
+    index = hostile_index.run_all(Path(folder) / "index")
+    hostile_index.report(index)
     image_ckpt, video_ckpt, tok = _models(folder)
     max_body = 200_000
     init_ray(num_cpus=4)
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "queue_rows_after": {a: h["queue_rows"] for a, h in health.items()},
         "seconds": round(time.perf_counter() - t0, 1), "kinds": rows,
         "unexpected": [r for r in rows if not _as_expected(r["kind"], r["status"])],
-        "files": files,
+        "files": files, "index": index,
     }
     growth = {a: result["rss_mb_after"][a] / result["rss_mb_before"][a] - 1 for a in apps}
     result["rss_growth"] = {a: round(g, 3) for a, g in growth.items()}
@@ -237,11 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replica {a}: rss {mem_before[a]:.0f} -> {result['rss_mb_after'][a]:.0f} MB "
               f"({100 * growth[a]:+.1f}%), queue rows after {result['queue_rows_after'][a]}")
     print(hostile_files.summary(files))
+    print(hostile_index.summary(index))
     for r in result["unexpected"]:
         print(f"unexpected answer: {r}")
     write_json(args.json, result)
     ok = (n5 == 0 and hangs == 0 and not result["unexpected"] and result["identical_samples_before_after"]
-          and max(growth.values()) <= 0.10 and hostile_files.ok(files))
+          and max(growth.values()) <= 0.10 and hostile_files.ok(files) and hostile_index.ok(index))
     return 0 if ok else 1
 
 
