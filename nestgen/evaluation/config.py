@@ -46,7 +46,7 @@ class EvaluateConfig:
     cpus_per_worker: float = 2.0
     metrics: list[str] = field(default_factory=lambda: ["auto"])   # auto | fid is fvd fd_digits ...
     quality_metric: str = "auto"     # the one on the plot and in the search; auto: fid/fvd if available
-    reference_stats: str = ""        # .npz (mu, sigma) for FID/FVD; "" -> held-out split through the tokenizer
+    reference_stats: str = ""        # .npz (mu, sigma) for FID/FVD; "" -> training split through the tokenizer
     feature_net: str = ""            # Inception / I3D TorchScript path; "" -> env var or cache
     grid_samples: int = 40           # samples in each variant's grid (and video)
     interval_chunks: int = 50        # contiguous chunks of samples the bootstrap resamples (fixed: memory)
