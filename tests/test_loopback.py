@@ -89,12 +89,15 @@ class Command:
                 if c.status == psutil.CONN_LISTEN:
                     self.listening[(c.laddr.ip, c.laddr.port)] = name
 
-    def sample_until(self, pattern: str, timeout_s: float = 400) -> None:
-        """Sample until a line of the command's output matches `pattern`."""
+    def printed(self, pattern: str) -> bool:
+        return any(re.search(pattern, line) for line in list(self.lines))
+
+    def sample_until(self, done, what: str, timeout_s: float = 400) -> None:
+        """Sample until `done()` (`what` it waits for)."""
         deadline = time.monotonic() + timeout_s
-        while not any(re.search(pattern, line) for line in list(self.lines)):
-            assert self.proc.poll() is None, f"the command ended early:\n{self.output()}"
-            assert time.monotonic() < deadline, f"no line matching {pattern!r} in time:\n{self.output()}"
+        while not done():
+            assert self.proc.poll() is None, f"the command ended before {what}:\n{self.output()}"
+            assert time.monotonic() < deadline, f"no {what} in {timeout_s:.0f} s:\n{self.output()}"
             self.sample()
             time.sleep(0.2)
         self.sample()
@@ -140,7 +143,7 @@ def test_nestgen_serve_listens_on_loopback_only(tmp_path):
     port = _free_port()
     cmd = Command(["serve", "configs/serve_digits.yaml", "--checkpoint", ckpt, "--port", str(port)], tmp_path)
     try:
-        cmd.sample_until(r"nestgen serving .* on http://127\.0\.0\.1:")
+        cmd.sample_until(lambda: cmd.printed(r"nestgen serving .* on http://127\.0\.0\.1:"), "serving line")
     finally:
         cmd.stop(signal.SIGTERM)
     assert ("127.0.0.1", port) in cmd.listening, f"Serve's proxy was not seen: {sorted(cmd.listening)}"
@@ -154,9 +157,10 @@ def test_nestgen_run_listens_on_loopback_only_through_training(tmp_path):
             "mlflow.system_metrics_every_s=0", f"pipeline.output_url={tmp_path / 'out'}"]
     cmd = Command(["run", "configs/digits.yaml", *[x for kv in tiny for x in ("--set", kv)]], tmp_path)
     try:
-        cmd.sample_until(r"\] train +done in ")
+        # the step publishes the checkpoint once Ray Train's workers are done (then logs to MLflow)
+        cmd.sample_until(lambda: any((tmp_path / "out").glob("train-*/published/*.pt")), "published checkpoint")
     finally:
-        cmd.stop(signal.SIGINT)
+        cmd.stop(signal.SIGTERM)      # not SIGINT: Ray Train's handler for it outlives the fit
     workers = [n for n in cmd.seen if n.startswith("ray::RayTrainWorker")]
     assert workers, f"no Ray Train worker was seen: {sorted(cmd.seen)}"
     cmd.assert_loopback_only()
