@@ -172,8 +172,11 @@ class DevToolsPipe:
         i = next(self.ids)
         data = json.dumps({"id": i, "method": method, "params": params,
                            **({"sessionId": session} if session else {})}).encode() + b"\0"
-        while data:
-            data = data[os.write(self.commands, data):]
+        try:
+            while data:
+                data = data[os.write(self.commands, data):]
+        except BrokenPipeError:            # it exited before reading this command
+            raise RuntimeError("Chromium closed its DevTools pipe (it exited)") from None
         deadline = time.monotonic() + self.timeout
         while True:
             reply = self._message(deadline)
