@@ -53,7 +53,9 @@ def test_two_seeds_train_as_parallel_branches_and_report_intervals_over_seeds(ra
     assert len(agg["claims"]) == 1 and agg["claims"][0].startswith("magnets cache=none: GFLOPs saving ")
     assert Path(dag["seeds"]["outputs"]["plot_url"]).read_bytes()[:4] == b"\x89PNG"
     table = Path(dag["seeds"]["outputs"]["table_url"]).read_text().splitlines()
-    assert table[0].startswith("| variant | GFLOPs/sample | saving | fd_digits |") and len(table) == 2 + 2 + 2
+    # header and rule, the two variants, the real-data row (the floor), a blank line and the note
+    assert table[0].startswith("| variant | GFLOPs/sample | saving | fd_digits |") and len(table) == 2 + 2 + 1 + 2
+    assert table[4].startswith("| real data (") and "(the floor)" in table[4]
     assert f"[seeds] {agg['claims'][0]}" in log and "over training seeds [5, 6]" in log
 
     assert main(args) == 0                          # resubmitted: every step is up to date

@@ -28,8 +28,10 @@ def test_a_failing_group_answers_its_own_requests_with_a_reason_that_leaks_nothi
     good = engine.resolve(GenerateRequest(class_label=1, seed=3, format="tokens"))
     other = engine.resolve(GenerateRequest(class_label=2, seed=4, format="tokens", temperature=0.5))
     # A job that slipped past validation: class 99 has no embedding row, so its decode raises
-    # an IndexError deep inside torch. Only its group may fail, and never with torch's text.
-    broken = Job(labels=[99], seeds=[0], decode=replace(good.decode, temperature=2.0), schedule_name="custom",
+    # an IndexError deep inside torch. Only its group (another cache policy: temperature no
+    # longer splits groups) may fail, and never with torch's text.
+    assert good.decode.cache != "none"
+    broken = Job(labels=[99], seeds=[0], decode=replace(good.decode, cache="none"), schedule_name="custom",
                  format="tokens")
     out = engine.run([good, broken, other])
     assert isinstance(out[1], DecodeFailed) and str(out[1]) == FAILED
