@@ -84,7 +84,8 @@ def nested_loss(model, tokens: torch.Tensor, labels: torch.Tensor, cfg: TrainCon
     else:
         logits = [model(inputs, labels, f)[mask].float() for f in factors]
         sums = _ce_sums(logits, target, cfg.label_smoothing, lam < 1.0, token_w)
-    full_ce, small_ce, distill = sums[0] / target.shape[0], *(x / _norm(token_w, target) for x in sums[1:])
+    norm = _norm(token_w, target)
+    full_ce, small_ce, distill = sums[0] / target.shape[0], sums[1] / norm, sums[2] / norm
     per_size = {1: full_ce.detach()} | {f: small_ce[j].detach() for j, f in enumerate(factors[1:])}
     total = full_ce + lam * small_ce.sum() + (1.0 - lam) * distill.sum()
     return LossOutput(total, per_size, lam)
