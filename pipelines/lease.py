@@ -140,8 +140,9 @@ class Lease:
             free_at = self._unreadable_until(seq) if rec is None else rec["expires"]
             if free_at > time.time():
                 raise LeaseHeld(self._describe(seq, rec))
-            log.warning("taking over the expired lease of %s (record %d: %s)", self.folder_url, seq,
-                        "unreadable" if rec is None else f"{rec['purpose']}, pid {rec['pid']} on {rec['host']}")
+            if rec is None or not rec.get("released"):      # a released lease is free, not taken over
+                log.warning("taking over the expired lease of %s (record %d: %s)", self.folder_url, seq,
+                            "unreadable" if rec is None else f"{rec['purpose']}, pid {rec['pid']} on {rec['host']}")
         self.since = time.time()
         expires = self.since + self.ttl_s
         self.fs.makedirs(self.dir, exist_ok=True)

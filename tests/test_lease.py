@@ -155,3 +155,17 @@ def test_an_empty_record_on_gcs_blocks_until_its_modification_time_plus_ttl(gcs_
             time.sleep(0.1)
     assert lease.seq == 1
     lease.release()
+
+
+def test_a_released_lease_is_taken_without_a_takeover_warning_an_expired_one_with(tmp_path, caplog):
+    """The next run after one that finished says nothing about taking over; after a writer
+    that died (its lease expired, never released) it says whose lease it took."""
+    folder = str(tmp_path)
+    with caplog.at_level("WARNING", logger="pipelines.lease"):
+        with Lease(folder, "run 1", ttl_s=60):
+            pass
+        Lease(folder, "run 2", ttl_s=0.2).acquire()      # dies: never released
+        assert "taking over" not in caplog.text
+        time.sleep(0.3)
+        Lease(folder, "run 3", ttl_s=60).acquire()
+    assert "taking over the expired lease" in caplog.text and "run 2" in caplog.text
