@@ -178,9 +178,8 @@ def decode_loop(model: NestedTransformer, labels: torch.Tensor, seed_t: torch.Te
         tokens[:, :prep.n_cond] = cond
     unknown_pos = torch.arange(prep.n_cond, n, device=device).expand(b, -1).contiguous()
     guided = rows.n_guided > 0
-    g_rows = rows.guided
     labels_in = torch.cat([labels, labels.new_full((rows.n_guided,), mcfg.null_class)]) if guided else labels
-    dup = (lambda x: torch.cat([x, x.index_select(0, g_rows)])) if guided else (lambda x: x)
+    dup = (lambda x: torch.cat([x, x.index_select(0, rows.guided)])) if guided else (lambda x: x)
     cache = KVCache() if prep.policy.enabled else None
     fixed_prev: torch.Tensor | None = None
     fresh = prep.policy.fresh_context
@@ -194,25 +193,41 @@ def decode_loop(model: NestedTransformer, labels: torch.Tensor, seed_t: torch.Te
             active = torch.cat([unknown_pos, fixed_prev] + ([context_pos] if fresh else []), dim=1)
             logits = model.forward_active(tok_in, dup(active), p.factor, cache, n_head=p.n_unknown,
                                           labels=labels_in if fresh else None)
-        logits = logits.float()
-        if guided:
-            g = (rows.guidance * _guidance_factor(cfg.guidance_schedule, p.step, k))[:, None, None]
-            cond_l, uncond_l = logits[:b], logits[b:]
-            logits = cond_l.index_copy(0, g_rows, (1 + g) * cond_l.index_select(0, g_rows) - g * uncond_l)
-        temp = None if rows.unit_temperature else \
-            rows.temperature * _temperature_factor(cfg.temperature_schedule, p.step, k)
-        sampled, logp = _sample(logits, temp, noise.uniform(seed_t, p.step, unknown_pos, stream=0))
-        if p.n_fixed == p.n_unknown:
-            order = torch.arange(p.n_unknown, device=device).expand(b, -1)
-        else:
-            anneal = cfg.choice_temperature * (1 - (p.step + 1) / k)
-            conf = logp + anneal * noise.gumbel(seed_t, p.step, unknown_pos, stream=1)
-            order = conf.argsort(dim=1, descending=True)
-        fix_idx = order[:, : p.n_fixed]
-        fixed_pos = unknown_pos.gather(1, fix_idx)
-        tokens.scatter_(1, fixed_pos, sampled.gather(1, fix_idx))
-        unknown_pos = unknown_pos.gather(1, order[:, p.n_fixed:])
-        fixed_prev = fixed_pos
+        unknown_pos, fixed_prev = sample_step(logits, tokens, unknown_pos, seed_t, rows, cfg, p.step, k, p.n_fixed)
         if history is not None:
             history.append(tokens.clone())
     return tokens
+
+
+def sample_step(logits: torch.Tensor, tokens: torch.Tensor, unknown_pos: torch.Tensor, seed_t: torch.Tensor,
+                rows: RowSettings, cfg: DecodeConfig, step: int, k: int, n_fixed: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MaskGIT step after the forward pass, for B rows at the same step `step` of K = k:
+    guidance, temperature, sampling, the annealed-confidence choice of the n_fixed tokens to
+    keep, written into `tokens` (B, N) in place. Returns (the still-unknown positions, the
+    positions fixed now).
+
+    logits: (B + G, n_unknown, V), the guided rows' unconditional logits after the B rows.
+    Every op is per row (a row's result depends on its own logits, seed and settings only),
+    which is what lets the step-level loop (nestgen.decoding.step_decoder) regroup rows of any
+    schedules and progress between steps and still give each row its solo tokens."""
+    b = tokens.shape[0]
+    logits = logits.float()
+    if rows.n_guided > 0:
+        g = (rows.guidance * _guidance_factor(cfg.guidance_schedule, step, k))[:, None, None]
+        cond_l, uncond_l = logits[:b], logits[b:]
+        logits = cond_l.index_copy(0, rows.guided, (1 + g) * cond_l.index_select(0, rows.guided) - g * uncond_l)
+    temp = None if rows.unit_temperature else \
+        rows.temperature * _temperature_factor(cfg.temperature_schedule, step, k)
+    sampled, logp = _sample(logits, temp, noise.uniform(seed_t, step, unknown_pos, stream=0))
+    n_unknown = unknown_pos.shape[1]
+    if n_fixed == n_unknown:
+        order = torch.arange(n_unknown, device=tokens.device).expand(b, -1)
+    else:
+        anneal = cfg.choice_temperature * (1 - (step + 1) / k)
+        conf = logp + anneal * noise.gumbel(seed_t, step, unknown_pos, stream=1)
+        order = conf.argsort(dim=1, descending=True)
+    fix_idx = order[:, :n_fixed]
+    fixed_pos = unknown_pos.gather(1, fix_idx)
+    tokens.scatter_(1, fixed_pos, sampled.gather(1, fix_idx))
+    return unknown_pos.gather(1, order[:, n_fixed:]), fixed_pos

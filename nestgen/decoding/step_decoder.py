@@ -1,0 +1,174 @@
+"""Step-level decoding: rows of any schedules, cache policies, settings and progress advance
+one MaskGIT step at a time, sharing forward passes (issue 23).
+
+A `Row` is one sample's decode in progress: its own plan (schedule x cache policy x grid),
+step index, tokens, still-masked positions and KV cache (one per lane: the conditional pass,
+and the unconditional one when the row is guided), refreshed as its own plan says.
+`StepDecoder.advance(rows)` runs every row's next step:
+
+- forward: rows are grouped by what their step runs, (nest factor, full pass or cached,
+  `+cls` queries), never by request, schedule or progress: every group is one forward pass.
+  Rows differ in how many tokens are still masked; each row's query list (cached steps) and
+  head positions are padded to the group's longest with copies of its own first active
+  position, which recompute exactly that position's K/V (the same input gives the same
+  values, so the duplicate scatter into the cache is harmless), and the padding's logits
+  are dropped.
+- sampling: rows at the same step of the same K (and sampler schedules) share one call of
+  maskgit.sample_step, the function the whole-decode path runs too; every op in it is per
+  row, and each row's noise is a function of its own seed, step and positions.
+
+So a row's tokens are what `maskgit.decode` gives it alone, up to the float rounding of the
+batched matmuls: a GEMM may round a row differently when the batch around it has another
+shape. That would flip a sample only where two candidates tie to within rounding; the tests
+(tests/test_step_loop.py) check token equality on the tiny models, where it holds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from nestgen.decoding.config import DecodeConfig
+from nestgen.decoding.maskgit import PreparedDecode, prepare, row_settings, sample_step
+from nestgen.decoding.plan import StepPlan
+from nestgen.model.nested_transformer import KVCache, NestedTransformer
+
+
+@dataclass
+class Row:
+    """One sample's decode in progress (create with StepDecoder.new_row)."""
+    label: int
+    seed: int
+    cfg: DecodeConfig                 # its own: schedule, cache policy, temperature, guidance scale
+    prep: PreparedDecode
+    tokens: torch.Tensor              # (N,) mask id where still masked
+    unknown: torch.Tensor             # (n_unknown,) still-masked positions, in the row's own order
+    fixed_prev: torch.Tensor | None = None   # positions fixed by the previous step (cached steps query them)
+    step: int = 0                     # the next step to run
+    # per lane (conditional, then unconditional when guided): per layer (K, V), (heads, 1+N, hd)
+    caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg.guidance_scale > 0
+
+    @property
+    def steps(self) -> int:
+        return len(self.prep.plan)
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.steps
+
+    @property
+    def plan(self) -> StepPlan:
+        return self.prep.plan[self.step]
+
+    def forward_key(self) -> tuple:
+        """Rows with equal keys share a forward pass: what their next step runs."""
+        p = self.plan
+        return (p.factor, p.full_pass, not p.full_pass and self.prep.policy.fresh_context)
+
+    def sample_key(self) -> tuple:
+        """Rows with equal keys share a sampling call: the same step of the same K, the same
+        number of still-masked tokens, and the same (checkpoint-wide) sampler schedules."""
+        c = self.cfg
+        return (self.step, self.steps, self.unknown.shape[0], c.temperature_schedule, c.guidance_schedule,
+                c.choice_temperature)
+
+
+def _pad(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x (m,) to length n with copies of x[0] (see the module docstring)."""
+    return x if x.shape[0] == n else torch.cat([x, x[:1].expand(n - x.shape[0])])
+
+
+class StepDecoder:
+    """The model, and one step of any set of rows. Not thread-safe: one loop drives it."""
+
+    def __init__(self, model: NestedTransformer):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self._preps: dict[tuple, PreparedDecode] = {}
+
+    def new_row(self, cfg: DecodeConfig, label: int, seed: int, cond: torch.Tensor | None = None) -> Row:
+        """A row at step 0: all tokens masked but the `cond` (n_cond,) leading ones."""
+        n_cond = 0 if cond is None else cond.shape[0]
+        key = (cfg.schedule, cfg.steps, cfg.cache, n_cond)
+        if key not in self._preps:
+            self._preps[key] = prepare(self.model, cfg, n_cond)
+        n = self.model.cfg.num_tokens
+        tokens = torch.full((n,), self.model.cfg.mask_id, dtype=torch.long, device=self.device)
+        if cond is not None:
+            tokens[:n_cond] = cond.to(self.device)
+        return Row(label, seed, cfg, self._preps[key], tokens, torch.arange(n_cond, n, device=self.device))
+
+    @torch.no_grad()
+    def advance(self, rows: list[Row]) -> list[tuple[tuple, int]]:
+        """Run the next step of every row (none may be done). Returns the forward passes run:
+        (forward_key, lanes) each, for metrics."""
+        groups: dict[tuple, list[Row]] = {}
+        for r in rows:
+            groups.setdefault(r.forward_key(), []).append(r)
+        logits: dict[int, list[torch.Tensor]] = {}    # id(row) -> per-lane (n_unknown, V)
+        passes = []
+        for key, group in groups.items():
+            lanes = [(r, 0) for r in group] + [(r, 1) for r in group if r.guided]
+            for (r, lane), out in zip(lanes, self._forward(key, lanes)):
+                logits.setdefault(id(r), []).append(out)
+            passes.append((key, len(lanes)))
+        samples: dict[tuple, list[Row]] = {}
+        for r in rows:
+            samples.setdefault(r.sample_key(), []).append(r)
+        for group in samples.values():
+            self._sample(group, logits)
+        return passes
+
+    def _forward(self, key: tuple, lanes: list[tuple[Row, int]]) -> list[torch.Tensor]:
+        """One forward pass over `lanes` ((row, lane) each) -> each lane's logits at its row's
+        still-masked positions."""
+        factor, full_pass, fresh = key
+        m = self.model
+        tok_in = torch.stack([r.tokens for r, _ in lanes])
+        labels = torch.tensor([r.label if lane == 0 else m.cfg.null_class for r, lane in lanes], device=self.device)
+        n_u = [r.unknown.shape[0] for r, _ in lanes]
+        n_head = max(n_u)
+        keep = [r.prep.policy.enabled for r, _ in lanes]
+        if full_pass:
+            cache = KVCache() if any(keep) else None
+            heads = torch.stack([_pad(r.unknown, n_head) for r, _ in lanes])
+            out = m(tok_in, labels, factor, cache=cache, head_positions=heads)
+        else:
+            active = [torch.cat([r.unknown, r.fixed_prev]
+                                + ([torch.arange(r.prep.n_cond, device=self.device)] if fresh else []))
+                      for r, _ in lanes]
+            width = max(a.shape[0] for a in active)
+            n_layers = len(lanes[0][0].caches[lanes[0][1]])
+            cache = KVCache(factor, [torch.stack([r.caches[lane][i][0] for r, lane in lanes]) for i in range(n_layers)],
+                            [torch.stack([r.caches[lane][i][1] for r, lane in lanes]) for i in range(n_layers)])
+            out = m.forward_active(tok_in, torch.stack([_pad(a, width) for a in active]), factor, cache,
+                                   n_head=n_head, labels=labels if fresh else None)
+        if cache is not None:
+            for j, (r, lane) in enumerate(lanes):
+                if keep[j]:
+                    per_layer = [(k[j], v[j]) for k, v in zip(cache.keys, cache.values)]
+                    if len(r.caches) <= lane:
+                        r.caches.append(per_layer)
+                    else:
+                        r.caches[lane] = per_layer
+        return [out[j, :n] for j, n in enumerate(n_u)]
+
+    def _sample(self, group: list[Row], logits: dict[int, list[torch.Tensor]]) -> None:
+        """maskgit.sample_step over rows at the same step of the same plan shape."""
+        r0 = group[0]
+        settings = row_settings(r0.cfg, len(group), self.device, [r.cfg.temperature for r in group],
+                                [r.cfg.guidance_scale for r in group])
+        lg = torch.stack([logits[id(r)][0] for r in group]
+                         + [logits[id(r)][1] for r in group if r.guided])
+        tokens = torch.stack([r.tokens for r in group])
+        seeds = torch.tensor([r.seed for r in group], dtype=torch.long, device=self.device)
+        p = r0.plan
+        unknown, fixed = sample_step(lg, tokens, torch.stack([r.unknown for r in group]), seeds, settings, r0.cfg,
+                                     p.step, r0.steps, p.n_fixed)
+        for i, r in enumerate(group):
+            r.tokens, r.unknown, r.fixed_prev = tokens[i], unknown[i], fixed[i]
+            r.step += 1
