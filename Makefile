@@ -27,6 +27,7 @@ serve: install
 	$(VENV)/bin/nestgen serve configs/serve_digits.yaml
 
 ui: install
+	@echo "MLflow UI: http://127.0.0.1:5000 (for the runs tables, set the GenAI / Model training switch at its top left to Model training)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 generate: install

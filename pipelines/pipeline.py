@@ -11,6 +11,7 @@ from pipelines.cli_args import add_config_args, add_ray_address, runnable
 from pipelines.config import RunConfig, load_run_config, outside_job_copy, refuse_placeholders
 from pipelines.dag import Runner, StepFailed
 from pipelines.steps import build_steps, served_train_step
+from pipelines.tracking import UI_MODE_HINT
 
 
 def make_runner(cfg: RunConfig, track: bool = True) -> Runner:
@@ -133,6 +134,7 @@ def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:
     else:
         lines.append(f"  browse the runs:  {mlflow} ui --backend-store-uri {uri} --host 127.0.0.1"
                      f" --port 5000   (then open {runs_page or 'http://127.0.0.1:5000'})")
+    lines.append(f"        or, {UI_MODE_HINT}")
     ckpt = (out.get(served_train_step(cfg)) or {}).get("checkpoint_url")
     if ckpt:
         fmt = "mp4" if cfg.model.is_video else "png"

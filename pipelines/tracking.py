@@ -14,9 +14,9 @@
 
 A run's params are every config value (flattened) plus the step's own; runs of one pipeline
 run are its children (the `mlflow.parentRunId` tag); every run records the code that ran
-(user, entry point, git commit). Experiments are created as model-development experiments,
-which the MLflow UI opens on their runs table. The tracking server is
-cfg.mlflow.resolved_uri(). mlflow is imported lazily: importing this module is cheap.
+(user, entry point, git commit). Experiments are created as model-development experiments;
+MLflow 3.17's UI still opens them as GenAI until its mode switch is set (UI_MODE_HINT). The
+tracking server is cfg.mlflow.resolved_uri(). mlflow is imported lazily: importing this module is cheap.
 """
 from __future__ import annotations
 
@@ -36,9 +36,18 @@ from pipelines.config import MlflowConfig, RunConfig
 
 PARAMS_PER_BATCH = 100                   # MLflow's cap on params in one log_batch
 RUN_KEY_TAG = "nestgen.run_key"
-# MLflow 3 opens an experiment without this tag in its GenAI mode (traces); this kind opens
-# the runs table, the UI's model-training mode.
+# Earlier MLflow 3 UIs open an experiment without this tag in their GenAI mode (traces) and one
+# of this kind on its runs table.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# MLflow 3.17's UI ignores that tag: every experiment opens in the mode of the GenAI / Model
+# training switch at the top left of its pages, GenAI until a person clicks it; the choice is
+# kept in the browser (localStorage `mlflow.workflowType_v1`). Neither the server nor an
+# experiment setting picks it, and a link's `workflowType=machine_learning` holds for that page
+# only (runs_page_url), so the closing summary and the README say which switch to click.
+UI_MODE_SWITCH = ("GenAI", "Model training")
+UI_MODE_HINT = (f"clicking from the UI's home page: set the switch at its top left from {UI_MODE_SWITCH[0]} to "
+                f"{UI_MODE_SWITCH[1]} first (MLflow opens experiments as GenAI traces until then; the browser "
+                "keeps the choice)")
 DIGEST_CHARS = 36                        # MLflow's column width for a dataset digest
 
 
