@@ -5,11 +5,14 @@
     serve run pipelines.serve:app_builder checkpoint=... max_batch_size=16   # Ray's CLI, key=value args
 
 The replica loads the checkpoint and tokenizer once (GPU when it has one) and holds them in a
-nestgen.serving.Engine; this module only wires HTTP and batching around it. Concurrent
-requests are collected by @serve.batch (a request for n samples counts as n rows) and decoded
-as one batch per schedule, cache policy and conditioning length (temperature and guidance
-scale are per row and never split a batch). Bad requests are refused before they reach the
-batch, so they never hold up or break anyone else's.
+nestgen.serving.Engine; this module only wires HTTP and batching around it. With
+serve.batching step (the default) the engine's step loop runs in a thread of its own: a request
+joins the running set at the next decode step and is answered at its last (503 with Retry-After
+when the replica's queue is full); its metrics are Serve custom metrics
+(pipelines.serve_metrics). With serve.batching request, concurrent requests are collected by
+@serve.batch (a request for n samples counts as n rows) and decoded as one batch per schedule,
+cache policy and conditioning length. Bad requests are refused before they reach either, so
+they never hold up or break anyone else's.
 
 No `from __future__ import annotations` here: FastAPI reads the endpoint's annotations
 (GenerateRequest) at runtime, and Serve's class-based view can't resolve them as strings;
@@ -32,14 +35,15 @@ from nestgen.serving.memory import rss_mb
 from nestgen.serving.body_limit import BodySizeLimit
 from nestgen.serving.config import ServeConfig
 from nestgen.serving.deployment import ServeArgs, deployment_options, read_serve_file, serve_config_from_args
-from nestgen.serving.errors import RequestError
+from nestgen.serving.errors import DecodeFailed, RequestError
 from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import GenerateRequest
-from nestgen.serving.responses import (GenerateResponse, HealthResponse, ModelResponse, SchedulesResponse,
-                                         error_responses)
+from nestgen.serving.responses import (GENERATE_503, GenerateResponse, HealthResponse, ModelResponse,
+                                         SchedulesResponse, error_responses)
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import RunConfig
 from pipelines.ray_runtime import bind_serve_replica_to_node_address, dashboard_url, init_ray
+from pipelines.serve_metrics import ServeLoopMetrics
 from pipelines.tracking import checkpoint_resolver, pin_model_version
 
 api = FastAPI(
@@ -72,7 +76,10 @@ class Generator:
         # to slow a small decode down 50x on a busy 2-core machine.
         torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
         api.state.api_keys = read_api_keys(cfg.api_keys_env)
-        self.engine = Engine(cfg, resolve_uri=checkpoint_resolver(cfg.mlflow_tracking_uri))
+        self.engine = Engine(cfg, resolve_uri=checkpoint_resolver(cfg.mlflow_tracking_uri),
+                             metrics=ServeLoopMetrics() if cfg.batching == "step" else None)
+        if self.engine.loop is not None:
+            self.engine.start_loop()     # a daemon thread: it ends with the replica
         api.state.max_body_bytes = cfg.max_body_bytes
         self.deadline_s = cfg.decode_deadline_s
         # Decoding has a thread of its own, and conditioning clips (PyAV decodes) their own
@@ -89,7 +96,7 @@ class Generator:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.engine.run, jobs)
 
     @api.post("/v1/generate", summary="Generate samples", response_model=GenerateResponse,
-              response_model_exclude_unset=True, responses=error_responses(400, 401, 408, 413, 422, 500, 503))
+              response_model_exclude_unset=True, responses=error_responses(400, 401, 408, 413, 422, 500) | GENERATE_503)
     async def generate(self, req: GenerateRequest) -> dict:
         # Counted from arrival, conditioning work included; `finally` also runs when the
         # client disconnects (Serve cancels this coroutine), so the count never drifts.
@@ -100,14 +107,25 @@ class Generator:
                 job = await asyncio.get_running_loop().run_in_executor(self.media_pool, self.engine.resolve, req, rows)
             else:
                 job = self.engine.resolve(req, rows)
-            out = await self.generate_batch(job)
+            out = await (self.generate_batch(job) if self.engine.loop is None else self._generate_steps(job))
         except RequestError as e:
-            raise HTTPException(e.status, e.reason) from None
+            headers = None if e.retry_after_s is None else {"Retry-After": str(e.retry_after_s)}
+            raise HTTPException(e.status, e.reason, headers=headers) from None
         finally:
             self.engine.finish(rows, admitted, job)
         if isinstance(out, Exception):
             raise HTTPException(500, str(out))
         return out
+
+    async def _generate_steps(self, job: Job) -> dict | Exception:
+        """batching step: the job's rows join the loop; the response is encoded off the event
+        loop. A client that disconnects cancels this coroutine, and with it (wrap_future) the
+        Future, so the loop drops its rows at the next step."""
+        try:
+            result = await asyncio.wrap_future(self.engine.submit(job))
+        except DecodeFailed as e:       # answered as in batching request: 500, the generic reason
+            return e
+        return await asyncio.get_running_loop().run_in_executor(self.media_pool, self.engine.respond, job, result)
 
     @api.get("/v1/schedules", summary="Schedule presets with their GFLOPs per sample", response_model=SchedulesResponse,
              response_model_exclude_unset=True, responses=error_responses(401, 503))
@@ -118,7 +136,9 @@ class Generator:
              response_model=HealthResponse, responses=error_responses(503))
     def health(self) -> dict:
         age = self.engine.decode_age_s()
+        loop = self.engine.loop
         return {"status": "ok" if age <= self.deadline_s else "stuck", "queue_rows": self.engine.queue_rows,
+                **({"active_rows": loop.active_rows, "queued_rows": loop.queued_rows} if loop else {}),
                 "decode_age_s": round(age, 3), "decode_deadline_s": self.deadline_s,
                 "replica": serve.get_replica_context().replica_id.unique_id, "rss_mb": rss_mb()}
 

@@ -21,7 +21,7 @@ def engine(tmp_path_factory):
     torch.manual_seed(0)
     cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
     ckpt = save_checkpoint(str(tmp_path_factory.mktemp("eng") / "c.pt"), cfg, NestedTransformer(cfg.model))
-    return Engine(ServeConfig(checkpoint=ckpt, auto_presets=[], max_steps=30), device="cpu")
+    return Engine(ServeConfig(checkpoint=ckpt, batching="request", auto_presets=[], max_steps=30), device="cpu")
 
 
 def test_a_failing_group_answers_its_own_requests_with_a_reason_that_leaks_nothing(engine):

@@ -3,6 +3,7 @@ batches, its limits, and the replicas' resources."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from nestgen.configschema import check
 from nestgen.data.media import VideoLimits
@@ -18,14 +19,18 @@ class ServeConfig:
     tokenizer: str = ""              # tokenizer URL; "" -> the checkpoint's shard tokenizer (none: raw digits)
     mlflow_tracking_uri: str = ""    # for runs:/ and models:/ ("" -> $MLFLOW_TRACKING_URI, ./mlflow.db)
     device: str = "auto"             # auto: CUDA when the replica has a GPU
-    max_batch_size: int = 32         # rows (samples) per batched decode
-    batch_wait_timeout_s: float = 0.02
+    batching: Literal["step", "request"] = "step"   # step: rows join/leave between decode steps; request: @serve.batch whole decodes
+    max_active_rows: int = 32        # batching step: rows decoding at once on a replica (the rest wait in its queue)
+    max_queued_rows: int = 256       # batching step: rows waiting to join; beyond, 503 with Retry-After
+    retry_after_s: int = 1           # batching step: the Retry-After (seconds) of that 503
+    max_batch_size: int = 32         # batching request: rows (samples) per batched decode
+    batch_wait_timeout_s: float = 0.02   # batching request: how long a batch waits to fill
     max_ongoing_requests: int = 64   # per replica; >= max_batch_size (Serve's default of 5 caps batches)
     max_queued_requests: int = -1    # requests waiting for a replica beyond that (-1: no cap; else 503)
     max_samples_per_request: int = 16
     max_steps: int = 0               # decoding steps a request may ask for; 0 -> 4 x the checkpoint's decode.steps
     max_body_bytes: int = 4_000_000  # larger bodies get 413
-    decode_deadline_s: float = 300.0  # a decode running longer fails the replica's health check (Serve replaces it)
+    decode_deadline_s: float = 300.0  # request: a decode running longer fails the health check (Serve replaces the replica); step: a request older is answered 503, a step running longer fails the health check
     api_keys_env: str = ""           # env var holding accepted bearer tokens (comma-separated); "" -> no auth
     # A conditioning MP4's budget, checked from its header before decoding (400 when over);
     # only the frames the conditioning needs are decoded.
@@ -54,6 +59,11 @@ class ServeConfig:
               "must be -1 (no cap) or >= 1")
         check(1 <= self.max_samples_per_request <= self.max_batch_size, "max_samples_per_request",
               f"must be in [1, max_batch_size={self.max_batch_size}] (a request runs in one batch)")
+        check(self.max_active_rows >= self.max_samples_per_request, "max_active_rows",
+              f"must be >= max_samples_per_request={self.max_samples_per_request} (a request joins whole)")
+        check(self.max_queued_rows >= self.max_samples_per_request, "max_queued_rows",
+              f"must be >= max_samples_per_request={self.max_samples_per_request}")
+        check(self.retry_after_s >= 1, "retry_after_s", "must be >= 1")
         check(self.max_steps >= 0, "max_steps", "must be >= 0 (0: 4 x the checkpoint's decode.steps)")
         check(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
         check(self.decode_deadline_s > 0, "decode_deadline_s", "must be > 0")

@@ -1,14 +1,18 @@
 """One replica's generator: the checkpoint and its tokenizer, loaded once, answering batches.
 
 `Engine` is what a Ray Serve replica holds (pipelines/serve.py), and it works the same in a
-plain process: resolve() turns a request into a Job (or a RequestError), run() decodes one
-batch of Jobs, grouped by the decode settings a forward pass shares (temperature and guidance
-scale are per row, so they never split a batch), and encodes every request's response.
+plain process: resolve() turns a request into a Job (or a RequestError). Then, by
+serve.batching:
+- step: submit() queues the Job on the replica's StepLoop (nestgen.serving.step_loop), where
+  its rows join the running set at the next step boundary, and respond() encodes its result;
+- request: run() decodes one Serve batch of Jobs, grouped by the decode settings a forward
+  pass shares (temperature and guidance scale are per row, so they never split a batch).
 """
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Callable
 
@@ -18,6 +22,7 @@ from nestgen.checkpoint import model_from_checkpoint, read_checkpoint
 from nestgen.configschema import to_dict
 from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.schedule import presets_for
+from nestgen.decoding.step_decoder import StepDecoder
 from nestgen.decoding.worker import DecodeWorker
 from nestgen.device import resolve_device
 from nestgen.flops import decode_flops
@@ -26,8 +31,9 @@ from nestgen.serving.batching import group_jobs, row_slices
 from nestgen.serving.conditioning import condition_tokens
 from nestgen.serving.config import ServeConfig
 from nestgen.serving.encode import encode_sample
-from nestgen.serving.errors import RequestError
+from nestgen.serving.errors import FAILED, DecodeFailed, RequestError  # noqa: F401 - FAILED: part of this module's API
 from nestgen.serving.job import Job, rows_of
+from nestgen.serving.step_loop import LoopMetrics, StepEvent, StepLoop, StepResult
 from nestgen.serving.request import GenerateRequest
 from nestgen.serving.resolve import ModelSpec, resolve_request
 from nestgen.storage import resolve_checkpoint
@@ -65,22 +71,12 @@ def _formats(model_cfg, tokenizer) -> tuple[str, ...]:
 
 
 MAX_STEPS_FACTOR = 4      # serve.max_steps = 0: a request may take 4x the checkpoint's steps
-FAILED = "generation failed on the server; the cause is in the replica's log"
-
-
-class DecodeFailed(RuntimeError):
-    """A decode that raised: its requests get this generic reason (HTTP 500), never the
-    exception's own text, which can name files, shapes or library internals."""
-
-    def __init__(self):
-        super().__init__(FAILED)
-
-
 class Engine:
     def __init__(self, cfg: ServeConfig, device: str | None = None,
-                 resolve_uri: Callable[[str], str] | None = None):
+                 resolve_uri: Callable[[str], str] | None = None, metrics: LoopMetrics | None = None):
         """`resolve_uri`: for checkpoint and tokenizer names that are not storage URLs
-        (runs:/, models:/), see nestgen.storage.resolve_checkpoint."""
+        (runs:/, models:/), see nestgen.storage.resolve_checkpoint. `metrics`: where the step
+        loop reports (batching step). The loop's thread is started by start_loop()."""
         self.cfg = cfg
         self.device = resolve_device(device or cfg.device)
         self.checkpoint_url = resolve_checkpoint(cfg.checkpoint, resolve_uri)
@@ -103,8 +99,13 @@ class Engine:
         self.decoding_since: float | None = None   # monotonic start of the decode in flight
         self.feedback = LatencyFeedback()
         self.latency: LatencyModel | None = None
+        # The rows decoded together: a Serve batch, or the step loop's running set (whose
+        # throughput a whole decode of that many rows approximates; feedback corrects it).
+        self.batch_rows = cfg.max_active_rows if cfg.batching == "step" else cfg.max_batch_size
         if self.auto_presets:
-            self.latency = calibrate(self.auto_presets, self._time_preset, cfg.max_batch_size)
+            self.latency = calibrate(self.auto_presets, self._time_preset, self.batch_rows)
+        self.loop = StepLoop(StepDecoder(self.model), cfg.max_active_rows, cfg.max_queued_rows,
+                             cfg.decode_deadline_s, cfg.retry_after_s, metrics) if cfg.batching == "step" else None
 
     # ---- requests -> jobs
     def _decode_cfg(self, preset: str) -> DecodeConfig:
@@ -126,7 +127,10 @@ class Engine:
             self.feedback.observe(job.auto["model_latency_s"], time.perf_counter() - admitted)
 
     def decode_age_s(self) -> float:
-        """Seconds the decode in flight has run (0 when idle): how a stuck replica shows."""
+        """Seconds the decode (batching request) or step (batching step) in flight has run (0
+        when idle): how a stuck replica shows."""
+        if self.loop is not None:
+            return self.loop.tick_age_s()
         since = self.decoding_since
         return 0.0 if since is None else time.monotonic() - since
 
@@ -146,7 +150,26 @@ class Engine:
             job.cond = ids.expand(job.rows, -1)
         return job
 
-    # ---- one Serve batch
+    # ---- batching step
+    def start_loop(self):
+        """Start the step loop's thread (batching step); returns the event that stops it."""
+        return self.loop.start()
+
+    def submit(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> Future:
+        """Queue `job` on the step loop: a Future of its StepResult (cancel it to drop the
+        job); a 503 RequestError when the queue is full. `on_step` is called in the loop's
+        thread after each of its steps."""
+        return self.loop.submit(job, on_step)
+
+    def respond(self, job: Job, result: StepResult) -> dict:
+        """The response to a job the step loop finished (renders pixels: off the event loop)."""
+        pixels = self.worker.render(result.tokens) if job.format != "tokens" else None
+        return self._response(job, result.tokens, pixels) | {
+            "batching": "step", "batch_size": result.peak_rows, "batch_requests": result.peak_requests,
+            "batch_rows": result.peak_rows, "decode_seconds": result.decode_s,
+            "queue_wait_seconds": result.queue_wait_s}
+
+    # ---- batching request: one Serve batch
     def run(self, jobs: list[Job]) -> list[dict | Exception]:
         """Responses in the order of `jobs` (a DecodeFailed for a group whose decode failed,
         so that one failure never takes the other requests of the batch with it)."""
@@ -170,23 +193,23 @@ class Engine:
                                 temperature=[j.decode.temperature for j in jobs for _ in j.labels],
                                 guidance_scale=[j.decode.guidance_scale for j in jobs for _ in j.labels])
         tokens, pixels, seconds = batch.tokens, batch.pixels, batch.seconds
-        n_cond = 0 if cond is None else cond.shape[1]
-        responses = []
-        for job, rows in zip(jobs, row_slices(jobs)):
-            d = job.decode
-            gflops = decode_flops(self.spec.model, d, n_cond).gflops
-            samples = [{"seed": seed, **encode_sample(job.format, tokens[r], None if pixels is None else pixels[r],
-                                                     self.spec.kind == "video", self.cfg.video_fps)}
-                       for seed, r in zip(job.seeds, range(rows.start, rows.stop))]
-            responses.append({
-                "samples": samples, "format": job.format, "class_label": job.labels[0],
+        return [self._response(job, tokens[rows], None if pixels is None else pixels[rows])
+                | {"batching": "request", "batch_size": len(labels), "decode_seconds": seconds}
+                for job, rows in zip(jobs, row_slices(jobs))]
+
+    def _response(self, job: Job, tokens: torch.Tensor, pixels) -> dict:
+        """The response body for `job`'s decoded rows (tokens (rows, N), pixels or None),
+        without how it was batched (the caller adds that)."""
+        d = job.decode
+        gflops = decode_flops(self.spec.model, d, 0 if job.cond is None else job.cond.shape[1]).gflops
+        samples = [{"seed": seed, **encode_sample(job.format, tokens[i], None if pixels is None else pixels[i],
+                                                 self.spec.kind == "video", self.cfg.video_fps)}
+                   for i, seed in enumerate(job.seeds)]
+        return {"samples": samples, "format": job.format, "class_label": job.labels[0],
                 "schedule": d.schedule, "schedule_name": job.schedule_name, "steps": d.steps, "cache": d.cache,
                 "guidance_scale": d.guidance_scale, "temperature": d.temperature,
                 "gflops_per_sample": gflops, "gflops": gflops * job.rows,
-                "batch_size": len(labels), "decode_seconds": seconds,
-                **({"auto": job.auto} if job.auto else {}),
-            })
-        return responses
+                **({"auto": job.auto} if job.auto else {})}
 
     # ---- read-only endpoints
     def info(self) -> dict:
@@ -196,7 +219,8 @@ class Engine:
             "tokenizer": {"url": self.tokenizer_url, "hash": self.tokenizer_hash} if self.tokenizer else None,
             "cond_tokens": self.spec.cond_tokens, "num_classes": self.spec.model.num_classes,
             "config": {k: to_dict(getattr(self.model_cfg, k)) for k in ("model", "decode")} | {"name": self.model_cfg.name},
-            "limits": {k: getattr(self.cfg, k) for k in ("max_samples_per_request", "max_batch_size",
+            "limits": {k: getattr(self.cfg, k) for k in ("batching", "max_active_rows", "max_queued_rows",
+                                                        "max_samples_per_request", "max_batch_size",
                                                         "batch_wait_timeout_s", "max_body_bytes", "decode_deadline_s",
                                                         "max_condition_pixels", "max_condition_frames",
                                                         "max_condition_seconds")} | {"max_steps": self.spec.max_steps},
@@ -211,7 +235,7 @@ class Engine:
                      "gflops_per_sample_no_cache": decode_flops(self.spec.model, replace(d, cache="none")).gflops}
             if self.latency and name in self.auto_presets:
                 entry["seconds_per_batch_of_1"] = self.latency.batch_seconds(name, 1)
-                entry["seconds_per_full_batch"] = self.latency.batch_seconds(name, self.cfg.max_batch_size)
+                entry["seconds_per_full_batch"] = self.latency.batch_seconds(name, self.batch_rows)
             rows.append(entry)
         return {"default": self.model_cfg.decode.schedule, "presets": rows,
                 "auto": {"presets_best_first": self.auto_presets, "target_s": self.cfg.auto_latency_target_s}

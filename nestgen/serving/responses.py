@@ -45,11 +45,16 @@ class GenerateResponse(BaseModel):
     temperature: float
     gflops_per_sample: float
     gflops: float = Field(description="gflops_per_sample x the request's samples")
-    batch_size: int = Field(description="rows decoded together with this request's (same schedule, cache policy "
-                                        "and conditioning length; temperature and guidance are per row)")
-    decode_seconds: float = Field(description="seconds that batch's decode took")
-    batch_requests: int = Field(description="requests in the Serve batch this request ran in")
-    batch_rows: int = Field(description="rows in that Serve batch")
+    batching: Literal["step", "request"] = Field(description="how the replica batches (serve.batching)")
+    batch_size: int = Field(description="rows decoded together with this request's: step, the most rows in flight "
+                                        "in one of its steps (any schedules); request, its decode group (same "
+                                        "schedule, cache policy and conditioning length)")
+    decode_seconds: float = Field(description="step: seconds from joining the running set to its last step; "
+                                              "request: seconds that batch's decode took")
+    batch_requests: int = Field(description="step: the most requests in flight in one of its steps; request: "
+                                            "requests in the Serve batch this request ran in")
+    batch_rows: int = Field(description="step: as batch_size; request: rows in that Serve batch")
+    queue_wait_seconds: float | None = Field(None, description="step: seconds it waited to join the running set")
     auto: AutoChoice | None = Field(None, description="present when the schedule was 'auto'")
 
 
@@ -63,8 +68,9 @@ class Preset(BaseModel):
     seconds_per_batch_of_1: float | None = Field(None, description="calibrated decode seconds of one sample "
                                                                    "(presets that auto chooses from)")
     seconds_per_full_batch: float | None = Field(None, description="calibrated decode seconds of a batch of "
-                                                                   "serve.max_batch_size samples (limits.max_batch_size "
-                                                                   "in GET /v1/model)")
+                                                                   "serve.max_active_rows (batching step) or "
+                                                                   "serve.max_batch_size (batching request) samples "
+                                                                   "(limits in GET /v1/model)")
 
 
 class AutoSettings(BaseModel):
@@ -79,8 +85,11 @@ class SchedulesResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "stuck"] = Field(description="stuck: a decode has run past decode_deadline_s")
+    status: Literal["ok", "stuck"] = Field(description="stuck: a decode (batching request) or one decode step "
+                                                       "(batching step) has run past decode_deadline_s")
     queue_rows: int = Field(description="rows admitted and not yet answered")
+    active_rows: int | None = Field(None, description="batching step: rows decoding in the step loop")
+    queued_rows: int | None = Field(None, description="batching step: rows waiting to join it")
     decode_age_s: float = Field(description="seconds the decode in flight has run (0 when idle)")
     decode_deadline_s: float
     replica: str = Field(description="the answering replica's id")
@@ -99,6 +108,9 @@ class ModelConfigInfo(BaseModel):
 
 
 class Limits(BaseModel):
+    batching: Literal["step", "request"]
+    max_active_rows: int
+    max_queued_rows: int
     max_samples_per_request: int
     max_batch_size: int
     batch_wait_timeout_s: float
@@ -156,3 +168,12 @@ _ERRORS: dict[int, dict] = {
 def error_responses(*codes: int) -> dict[int, dict]:
     """The `responses=` of a route that can answer `codes`."""
     return {c: _ERRORS[c] for c in codes}
+
+
+# POST /v1/generate's 503 can also come from the replica itself (serve.batching step): JSON.
+GENERATE_503 = {503: {
+    "model": ErrorResponse,
+    "description": "over capacity: the replica's queue is full (serve.max_queued_rows; with Retry-After) or the "
+                   "request ran past serve.decode_deadline_s; or, in plain text from Serve's proxy, over "
+                   "serve.max_queued_requests or no replica ready",
+    "content": {"text/plain": {"schema": {"type": "string"}}}}}

@@ -1,0 +1,176 @@
+"""The step-level decode loop without Ray (issue 23): requests of any schedules, cache policies,
+settings and progress share forward passes and still get their solo tokens; caps, cancel,
+deadline, per-step events, a failing step, and `auto` moving to cheaper schedules before the
+queue refuses."""
+import dataclasses
+from concurrent.futures import CancelledError
+
+import pytest
+import torch
+
+from nestgen.checkpoint import save_checkpoint
+from nestgen.config import DecodeConfig, ModelConfig, ServeConfig, config_from_dict
+from nestgen.configschema import ConfigError
+from nestgen.decoding.maskgit import decode
+from nestgen.decoding.step_decoder import StepDecoder
+from nestgen.model.nested_transformer import NestedTransformer
+from nestgen.serving.engine import Engine
+from nestgen.serving.errors import DecodeFailed, RequestError
+from nestgen.serving.job import Job
+from nestgen.serving.request import GenerateRequest
+from nestgen.serving.step_loop import LoopMetrics, StepLoop
+
+
+def _model(grid):
+    torch.manual_seed(0)
+    m = NestedTransformer(ModelConfig(vocab_size=11, grid=grid, num_classes=3, width=64, depth=2, heads=8,
+                                      nest_factors=[1, 2, 4, 8])).eval()
+    with torch.no_grad():   # weights large enough for class, guidance and temperature to change samples
+        for p in m.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)
+        m.head_bias.add_(torch.randn(m.head_bias.shape))
+    return m
+
+
+class Recorder(LoopMetrics):
+    def __init__(self):
+        self.forwards, self.waits = [], []
+
+    def forward(self, factor, full_pass, lanes):
+        self.forwards.append((factor, full_pass, lanes))
+
+    def joined(self, queue_wait_s):
+        self.waits.append(queue_wait_s)
+
+
+def _job(schedule, cache, temperature, guidance, label, seed, rows=1, cond=None):
+    steps = sum(int(item.split("x")[1]) for item in schedule.split(","))
+    d = DecodeConfig(schedule=schedule, steps=steps, cache=cache, temperature=temperature, guidance_scale=guidance)
+    return Job(labels=[label] * rows, seeds=[seed + i for i in range(rows)], decode=d, schedule_name="custom",
+               format="tokens", cond=cond)
+
+
+# (schedule, cache, temperature, guidance, rows, the tick it arrives at)
+MIX = [("8x3,4x3,2x3,1x3", "on_switch", 1.0, 0.0, 2, 0), ("1x12", "none", 1.7, 1.5, 1, 0),
+       ("8x4,4x4,2x2,1x2", "every:2+cls", 0.5, 0.0, 1, 2), ("2x6,1x6", "every:3", 1.0, 3.0, 2, 3),
+       ("4x5,1x3", "on_switch+cls", 1.3, 0.7, 1, 5), ("8x3,4x3,2x3,1x3", "none", 1.0, 2.0, 1, 7),
+       ("1x12", "on_switch", 1.0, 0.0, 1, 9)]
+
+
+@pytest.mark.parametrize("grid, n_cond", [([4, 4], 0), ([2, 2, 4], 8)], ids=["image", "video-frame-prediction"])
+def test_requests_joining_mid_way_among_other_schedules_get_their_solo_tokens(grid, n_cond):
+    model = _model(grid)
+    metrics = Recorder()
+    loop = StepLoop(StepDecoder(model), max_active_rows=64, max_queued_rows=64, deadline_s=1e9, metrics=metrics)
+    gen = torch.Generator().manual_seed(1)
+    jobs = [_job(s, c, t, g, i % 3, 100 + 10 * i, rows,
+                 torch.randint(0, 11, (1, n_cond), generator=gen).expand(rows, -1) if n_cond else None)
+            for i, (s, c, t, g, rows, _) in enumerate(MIX)]
+    futures, tick = {}, 0
+    while len(futures) < len(jobs) or not all(f.done() for f in futures.values()):
+        for i, (*_, at) in enumerate(MIX):
+            if at == tick:
+                futures[i] = loop.submit(jobs[i])
+        n_before = len(metrics.forwards)
+        loop.tick()
+        ticked = metrics.forwards[n_before:]
+        # one forward pass per (nested size, full/cached, +cls) in flight, whatever the requests
+        assert len({f[:2] for f in ticked}) <= len(ticked) <= 2 * len({f[:2] for f in ticked})
+        tick += 1
+    assert tick < 12 + 9 + 2
+    # forward passes did mix requests of different schedules: more lanes than any one request has
+    assert max(lanes for *_, lanes in metrics.forwards) > 4
+    for job, (i, fut) in zip(jobs, sorted(futures.items())):
+        got = fut.result().tokens
+        alone = decode(model, torch.tensor(job.labels), job.decode, seeds=job.seeds, cond=job.cond).tokens
+        assert torch.equal(got, alone), (i, MIX[i])
+    # the settings take effect: without temperature and guidance the guided request differs
+    plain = decode(model, torch.tensor(jobs[1].labels), dataclasses.replace(jobs[1].decode, temperature=1.0,
+                                                                            guidance_scale=0.0),
+                   seeds=jobs[1].seeds, cond=jobs[1].cond).tokens
+    assert not torch.equal(plain, futures[1].result().tokens)
+
+
+def test_caps_queue_cancel_deadline_and_step_events():
+    loop = StepLoop(StepDecoder(_model([4, 4])), max_active_rows=3, max_queued_rows=5, deadline_s=1e9,
+                    retry_after_s=7)
+    events = []
+    a = loop.submit(_job("2x6,1x6", "on_switch", 1.0, 0.0, 0, 1, rows=2), on_step=events.append)
+    b = loop.submit(_job("1x12", "none", 1.0, 0.0, 1, 5, rows=2))
+    c = loop.submit(_job("1x12", "none", 1.0, 0.0, 2, 9, rows=1))
+    with pytest.raises(RequestError) as full:          # 2 + 2 + 1 rows queued: one more is over the cap
+        loop.submit(_job("1x12", "none", 1.0, 0.0, 2, 9, rows=1))
+    assert full.value.status == 503 and full.value.retry_after_s == 7 and "serve.max_queued_rows" in full.value.reason
+    loop.tick()                                         # a joins (2 rows); b (2 more) would pass 3 and waits
+    assert (loop.active_rows, loop.queued_rows) == (2, 3)
+    b.cancel()                                          # b's client went away while queued
+    loop.tick()                                         # c joins past the dropped b
+    assert (loop.active_rows, loop.queued_rows) == (3, 0) and b.cancelled()
+    c.cancel()                                          # c's client went away while decoding
+    loop.tick()
+    assert loop.active_rows == 2
+    while loop.tick():
+        pass
+    assert [e.step for e in events] == list(range(1, 13)) and all(e.steps == 12 for e in events)
+    masked = [int(e.masked.sum()) for e in events]
+    assert masked == sorted(masked, reverse=True) and masked[-1] == 0 and masked[0] < 2 * 16
+    assert torch.equal(events[-1].tokens, a.result().tokens) and a.result().ticks == 12
+    late = StepLoop(loop.decoder, 3, 3, deadline_s=0.0)  # every request is past a deadline of 0 s
+    d = late.submit(_job("1x12", "none", 1.0, 0.0, 0, 1))
+    late.tick()
+    assert isinstance(d.exception(), RequestError) and d.exception().status == 503
+    with pytest.raises(CancelledError):
+        b.result()
+
+
+def test_a_failing_step_fails_its_requests_and_the_loop_lives_on(monkeypatch):
+    loop = StepLoop(StepDecoder(_model([4, 4])), 8, 8, deadline_s=1e9)
+    first = loop.submit(_job("1x12", "none", 1.0, 0.0, 0, 1))
+
+    def boom(rows):
+        raise RuntimeError("shape mismatch in /secret/path")
+    monkeypatch.setattr(loop.decoder, "advance", boom)
+    loop.tick()
+    assert isinstance(first.exception(), DecodeFailed) and "secret" not in str(first.exception())
+    monkeypatch.undo()
+    second = loop.submit(_job("1x12", "none", 1.0, 0.0, 0, 1))
+    while loop.tick():
+        pass
+    assert second.result().tokens.shape == (1, 16)
+
+
+def test_step_batching_needs_room_for_a_whole_request():
+    for bad in ({"max_active_rows": 2}, {"max_queued_rows": 2}, {"retry_after_s": 0}, {"batching": "steps"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            config_from_dict({"serve": {"max_samples_per_request": 4, **bad}})
+
+
+def test_auto_moves_to_cheaper_schedules_as_the_loop_queue_grows_before_it_refuses(tmp_path):
+    torch.manual_seed(0)
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
+    ckpt = save_checkpoint(str(tmp_path / "c.pt"), cfg, NestedTransformer(cfg.model))
+    engine = Engine(ServeConfig(checkpoint=ckpt, max_active_rows=4, max_queued_rows=24, max_samples_per_request=4),
+                    device="cpu")
+    assert engine.loop is not None and engine.batch_rows == 4
+    # a target the best preset just meets on an empty replica
+    engine.cfg = dataclasses.replace(engine.cfg, auto_latency_target_s=engine.latency.expected_latency("baseline", 0, 4))
+    chosen, futures = [], []
+    while True:
+        req = GenerateRequest(schedule="auto", num_samples=4, format="tokens", seed=len(chosen))
+        engine.admit(4)
+        job = engine.resolve(req, 4)
+        try:
+            futures.append((job, engine.submit(job)))
+        except RequestError as e:
+            assert e.status == 503
+            break
+        chosen.append(job.schedule_name)
+    order = engine.auto_presets
+    assert chosen[0] == "baseline" and chosen[-1] == order[-1]
+    assert [order.index(c) for c in chosen] == sorted(order.index(c) for c in chosen)
+    while engine.loop.tick():
+        pass
+    job, fut = futures[-1]
+    out = engine.respond(job, fut.result())
+    assert out["schedule_name"] == chosen[-1] and out["batching"] == "step" and out["auto"]["queue_rows"] > 0
