@@ -432,3 +432,34 @@ def test_streamed_fid_and_is_equal_the_one_shot_numbers_and_pickle_to_workers(tm
     assert suite.protocols["fid"]["num_samples"] == 200 and suite.protocols["fid"]["input_resolutions"] == [[12, 12]]
     assert suite.protocols["fid"]["reference"]["source"].endswith("ref.npz")
     assert suite.protocols["inception_score"]["num_splits"] == 10
+
+
+def test_every_frechet_distance_records_its_reference_alike():
+    """FID, FVD and the digits distances share one record: a reference of another dimension is
+    refused, the reference's ddof is recorded, and a covariance ddof that differs from the
+    samples' is noted (FVD and the digits distances left both out), as is a reference with
+    fewer samples than dimensions."""
+    from types import SimpleNamespace
+
+    from nestgen.metrics.digits_metrics import frechet_result as digits_result
+    from nestgen.metrics.fid import fid_result
+    from nestgen.metrics.frechet import feature_stats
+    from nestgen.metrics.fvd import fvd_result
+    rng = np.random.default_rng(0)
+    gen = feature_stats(rng.normal(size=(40, 6)), ddof=1)
+    ref = feature_stats(rng.normal(size=(50, 6)), ddof=0)
+    net = SimpleNamespace(record=lambda: {"file": "stand-in"}, spec=SimpleNamespace(conventions={}),
+                          kind="digits_image_cnn", config={"size": 32})
+    seen = {"num_samples": 40, "input_resolutions": [[8, 8]]}
+    results = [fid_result(net, gen, seen, ref), fvd_result(net, gen, {"clip_shapes_thw": [[16, 8, 8]]}, ref),
+               digits_result("fd_digits", net, gen, ref, "stats", None, record={"file": "digits"})]
+    for res in results:
+        assert res.value == pytest.approx(frechet_distance_stats(gen, ref), rel=1e-12), res.name
+        assert res.protocol["reference"]["ddof"] == 0 and res.protocol["covariance_ddof"] == 1, res.name
+        assert res.protocol["notes"] == ["reference covariance ddof=0 differs from samples' ddof=1"], res.name
+    few = feature_stats(rng.normal(size=(4, 6)), ddof=1)
+    for res in (fvd_result(net, gen, {"clip_shapes_thw": [[16, 8, 8]]}, few),
+                digits_result("fd_digits", net, gen, few, "stats", None, record={"file": "digits"})):
+        assert any("only 4 samples for 6-d features" in n for n in res.protocol["notes"]), res.protocol
+    with pytest.raises(ValueError, match="reference stats are 5-d but the network gives 6-d"):
+        digits_result("fd_digits", net, gen, feature_stats(rng.normal(size=(50, 5))), "stats", None, record={"file": "digits"})

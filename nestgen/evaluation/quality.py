@@ -307,7 +307,7 @@ def _on_worker(net) -> Callable:
 def _reference(ctx: _Context, key: str, stats_fn):
     """Reference stats: evaluate.reference_stats (.npz) when set, else the reference rows'
     (`stats_fn` of the rendered batches of the training split)."""
-    from nestgen.metrics.fid import resolve_reference
+    from nestgen.metrics.frechet import resolve_reference
     if ctx.cfg.evaluate.reference_stats:
         return ctx.once(key, lambda: resolve_reference(ctx.cfg.evaluate.reference_stats))
     ref = ctx.reference_batches()

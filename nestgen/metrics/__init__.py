@@ -6,7 +6,7 @@ Standard (need local TorchScript feature nets, never downloaded):
 Embedded, offline (feature nets trained here on the sklearn digits):
   digits_metrics.fd_digits / fvd_digits / digits_accuracy / digit_clip_accuracy
   frame_error.frame_prediction_error
-Shared: frechet (stats, distance, .npz), feature_nets (loading), protocol (MetricResult).
+Shared: frechet (stats, distance, .npz, the Fréchet metrics' record), feature_nets (loading), protocol (MetricResult).
 """
 from nestgen.metrics.digits_metrics import digit_clip_accuracy, digits_accuracy, digits_stats, fd_digits, fvd_digits
 from nestgen.metrics.digits_nets import DigitClipNet, DigitImageNet, net_hash

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from nestgen.metrics.digits_nets import net_hash
-from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance_stats
+from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_metric
 from nestgen.metrics.inputs import iter_batches
-from nestgen.metrics.protocol import MetricResult, low_sample_note
+from nestgen.metrics.protocol import MetricResult
 from nestgen.metrics.sums import Sums, accuracy, class_sums
 
 __all__ = ["digits_stats", "digits_features", "digits_predictions", "fd_digits", "fvd_digits", "digits_accuracy",
@@ -64,18 +64,13 @@ def frechet_result(name: str, net, gen: FeatureStats, ref: FeatureStats, source:
     proto: dict[str, Any] = {
         "metric": name,
         "num_samples": gen.n,
-        "reference": {"stats_hash": ref.hash(), "num_samples": ref.n, "source": source},
         "input_conventions": _INPUT_TEXT[net.kind].format(size=net.config["size"]),
         "resize": f"bilinear, antialias, align_corners=False, to {net.config['size']}x{net.config['size']}",
         "feature_net": record or net_record(net, info),
         "features": f"{gen.dim}-d penultimate pre-activations of a digits classifier trained in nestgen",
-        "covariance_ddof": gen.ddof, "sqrtm_eps": eps, "feature_dim": gen.dim,
         "comparable_to": "only runs with the same feature_net.net_hash; not FID/FVD",
     }
-    note = low_sample_note(min(gen.n, ref.n), gen.dim)
-    if note:
-        proto["notes"] = [note]
-    return MetricResult(name, frechet_distance_stats(gen, ref, eps=eps), proto)
+    return frechet_metric(name, gen, ref, source, proto, eps)
 
 
 def fd_digits(net, images, reference, info: dict | None = None, batch_size: int = 256,

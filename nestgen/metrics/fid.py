@@ -6,21 +6,19 @@ mean/covariance, IS keeps the (N, 1008) probabilities it needs for its splits.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 import torch
 
 from nestgen.metrics.feature_nets import LoadedFeatureNet
-from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance_stats, load_stats
+from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_metric, resolve_reference
 from nestgen.metrics.inputs import images_to_nchw3, iter_batches
-from nestgen.metrics.protocol import MetricResult, low_sample_note
+from nestgen.metrics.protocol import MetricResult
 from nestgen.metrics.sums import Sums, contiguous_parts, inception_score, inception_sums
 
 __all__ = ["inception_pass", "inception_outputs", "compute_inception_stats", "compute_fid", "compute_inception_score",
-           "compute_fid_and_is", "inception_score_from_probs", "inception_split_sums", "fid_result", "is_result",
-           "resolve_reference"]
+           "compute_fid_and_is", "inception_score_from_probs", "inception_split_sums", "fid_result", "is_result"]
 
 
 @torch.inference_mode()
@@ -65,13 +63,6 @@ def compute_inception_stats(net: LoadedFeatureNet, images, batch_size: int = 64,
     return stats.stats()
 
 
-def resolve_reference(reference: FeatureStats | str | os.PathLike) -> tuple[FeatureStats, str]:
-    """(stats, source): a FeatureStats in memory or a path/URL of an .npz with mu, sigma."""
-    if isinstance(reference, FeatureStats):
-        return reference, "in-memory"
-    return load_stats(str(reference)), str(reference)
-
-
 def _base_protocol(metric: str, net: LoadedFeatureNet, seen: dict) -> dict[str, Any]:
     return {
         "metric": metric,
@@ -88,20 +79,7 @@ def fid_result(net, gen: FeatureStats, seen: dict, reference, eps: float = 1e-6,
     """FID of sample statistics against the reference, with its protocol record (`source`:
     where in-memory reference statistics came from)."""
     ref, resolved = resolve_reference(reference)
-    source = source or resolved
-    if ref.dim != gen.dim:
-        raise ValueError(f"reference stats are {ref.dim}-d but the network gives {gen.dim}-d features")
-    proto = _base_protocol("fid", net, seen)
-    proto.update({
-        "reference": {"stats_hash": ref.hash(), "num_samples": ref.n, "source": source, "ddof": ref.ddof},
-        "covariance_ddof": gen.ddof, "sqrtm_eps": eps, "feature_dim": gen.dim,
-    })
-    notes = [m for m in (low_sample_note(gen.n, gen.dim),) if m]
-    if ref.ddof is not None and ref.ddof != gen.ddof:
-        notes.append(f"reference covariance ddof={ref.ddof} differs from samples' ddof={gen.ddof}")
-    if notes:
-        proto["notes"] = notes
-    return MetricResult("fid", frechet_distance_stats(gen, ref, eps=eps), proto)
+    return frechet_metric("fid", gen, ref, source or resolved, _base_protocol("fid", net, seen), eps)
 
 
 def compute_fid(net: LoadedFeatureNet, images, reference: FeatureStats | str, batch_size: int = 64,

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import numpy as np
 import scipy.linalg
 
+from nestgen.metrics.protocol import MetricResult, low_sample_note
 from nestgen.storage import write_bytes_atomic
 
 __all__ = [
     "FeatureStats", "RunningStats", "feature_stats", "frechet_sums", "frechet_stats", "frechet_distance",
-    "frechet_distance_stats",
+    "frechet_distance_stats", "frechet_metric", "resolve_reference",
     "save_stats", "load_stats", "stats_hash",
 ]
 
@@ -158,6 +161,34 @@ def _bad_imag(m: np.ndarray, atol: float = 1e-3) -> bool:
 
 def frechet_distance_stats(a: FeatureStats, b: FeatureStats, eps: float = 1e-6) -> float:
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, eps=eps)
+
+
+def frechet_metric(name: str, gen: FeatureStats, ref: FeatureStats, source: str, protocol: dict[str, Any],
+                   eps: float = 1e-6) -> MetricResult:
+    """The Fréchet distance `name` (FID, FVD, the digits distances) of sample statistics to
+    reference statistics, with its protocol record: the caller's `protocol` (the metric, its
+    inputs and feature net) plus what every Fréchet distance records alike: the reference
+    (hash, count, `source`: where it came from, covariance ddof), the covariance conventions,
+    and notes when a side has too few samples for a full-rank covariance (a reference count of
+    0 is unknown) or the two covariances were computed with different ddof."""
+    if ref.dim != gen.dim:
+        raise ValueError(f"reference stats are {ref.dim}-d but the network gives {gen.dim}-d features")
+    proto = {**protocol,
+             "reference": {"stats_hash": ref.hash(), "num_samples": ref.n, "source": source, "ddof": ref.ddof},
+             "covariance_ddof": gen.ddof, "sqrtm_eps": eps, "feature_dim": gen.dim}
+    notes = [m for m in (low_sample_note(min(gen.n, ref.n) if ref.n else gen.n, gen.dim),) if m]
+    if ref.ddof is not None and ref.ddof != gen.ddof:
+        notes.append(f"reference covariance ddof={ref.ddof} differs from samples' ddof={gen.ddof}")
+    if notes:
+        proto["notes"] = notes
+    return MetricResult(name, frechet_distance_stats(gen, ref, eps=eps), proto)
+
+
+def resolve_reference(reference: FeatureStats | str | os.PathLike) -> tuple[FeatureStats, str]:
+    """(stats, source): a FeatureStats in memory or a path/URL of an .npz with mu, sigma."""
+    if isinstance(reference, FeatureStats):
+        return reference, "in-memory"
+    return load_stats(str(reference)), str(reference)
 
 
 def stats_hash(mu: np.ndarray, sigma: np.ndarray, length: int = 16) -> str:

@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from nestgen.metrics.feature_nets import LoadedFeatureNet
-from nestgen.metrics.fid import resolve_reference
-from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_distance_stats
+from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_metric, resolve_reference
 from nestgen.metrics.inputs import iter_batches, videos_to_bcthw3
-from nestgen.metrics.protocol import MetricResult, low_sample_note
+from nestgen.metrics.protocol import MetricResult
 
 __all__ = ["i3d_preprocess", "i3d_features", "i3d_features_pass", "compute_video_stats", "compute_fvd",
            "fvd_result", "I3D_SIZE"]
@@ -102,9 +101,6 @@ def fvd_result(net: LoadedFeatureNet, gen: FeatureStats, seen: dict, reference: 
     """FVD of sample statistics against the reference, with its protocol record (`source`:
     where in-memory reference statistics came from)."""
     ref, resolved = resolve_reference(reference)
-    source = source or resolved
-    if ref.dim != gen.dim:
-        raise ValueError(f"reference stats are {ref.dim}-d but the network gives {gen.dim}-d features")
     proto: dict[str, Any] = {
         "metric": "fvd",
         "num_samples": gen.n,
@@ -114,10 +110,5 @@ def fvd_result(net: LoadedFeatureNet, gen: FeatureStats, seen: dict, reference: 
         "preprocess_mode": mode,
         "resize": _RESIZE_TEXT[mode],
         "feature_net": net.record(),
-        "reference": {"stats_hash": ref.hash(), "num_samples": ref.n, "source": source, "ddof": ref.ddof},
-        "covariance_ddof": gen.ddof, "sqrtm_eps": eps, "feature_dim": gen.dim,
     }
-    note = low_sample_note(gen.n, gen.dim)
-    if note:
-        proto["notes"] = [note]
-    return MetricResult("fvd", frechet_distance_stats(gen, ref, eps=eps), proto)
+    return frechet_metric("fvd", gen, ref, source or resolved, proto, eps)
