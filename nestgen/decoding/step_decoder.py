@@ -34,6 +34,16 @@ from nestgen.decoding.plan import StepPlan
 from nestgen.model.nested_transformer import KVCache, NestedTransformer
 
 
+@dataclass(frozen=True)
+class LaneCache:
+    """One lane's KV cache: row `index` of a forward group's per-layer (lanes, heads, 1+N, hd)
+    K/V. While the same lanes meet again in the same order (a steady running set), the next
+    cached pass updates those tensors in place instead of gathering the rows into new ones."""
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    index: int
+
+
 @dataclass
 class Row:
     """One sample's decode in progress (create with StepDecoder.new_row)."""
@@ -45,8 +55,8 @@ class Row:
     unknown: torch.Tensor             # (n_unknown,) still-masked positions, in the row's own order
     fixed_prev: torch.Tensor | None = None   # positions fixed by the previous step (cached steps query them)
     step: int = 0                     # the next step to run
-    # per lane (conditional, then unconditional when guided): per layer (K, V), (heads, 1+N, hd)
-    caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+    # per lane (conditional, then unconditional when guided): where its K/V live
+    caches: list[LaneCache] = field(default_factory=list)
 
     @property
     def guided(self) -> bool:
@@ -142,20 +152,29 @@ class StepDecoder:
                                 + ([torch.arange(r.prep.n_cond, device=self.device)] if fresh else []))
                       for r, _ in lanes]
             width = max(a.shape[0] for a in active)
-            n_layers = len(lanes[0][0].caches[lanes[0][1]])
-            cache = KVCache(factor, [torch.stack([r.caches[lane][i][0] for r, lane in lanes]) for i in range(n_layers)],
-                            [torch.stack([r.caches[lane][i][1] for r, lane in lanes]) for i in range(n_layers)])
+            cache = self._gather_cache(factor, [r.caches[lane] for r, lane in lanes])
             out = m.forward_active(tok_in, torch.stack([_pad(a, width) for a in active]), factor, cache,
                                    n_head=n_head, labels=labels if fresh else None)
         if cache is not None:
             for j, (r, lane) in enumerate(lanes):
                 if keep[j]:
-                    per_layer = [(k[j], v[j]) for k, v in zip(cache.keys, cache.values)]
+                    lc = LaneCache(cache.keys, cache.values, j)
                     if len(r.caches) <= lane:
-                        r.caches.append(per_layer)
+                        r.caches.append(lc)
                     else:
-                        r.caches[lane] = per_layer
+                        r.caches[lane] = lc
         return [out[j, :n] for j, n in enumerate(n_u)]
+
+    @staticmethod
+    def _gather_cache(factor: int, lanes: list[LaneCache]) -> KVCache:
+        """The lanes' K/V as one batch: their own tensors when they are exactly its rows, in
+        order; else a copy of their rows."""
+        base = lanes[0]
+        if base.keys[0].shape[0] == len(lanes) and all(
+                lc.keys is base.keys and lc.index == j for j, lc in enumerate(lanes)):
+            return KVCache(factor, base.keys, base.values)
+        return KVCache(factor, [torch.stack([lc.keys[i][lc.index] for lc in lanes]) for i in range(len(base.keys))],
+                       [torch.stack([lc.values[i][lc.index] for lc in lanes]) for i in range(len(base.keys))])
 
     def _sample(self, group: list[Row], logits: dict[int, list[torch.Tensor]]) -> None:
         """maskgit.sample_step over rows at the same step of the same plan shape."""
