@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
+
+from pipelines.ray_runtime import free_port  # noqa: F401  (benchmarks take it from here, for their own Serve)
 
 
 def write_json(path: str | None, result: dict) -> None:
@@ -19,10 +20,3 @@ def loopback_ray_env() -> None:
     """Local Ray binds 127.0.0.1 only and reports no usage (set before Ray starts)."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 for a benchmark's own Serve."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -38,11 +38,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import write_json
 from benchmarks.paper_folders import write_imagenet_folder, write_ucf101_folder
 from benchmarks.process_memory import TreeMemory
+from nestgen.metrics.stand_in_nets import StandInI3D, StandInInception, save_stand_in
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,52 +95,10 @@ FOLDERS = {
 }
 
 
-class StandInInception(torch.nn.Module):
-    """The call interface of inception-2015-12-05.pt (uint8 NCHW RGB, resizes itself to
-    299x299), random weights, 64-d features and 1008-way softmax."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.register_buffer("proj", torch.randn(192, 64, generator=g) / 14)
-        self.register_buffer("w", torch.randn(192, 1008, generator=g) / 14)
-        self.register_buffer("b", torch.randn(1008, generator=g))
-
-    def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
-                no_output_bias: bool = False) -> torch.Tensor:
-        x = F.interpolate(img.to(torch.float32), size=(299, 299), mode="bilinear", align_corners=False)
-        x = F.adaptive_avg_pool2d((x - 128.0) / 128.0, 8).flatten(1)
-        if return_features:
-            return torch.tanh(x @ self.proj)
-        logits = x @ self.w
-        return torch.softmax(logits if no_output_bias else logits + self.b, dim=1)
-
-
-class StandInI3D(torch.nn.Module):
-    """The call interface of i3d_torchscript.pt ((B, 3, T, 224, 224) in [-1, 1] unless
-    rescale/resize), random weights, 64-d features from appearance and motion."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.register_buffer("proj", torch.randn(96, 64, generator=g) / 10)
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        x = x.to(torch.float32)
-        if rescale:
-            x = x / 127.5 - 1.0
-        if resize:
-            x = F.interpolate(x, size=(x.shape[2], 224, 224), mode="trilinear", align_corners=False)
-        look = F.adaptive_avg_pool3d(x, (1, 4, 4)).flatten(1)                          # 48
-        move = F.adaptive_avg_pool3d((x[:, :, 1:] - x[:, :, :-1]).abs(), (1, 4, 4)).flatten(1)
-        return torch.cat([look, move], dim=1) @ self.proj
-
-
 def _stand_in(kind: str, folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ("inception-2015-12-05.pt" if kind == "image" else "i3d_torchscript.pt")
-    torch.jit.script(StandInInception() if kind == "image" else StandInI3D()).save(str(path))
+    save_stand_in(StandInInception() if kind == "image" else StandInI3D(), path)
     return str(path)
 
 

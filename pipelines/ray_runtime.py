@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 
 _dashboard_url: str | None = None
 
@@ -13,6 +14,15 @@ def is_loopback(address: str) -> bool:
     """127.0.0.0/8 and ::1, IPv4-mapped ones (::ffff:127.0.0.1) included."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a local server to listen on (Serve's proxy in the
+    serve step, the tests' and benchmarks' servers). Another process may take it before it is
+    bound: fine on a machine of one's own, which is where it is used."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None):

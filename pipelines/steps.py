@@ -18,7 +18,6 @@ steps before), joined by `seeds`: every metric as mean and 95% t interval over t
 from __future__ import annotations
 
 import base64
-import socket
 from dataclasses import replace
 
 from nestgen.configschema import to_dict
@@ -28,6 +27,7 @@ from nestgen.storage import join, read_bytes, url_to_fs, write_bytes_atomic
 from pipelines.config import RunConfig
 from pipelines.dag import Step, StepContext
 from pipelines.dag_mlflow import DATASETS
+from pipelines.ray_runtime import free_port
 
 
 def data_step(cfg: RunConfig, ctx: StepContext) -> dict:
@@ -139,12 +139,6 @@ def served_train_step(cfg: RunConfig) -> str:
     return "train" + seed_branches(cfg)[0][0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _first_val_clip(cfg: RunConfig, ctx: StepContext) -> str:
     """A held-out raw clip (base64 MP4) to condition a frame-prediction request on."""
     from nestgen.data.raw_files import list_raw_files
@@ -164,7 +158,7 @@ def serve_step(cfg: RunConfig, ctx: StepContext, train: str = "train") -> dict:
     from nestgen.serving.client import generate, request_json
     from pipelines.serve import run_local
     scfg = replace(cfg.serve, checkpoint=ctx.inputs[train]["checkpoint_url"])
-    url = run_local(scfg, "127.0.0.1", _free_port(), block=False)
+    url = run_local(scfg, "127.0.0.1", free_port(), block=False)
     try:
         video = cfg.model.is_video
         fmt = "mp4" if video else "png"

@@ -25,7 +25,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipelines.ray_runtime import free_port
 from scripts.small_png import save_small_png
 
 VIEW_KEY = "readme"
@@ -48,12 +48,6 @@ CHROMIUM_FLAGS = ["--headless", "--remote-debugging-pipe", "--disable-gpu", "--d
 # Chromium refuses to start as root with its sandbox on (crbug.com/638180); as any other user
 # (measured: Debian's chromium 156 as `nobody` in this container) it runs sandboxed.
 ROOT_ONLY_FLAGS = ["--no-sandbox"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_group(pid: int) -> None:
@@ -73,29 +67,37 @@ def stop_group(pid: int) -> None:
 
 
 @contextmanager
-def mlflow_ui(db: Path, log: Path, timeout: float = 120):
-    """`mlflow ui` on sqlite:///db, 127.0.0.1 and a free port; yields its URL; stopped by PID."""
+def mlflow_process(args: list[str], log: Path, ready_path: str = "/health", env: dict | None = None,
+                   timeout: float = 120):
+    """`mlflow <args>` (ui, server, models serve) listening on 127.0.0.1 and a free port, in a
+    session of its own, output to `log`; yields its URL once GET <url><ready_path> answers 200
+    (an error with the log's end if it exits or times out first); stopped by process group."""
     port = free_port()
     exe = Path(sys.executable).parent / "mlflow"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(exe), "ui", "--backend-store-uri", f"sqlite:///{db.resolve()}",
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        proc = subprocess.Popen([str(exe), *args, "--host", "127.0.0.1", "--port", str(port)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
         while True:
             try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                if urllib.request.urlopen(f"{url}{ready_path}", timeout=2).status == 200:
                     break
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow ui did not start: {log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(f"mlflow {args[0]} did not start: {log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.5)
         yield url
     finally:
         stop_group(proc.pid)
+
+
+def mlflow_ui(db: Path, log: Path, timeout: float = 120):
+    """`mlflow ui` on sqlite:///db (a context manager yielding its URL, as mlflow_process)."""
+    return mlflow_process(["ui", "--backend-store-uri", f"sqlite:///{db.resolve()}", "--workers", "1"], log,
+                          timeout=timeout)
 
 
 def ajax(url: str, path: str, body: dict | None = None) -> dict:

@@ -1,25 +1,19 @@
 import os
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from nestgen.metrics.stand_in_nets import StandInI3D, save_stand_in
+from pipelines.ray_runtime import free_port
+from scripts.mlflow_screenshots import mlflow_process
 
 # Tests talk to loopback only. These must be set before Ray starts (its workers inherit
 # them) and before gcsfs is imported (its hierarchical-namespace probe otherwise stalls 60 s
@@ -27,7 +21,7 @@ def _free_port() -> int:
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-GCS_PORT = _free_port()
+GCS_PORT = free_port()
 os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{GCS_PORT}"
 
 # MLflow's default store is ./mlflow.db: tests write to a temporary one instead.
@@ -41,34 +35,12 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda it: it.get_closest_marker("cluster") is not None)
 
 
-class FakeI3D(torch.nn.Module):
-    """Same call interface as StyleGAN-V's i3d_torchscript.pt: x (B, C, T, H, W);
-    rescale maps 0..255 to [-1, 1], resize goes to 224; it checks it got what it needs."""
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        x = x.to(torch.float32)
-        if rescale:
-            x = x / 127.5 - 1.0
-        if resize:
-            x = F.interpolate(x, size=(x.shape[2], 224, 224), mode="trilinear", align_corners=False)
-        if x.shape[1] != 3 or x.shape[-1] != 224 or x.shape[-2] != 224:
-            raise RuntimeError("expected (B, 3, T, 224, 224)")
-        if bool(x.min() < -1.001) or bool(x.max() > 1.001):
-            raise RuntimeError("expected values in [-1, 1]")
-        pooled = x.mean(dim=(2, 3, 4))                                              # 3-d
-        motion = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=(2, 3, 4))             # 3-d
-        return torch.cat([pooled, motion * 10.0], dim=1)
-
-
 @pytest.fixture
 def fake_i3d_file(tmp_path) -> Path:
-    """FakeI3D as a TorchScript file, the form the real I3D comes in (NESTGEN_I3D_PATH)."""
-    import warnings
+    """A stand-in I3D (6-d features) as a TorchScript file, the form the real I3D comes in
+    (NESTGEN_I3D_PATH)."""
     path = tmp_path / "i3d_torchscript.pt"
-    with warnings.catch_warnings():      # torch 2.13 deprecates TorchScript; the real file is one
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(FakeI3D()).save(str(path))
+    save_stand_in(StandInI3D(features=6), path)
     return path
 
 
@@ -116,29 +88,9 @@ def gcs_emulator():
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite backend, proxied artifacts) on 127.0.0.1, stopped by PID."""
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            pass
-        if time.time() > deadline or proc.poll() is not None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    with mlflow_process(["server", "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                         "--artifacts-destination", str(root / "artifacts")], root / "server.log", timeout=90) as url:
+        yield url
 
 
 # ---- real data files and small trained tokenizers, made once per session -------------

@@ -9,7 +9,6 @@ variable is taken out of the commands' environment: the user's shell does not se
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,19 +21,13 @@ import psutil
 import pytest
 import torch
 
-from pipelines.ray_runtime import is_loopback
+from pipelines.ray_runtime import free_port, is_loopback
 
 pytestmark = pytest.mark.timeout(600)
 
 REPO = Path(__file__).resolve().parents[1]
 NESTGEN = str(Path(sys.executable).parent / "nestgen")
 MARK = "NESTGEN_LOOPBACK_TEST"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _users_env(tmp: Path, ray_tmp: str) -> dict:
@@ -44,7 +37,7 @@ def _users_env(tmp: Path, ray_tmp: str) -> dict:
            if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED", "RAY_ADDRESS")}
     return env | {"RAY_TMPDIR": ray_tmp, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
                   # fixed by default: a second Ray beside the session's would find them taken
-                  "AUTOSCALER_METRIC_PORT": str(_free_port()), "DASHBOARD_METRIC_PORT": str(_free_port())}
+                  "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port())}
 
 
 class Command:
@@ -140,7 +133,7 @@ def test_nestgen_serve_listens_on_loopback_only(tmp_path):
     torch.manual_seed(0)
     cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
     ckpt = save_checkpoint(str(tmp_path / "c.pt"), cfg, NestedTransformer(cfg.model))
-    port = _free_port()
+    port = free_port()
     cmd = Command(["serve", "configs/serve_digits.yaml", "--checkpoint", ckpt, "--port", str(port)], tmp_path)
     try:
         cmd.sample_until(lambda: cmd.printed(r"nestgen serving .* on http://127\.0\.0\.1:"), "serving line")

@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import socket
-
 import pytest
 from mlflow.tracking import MlflowClient
+
+from pipelines.ray_runtime import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -26,12 +26,6 @@ TINY = ["tokenizer.image_size=16", "tokenizer.steps=10", "tokenizer.batch_size=3
         "scaling.num_workers=1", "pipeline.data_size=16", "evaluate.num_samples=20", "evaluate.batch_size=20",
         "evaluate.schedules=[baseline,magnets]", "evaluate.caches=[none]", "evaluate.search.num_samples=10",
         "evaluate.search.max_candidates=2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray(*args, env, timeout=180):
@@ -47,7 +41,7 @@ def head(tmp_path_factory):
     tmp = Path(f"/tmp/ngj{os.getpid()}")            # Ray's socket paths must stay short
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
                RAY_AUTH_MODE="disabled")
-    gcs, dash, agent = _free_port(), _free_port(), _free_port()
+    gcs, dash, agent = free_port(), free_port(), free_port()
     res = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=4",
                "--disable-usage-stats", f"--temp-dir={tmp}", env=env)

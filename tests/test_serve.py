@@ -18,14 +18,9 @@ from nestgen.data.media import decode_mp4, encode_mp4
 from nestgen.data.moving_digits import make_moving_digit_clips
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.tokenizers import clips_to_pixels, load_tokenizer
+from pipelines.ray_runtime import free_port
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _checkpoint(path, cfg_dict) -> str:
@@ -37,7 +32,7 @@ def _checkpoint(path, cfg_dict) -> str:
 @pytest.fixture(scope="module")
 def serve_base(ray_local):
     from ray import serve
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

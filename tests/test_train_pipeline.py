@@ -4,10 +4,8 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -25,6 +23,7 @@ from nestgen.training.loop import NestedTrainer
 from pipelines.config import run_config_from_dict
 from pipelines.tracking import use_tracking_uri
 from pipelines.train import fit
+from scripts.mlflow_screenshots import mlflow_process
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(900)
@@ -301,12 +300,6 @@ def test_training_run_has_system_metrics(trained, mlflow_server):
         assert client.get_metric_history(res.run_id, key), key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_registered_model_generates_with_pyfunc_and_mlflow_models_serve(trained, mlflow_server, tmp_path):
     """MLflow's own loaders: pyfunc.load_model and `mlflow models serve` (POST /invocations)."""
     import pandas as pd
@@ -321,33 +314,15 @@ def test_registered_model_generates_with_pyfunc_and_mlflow_models_serve(trained,
     with pytest.raises(Exception, match="class_label 12 is out of range"):
         model.predict(pd.DataFrame({"label": [12], "seed": [0]}))
 
-    port = _free_port()
-    log = open(tmp_path / "serve.log", "wb")
     bin_dir = Path(sys.executable).parent              # as from the activated environment: it starts uvicorn
-    proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", uri,
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
-                                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with mlflow_process(["models", "serve", "-m", uri, "--env-manager", "local", "-w", "1"], tmp_path / "serve.log",
+                        ready_path="/ping", env=env, timeout=180) as url:
         body = json.dumps({"dataframe_split": {"columns": ["label", "seed", "schedule"],
                                                "data": [[3, 0, "baseline"], [5, 1, ""]]}}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                     {"Content-Type": "application/json"})
+        req = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
         preds = json.load(urllib.request.urlopen(req, timeout=120))["predictions"]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
     assert [p["label"] for p in preds] == [3, 5]
     # the same seeds give the same samples in either loader
     assert [base64.b64decode(p["png"]) for p in preds] == list(got["png"])
