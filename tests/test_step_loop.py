@@ -116,7 +116,7 @@ def test_caps_queue_cancel_deadline_and_step_events():
     masked = [int(e.masked.sum()) for e in events]
     assert masked == sorted(masked, reverse=True) and masked[-1] == 0 and masked[0] < 2 * 16
     assert torch.equal(events[-1].tokens, a.result().tokens) and a.result().ticks == 12
-    late = StepLoop(loop.decoder, 3, 3, deadline_s=0.0)  # every request is past a deadline of 0 s
+    late = StepLoop(loop.decoder, 3, 3, deadline_s=-1.0)  # every request is past a negative deadline
     d = late.submit(_job("1x12", "none", 1.0, 0.0, 0, 1))
     late.tick()
     assert isinstance(d.exception(), RequestError) and d.exception().status == 503
@@ -150,7 +150,7 @@ def test_auto_moves_to_cheaper_schedules_as_the_loop_queue_grows_before_it_refus
     torch.manual_seed(0)
     cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
     ckpt = save_checkpoint(str(tmp_path / "c.pt"), cfg, NestedTransformer(cfg.model))
-    engine = Engine(ServeConfig(checkpoint=ckpt, max_active_rows=4, max_queued_rows=24, max_samples_per_request=4),
+    engine = Engine(ServeConfig(checkpoint=ckpt, max_active_rows=4, max_queued_rows=64, max_samples_per_request=4),
                     device="cpu")
     assert engine.loop is not None and engine.batch_rows == 4
     # a target the best preset just meets on an empty replica
