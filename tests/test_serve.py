@@ -45,8 +45,8 @@ def image_url(serve_base, tmp_path_factory):
 
     from pipelines.serve import build
     ckpt = _checkpoint(tmp_path_factory.mktemp("img") / "c.pt", {"model": {"width": 32, "depth": 1}})
-    cfg = ServeConfig(checkpoint=ckpt, max_batch_size=16, batch_wait_timeout_s=0.25, max_ongoing_requests=32,
-                      max_samples_per_request=4, max_body_bytes=20_000, cpus_per_replica=0.5,
+    cfg = ServeConfig(checkpoint=ckpt, batching="request", max_batch_size=16, batch_wait_timeout_s=0.25,
+                      max_ongoing_requests=32, max_samples_per_request=4, max_body_bytes=20_000, cpus_per_replica=0.5,
                       auto_latency_target_s=1000.0)
     serve.run(build(cfg), name="img", route_prefix="/img")
     return serve_base + "/img"
@@ -54,21 +54,36 @@ def image_url(serve_base, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def guarded_url(serve_base, tmp_path_factory):
-    """The same kind of model behind bearer auth, allowed long decodes and a 1 s decode deadline.
-    The key reaches the replica as an environment variable, as a cluster Secret would."""
+    """The same kind of model behind bearer auth, allowed long decodes and a 1 s decode deadline
+    (request-level batching: one decode can run past it). The key reaches the replica as an
+    environment variable, as a cluster Secret would."""
     from ray import serve
 
     from nestgen.configschema import to_dict
     from nestgen.serving.deployment import deployment_options
     from pipelines.serve import Generator
     ckpt = _checkpoint(tmp_path_factory.mktemp("guard") / "c.pt", {"model": {"width": 32, "depth": 1}})
-    cfg = ServeConfig(checkpoint=ckpt, max_batch_size=8, max_ongoing_requests=16, max_samples_per_request=4,
-                      cpus_per_replica=0.5, auto_presets=[], max_steps=100_000, decode_deadline_s=1.0,
-                      api_keys_env="NESTGEN_TEST_KEYS")
+    cfg = ServeConfig(checkpoint=ckpt, batching="request", max_batch_size=8, max_ongoing_requests=16,
+                      max_samples_per_request=4, cpus_per_replica=0.5, auto_presets=[], max_steps=100_000,
+                      decode_deadline_s=1.0, api_keys_env="NESTGEN_TEST_KEYS")
     opts = deployment_options(cfg)
     opts["ray_actor_options"]["runtime_env"] = {"env_vars": {"NESTGEN_TEST_KEYS": "key-a,key-b"}}
     serve.run(Generator.options(**opts).bind(to_dict(cfg)), name="guard", route_prefix="/guard")
     return serve_base + "/guard"
+
+
+@pytest.fixture(scope="module")
+def step_url(serve_base, tmp_path_factory):
+    """The raw-digits model with step-level batching: 4 rows decode at once, 8 may wait."""
+    from ray import serve
+
+    from pipelines.serve import build
+    ckpt = _checkpoint(tmp_path_factory.mktemp("steps") / "c.pt", {"model": {"width": 32, "depth": 1}})
+    cfg = ServeConfig(checkpoint=ckpt, batching="step", max_active_rows=4, max_queued_rows=8, retry_after_s=3,
+                      max_batch_size=4, max_ongoing_requests=16, max_samples_per_request=4, cpus_per_replica=0.5,
+                      auto_presets=[], max_steps=100_000)
+    serve.run(build(cfg), name="steps", route_prefix="/steps")
+    return serve_base + "/steps"
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +340,49 @@ def test_a_stuck_decode_is_reported_and_serve_replaces_the_replica(guarded_url):
     assert "stuck" in seen, seen
     assert h["replica"] != first and h["status"] == "ok", h
     assert _post(guarded_url, {"format": "tokens", "seed": 2}, headers=KEY).status_code == 200
+
+
+def _hold(url: str, body: str) -> socket.socket:
+    """POST `body` on a raw connection that stays open, unread, until closed."""
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=30)
+    sock.sendall((f"POST {u.path}/v1/generate HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+    return sock
+
+
+def _wait_health(url: str, **want) -> dict:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        h = httpx.get(url + "/v1/health", timeout=10).json()
+        if all(h[k] == v for k, v in want.items()):
+            return h
+        time.sleep(0.1)
+    raise AssertionError(f"health never showed {want}: {h}")
+
+
+def test_step_batching_mixes_settings_exactly_caps_its_queue_and_drops_gone_clients(step_url):
+    bodies = [{"class_label": i, "seed": 300 + i, "format": "tokens", "temperature": [1.0, 0.7][i % 2],
+               "schedule": ["magnets", "baseline", "magnets-lite"][i % 3], "guidance_scale": [0.0, 1.5][i % 2],
+               "cache": ["on_switch", "none", "every:2+cls"][i % 3]} for i in range(6)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: _post(step_url, b), bodies))
+    assert all(r.json()["batching"] == "step" for r in together)
+    for b, r in zip(bodies, together):
+        alone = _post(step_url, b)
+        assert alone.json()["batch_size"] == 1 and _tokens(alone) == _tokens(r), b
+    # 4 rows decoding (a decode that would take minutes) and 8 waiting fill the replica: one more is a 503
+    long = '{"format": "tokens", "schedule": "1x100000", "num_samples": 4}'
+    held = [_hold(step_url, long)]
+    _wait_health(step_url, active_rows=4)
+    for queued in (4, 8):
+        held.append(_hold(step_url, long))
+        _wait_health(step_url, queued_rows=queued)
+    refused = _post(step_url, {"format": "tokens"})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "3", refused.text
+    assert "serve.max_queued_rows" in refused.json()["detail"]
+    for sock in held:          # the clients go away: their rows leave the loop at its next step
+        sock.close()
+    _wait_health(step_url, active_rows=0, queued_rows=0, queue_rows=0)
+    assert _post(step_url, {"format": "tokens"}).status_code == 200
