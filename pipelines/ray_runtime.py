@@ -1,4 +1,5 @@
-"""Connecting to Ray: an address (a cluster, `ray job submit`) or a local loopback-only head."""
+"""Connecting to Ray: an address (a cluster, `ray job submit`, `auto` for one `ray start` began on
+this machine) or a local loopback-only head of our own."""
 from __future__ import annotations
 
 import ipaddress
@@ -43,7 +44,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
         ctx = ray.init(address=address, log_to_driver=True)
     else:
         _refuse_network_head(ray.util.get_node_ip_address())
-        ctx = ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
+        # address="local": a head of our own even when `ray start` left a cluster on this machine,
+        # which a bare ray.init() would join (and refuse, num_cpus given); that one is --ray-address auto
+        ctx = ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=True,
                        dashboard_host="127.0.0.1", log_to_driver=True)
     _dashboard_url = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
     return ray

@@ -176,3 +176,24 @@ def test_a_local_ray_that_would_listen_on_the_network_is_refused(tmp_path):
         pytest.skip("this machine has no network address to refuse")
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
     assert "a local Ray would listen on" in res.stderr and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1" in res.stderr
+
+
+def test_a_local_run_starts_its_own_ray_beside_a_cluster_ray_start_left(tmp_path):
+    """`ray start` records its cluster where a bare ray.init() finds and joins it (refusing the
+    CPU count nestgen declares: "When connecting to an existing cluster, num_cpus ... must not be
+    provided"). Without --ray-address, nestgen starts a head of its own on loopback instead."""
+    ray_tmp = tempfile.mkdtemp(prefix="nglb", dir="/tmp")
+    try:
+        os.makedirs(f"{ray_tmp}/ray")
+        with open(f"{ray_tmp}/ray/ray_current_cluster", "w") as f:
+            f.write(f"127.0.0.1:{free_port()}")          # what `ray start --head` leaves behind
+        code = ("import pipelines, ray\nfrom pipelines.ray_runtime import init_ray\n"
+                "init_ray(num_cpus=3)\nprint('CPUS', ray.cluster_resources()['CPU'], "
+                "ray.get_runtime_context().gcs_address)\nray.shutdown()\n")
+        res = subprocess.run([sys.executable, "-c", code], env=_users_env(tmp_path, ray_tmp), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    cpus, gcs = re.search(r"CPUS (\S+) (\S+)", res.stdout).groups()
+    assert float(cpus) == 3 and is_loopback(gcs.rsplit(":", 1)[0])
