@@ -13,7 +13,10 @@ real data as the baseline can still be within 10% of the baseline's number, so t
 change measures the reference set more than the method. Above `FLOOR_SHARE` the verdict
 therefore reads the change of the *excess over the floor*, (q - q_base) / (q_base - floor),
 with the paired interval of the variant and the baseline (the floor held fixed, like the
-reference); both readings are always reported.
+reference); both readings are always reported. A floor measured on fewer real rows than a
+variant's samples is compared at matched counts (nestgen.evaluation.real.Floor); where it
+cannot be carried to the variants' count, the verdict reads the plain change and the claim
+line says why.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class ClaimCheck:
     excess: float | None = None         # the change of the excess over the floor and its interval
     excess_lo: float | None = None
     excess_hi: float | None = None
+    floor_note: str = ""                # why a real-data floor was not comparable (the change was read)
 
     @property
     def line(self) -> str:
@@ -53,6 +57,8 @@ class ClaimCheck:
             text += (f"; excess over the real-data floor ({100 * self.floor_share:.0f}% of the baseline) "
                      f"{100 * self.excess:+.1f}% [{100 * self.excess_lo:+.1f}, {100 * self.excess_hi:+.1f}]; "
                      f"judged on the {self.reading}")
+        elif self.floor_note:
+            text += f"; real-data floor not comparable ({self.floor_note}): judged on the change"
         return text + f"; within {100 * self.threshold:g}%: {self.verdict}"
 
     def as_dict(self) -> dict:
@@ -68,11 +74,12 @@ def _verdict(lo: float, hi: float, threshold: float, lower_is_better: bool) -> s
 
 def claim_check(gflops_saving: float, change: float, lo: float, hi: float, threshold: float = 0.10,
                 lower_is_better: bool = True, floor_share: float | None = None,
-                excess: Interval | None = None) -> ClaimCheck:
+                excess: Interval | None = None, floor_note: str = "") -> ClaimCheck:
     """The verdict on one variant. `lower_is_better` is the metric's direction (FID: True,
     so a positive change is a loss; accuracy, IS, PSNR: False). `floor_share`: the real-data
     floor as a share of the baseline's score (None: no floor); `excess`: the change of the
-    excess over that floor (excess_change). Above FLOOR_SHARE the verdict reads the excess."""
+    excess over that floor (excess_change). Above FLOOR_SHARE the verdict reads the excess.
+    `floor_note`: why a floor exists but is not comparable (then neither share nor excess)."""
     if not lo <= hi:
         raise ValueError(f"interval [{lo}, {hi}] is empty")
     if floor_share is None or floor_share <= FLOOR_SHARE or excess is None:
@@ -80,7 +87,8 @@ def claim_check(gflops_saving: float, change: float, lo: float, hi: float, thres
     else:
         verdict, reading = _verdict(excess.lo, excess.hi, threshold, lower_is_better), "excess"
     e = (None, None, None) if excess is None else (excess.value, excess.lo, excess.hi)
-    return ClaimCheck(gflops_saving, change, lo, hi, threshold, lower_is_better, verdict, reading, floor_share, *e)
+    return ClaimCheck(gflops_saving, change, lo, hi, threshold, lower_is_better, verdict, reading, floor_share, *e,
+                      floor_note)
 
 
 def excess_change(value: float, base: float, floor: float, replicates, base_replicates,

@@ -31,12 +31,14 @@ def format_value(x: float, signed: bool = False) -> str:
 
 def results_table(results: list[VariantResult], quality_key: str, lower_is_better: bool = True,
                   savings: list[float] | None = None, changes: dict[str, Interval | None] | None = None,
-                  excess: dict[str, Interval | None] | None = None, real: RealDataResult | None = None) -> str:
+                  excess: dict[str, Interval | None] | None = None, real: RealDataResult | None = None,
+                  floor_text: str = "") -> str:
     """One row per variant; `savings`: each variant's GFLOPs saving against its baseline
     (default: against the first row); `changes`: variant name -> relative change of
     `quality_key` against its baseline with its interval, `excess`: the change of the excess
     over the real-data floor (two last columns); `real`: the real-data row, last, with each
-    metric and the interval of `quality_key`."""
+    metric (at the row's own count) and the interval of `quality_key`, then `floor_text` (how
+    the floor compares with the baseline when the row has fewer rows than the samples)."""
     savings = savings or [results[0].gflops_per_sample / r.gflops_per_sample for r in results]
     front = pareto_front([r.gflops_per_sample for r in results], [r.metrics[quality_key] for r in results],
                          lower_is_better)
@@ -61,8 +63,7 @@ def results_table(results: list[VariantResult], quality_key: str, lower_is_bette
         rows.append(f"{real.name + f' ({real.num_samples} held-out)':{width}s} {'-':>8s} {'-':>7s} {'-':>10s} "
                     + " ".join(f"{real.metrics.get(k, float('nan')):15.4f}" for k in keys) + "   "
                     + (f"  {quality_key} [{format_value(iv.lo)}, {format_value(iv.hi)}]: the floor" if iv else "")
-                    + (f" at the variants' count ({format_value(real.measured[quality_key])} on the rows)"
-                       if quality_key in real.count_matched else ""))
+                    + floor_text)
     return "\n".join(rows)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from nestgen.evaluation.claim import FLOOR_SHARE, ClaimCheck, claim_check, excess_change
 from nestgen.evaluation.data import EvalData, eval_requests
 from nestgen.evaluation.quality import QualitySuite
-from nestgen.evaluation.real import RealDataResult, score_real_data
+from nestgen.evaluation.real import Floor, RealDataResult, floor_against, real_row_count, score_real_data
 from nestgen.evaluation.report import pareto_front, results_table
 from nestgen.evaluation.search import SearchResult, search_schedule, split_held_out
 from nestgen.evaluation.stream import StreamPlan, stream_batch, stream_variants
@@ -80,7 +80,9 @@ class EvaluationReport:
         return results_table(self.results, self.metric, self.suite.lower_is_better,
                              [self.gflops_saving(r) for r in self.results],
                              {r.variant.name: c for r, c in zip(self.results, self.changes())},
-                             {r.variant.name: self.excess(r) for r in self.results}, self.real)
+                             {r.variant.name: self.excess(r) for r in self.results}, self.real,
+                             floor.comparison(self.cfg.evaluate.num_samples)
+                             if (floor := self.floor(self.baseline())) is not None else "")
 
     def interval(self, r: VariantResult, value: str) -> Interval | None:
         """Bootstrap interval of one reported value (None without replicates)."""
@@ -98,27 +100,29 @@ class EvaluationReport:
     def changes(self) -> list[Interval | None]:
         return [self.change(r, self.metric) for r in self.results]
 
-    def floor(self) -> float | None:
-        """The real-data row's primary metric: the floor of a lower-is-better distance (None
-        without a real-data row, or for a higher-is-better metric, which has no floor to subtract)."""
-        if self.real is None or not self.suite.lower_is_better:
+    def floor(self, r: VariantResult) -> Floor | None:
+        """The real-data floor under r's baseline on the primary metric, at matched counts
+        (nestgen.evaluation.real; None without a real-data row or a baseline, or for a
+        higher-is-better metric, which has no floor to subtract)."""
+        base = self.baseline_for(r)
+        if self.real is None or base is None or not self.suite.lower_is_better or self.metric not in self.real.metrics:
             return None
-        return self.real.metrics.get(self.metric)
+        return floor_against(self.real, self.metric, base, self.cfg.evaluate.num_samples)
 
     def floor_share(self, r: VariantResult) -> float | None:
-        """The floor as a share of r's baseline's score."""
-        base, floor = self.baseline_for(r), self.floor()
-        if base is None or floor is None or not base.metrics[self.metric] > 0:
-            return None
-        return floor / base.metrics[self.metric]
+        """The floor as a share of r's baseline's score, at the real rows' count (None when
+        there is no floor or it is not comparable)."""
+        f = self.floor(r)
+        return None if f is None else f.share
 
     def excess(self, r: VariantResult) -> Interval | None:
-        """The change of the primary metric's excess over the floor against r's baseline, with
-        the paired interval (None without a floor or replicates)."""
-        base, floor, m = self.baseline_for(r), self.floor(), self.metric
-        if base is None or floor is None or not all(m in x.replicates for x in (r, base)):
+        """The change of the primary metric's excess over the floor (carried to the variants'
+        count) against r's baseline, with the paired interval (None without a comparable
+        floor or replicates)."""
+        base, floor, m = self.baseline_for(r), self.floor(r), self.metric
+        if base is None or floor is None or floor.value is None or not all(m in x.replicates for x in (r, base)):
             return None
-        return excess_change(r.metrics[m], base.metrics[m], floor, r.replicates[m], base.replicates[m])
+        return excess_change(r.metrics[m], base.metrics[m], floor.value, r.replicates[m], base.replicates[m])
 
     def claims(self) -> list[ClaimCheck | None]:
         """The claim check of every variant on the primary metric (None without an interval or
@@ -126,7 +130,8 @@ class EvaluationReport:
         the floor where the floor is above FLOOR_SHARE of the baseline."""
         e = self.cfg.evaluate
         return [None if c is None else claim_check(self.gflops_saving(r), c.value, c.lo, c.hi, e.claim_threshold,
-                                                   self.suite.lower_is_better, self.floor_share(r), self.excess(r))
+                                                   self.suite.lower_is_better, self.floor_share(r), self.excess(r),
+                                                   f.reason if (f := self.floor(r)) is not None else "")
                 for r, c in zip(self.results, self.changes())]
 
     def claim_lines(self) -> list[str]:
@@ -149,8 +154,28 @@ class EvaluationReport:
             return None
         r = self.real
         return {"variant": r.name, "source": r.source, "num_samples": r.num_samples, **r.metrics,
-                "intervals": self._intervals(r.metrics, r.replicates),
-                **({"count_matched": r.count_matched, "measured_on_rows": r.measured} if r.count_matched else {})}
+                "intervals": self._intervals(r.metrics, r.replicates)}
+
+    def floor_row(self) -> dict | None:
+        """The floor under the headline baseline for the summary (None without one)."""
+        base, e = self.baseline(), self.cfg.evaluate
+        f = self.floor(base)
+        if f is None:
+            return None
+        share = f.share
+        row = {"value": f.value, "measured": f.measured, "rows": f.rows, "baseline_at_rows": f.baseline_at_rows,
+               "share_of_baseline": share,
+               "judged_on": "excess" if (share or 0) > FLOOR_SHARE else "change",
+               "rule": f"above {FLOOR_SHARE:g} of the baseline's score the claim check judges the change of the "
+                       "excess over the real-data floor"}
+        if f.rows < e.num_samples:
+            row["note"] = (f"{f.rows} held-out rows against {e.num_samples} samples per variant: a Fréchet distance "
+                           f"grows as samples get fewer, so the floor is compared with the baseline at {f.rows} "
+                           f"samples too (the mean over disjoint runs of its chunks); at {e.num_samples} samples it "
+                           "is the baseline's score less the baseline's excess at the rows' count")
+        if f.reason:
+            row["not_comparable"] = f.reason
+        return row
 
     def summary(self) -> dict:
         base = self.baseline()
@@ -174,7 +199,6 @@ class EvaluationReport:
                 row["claim"] = claim.as_dict()
             rows.append(row)
         e = self.cfg.evaluate
-        floor, share = self.floor(), self.floor_share(base)
         return {
             "checkpoint": self.checkpoint, "model": {"grid": self.cfg.model.grid, "width": self.cfg.model.width,
                                                      "depth": self.cfg.model.depth,
@@ -186,16 +210,7 @@ class EvaluationReport:
             "baselines": {f"{r.variant.guidance_scale:g}": r.variant.name for r in self.results
                           if self.baseline_for(r) is r},
             "real_data": self.real_row(),
-            "floor": None if floor is None else {
-                "value": floor, "share_of_baseline": share, "judged_on": "excess" if (share or 0) > FLOOR_SHARE
-                else "change", "rule": f"above {FLOOR_SHARE:g} of the baseline's score the claim check judges the "
-                                        "change of the excess over the real-data floor",
-                "rows": self.real.num_samples,
-                **({"note": f"{self.real.num_samples} held-out rows against {e.num_samples} samples per variant: "
-                            "a Fréchet distance grows as samples get fewer, so the floor is read off a line in 1/n "
-                            "fitted over subsets of the rows, at the variants' count (measured on the rows: "
-                            f"{self.real.measured[self.metric]:.4g})"}
-                   if self.metric in self.real.count_matched else {})},
+            "floor": self.floor_row(),
             "intervals": {"level": 0.95, "replicates": e.bootstrap_replicates,
                           "chunks": self.plan.num_chunks if self.plan else None,
                           "groups": self.plan.num_groups if self.plan else None,
@@ -228,16 +243,16 @@ def run_evaluation(cfg: NestgenConfig, sample: SampleFn, suite: QualitySuite, da
         variants.append(search.chosen)
     req = eval_requests(cfg, final_data, e.num_samples, e.seed)
     progress(f"evaluating {len(variants)} variants x {e.num_samples} samples")
-    plan = StreamPlan(e.num_samples, e.interval_chunks, e.grid_samples, e.bootstrap_replicates, e.seed, req.groups)
+    plan = StreamPlan(e.num_samples, e.interval_chunks, e.grid_samples, e.bootstrap_replicates, e.seed, req.groups,
+                      matched=real_row_count(cfg, suite, data))
     results = sample(variants, req, plan)
     real = score_real_data(cfg, suite, data)
     report = EvaluationReport(cfg, results, suite, variant_gflops(cfg, baseline_variant(cfg)), search, checkpoint, real,
                               plan=plan)
-    if real is not None and suite.primary in real.metrics:
-        at = (f" at {e.num_samples} samples (line in 1/n; {real.measured[suite.primary]:.4g} measured)"
-              if suite.primary in real.count_matched else "")
-        progress(f"{real.name}: {suite.primary} {real.metrics[suite.primary]:.4g}{at} on {real.num_samples} "
-                 f"held-out rows (the floor)")
+    floor = report.floor(report.baseline())
+    if real is not None and floor is not None:
+        progress(f"{real.name}: {suite.primary} {floor.measured:.4g} on {real.num_samples} held-out rows "
+                 f"(the floor){floor.comparison(e.num_samples)}")
     for line in report.claim_lines():
         progress(f"claim check: {line}")
     return report

@@ -106,14 +106,19 @@ def aggregate_summaries(summaries: dict[int, dict], level: float = 0.95) -> dict
 def _floor(summaries: dict[int, dict], seeds: list[int], level: float) -> dict:
     """The real-data row over the seeds and which reading the claim check takes: the excess
     over the floor when the floor's mean share of the baseline is above FLOOR_SHARE (every
-    model's summary must have the row; {} when one lacks it)."""
+    model's summary must have the row; {} when one lacks it), the change when a model's floor
+    is not comparable at the variants' count (nestgen.evaluation.real.Floor)."""
     if not all(summaries[s].get("real_data") and summaries[s].get("floor") for s in seeds):
         return {}
     real = summaries[seeds[0]]["real_data"]
-    share = math.fsum(summaries[s]["floor"]["share_of_baseline"] or 0.0 for s in seeds) / len(seeds)
-    return {"real_data": {**_aggregate_rows({s: summaries[s]["real_data"] for s in seeds}, level),
-                          "variant": real["variant"], "num_samples": real["num_samples"]},
-            "floor": {"share_of_baseline": share, "judged_on": "excess" if share > FLOOR_SHARE else "change"}}
+    rows = {"real_data": {**_aggregate_rows({s: summaries[s]["real_data"] for s in seeds}, level),
+                          "variant": real["variant"], "num_samples": real["num_samples"]}}
+    off = [s for s in seeds if summaries[s]["floor"]["share_of_baseline"] is None]
+    if off:
+        return {**rows, "floor": {"share_of_baseline": None, "judged_on": "change", "not_comparable": "; ".join(
+            f"seed {s}: {summaries[s]['floor'].get('not_comparable', 'no share')}" for s in off)}}
+    share = math.fsum(summaries[s]["floor"]["share_of_baseline"] for s in seeds) / len(seeds)
+    return {**rows, "floor": {"share_of_baseline": share, "judged_on": "excess" if share > FLOOR_SHARE else "change"}}
 
 
 def _claim(agg: dict, v: dict) -> ClaimCheck | None:
@@ -127,7 +132,7 @@ def _claim(agg: dict, v: dict) -> ClaimCheck | None:
     floor, x = agg.get("floor"), v.get("excess_change_vs_baseline")
     excess = None if x is None else Interval(x["mean"], x["lo"], x["hi"], x["level"], x["n"])
     return claim_check(g["mean"], q["mean"], q["lo"], q["hi"], agg["claim_threshold"], agg["lower_is_better"],
-                       floor and floor["share_of_baseline"], excess)
+                       floor and floor["share_of_baseline"], excess, (floor or {}).get("not_comparable", ""))
 
 
 def seed_claim_lines(agg: dict) -> list[str]:
@@ -137,11 +142,14 @@ def seed_claim_lines(agg: dict) -> list[str]:
     lines = []
     for v in agg["variants"]:
         if (c := _claim(agg, v)) is not None:
-            excess = "" if c.floor_share is None else (
-                f"excess over the real-data floor ({100 * c.floor_share:.0f}% of the baseline) "
-                + ("undefined" if c.excess is None else
-                   f"{100 * c.excess:+.1f}% [{100 * c.excess_lo:+.1f}, {100 * c.excess_hi:+.1f}]")
-                + f"; judged on the {c.reading}; ")
+            if c.floor_note:
+                excess = f"real-data floor not comparable ({c.floor_note}): judged on the change; "
+            else:
+                excess = "" if c.floor_share is None else (
+                    f"excess over the real-data floor ({100 * c.floor_share:.0f}% of the baseline) "
+                    + ("undefined" if c.excess is None else
+                       f"{100 * c.excess:+.1f}% [{100 * c.excess_lo:+.1f}, {100 * c.excess_hi:+.1f}]")
+                    + f"; judged on the {c.reading}; ")
             lines.append(f"{v['variant']}: GFLOPs saving {c.gflops_saving:.2f}x; {agg['metric']} change "
                          f"{100 * c.change:+.1f}% [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}] over {n} seeds; "
                          f"{excess}within {100 * c.threshold:g}%: {c.verdict}")
@@ -187,8 +195,11 @@ def seeds_table_markdown(agg: dict) -> str:
                                          "(the floor)", "", ""]) + " |")
     lines.append(f"\n{n} training seeds {agg['seeds']}, {agg['num_samples']} samples per variant; "
                  f"mean [{agg['interval']}]."
-                 + (f" The floor is {100 * floor['share_of_baseline']:.0f}% of the baseline's {metric}: the verdict "
-                    f"reads the {'change of the excess over the floor' if floor['judged_on'] == 'excess' else 'change'}."
+                 + (f" The floor is not comparable at the variants' count ({floor['not_comparable']}): the verdict "
+                    "reads the change." if floor and floor["share_of_baseline"] is None else
+                    f" The floor is {100 * floor['share_of_baseline']:.0f}% of the baseline's {metric} (at the real "
+                    f"rows' count): the verdict reads the "
+                    f"{'change of the excess over the floor' if floor['judged_on'] == 'excess' else 'change'}."
                     if floor else ""))
     return "\n".join(lines) + "\n"
 

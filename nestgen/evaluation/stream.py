@@ -17,6 +17,11 @@ seeds is kept, rather than capping the samples at the clip count: the set metric
 covariance) need the samples, and the held-out split is small (100 clips on the moving
 digits, a third of them the schedule search's). Without conditioning every sample is its
 own group, and chunks are contiguous runs of samples.
+
+A Fréchet distance grows as samples get fewer, so where the real-data row
+(nestgen.evaluation.real) has fewer rows than a variant has samples, each variant's Fréchet
+values are also read at the row's count (`StreamPlan.matched`, `VariantStream.at_count`):
+from the chunk rows already kept, at the cost of a few more `finish` calls.
 """
 from __future__ import annotations
 
@@ -41,13 +46,15 @@ class StreamPlan:
     """How one pass over the requests is reduced: n samples per variant in `chunks` chunks
     of whole groups (sample i in group i % groups: the conditioning clips the requests
     cycle through, Requests.groups; 0: each sample its own group), the first `grid` samples
-    kept, `replicates` bootstrap draws."""
+    kept, `replicates` bootstrap draws; `matched` > 0: the count-biased values are also read
+    at that many samples (the real-data row's count, when smaller than n)."""
     n: int
     chunks: int
     grid: int = 0
     replicates: int = 0
     seed: int = 0
     groups: int = 0
+    matched: int = 0
 
     @property
     def num_groups(self) -> int:
@@ -138,14 +145,45 @@ class VariantStream:
                 replicates[k].append(values[k])
         return metrics, {k: np.asarray(r) for k, r in replicates.items() if r}
 
+    def at_count(self, suite: QualitySuite, count: int, values: list[str]) -> dict[str, float]:
+        """`values` at `count` samples, fewer than the stream's: the mean over disjoint runs of
+        k consecutive chunks, for the k whose runs hold `count` samples, else interpolated
+        linearly in 1/n between the two k whose runs bracket it (adjacent counts: the line is
+        no extrapolation). {} when one chunk already holds more than `count` samples."""
+        sizes = np.bincount(self.plan.chunk_of(np.arange(self.plan.n)), minlength=self.plan.num_chunks)
+        runs = {k: [np.arange(i, i + k) for i in range(0, self.plan.num_chunks - k + 1, k)]
+                for k in range(1, self.plan.num_chunks + 1)}
+        held = {k: float(np.mean([sizes[r].sum() for r in rs])) for k, rs in runs.items()}
+        below = [k for k in runs if held[k] <= count]
+        if not below or not values:
+            return {}
+        lo = max(below)
+        ks = [lo] if held[lo] == count or lo == self.plan.num_chunks else [lo, lo + 1]
+        means = []
+        for k in ks:
+            got = []
+            for r in runs[k]:
+                w = np.zeros(self.plan.num_chunks)
+                w[r] = 1.0
+                got.append(suite.finish({name: weighted(rows, w) for name, rows in self.rows.items()},
+                                        self.sample_shape, record=False))
+            means.append({v: float(np.mean([g[v] for g in got])) for v in values})
+        if len(ks) == 1:
+            return means[0]
+        t = (1 / count - 1 / held[ks[0]]) / (1 / held[ks[1]] - 1 / held[ks[0]])
+        return {v: means[0][v] + t * (means[1][v] - means[0][v]) for v in values}
+
     def result(self, cfg: NestgenConfig, suite: QualitySuite) -> VariantResult:
         if self.count != self.plan.n:
             raise RuntimeError(f"{self.variant.name}: {self.count} of {self.plan.n} samples came back")
         metrics, replicates = self.values(suite)
         v = self.variant
+        at_rows = (self.at_count(suite, self.plan.matched, [m for m in suite.count_biased() if m in metrics])
+                   if 0 < self.plan.matched < self.plan.n else {})
         return VariantResult(v, str(resolve_schedule(v.schedule, cfg.model.nest_factors)), variant_gflops(cfg, v),
                              self.seconds / self.count, metrics,
-                             grid=np.concatenate(self.grid) if self.grid else None, replicates=replicates)
+                             grid=np.concatenate(self.grid) if self.grid else None, replicates=replicates,
+                             at_rows=at_rows)
 
 
 # tasks (variant index, start) -> their BatchStats, in task order

@@ -51,6 +51,9 @@ class VariantResult:
     metrics: dict[str, float] = field(default_factory=dict)
     grid: np.ndarray | None = None                                     # pixels of the first grid_samples
     replicates: dict[str, np.ndarray] = field(default_factory=dict)   # metric -> bootstrap replicate values
+    # the Fréchet values at the real-data row's count, when it has fewer rows than the samples
+    # (nestgen.evaluation.real.Floor)
+    at_rows: dict[str, float] = field(default_factory=dict)
 
     def row(self, baseline_gflops: float) -> dict:
         return {"variant": self.variant.name, "label": self.variant.label, "searched": self.variant.searched,
