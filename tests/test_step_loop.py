@@ -174,3 +174,28 @@ def test_auto_moves_to_cheaper_schedules_as_the_loop_queue_grows_before_it_refus
     job, fut = futures[-1]
     out = engine.respond(job, fut.result())
     assert out["schedule_name"] == chosen[-1] and out["batching"] == "step" and out["auto"]["queue_rows"] > 0
+
+
+@pytest.mark.parametrize("n", [33, 34, 65, 97])
+def test_a_cached_pass_gives_a_row_the_same_logits_and_cache_whatever_its_padding(n):
+    """What the step decoder relies on: a row's queries padded with copies of its first one (to
+    the longest row of its pass) change none of its logits or K/V, including when its own query
+    count leaves 1 or 2 queries in the attention kernel's last block."""
+    from nestgen.model.nested_transformer import KVCache
+    torch.manual_seed(0)
+    m = NestedTransformer(ModelConfig(vocab_size=64, grid=[16, 16], num_classes=3, width=64, depth=2, heads=2,
+                                      nest_factors=[1])).eval()
+    tokens = torch.randint(0, 64, (1, 256))
+    with torch.no_grad():
+        full = KVCache()
+        m(tokens, torch.tensor([1]), 1, cache=full)
+
+        def cached(positions):
+            cache = KVCache(1, [k.clone() for k in full.keys], [v.clone() for v in full.values])
+            return m.forward_active(tokens, positions, 1, cache, n_head=n), cache
+        pos = torch.randperm(256, generator=torch.Generator().manual_seed(n))[:n][None]
+        alone, alone_cache = cached(pos)
+        padded, padded_cache = cached(torch.cat([pos, pos[:, :1].expand(1, 200 - n)], 1))
+    assert torch.equal(alone, padded)
+    assert all(torch.equal(a, b) for a, b in zip(alone_cache.keys + alone_cache.values,
+                                                 padded_cache.keys + padded_cache.values))

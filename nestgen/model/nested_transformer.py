@@ -47,6 +47,14 @@ class KVCache:
         self.factor, self.keys, self.values = 0, [], []
 
 
+# Cached passes run their queries in a count padded to a multiple of this (zero queries, whose
+# outputs are dropped). PyTorch's CPU attention kernel works in blocks of 32/64/256 queries and
+# rounds a block of 1 or 2 queries differently from a larger one, so without the padding a
+# query's output depended on how many other queries its pass had: a row decoded among others
+# (nestgen.decoding.step_decoder pads rows to the longest) would not match its solo decode.
+_QUERY_ALIGN = 8
+
+
 class NestedAttention(nn.Module):
     """Self-attention whose first H/f heads form the nested sub-model's attention.
 
@@ -83,7 +91,9 @@ class NestedAttention(nn.Module):
                 cache.keys[layer].scatter_(2, idx, k)
                 cache.values[layer].scatter_(2, idx, v)
                 k, v = cache.keys[layer], cache.values[layer]
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d_att)
+        if seq_idx is not None and n % _QUERY_ALIGN:
+            q = F.pad(q, (0, 0, 0, _QUERY_ALIGN - n % _QUERY_ALIGN))
+        out = F.scaled_dot_product_attention(q, k, v)[:, :, :n].transpose(1, 2).reshape(b, n, d_att)
         return sliced_linear(self.o, out, d_att, width)
 
 
