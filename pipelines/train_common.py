@@ -8,17 +8,25 @@
             reported by every rank (rank 0 also logs them, and its machine's system
             metrics, to MLflow) and, every
             scaling.checkpoint_every steps and at the end, a checkpoint: every rank calls
-            job.save (a sharded model's state is gathered collectively), rank 0 writes it.
+            job.save (a sharded model's state is gathered collectively), rank 0 writes it
+            beside its data position.
 
 Resuming: a fit with the same output URL (Ray's storage_path) and name continues from the
 last reported checkpoint; a worker failure is retried (FailureConfig) from that checkpoint,
-whose optimizer/scheduler/step state makes the step count exact.
+whose optimizer/scheduler/step state makes the step count exact. The data stream continues
+too: the checkpoint records the epoch and the batches of it already trained on
+(DATA_POSITION_FILE), and a resumed worker passes over those batches of that epoch's
+iteration, which is the same as the interrupted run's (the block order and each epoch's
+local shuffle are seeded), so it trains on the batches the uninterrupted run would have.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,6 +41,7 @@ from pipelines.config import RunConfig, run_config_from_dict
 from pipelines.tracking import Run
 
 CKPT_FILE = "checkpoint.pt"
+DATA_POSITION_FILE = "data_position.json"    # {"epoch": e, "batches": b}: b batches of epoch e trained on
 
 
 @dataclass
@@ -82,7 +91,9 @@ class Reporter:
         self.samples, self.tokens = samples_per_step, tokens_per_sample
         self.window, self.t0 = MetricWindow(), time.perf_counter()
 
-    def step(self, step: int, metrics: dict, done: bool, save: Callable[[str], None], **extra) -> None:
+    def step(self, step: int, metrics: dict, done: bool, save: Callable[[str], None],
+             position: tuple[int, int], **extra) -> None:
+        """`position`: (epoch, batches of it trained on), written beside a checkpoint."""
         import ray.train
         self.window.add(metrics)
         is_ckpt = step % self.ckpt_every == 0 or done
@@ -110,6 +121,8 @@ class Reporter:
             ck = None
             save(os.path.join(d, CKPT_FILE) if self.rank == 0 else None)
             if self.rank == 0:
+                with open(os.path.join(d, DATA_POSITION_FILE), "w") as f:
+                    json.dump({"epoch": position[0], "batches": position[1]}, f)
                 ck = ray.train.Checkpoint.from_directory(d)
             ray.train.report(out, checkpoint=ck, checkpoint_dir_name=f"checkpoint_{step:08d}")
 
@@ -124,31 +137,47 @@ def run_worker(config: dict, setup: Callable[[Worker], WorkerJob]) -> None:
     worker = Worker(run_config_from_dict(config["cfg"]), config, rank, ctx.get_world_size(),
                     ray.train.torch.get_device(), run)
     job = setup(worker)
+    epoch, skip = 0, 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             job.load(os.path.join(d, CKPT_FILE))
+            epoch, skip = _data_position(d)
     start_step = job.trainer.step
     local_bs = max(1, job.batch_size // worker.world)
     reporter = Reporter(worker, job.log_every, local_bs * worker.world, job.tokens_per_sample, job.steps)
     shard = ray.train.get_dataset_shard("train")
-    epoch = 0
     # rank 0's machine: where the run's metrics come from
     with run.system_metrics(worker.cfg.mlflow.system_metrics_every_s) if run else contextlib.nullcontext():
         while job.trainer.step < job.steps:
             # a different shuffle on every rank and epoch, the same on every run
             shuffle_seed = (job.seed * 1_000_003 + epoch * 1009 + worker.rank) % 2**32
-            epoch += 1
+            taken = 0
             for batch in shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=job.batch_dtype,
                                                   local_shuffle_buffer_size=worker.cfg.scaling.shuffle_buffer or None,
                                                   local_shuffle_seed=shuffle_seed):
+                taken += 1
+                if taken <= skip:        # trained on before the checkpoint this run resumed from
+                    continue
                 metrics = job.train_step(batch)
                 done = job.trainer.step >= job.steps
-                reporter.step(job.trainer.step, metrics, done, job.save, start_step=start_step)
+                reporter.step(job.trainer.step, metrics, done, job.save, (epoch, taken), start_step=start_step)
                 if job.after_step is not None:
                     job.after_step(done)
                 if done:
                     break
+            epoch, skip = epoch + 1, 0
+
+
+def _data_position(folder: str) -> tuple[int, int]:
+    """(epoch, batches of it trained on) of a checkpoint folder; (0, 0) for a checkpoint
+    written before positions were recorded (its run restarts the data stream)."""
+    path = os.path.join(folder, DATA_POSITION_FILE)
+    if not os.path.exists(path):
+        return 0, 0
+    with open(path) as f:
+        p = json.load(f)
+    return int(p["epoch"]), int(p["batches"])
 
 
 def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: dict, loop_config: dict):
@@ -178,9 +207,26 @@ def torch_trainer(loop, cfg: RunConfig, output_url: str, name: str, datasets: di
             resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, storage_filesystem=arrow_filesystem(output_url),
-            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            # controller_failure_limit: Ray's default (-1) retries a worker group that cannot be placed
+            # (a lost node held its resources) for ever, every RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S:
+            # the step would hang; after max_failures such starts it fails (pipelines.errors says why)
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures,
+                                                   controller_failure_limit=sc.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=sc.keep_checkpoints)),
         datasets=datasets, dataset_config=ray.train.DataConfig(execution_options=ingest))
+
+
+@contextlib.contextmanager
+def _keeps_sigint():
+    """The SIGINT handler as it was before, on the way out: Ray Train V2's fit() installs its
+    own (to abort the run) and leaves it there, so Ctrl-C no longer stopped `nestgen run`
+    once training was over. Only the main thread may set handlers (and only it gets signals)."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread() and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def fit_on_workers(loop, cfg: RunConfig, output_url: str, name: str, dataset, run: Run,
@@ -190,7 +236,7 @@ def fit_on_workers(loop, cfg: RunConfig, output_url: str, name: str, dataset, ru
     checkpoint_uri and named by output_url's LATEST. Ray must be initialized. Progress
     (step/total, loss, ETA) shows as a console bar."""
     from pipelines.console import RemoteBar
-    with RemoteBar(name, "step") as bar:
+    with RemoteBar(name, "step") as bar, _keeps_sigint():
         result = torch_trainer(loop, cfg, output_url, name, {"train": dataset}, {
             "cfg": config_to_dict(cfg), "tracking_uri": cfg.mlflow.resolved_uri(), "run_id": run.run_id,
             "progress": bar.feed, **(loop_config or {})}).fit()

@@ -127,17 +127,31 @@ def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(trained, mlflow_s
         assert client.get_metric_history(res.run_id, key)
 
 
-def test_worker_failure_resumes_from_checkpoint_with_exact_steps(digit_shards, tmp_path, monkeypatch):
+def test_worker_failure_resumes_from_checkpoint_with_exact_steps_and_batches(digit_shards, tmp_path, monkeypatch):
+    """A run that fails at step 6 resumes from its step-4 checkpoint and ends with the weights
+    and loss of the same run that never failed: the resumed workers pass over the 4 batches of
+    epoch 0 trained on before the checkpoint (batch 256 of ~1,600 rows: 6 steps an epoch) and
+    go on into epoch 1 as the uninterrupted run does (they used to start epoch 0 again). And
+    fit() leaves the SIGINT handler as it found it (Ray Train V2 installed its own and kept it:
+    Ctrl-C no longer stopped `nestgen run` after training)."""
+    def cfg():
+        c = _cfg(digit_shards, steps=8, name="fault", checkpoint_every=4)
+        c.train.batch_size = 256
+        return c
+    handler = signal.getsignal(signal.SIGINT)
+    whole = fit(cfg(), str(tmp_path / "whole"))
+    assert signal.getsignal(signal.SIGINT) is handler
     flag = tmp_path / "failed-once"
     monkeypatch.setattr(pipelines.train, "train_loop_per_worker",
-                        _failing_once(pipelines.train.train_loop_per_worker, NestedTrainer, 13, flag))
-    cfg = _cfg(digit_shards, steps=20, name="fault")
-    res = fit(cfg, str(tmp_path / "out"))
-    assert flag.exists()                           # it really failed once at step 13 ...
-    assert res.metrics["step"] == 20               # ... and resumed from the step-10 checkpoint
-    assert res.start_step == 10
-    ckpt = read_checkpoint(res.checkpoint_url)
-    assert ckpt["step"] == 20 and ckpt["scheduler"]["last_epoch"] == 20    # 20 optimizer steps, no more
+                        _failing_once(pipelines.train.train_loop_per_worker, NestedTrainer, 6, flag))
+    res = fit(cfg(), str(tmp_path / "out"))
+    assert flag.exists()                           # it really failed once at step 6 ...
+    assert res.metrics["step"] == 8                # ... and resumed from the step-4 checkpoint
+    assert res.start_step == 4 and whole.start_step == 0
+    ckpt, uninterrupted = read_checkpoint(res.checkpoint_url), read_checkpoint(whole.checkpoint_url)
+    assert ckpt["step"] == 8 and ckpt["scheduler"]["last_epoch"] == 8      # 8 optimizer steps, no more
+    assert all(torch.equal(ckpt["model"][k], uninterrupted["model"][k]) for k in ckpt["model"])
+    assert res.metrics["loss/f1"] == whole.metrics["loss/f1"]      # steps 6-8, on the same code path
 
 
 def test_run_that_keeps_failing_ends_failed_in_mlflow(digit_shards, tmp_path, monkeypatch):
