@@ -1,48 +1,90 @@
-"""Load benchmark of the HTTP service: C concurrent clients for T seconds per scenario.
+"""Open-loop load benchmark of the HTTP service: Poisson arrivals at several rates against a
+real local `nestgen serve`, for each batching mode, on loopback.
 
-  python -m benchmarks.serve_load --json benchmarks/results/serve_load.json
-  python -m benchmarks.serve_load --only settings --clients 64      # mixed vs identical settings
-  python -m benchmarks.serve_load --engine 64                        # the same, without Ray or HTTP
+  flock /tmp/nestgen-ray.lock nice python -m benchmarks.serve_load --rates 4 8 12 16 \\
+      --batching request step --json benchmarks/results/serve_load_poisson.json
 
-Starts a local Ray and Serve on 127.0.0.1 (loopback only), deploys a randomly initialised
-generator (speed does not depend on the weights), and runs each scenario for at most
---seconds and --max-requests: every client posts one request, waits for the answer, posts
-the next. Reports throughput (samples/s), p50/p99 latency, the batch sizes the service
-reported and, for schedule "auto", which presets it chose. Scenarios:
-  - batching off (max_batch_size 1) vs on, for the baseline and MaGNeTS schedules;
-  - the baseline vs the MaGNeTS presets with batching on;
-  - float settings (MaGNeTS, batching on): every client the same temperature, near-equal ones
-    (1.0 + 0.0004 k, rounded to 0.01 by the service), distinct ones (0.5 + 0.1 k);
-  - settings (MaGNeTS, batching on): every client the same guided settings ("identical":
-    temperature 1, guidance 1, cache on_switch) vs each its own ("mixed": temperatures, guidance
-    scales > 0 and twelve spellings of on_switch, so the same FLOPs per sample). Temperature and
-    guidance are per row inside a decode and the cache policy is normalised, so both run one
-    decode per batch; before that, mixed settings ran one decode per distinct setting;
-  - high load (--overload-clients): fixed baseline and magnets vs "auto" with a latency
-    target. With closed-loop clients, latency >= clients / throughput: past what the cheapest
-    preset can serve, no schedule holds the target and auto falls back to the cheapest.
-The clients run in this process, on the same machine as the service: on a small machine they
-take CPU from it, so absolute numbers are lower bounds; compare rows with each other.
+Each batching mode gets its own `nestgen serve` (a subprocess with its own local Ray, bound to
+127.0.0.1) serving a randomly initialised generator (speed does not depend on the weights).
+Requests arrive as a Poisson process: the arrival times are drawn before the point starts and
+a request is sent at its time whether or not earlier ones were answered (open loop: a slow
+service meets a growing queue, as it would in production, instead of slowing its clients down
+as closed-loop clients let it). Arrivals last --seconds; then the point waits at most --drain
+seconds for the answers still owed and hangs up on the rest (counted as unfinished). Every
+point is bounded in time, and the next starts once the replica's queue is empty.
 
-`--engine N` measures the settings scenarios without Ray or HTTP: one batch of N one-sample
-requests per scenario through nestgen.serving.Engine.run (what a replica does with a Serve
-batch), alternating the scenarios --repeats times, and reports the median seconds, the decode
-groups the batch split into and the mixed / identical ratio, measured in one process.
+The request mix (MIX): the baseline, MaGNeTS, a searched schedule and `auto`, each with its own
+spread of guidance scales and temperatures, one sample each, classes and seeds drawn per
+request. Requests ask for a stream of per-step previews (`"stream": true`) when the service
+offers one (batching step), so that the time to the first preview is measured; otherwise (batching
+request) the first thing a client sees is the whole answer, and that column is its latency.
+
+Reported per rate: offered and sustained throughput (samples answered / time until the last
+answer), p50 / p99 latency of the answered requests, p50 / p99 time to first preview, answered
+share, errors by status, the presets `auto` chose, and the machine's load average (the machine
+is shared: a point measured under someone else's load reads slower). Then:
+  - request-level saturation: the highest rate whose sustained throughput is >= 90% of the
+    offered and whose answers all came; one more point at 80% of it for every mode, and the
+    ratio of their p99s;
+  - throughput at equal p99: the highest sustained throughput each mode reached with p99 within
+    request-level's p99 at its saturation rate, and their ratio;
+  - mixed vs identical settings (--settings-rate, above capacity so that throughput is the
+    capacity): every request the same MaGNeTS settings vs each its own temperature, guidance
+    scale and spelling of the cache policy (same FLOPs per sample); time per sample of mixed
+    over identical.
+With --plot a PNG of latency against offered load, with --markdown the table.
+The load generator runs on the same machine as the service: on a 2-core machine it takes CPU
+from it, so absolute numbers are lower bounds; compare the modes with each other.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import os
 import platform
+import random
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 from benchmarks.common import free_port, loopback_ray_env, write_json
 
-loopback_ray_env()
+SEARCHED = "4x2,2x5,1x5"    # the digits' searched schedule (README, "The paper's claim")
+# (weight, request body without class/seed); guidance and temperature vary inside each kind.
+MIX = [
+    (1, {"schedule": "baseline"}),
+    (1, {"schedule": "magnets", "cache": "on_switch"}),
+    (1, {"schedule": SEARCHED, "cache": "on_switch"}),
+    (1, {"schedule": "auto"}),
+]
+GUIDANCE = [0.0, 0.0, 1.0, 2.5]
+TEMPERATURE = [0.8, 1.0, 1.0, 1.3]
+# Twelve spellings of the cache policy on_switch (the service normalises them).
+ON_SWITCH = ["on_switch", " on_switch", "on_switch ", "\ton_switch", "on_switch\n", " on_switch ",
+             "never_within_size", " never_within_size", "never_within_size ", "\tnever_within_size",
+             "never_within_size\n", " never_within_size "]
+WORKLOADS = ("mix", "identical", "mixed")
+
+
+def _body(workload: str, rng: random.Random) -> dict:
+    """One request of `workload`: the mix, or the settings comparison's identical / mixed
+    MaGNeTS requests (the same FLOPs per sample: guidance > 0 everywhere)."""
+    common = {"class_label": rng.randrange(10), "seed": rng.randrange(2**31 - 1), "format": "png"}
+    if workload == "identical":
+        return common | {"schedule": "magnets", "temperature": 1.0, "guidance_scale": 1.0, "cache": "on_switch"}
+    if workload == "mixed":
+        return common | {"schedule": "magnets", "temperature": rng.choice([0.5 + 0.1 * k for k in range(11)]),
+                         "guidance_scale": rng.choice([0.5 + 0.25 * k for k in range(7)]),
+                         "cache": rng.choice(ON_SWITCH)}
+    kind = rng.choices([b for _, b in MIX], weights=[w for w, _ in MIX])[0]
+    return common | kind | {"guidance_scale": rng.choice(GUIDANCE), "temperature": rng.choice(TEMPERATURE)}
 
 
 def _checkpoint(folder: str, width: int, depth: int) -> str:
@@ -56,202 +98,351 @@ def _checkpoint(folder: str, width: int, depth: int) -> str:
     return save_checkpoint(f"{folder}/checkpoint.pt", cfg, NestedTransformer(cfg.model))
 
 
-def _percentile(xs: list[float], q: float) -> float:
+def _percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
 
 
-# Twelve spellings of the cache policy on_switch (the service normalises them).
-ON_SWITCH = ["on_switch", " on_switch", "on_switch ", "\ton_switch", "on_switch\n", " on_switch ",
-             "never_within_size", " never_within_size", "never_within_size ", "\tnever_within_size",
-             "never_within_size\n", " never_within_size "]
-# Per-client request settings (client k) of the float-settings and settings scenarios.
-SETTINGS = {
-    "temps equal": lambda k: {"temperature": 1.0},
-    "temps near-equal": lambda k: {"temperature": 1.0 + 0.0004 * k},
-    "temps distinct": lambda k: {"temperature": 0.5 + 0.1 * k},
-    "settings identical": lambda k: {"temperature": 1.0, "guidance_scale": 1.0, "cache": "on_switch"},
-    "settings mixed": lambda k: {"temperature": round(0.5 + 0.1 * (k % 11), 2),
-                                 "guidance_scale": 0.5 + 0.25 * (k % 7), "cache": ON_SWITCH[k % 12]},
-}
+class Service:
+    """`nestgen serve <file> --set batching=<mode>` as a subprocess in its own session (its local
+    Ray's processes included), stopped with SIGTERM (Serve shuts down) and, past a bound, killed."""
+
+    def __init__(self, folder: str, ckpt: str, mode: str | None, args):
+        import yaml
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        serve_args = {"checkpoint": ckpt, "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait,
+                      "max_ongoing_requests": args.max_ongoing, "max_samples_per_request": 1, "cpus_per_replica": 1.0,
+                      "auto_presets": ["baseline", "magnets", "magnets-lite"],
+                      "auto_latency_target_s": args.auto_target, "decode_deadline_s": 300.0}
+        cfg = Path(folder) / f"serve_{mode or 'default'}.yaml"
+        cfg.write_text(yaml.safe_dump({"http_options": {"host": "127.0.0.1", "port": self.port},
+                                       "applications": [{"name": "bench", "route_prefix": "/",
+                                                         "import_path": "pipelines.serve:app_builder",
+                                                         "args": serve_args}]}))
+        cmd = [sys.executable, "-m", "pipelines", "serve", str(cfg)] + (["--set", f"batching={mode}"] if mode else [])
+        self.log = open(Path(folder) / f"serve_{mode or 'default'}.log", "w+")
+        # Its own Ray temp folder: a local Ray otherwise joins whichever cluster this machine
+        # started last (/tmp/ray/ray_current_cluster), e.g. someone else's.
+        env = os.environ | {"RAY_TMPDIR": f"{folder}/ray-{mode or 'default'}"}
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+    def wait_ready(self, timeout: float = 300) -> dict:
+        import httpx
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"nestgen serve exited with {self.proc.returncode}:\n{self.log.read()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/v1/health", timeout=5).status_code == 200:
+                    return httpx.get(self.url + "/v1/model", timeout=30).json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"nestgen serve not ready within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        import psutil
+        try:
+            family = [self.proc.pid] + [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = [self.proc.pid]
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in family[1:]:          # anything of its own it left behind (only its descendants)
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.log.close()
 
 
-async def _load(url: str, body: dict, clients: int, seconds: float, max_requests: int, target_s: float,
-                settings=None) -> dict:
-    import httpx
-    lat, batch, chosen, errors, samples = [], [], Counter(), Counter(), 0
-    issued = 0
-    deadline = time.perf_counter() + seconds
-
-    async def client(http, k):
-        nonlocal issued, samples
-        seed = 1000 * k
-        mine = body if settings is None else body | settings(k)
-        while time.perf_counter() < deadline and issued < max_requests:
-            issued += 1
-            seed += 1
-            t0 = time.perf_counter()
-            r = await http.post(url + "/v1/generate", json=mine | {"seed": seed}, timeout=120)
-            if r.status_code != 200:
-                errors[r.status_code] += 1
-                continue
-            lat.append(time.perf_counter() - t0)
-            m = r.json()
-            samples += len(m["samples"])
-            batch.append(m["batch_size"])
-            chosen[m["schedule_name"]] += 1
-
+async def _one(http, url: str, body: dict, stream: bool, timeout: float) -> dict:
+    """Send one request; its latency, time to first preview, samples, status."""
     t0 = time.perf_counter()
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients)) as http:
-        await asyncio.gather(*(client(http, k) for k in range(clients)))
-    wall = time.perf_counter() - t0
-    return {"requests": len(lat), "errors": dict(errors), "wall_s": wall, "samples_per_s": samples / wall,
-            "p50_ms": 1e3 * statistics.median(lat) if lat else None,
-            "p99_ms": 1e3 * _percentile(lat, 0.99) if lat else None,
-            "mean_batch_size": statistics.mean(batch) if batch else None,
-            "max_batch_size_seen": max(batch) if batch else None, "schedules": dict(chosen),
-            "share_within_target": sum(x <= target_s for x in lat) / len(lat) if lat else None}
-
-
-def _deploy(ckpt: str, batching: bool, args):
-    from ray import serve
-
-    from nestgen.serving.config import ServeConfig
-    from pipelines.serve import build
-    cfg = ServeConfig(checkpoint=ckpt, max_batch_size=args.max_batch_size if batching else 1,
-                      batch_wait_timeout_s=args.batch_wait if batching else 0.0,
-                      max_ongoing_requests=max(*args.overload_clients, 2 * args.max_batch_size),
-                      max_samples_per_request=1, cpus_per_replica=1.0,
-                      auto_presets=["baseline", "magnets", "magnets-lite"],
-                      auto_latency_target_s=args.auto_target)
-    serve.run(build(cfg), name="bench", route_prefix="/")
-    return cfg
-
-
-def run(args) -> dict:
-    import httpx
-    from ray import serve
-
-    from pipelines.ray_runtime import init_ray
-    init_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}"
-    rows = []
-    scenarios = [  # (name, batching, schedule, clients)
-        ("batching off", False, "baseline", args.clients),
-        ("batching off", False, "magnets", args.clients),
-        ("batching on", True, "baseline", args.clients),
-        ("batching on", True, "magnets", args.clients),
-        ("batching on", True, "magnets-lite", args.clients),
-    ] + [(name, True, "magnets", args.clients) for name in SETTINGS] \
-      + [(f"load C={c}", True, schedule, c) for c in args.overload_clients
-         for schedule in ("baseline", "magnets", "auto")]
-    if args.only:
-        scenarios = [sc for sc in scenarios if sc[0].startswith(args.only)]
+    out = {"t0": t0, "kind": body.get("schedule"), "status": None, "samples": 0, "latency": None, "ttfp": None}
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = _checkpoint(tmp, args.width, args.depth)
-            deployed = None
-            for name, batching, schedule, clients in scenarios:
-                if deployed != batching:
-                    _deploy(ckpt, batching, args)
-                    deployed = batching
-                    presets = {p["name"]: p for p in httpx.get(url + "/v1/schedules").json()["presets"]}
-                body = {"class_label": 3, "schedule": schedule, "format": "png"}
-                res = asyncio.run(_load(url, body, clients, args.seconds, args.max_requests, args.auto_target,
-                                        SETTINGS.get(name)))
-                gf = presets.get(schedule, {}).get("gflops_per_sample")
-                rows.append({"scenario": name, "schedule": schedule, "clients": clients,
-                             "max_batch_size": args.max_batch_size if batching else 1,
-                             "gflops_per_sample": gf, **res})
-                r = rows[-1]
-                print(f"  {name:18s} {schedule:13s} C={clients:3d}: {r['samples_per_s']:7.1f} samples/s, "
-                      f"p50 {r['p50_ms']:7.0f} ms, p99 {r['p99_ms']:7.0f} ms, batch {r['mean_batch_size']:.1f} "
-                      f"{r['schedules'] if schedule == 'auto' else ''}", flush=True)
+        if not stream:
+            r = await http.post(url + "/v1/generate", json=body, timeout=timeout)
+            out["status"] = r.status_code
+            if r.status_code == 200:
+                final = r.json()
+        else:
+            final = None
+            async with http.stream("POST", url + "/v1/generate", json=body | {"stream": True}, timeout=timeout) as r:
+                out["status"] = r.status_code
+                if r.status_code == 200:
+                    async for line in r.aiter_lines():
+                        if not line:
+                            continue
+                        event = json.loads(line)
+                        if event["event"] == "step" and out["ttfp"] is None:
+                            out["ttfp"] = time.perf_counter() - t0
+                        elif event["event"] == "result":
+                            final = event
+                        elif event["event"] == "error":
+                            out["status"] = event.get("status", 500)
+                else:
+                    await r.aread()
+            if final is None and out["status"] == 200:
+                out["status"] = "truncated"
+        if out["status"] == 200:
+            out["latency"] = time.perf_counter() - t0
+            if not stream:      # no previews: the first thing the client sees is the answer
+                out["ttfp"] = out["latency"]
+            out["samples"] = len(final["samples"])
+            out["schedule_name"], out["batch_size"] = final["schedule_name"], final.get("batch_size")
+    except asyncio.CancelledError:
+        out["status"] = "unfinished"
+    except Exception as e:          # noqa: BLE001 - a benchmark row, counted by kind
+        out["status"] = type(e).__name__
+    out["t1"] = time.perf_counter()
+    return out
+
+
+async def _queue_empty(http, url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if (await http.get(url + "/v1/health", timeout=10)).json()["queue_rows"] == 0:
+                return True
+        except Exception:        # noqa: BLE001 - a busy replica may answer late; try again
+            pass
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def _point(url: str, rate: float, workload: str, stream: bool, args, seed: int) -> dict:
+    """Poisson arrivals at `rate` requests/s for args.seconds, then at most args.drain s of drain."""
+    import httpx
+    rng = random.Random(seed)
+    times, t = [], rng.expovariate(rate)
+    while t < args.seconds:
+        times.append(t)
+        t += rng.expovariate(rate)
+    bodies = [_body(workload, rng) for _ in times]
+    load_before = os.getloadavg()
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=64)) as http:
+        start = time.perf_counter()
+
+        async def fire(at: float, body: dict) -> dict:
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            return await _one(http, url, body, stream, args.seconds + args.drain + 30)
+
+        tasks = [asyncio.create_task(fire(at, b)) for at, b in zip(times, bodies)]
+        done, pending = await asyncio.wait(tasks, timeout=args.seconds + args.drain)
+        for task in pending:
+            task.cancel()
+        results = [await task for task in tasks]
+        end = time.perf_counter()
+        settled = await _queue_empty(http, url, args.settle)
+    load_after = os.getloadavg()
+    ok = [r for r in results if r["status"] == 200]
+    lat = [r["latency"] for r in ok]
+    ttfp = [r["ttfp"] for r in ok if r["ttfp"] is not None]
+    last = max((r["t1"] for r in ok), default=end)
+    samples = sum(r["samples"] for r in ok)
+    return {"workload": workload, "offered_rps": rate, "arrivals": len(times), "arrival_rps": len(times) / args.seconds,
+            "answered": len(ok),
+            "answered_share": len(ok) / len(times) if times else None,
+            "errors": dict(Counter(str(r["status"]) for r in results if r["status"] != 200)),
+            "samples_per_s": samples / (last - start) if ok else 0.0,
+            "p50_ms": _ms(statistics.median(lat) if lat else None), "p99_ms": _ms(_percentile(lat, 0.99)),
+            "ttfp_p50_ms": _ms(statistics.median(ttfp) if ttfp else None), "ttfp_p99_ms": _ms(_percentile(ttfp, 0.99)),
+            "mean_batch_size": statistics.mean(r["batch_size"] for r in ok) if ok and ok[0].get("batch_size") else None,
+            "auto_chose": dict(Counter(r["schedule_name"] for r in ok if r["kind"] == "auto")),
+            "p99_ms_by_kind": {k: _ms(_percentile([r["latency"] for r in ok if r["kind"] == k], 0.99))
+                               for k in sorted({str(r["kind"]) for r in ok})},
+            "wall_s": end - start, "queue_emptied": settled,
+            "loadavg_1m": [round(load_before[0], 2), round(load_after[0], 2)]}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1e3 * seconds, 1)
+
+
+def _streams(url: str) -> bool:
+    """Whether the service answers `"stream": true` (an older one refuses the field with 422)."""
+    import httpx
+    r = httpx.post(url + "/v1/generate", json={"format": "tokens", "stream": True}, timeout=120)
+    return r.status_code == 200
+
+
+def _saturated(row: dict) -> bool:
+    """Fell behind: answers missing, or fewer samples/s than actually arrived (Poisson counts
+    stray from the offered rate by a few percent in a minute)."""
+    return row["answered_share"] < 0.99 or row["samples_per_s"] < 0.9 * row["arrival_rps"]
+
+
+def _extra_rate(rows: list[dict], rates: list[float]) -> list[float]:
+    """80% of the highest unsaturated rate, when it is not one of the measured rates already."""
+    ok = [r["offered_rps"] for r in rows if not _saturated(r)]
+    at80 = round(0.8 * max(ok), 2) if ok else None
+    return [at80] if at80 and at80 not in rates else []
+
+
+def _measure_mode(mode: str | None, ckpt: str, tmp: str, args, extra_rates: list[float] | None) -> dict:
+    """One `nestgen serve` in `mode`: the rates, then `extra_rates` (None: 80% of this mode's own
+    saturation rate), then the settings points."""
+    svc = Service(tmp, ckpt, mode, args)
+    try:
+        info = svc.wait_ready()
+        stream = args.stream and _streams(svc.url)
+        print(f"[{mode or 'default'}] serving on {svc.url} (stream previews: {stream})", flush=True)
+        rows = []
+        for rate in args.rates:
+            rows.append(asyncio.run(_point(svc.url, rate, "mix", stream, args, seed=1000 + round(100 * rate))))
+            _print_row(mode, rows[-1])
+        for rate in _extra_rate(rows, args.rates) if extra_rates is None else extra_rates:
+            rows.append(asyncio.run(_point(svc.url, rate, "mix", stream, args, seed=1000 + round(100 * rate))))
+            _print_row(mode, rows[-1])
+        settings = []
+        if args.settings_rate:
+            for workload in ("identical", "mixed"):
+                settings.append(asyncio.run(_point(svc.url, args.settings_rate, workload, stream, args, seed=7)))
+                _print_row(mode, settings[-1])
+        return {"batching": mode or "default", "stream": stream, "limits": info["limits"], "rows": rows,
+                "settings": settings}
     finally:
-        serve.shutdown()
-    return {"model": {"width": args.width, "depth": args.depth, "tokens": 64, "vocab": 17},
-            "device": platform.processor() or "cpu", "cpu_count": os.cpu_count(),
-            "seconds_per_scenario": args.seconds, "max_requests": args.max_requests,
-            "batch_wait_timeout_s": args.batch_wait, "auto_latency_target_s": args.auto_target,
-            "replica": {"cpus": 1, "torch_threads": 1}, "rows": rows}
+        svc.stop()
 
 
-def print_table(res: dict) -> None:
-    print(f"\nmodel {res['model']}  {res['cpu_count']} CPUs, {res['seconds_per_scenario']} s per scenario, "
-          f"auto target {res['auto_latency_target_s']} s")
-    print(f"{'scenario':18s} {'schedule':13s} {'C':>3s} {'GFLOPs/smp':>10s} {'samples/s':>9s} {'p50 ms':>7s} "
-          f"{'p99 ms':>7s} {'batch':>5s} {'<=target':>8s}  chosen")
-    for r in res["rows"]:
-        gf = f"{r['gflops_per_sample']:.3f}" if r["gflops_per_sample"] else "-"
-        print(f"{r['scenario']:18s} {r['schedule']:13s} {r['clients']:3d} {gf:>10s} {r['samples_per_s']:9.1f} "
-              f"{r['p50_ms']:7.0f} {r['p99_ms']:7.0f} {r['mean_batch_size']:5.1f} {r['share_within_target']:8.0%}  "
-              f"{r['schedules'] if r['schedule'] == 'auto' else ''}{' errors ' + str(r['errors']) if r['errors'] else ''}")
+def _print_row(mode, r: dict) -> None:
+    print(f"  {mode or 'default':8s} {r['workload']:9s} {r['offered_rps']:5.1f}/s: {r['samples_per_s']:5.2f} samples/s, "
+          f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, first preview p50 {r['ttfp_p50_ms']} ms, "
+          f"answered {r['answered']}/{r['arrivals']} {r['errors'] or ''} load {r['loadavg_1m']}", flush=True)
 
 
-def run_engine(args) -> dict:
-    """The settings scenarios through Engine.run, no Ray: a batch of args.engine requests each."""
-    import torch
+def summarise(res: dict) -> dict:
+    """Saturation of the first mode (request-level), p99 at 80% of it, throughput at equal p99,
+    mixed / identical time per sample."""
+    modes = res["modes"]
+    ref = modes[0]
+    ok = [r for r in ref["rows"] if not _saturated(r)]
+    out: dict = {"reference": ref["batching"]}
+    if ok:
+        sat = max(ok, key=lambda r: r["offered_rps"])
+        out["saturation_rps"] = sat["offered_rps"]
+        # not reached: the reference kept up with every rate, so its saturation lies above them
+        out["saturation_reached"] = len(ok) < len(ref["rows"])
+        level = sat["p99_ms"]
+        out["equal_p99_level_ms"] = level
+        best = {m["batching"]: max((r["samples_per_s"] for r in m["rows"]
+                                    if r["p99_ms"] is not None and r["p99_ms"] <= level and r["answered_share"] >= 0.99),
+                                   default=None) for m in modes}
+        out["throughput_at_equal_p99"] = best
+        at80 = round(0.8 * sat["offered_rps"], 2)
+        p99 = {m["batching"]: next((r["p99_ms"] for r in m["rows"] if abs(r["offered_rps"] - at80) < 1e-6), None)
+               for m in modes}
+        out["p99_at_80pct_saturation_ms"] = {"rate_rps": at80, **p99}
+        for m in modes[1:]:
+            b = m["batching"]
+            if best.get(b) and best.get(ref["batching"]):
+                out[f"throughput_ratio_{b}"] = best[b] / best[ref["batching"]]
+            if p99.get(b) and p99.get(ref["batching"]):
+                out[f"p99_ratio_at_80pct_{b}"] = p99[b] / p99[ref["batching"]]
+    for m in modes:
+        s = {r["workload"]: r for r in m["settings"]}
+        if s.get("identical", {}).get("samples_per_s") and s.get("mixed", {}).get("samples_per_s"):
+            out[f"mixed_over_identical_time_{m['batching']}"] = s["identical"]["samples_per_s"] / s["mixed"]["samples_per_s"]
+    return out
 
-    from nestgen.serving.batching import group_jobs
-    from nestgen.serving.config import ServeConfig
-    from nestgen.serving.engine import Engine
-    from nestgen.serving.request import GenerateRequest
-    from nestgen.serving.resolve import resolve_request
-    torch.set_num_threads(1)         # as a replica with cpus_per_replica 1
-    names = ["settings identical", "settings mixed"]
-    with tempfile.TemporaryDirectory() as tmp:
-        eng = Engine(ServeConfig(checkpoint=_checkpoint(tmp, args.width, args.depth), auto_presets=[]))
-        batches = {name: [resolve_request(GenerateRequest(class_label=3, schedule="magnets", format="png",
-                                                          seed=k, **SETTINGS[name](k)), eng.spec)
-                          for k in range(args.engine)] for name in names}
-        eng.run(batches[names[0]][:2])                               # warm-up
-        seconds = {name: [] for name in names}
-        for _ in range(args.repeats):
-            for name in names:
-                t0 = time.perf_counter()
-                out = eng.run(batches[name])
-                seconds[name].append(time.perf_counter() - t0)
-                assert all(isinstance(r, dict) for r in out), out
-    rows = [{"scenario": name, "requests": args.engine, "decode_groups": len(group_jobs(batches[name])),
-             "seconds": statistics.median(seconds[name]), "all_seconds": seconds[name],
-             "samples_per_s": args.engine / statistics.median(seconds[name])} for name in names]
-    ratio = rows[1]["seconds"] / rows[0]["seconds"]
-    print(f"\nEngine.run, model width {args.width} depth {args.depth}, {args.engine} one-sample requests per "
-          f"batch, median of {args.repeats}")
-    for r in rows:
-        print(f"{r['scenario']:18s} groups {r['decode_groups']:3d}  {r['seconds']:7.3f} s  "
-              f"{r['samples_per_s']:7.1f} samples/s")
-    print(f"mixed / identical time: {ratio:.2f}x")
-    return {"model": {"width": args.width, "depth": args.depth}, "cpu_count": os.cpu_count(), "torch_threads": 1,
-            "repeats": args.repeats, "rows": rows, "mixed_over_identical_time": ratio}
+
+def markdown(res: dict) -> str:
+    head = ("| batching | workload | offered req/s | samples/s | p50 ms | p99 ms | first preview (or answer) p50 / p99 ms "
+            "| answered | load avg (1 min) |\n|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for m in res["modes"]:
+        for r in m["rows"] + m["settings"]:
+            ttfp = "-" if r["ttfp_p50_ms"] is None else f"{r['ttfp_p50_ms']:.0f} / {r['ttfp_p99_ms']:.0f}"
+            fmt = (lambda v: "-" if v is None else f"{v:.0f}")
+            lines.append(f"| {m['batching']} | {r['workload']} | {r['offered_rps']:g} | {r['samples_per_s']:.2f} | "
+                         f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {ttfp} | {r['answered']}/{r['arrivals']} | "
+                         f"{r['loadavg_1m'][0]:.1f}-{r['loadavg_1m'][1]:.1f} |")
+    summary = "\n".join(f"- {k}: {round(v, 3) if isinstance(v, float) else v}" for k, v in res["summary"].items())
+    return f"`{res['command']}`\n\n{head}" + "\n".join(lines) + f"\n\n{summary}\n"
+
+
+def plot(res: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(11, 4))
+    for m, color in zip(res["modes"], ("tab:blue", "tab:red", "tab:green")):
+        rows = sorted((r for r in m["rows"] if r["p50_ms"] is not None), key=lambda r: r["offered_rps"])
+        x = [r["offered_rps"] for r in rows]
+        ax_lat.plot(x, [r["p99_ms"] / 1e3 for r in rows], "o-", color=color, label=f"{m['batching']} p99")
+        ax_lat.plot(x, [r["p50_ms"] / 1e3 for r in rows], "s--", color=color, label=f"{m['batching']} p50")
+        if m["stream"]:          # without previews the first thing seen is the answer (p50 above)
+            ax_lat.plot(x, [r["ttfp_p50_ms"] / 1e3 for r in rows], "^:", color=color,
+                        label=f"{m['batching']} first preview p50")
+        ax_tp.plot(x, [r["samples_per_s"] for r in rows], "o-", color=color, label=m["batching"])
+    ax_lat.set_yscale("log")
+    ax_lat.set(xlabel="offered load (requests/s, 1 sample each)", ylabel="latency (s)", title="latency against load")
+    top = max(r["offered_rps"] for m in res["modes"] for r in m["rows"])
+    ax_tp.plot([0, top], [0, top], color="0.7", lw=1, label="offered")
+    ax_tp.set(xlabel="offered load (requests/s)", ylabel="samples/s answered", title="sustained throughput")
+    for ax in (ax_lat, ax_tp):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"nestgen serve, mixed workload, open-loop Poisson arrivals ({res['cpu_count']} CPUs, "
+                 f"{res['seconds_per_point']:g} s per point)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--clients", type=int, default=16, help="concurrent clients C")
-    ap.add_argument("--overload-clients", type=int, nargs="+", default=[32, 64],
-                    help="client counts of the high-load scenarios (baseline vs magnets vs auto)")
-    ap.add_argument("--seconds", type=float, default=12.0, help="T per scenario")
-    ap.add_argument("--max-requests", type=int, default=5000, help="per scenario")
+    ap.add_argument("--rates", type=float, nargs="+", default=[4, 8, 12, 16], help="offered requests/s")
+    ap.add_argument("--batching", nargs="+", default=["request", "step"],
+                    help="serve.batching modes, the reference first ('default': set nothing)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="arrivals per point")
+    ap.add_argument("--drain", type=float, default=30.0, help="seconds to wait for answers after the arrivals")
+    ap.add_argument("--settle", type=float, default=120.0, help="seconds to wait for an empty queue between points")
+    ap.add_argument("--settings-rate", type=float, default=0.0,
+                    help="offered requests/s of the mixed vs identical settings points (0: skip them)")
     ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--max-ongoing", type=int, default=512, help="serve.max_ongoing_requests")
     ap.add_argument("--batch-wait", type=float, default=0.02, help="batch_wait_timeout_s")
-    ap.add_argument("--auto-target", type=float, default=1.0, help="auto_latency_target_s")
-    ap.add_argument("--only", help="run only the scenarios whose name starts with this (e.g. 'temps')")
-    ap.add_argument("--engine", type=int, metavar="N",
-                    help="measure the settings scenarios through Engine.run (no Ray, no HTTP), N requests per batch")
-    ap.add_argument("--repeats", type=int, default=5, help="with --engine: batches per scenario")
+    ap.add_argument("--auto-target", type=float, default=2.0, help="auto_latency_target_s")
+    ap.add_argument("--no-stream", dest="stream", action="store_false", help="never ask for preview streams")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--markdown", help="write the table here")
+    ap.add_argument("--plot", help="write the latency-against-load PNG here")
     args = ap.parse_args(argv)
-    if args.engine:
-        res = run_engine(args)
-    else:
-        res = run(args)
-        print_table(res)
+    loopback_ray_env()
+    modes = [None if m == "default" else m for m in args.batching]
+    res = {"command": "python -m benchmarks.serve_load " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "model": {"width": args.width, "depth": args.depth, "tokens": 64, "vocab": 17},
+           "device": platform.processor() or "cpu", "cpu_count": os.cpu_count(),
+           "seconds_per_point": args.seconds, "drain_s": args.drain, "max_batch_size": args.max_batch_size,
+           "auto_latency_target_s": args.auto_target, "mix": {"kinds": [b for _, b in MIX], "guidance": GUIDANCE,
+                                                              "temperature": TEMPERATURE},
+           "replica": {"cpus": 1, "torch_threads": 1}, "modes": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = _checkpoint(tmp, args.width, args.depth)
+        ref = _measure_mode(modes[0], ckpt, tmp, args, None)
+        res["modes"].append(ref)
+        extra = _extra_rate(ref["rows"], args.rates)
+        for mode in modes[1:]:
+            res["modes"].append(_measure_mode(mode, ckpt, tmp, args, extra))
+    res["summary"] = summarise(res)
+    print(markdown(res))
     write_json(args.json, res)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(res))
+    if args.plot:
+        plot(res, args.plot)
     return res
 
 
