@@ -28,7 +28,7 @@ serve: install
 
 ui: install
 	@echo "MLflow UI: http://127.0.0.1:5000 (for the runs tables, set the GenAI / Model training switch at its top left to Model training)"
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 generate: install
 	$(VENV)/bin/nestgen generate --url http://127.0.0.1:8000 --class 3 --schedule magnets --out sample.png

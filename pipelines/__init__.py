@@ -12,3 +12,7 @@ import os
 # pipelines.ray_runtime.init_ray refuses to start a local head that would listen elsewhere.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Nor does anything report usage beyond the machine unless the user opts in (set these to
+# enable it): Ray's usage stats above, and MLflow 3's telemetry to its own servers, which every
+# process importing mlflow sends by default (these processes' children inherit the setting).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -197,3 +197,21 @@ def test_a_local_run_starts_its_own_ray_beside_a_cluster_ray_start_left(tmp_path
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     cpus, gcs = re.search(r"CPUS (\S+) (\S+)", res.stdout).groups()
     assert float(cpus) == 3 and is_loopback(gcs.rsplit(":", 1)[0])
+
+
+def test_nothing_reports_usage_beyond_the_machine_by_default(tmp_path):
+    """A user's `nestgen` process (no CI or pytest variables, which MLflow reads as 'do not
+    track') has MLflow's telemetry and Ray's usage stats off; a user may still opt in."""
+    ci = {   # what mlflow.telemetry.utils reads as a CI or test run, and the opt-outs
+"PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS",
+          "TF_BUILD", "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN", "BUILDKITE", "TEAMCITY_VERSION",
+          "CLOUD_RUN_EXECUTION", "RUNBOT_HOST_URL", "RUNBOT_BUILD_NAME", "RUNBOT_WORKER_ID",
+          "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}
+    env = {k: v for k, v in _users_env(tmp_path, str(tmp_path)).items() if k not in ci}
+    code = ("import pipelines, os\nfrom mlflow.telemetry.utils import is_telemetry_disabled\n"
+            "print('OFF', is_telemetry_disabled(), os.environ['RAY_USAGE_STATS_ENABLED'])\n")
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "OFF True 0" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
+    opted_in = subprocess.run([sys.executable, "-c", code], env=env | {"MLFLOW_DISABLE_TELEMETRY": "false"},
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "OFF False 0" in opted_in.stdout, opted_in.stdout[-2000:] + opted_in.stderr[-2000:]
