@@ -42,3 +42,12 @@ def test_no_library_function_imports_them_when_called():
     hits = [f"{p.relative_to(ROOT)}: {m.group(0).strip()}"
             for p in sorted((ROOT / "nestgen").rglob("*.py")) for m in statement.finditer(p.read_text())]
     assert hits == []
+
+
+def test_no_test_imports_a_benchmark():
+    """Speed is measured in benchmarks/, never asserted in tests: code a test needs lives in the
+    library or beside the tests (tests/hostile_files.py), not in a benchmark."""
+    statement = re.compile(r"^\s*(?:from|import)\s+benchmarks\b.*$", re.M)
+    hits = [f"{p.relative_to(ROOT)}: {m.group(0).strip()}"
+            for p in sorted((ROOT / "tests").glob("*.py")) for m in statement.finditer(p.read_text())]
+    assert hits == []

@@ -1,7 +1,7 @@
 """No tiny file costs gigabytes: decoding costs memory in proportion to the output, and a
 file over the byte budget is refused from its listed size, before a byte of it is read.
 
-Each path runs in a fresh process (benchmarks.hostile_files) whose peak resident growth
+Each path runs in a fresh process (tests/hostile_files.py) whose peak resident growth
 after a warm-up is read from the kernel; its address space is capped 1 GiB above the warm
 state, so the code this replaced (which resized a 1 x 400,000 PNG's whole image before
 cropping: gigabytes) fails here with MemoryError rows instead of taking the machine."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.hostile_files import GROWTH_LIMIT_MB, SIZE, run_all
+from hostile_files import GROWTH_LIMIT_MB, SIZE, run_all
 from nestgen.data.media import ClipSpec, MediaLimitError, resize_center_crop
 from nestgen.data.raw_files import list_raw_files, load_item, load_raw_split
 from pipelines.config import TokenizeConfig

@@ -4,11 +4,11 @@ from collections import Counter
 
 import numpy as np
 
-from benchmarks.paper_folders import (imagenet_wnids, ucf101_classes, write_imagenet_folder,
-                                      write_ucf101_folder)
 from nestgen.data.index import read_index
 from nestgen.data.layouts import imagenet_index, ucf101_index
 from nestgen.data.media import ClipSpec, load_image, load_video_clips
+from nestgen.data.paper_folders import (imagenet_wnids, ucf101_classes, write_imagenet_folder,
+                                        write_ucf101_folder)
 from pipelines.config import TokenizeConfig
 
 

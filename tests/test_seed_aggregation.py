@@ -90,7 +90,7 @@ def test_aggregate_refuses_models_evaluated_differently():
 
 
 def test_cache_price_over_seeds_is_the_per_seed_change_against_the_same_schedule_uncached():
-    from benchmarks.cache_over_seeds import cache_prices, markdown
+    from experiments.cache_over_seeds import cache_prices, markdown
 
     def summary(q: dict) -> dict:
         s = _summary(q["1x12", "none"], q["8x3,4x3,2x3,1x3", "none"], "2x8,1x4", 42.0)

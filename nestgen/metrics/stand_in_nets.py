@@ -4,7 +4,7 @@ describes them) with fixed random weights, written as TorchScript files as the r
 
 The real files are never downloaded, and where they are not at hand a stand-in lets the whole
 FID / IS / FVD path run: loading a pinned file, preprocessing, streamed statistics, the protocol
-record. The paper-shape rehearsal (benchmarks/paper_shapes.py) runs the pipeline with them, and
+record. The paper-shape rehearsal (experiments/paper_shapes.py) runs the pipeline with them, and
 the tests check the metric code against them. Their values mean nothing beside published ones;
 the record names the file and its hash, so they are never mistaken for FIDs or FVDs. Each
 refuses what its real network would be wrong to get (the Inception: not uint8 NCHW RGB; the

@@ -3,7 +3,7 @@ embedded digits (32x32 RGB) with MSE only and with the patch-discriminator loss,
 the held-out digits: reconstruction PSNR, and the digits Fréchet distance (fd_digits) of the
 reconstructions to the real held-out images.
 
-  python -m benchmarks.tokenizer_adversarial --json benchmarks/results/tokenizer_adversarial_cpu.json
+  python -m experiments.tokenizer_adversarial --json experiments/results/tokenizer_adversarial_cpu.json
 
 Both runs share every setting (configs/digits_vq.yaml's tokenizer, narrowed and shortened
 by the flags to fit a few minutes on 2 CPU cores; same seed and batches); the adversarial one

@@ -1,7 +1,7 @@
 """Decode-aware nested training against plain training on the digits: each size's held-out
 cross-entropy on the inputs its decode schedules give it, and over all mask ratios.
 
-  python -m benchmarks.decode_aware --steps 1200 --seeds 0 1 2 --json benchmarks/results/decode_aware_digits_cpu.json
+  python -m experiments.decode_aware --steps 1200 --seeds 0 1 2 --json experiments/results/decode_aware_digits_cpu.json
 
 Trains configs/digits.yaml (its decode.schedule and evaluate.schedules define the bands) once
 per (train.decode_aware strength, seed) and reports, per nested size, the masked-token CE on
@@ -21,7 +21,7 @@ import time
 import torch
 
 from benchmarks.common import write_json
-from benchmarks.sizes_quality import CONFIG, heldout_ce
+from experiments.sizes_quality import CONFIG, heldout_ce
 from nestgen.local_run import load_tokens
 from nestgen.training.decode_aware import decode_aware_weights
 from nestgen.training.loop import train_on_tokens

@@ -1,7 +1,7 @@
 """The price of the KV cache: quality against GFLOPs for each cache policy on trained digits.
 
-  python -m benchmarks.cache_policies --json benchmarks/results/cache_policies_cpu.json
-  python -m benchmarks.cache_policies --checkpoint runs/digits/checkpoint.pt    # a trained model
+  python -m experiments.cache_policies --json experiments/results/cache_policies_cpu.json
+  python -m experiments.cache_policies --checkpoint runs/digits/checkpoint.pt    # a trained model
 
 Trains a raw-digits model (configs/digits.yaml, fewer steps by default) in this process
 with nestgen's training loop for each --train-seeds value, or loads --checkpoint. Every
@@ -117,7 +117,7 @@ def main() -> None:
     p.add_argument("--replicates", type=int, default=500, help="bootstrap replicates")
     p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", default="benchmarks/results/cache_policies_cpu.json")
+    p.add_argument("--json", default="experiments/results/cache_policies_cpu.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -1,5 +1,5 @@
 """Procedural stand-ins for ImageNet and UCF101, written in the layouts those data sets ship in,
-for the rehearsal at the paper's shapes (benchmarks.paper_shapes).
+for the rehearsal at the paper's shapes (experiments.paper_shapes).
 
 - ImageNet (ILSVRC2012 CLS-LOC, as Kaggle ships it): `train/<wnid>/<wnid>_<n>.JPEG`, a flat
   `val/ILSVRC2012_val_<n>.JPEG` labelled by `LOC_val_solution.csv`, and

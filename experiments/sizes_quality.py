@@ -1,6 +1,6 @@
 """Quality cost of `train.sizes_per_step: sample:k` on the digits (vs all sizes every step).
 
-  python -m benchmarks.sizes_quality --steps 400 --seeds 0 1 --json runs/sizes_quality.json
+  python -m experiments.sizes_quality --steps 400 --seeds 0 1 --json runs/sizes_quality.json
 
 Trains configs/digits.yaml (shortened to --steps) once per (sizes_per_step, seed) and reports
 every nested size's masked-token cross-entropy on the held-out digits (the training loss

@@ -1,12 +1,12 @@
 """Project the full paper runs from measured unit costs (docs/scaling.md shows the output).
 
-  python -m benchmarks.scale_projection [--cpu benchmarks/results/paper_shapes_cpu.json] [--json PATH]
+  python -m experiments.scale_projection [--cpu experiments/results/paper_shapes_cpu.json] [--json PATH]
 
 Every GPU stage is its FLOPs divided by an achieved rate measured on an H100 in
 benchmarks/results/ (never a peak): the FLOPs come from the paper configs themselves
 (nestgen.flops for the transformer, torch's FlopCounterMode on the meta device for the VQ
 tokenizers); every CPU stage is its units divided by a rate per core that the rehearsal
-measured (benchmarks.paper_shapes). ASSUMPTIONS lists every number that is not measured
+measured (experiments.paper_shapes). ASSUMPTIONS lists every number that is not measured
 here; the output repeats it.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results"     # the speed measurements (H100)
+OWN_RESULTS = ROOT / "experiments" / "results"
 
 # Units of the full runs (training split unless said otherwise).
 # pixel_factor: the real files' pixels per frame over the rehearsal's (256x256 JPEGs, 128x128
@@ -169,8 +170,8 @@ def table(proj: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpu", default=str(RESULTS / "paper_shapes_cpu.json"))
-    ap.add_argument("--json", default=str(RESULTS / "scale_projection.json"))
+    ap.add_argument("--cpu", default=str(OWN_RESULTS / "paper_shapes_cpu.json"))
+    ap.add_argument("--json", default=str(OWN_RESULTS / "scale_projection.json"))
     args = ap.parse_args(argv)
     cpu = json.loads(Path(args.cpu).read_text())
     gpu = measured_gpu_rates()

@@ -2,7 +2,7 @@
 converters read (a UCF101 trainlist, a Kinetics annotation CSV) that try to name files
 outside the data set's folder or make tokenize workers fetch URLs.
 
-  python -m benchmarks.hostile_index        (in-process, no network: seconds)
+Used by tests/test_index_confinement.py (in-process, no network: seconds).
 
 Each kind is one entry among good rows. Target: every hostile entry is a failure (index
 files) or a refusal (converters) whose source names its row, no item names a file outside
@@ -11,11 +11,9 @@ paths and URLs are read and `..` still is not.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import tempfile
 from pathlib import Path
 
 from nestgen.data.index import read_index
@@ -150,26 +148,3 @@ def summary(result: dict) -> str:
             f"{sum(len(p['outside_items']) for p in _parts(result))} items outside the folder; with "
             f"allow_external_urls {len(idx['allowed_external'])} external files read and "
             f"{len(idx['allowed_still_refused'])} '..' refused; target met: {ok(result)}")
-
-
-def report(result: dict) -> None:
-    for name, part in zip(("index file", "ucf101 trainlist", "kinetics csv"), _parts(result)):
-        for k in part["kinds"]:
-            print(f"{name:16s} {k['kind']:28s} {'refused' if k['refused'] else 'ACCEPTED'}: {k['reason']}")
-    print(summary(result))
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", help="write the result here")
-    args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as folder:
-        result = run_all(Path(folder))
-    report(result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0 if ok(result) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

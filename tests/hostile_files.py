@@ -1,7 +1,7 @@
 """Hostile media files against the decoding budgets, each path run in a fresh process whose
 memory growth is measured.
 
-  python -m benchmarks.hostile_files          (also run by benchmarks.hostile)
+Used by tests/test_media_budget.py (in the default suite); this file is also the child's script.
 
 The files: tiny PNGs of extreme aspect ratio (1 x N and N x 2: a few kB that once cost
 gigabytes, as the whole image was resized before its centre was cropped), thin MP4s (2 x
@@ -20,12 +20,10 @@ growing by more than GROWTH_LIMIT_MB.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 GROWTH_LIMIT_MB = 50.0
@@ -75,7 +73,7 @@ def write_tokenizers(folder: Path) -> dict[str, str]:
 def measure(job: dict, timeout: float = 300.0) -> dict:
     """Run one job in a fresh process: {"rows": [{"file", "shapes" | "error"}], "growth_mb"},
     or {"crashed": the end of its stderr}."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.hostile_files", "--child", json.dumps(job)],
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
         return {"crashed": proc.stderr[-3000:]}
@@ -178,45 +176,5 @@ def _child(job: dict) -> None:
     print(json.dumps({"rows": rows, "growth_mb": round(_memory_mb("VmHWM") - before, 1)}))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=4_000_000, help="the long side of the 1 x N and N x 2 PNGs")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.child:
-        _child(json.loads(args.child))
-        return 0
-    with tempfile.TemporaryDirectory(prefix="nestgen-hostile-files-") as d:
-        result = run_all(Path(d), args.n)
-    report(result)
-    print(summary(result))
-    return 0 if ok(result) else 1
-
-
-def ok(result: dict) -> bool:
-    """No process crashed or grew past the limit (every file then has its row)."""
-    return result["max_growth_mb"] <= GROWTH_LIMIT_MB and not any("crashed" in r for r in result["runs"])
-
-
-def report(result: dict) -> None:
-    """Each file's row and each process's growth."""
-    for r in result["runs"]:
-        if "crashed" in r:
-            print(f"{r['path']:8s} {' '.join(r['files'])}: CRASHED\n{r['crashed']}")
-            continue
-        for row in r["rows"]:
-            what = row.get("shapes") or (f"{row['tokens']} tokens" if "tokens" in row else f"failed: {row['error']}")
-            print(f"{r['path']:8s} {row['file']:18s} -> {what}")
-        print(f"{r['path']:8s} process grew {r['growth_mb']:.1f} MB")
-
-
-def summary(result: dict) -> str:
-    rows = [row for r in result["runs"] for row in r.get("rows", [])]
-    return (f"files: {len(rows)} rows, {sum('error' not in row for row in rows)} decoded, "
-            f"{sum('error' in row for row in rows)} refused with a reason, "
-            f"{sum('crashed' in r for r in result['runs'])} processes crashed; "
-            f"max process growth {result['max_growth_mb']:.1f} MB (limit {GROWTH_LIMIT_MB:.0f})")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":      # the child: python tests/hostile_files.py --child '<job as JSON>'
+    _child(json.loads(sys.argv[sys.argv.index("--child") + 1]))

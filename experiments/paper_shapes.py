@@ -1,9 +1,9 @@
 """The rehearsal at the paper's shapes: the real paper configs, on small data, through `nestgen run`.
 
-  python -m benchmarks.paper_shapes [--out runs/paper_shapes] [--quick] [--only imagenet256 ucf101]
+  python -m experiments.paper_shapes [--out runs/paper_shapes] [--quick] [--only imagenet256 ucf101]
 
 For each of configs/imagenet256.yaml and configs/ucf101.yaml: write a procedural folder in
-the data set's published layout (benchmarks.paper_folders: 256x256 JPEGs in ImageNet's
+the data set's published layout (nestgen.data.paper_folders: 256x256 JPEGs in ImageNet's
 train/<wnid>/ + flat val/ + LOC_val_solution.csv; 128x128 AVIs in UCF101's UCF-101/ +
 ucfTrainTestlist/), index it with `nestgen index`, then `nestgen run` the config on a fresh
 local Ray: data -> tokenizer -> tokenize -> train -> evaluate -> serve. The overrides
@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import write_json
-from benchmarks.paper_folders import write_imagenet_folder, write_ucf101_folder
+from nestgen.data.paper_folders import write_imagenet_folder, write_ucf101_folder
 from benchmarks.process_memory import TreeMemory
 from nestgen.metrics.stand_in_nets import StandInI3D, StandInInception, save_stand_in
 
@@ -278,7 +278,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--only", nargs="+", choices=list(OVERRIDES), default=list(OVERRIDES))
     ap.add_argument("--sqrtm-dim", type=int, default=1024,
                     help="time one Frechet sqrtm at this many features (0: skip; Inception's is 2048)")
-    ap.add_argument("--json", default=None, help="default: benchmarks/results/paper_shapes_cpu.json "
+    ap.add_argument("--json", default=None, help="default: experiments/results/paper_shapes_cpu.json "
                                                  "(not written with --quick unless given)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
@@ -304,7 +304,7 @@ def main(argv=None) -> dict:
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     print(table(result))
     print(f"rehearsal finished in {result['total_seconds'] / 60:.1f} min")
-    write_json(args.json or (None if args.quick else str(ROOT / "benchmarks/results/paper_shapes_cpu.json")), result)
+    write_json(args.json or (None if args.quick else str(ROOT / "experiments/results/paper_shapes_cpu.json")), result)
     return result
 
 

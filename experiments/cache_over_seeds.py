@@ -2,8 +2,8 @@
 
   nestgen run configs/moving_digits.yaml --seeds 3 --set 'evaluate.schedules=[baseline,magnets]' \\
       --set 'evaluate.caches=[none,every:2,every:3,on_switch,on_switch+cls]' --set evaluate.search.enabled=false
-  python -m benchmarks.cache_over_seeds runs/moving_digits/seeds-*/seeds_summary.json \\
-      --json benchmarks/results/cache_over_seeds_moving_digits.json
+  python -m experiments.cache_over_seeds runs/moving_digits/seeds-*/seeds_summary.json \\
+      --json experiments/results/cache_over_seeds_moving_digits.json
 
 The pipeline's claim compares every variant with the baseline (full model, no cache). This
 compares each cache policy with *the same schedule without the cache*, model by model: for

@@ -1,8 +1,8 @@
 """How many samples the evaluation needs: width of the paired 95% interval of the fd_digits
 change against the baseline, at several sample counts, on a trained raw-digits model.
 
-  python -m benchmarks.interval_width --json benchmarks/results/interval_width_cpu.json
-  python -m benchmarks.interval_width --checkpoint runs/digits/checkpoint.pt
+  python -m experiments.interval_width --json experiments/results/interval_width_cpu.json
+  python -m experiments.interval_width --checkpoint runs/digits/checkpoint.pt
 
 Trains a raw-digits model (configs/digits.yaml, fewer steps by default) in this process, or
 loads --checkpoint, then runs the library's streaming evaluation (the path `nestgen
@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--samples", type=int, nargs="+", default=[250, 500, 1000, 2000])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", default="benchmarks/results/interval_width_cpu.json")
+    p.add_argument("--json", default="experiments/results/interval_width_cpu.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from dataclasses import replace
