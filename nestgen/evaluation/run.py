@@ -113,7 +113,7 @@ class EvaluationReport:
         """The floor as a share of r's baseline's score, at the real rows' count (None when
         there is no floor or it is not comparable)."""
         f = self.floor(r)
-        return None if f is None else f.share
+        return None if f is None or f.value is None else f.share
 
     def excess(self, r: VariantResult) -> Interval | None:
         """The change of the primary metric's excess over the floor (carried to the variants'
@@ -165,7 +165,7 @@ class EvaluationReport:
         share = f.share
         row = {"value": f.value, "measured": f.measured, "rows": f.rows, "baseline_at_rows": f.baseline_at_rows,
                "share_of_baseline": share,
-               "judged_on": "excess" if (share or 0) > FLOOR_SHARE else "change",
+               "judged_on": "excess" if f.value is not None and (share or 0) > FLOOR_SHARE else "change",
                "rule": f"above {FLOOR_SHARE:g} of the baseline's score the claim check judges the change of the "
                        "excess over the real-data floor"}
         if f.rows < e.num_samples:

@@ -113,11 +113,12 @@ def _floor(summaries: dict[int, dict], seeds: list[int], level: float) -> dict:
     real = summaries[seeds[0]]["real_data"]
     rows = {"real_data": {**_aggregate_rows({s: summaries[s]["real_data"] for s in seeds}, level),
                           "variant": real["variant"], "num_samples": real["num_samples"]}}
-    off = [s for s in seeds if summaries[s]["floor"]["share_of_baseline"] is None]
+    shares = [summaries[s]["floor"]["share_of_baseline"] for s in seeds]
+    share = None if None in shares else math.fsum(shares) / len(seeds)
+    off = [s for s in seeds if "not_comparable" in summaries[s]["floor"]]
     if off:
-        return {**rows, "floor": {"share_of_baseline": None, "judged_on": "change", "not_comparable": "; ".join(
-            f"seed {s}: {summaries[s]['floor'].get('not_comparable', 'no share')}" for s in off)}}
-    share = math.fsum(summaries[s]["floor"]["share_of_baseline"] for s in seeds) / len(seeds)
+        return {**rows, "floor": {"share_of_baseline": share, "judged_on": "change", "not_comparable": "; ".join(
+            f"seed {s}: {summaries[s]['floor']['not_comparable']}" for s in off)}}
     return {**rows, "floor": {"share_of_baseline": share, "judged_on": "excess" if share > FLOOR_SHARE else "change"}}
 
 
@@ -131,8 +132,9 @@ def _claim(agg: dict, v: dict) -> ClaimCheck | None:
     g, q = v["gflops_saving"], v["quality_change_vs_baseline"]
     floor, x = agg.get("floor"), v.get("excess_change_vs_baseline")
     excess = None if x is None else Interval(x["mean"], x["lo"], x["hi"], x["level"], x["n"])
+    off = (floor or {}).get("not_comparable", "")
     return claim_check(g["mean"], q["mean"], q["lo"], q["hi"], agg["claim_threshold"], agg["lower_is_better"],
-                       floor and floor["share_of_baseline"], excess, (floor or {}).get("not_comparable", ""))
+                       None if off else floor and floor["share_of_baseline"], None if off else excess, off)
 
 
 def seed_claim_lines(agg: dict) -> list[str]:
@@ -196,7 +198,7 @@ def seeds_table_markdown(agg: dict) -> str:
     lines.append(f"\n{n} training seeds {agg['seeds']}, {agg['num_samples']} samples per variant; "
                  f"mean [{agg['interval']}]."
                  + (f" The floor is not comparable at the variants' count ({floor['not_comparable']}): the verdict "
-                    "reads the change." if floor and floor["share_of_baseline"] is None else
+                    "reads the change." if floor and "not_comparable" in floor else
                     f" The floor is {100 * floor['share_of_baseline']:.0f}% of the baseline's {metric} (at the real "
                     f"rows' count): the verdict reads the "
                     f"{'change of the excess over the floor' if floor['judged_on'] == 'excess' else 'change'}."
