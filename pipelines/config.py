@@ -65,7 +65,7 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     checkpoint_every: int = 200      # optimizer steps between checkpoints (and at the end)
     keep_checkpoints: int = 2
-    max_failures: int = 2            # worker failures survived by restoring the last checkpoint
+    max_failures: int = 2            # worker failures survived by restoring the last checkpoint; also worker-group starts that time out (a lost node's resources) before the step fails
     shuffle_buffer: int = 2048       # rows in each worker's local shuffle buffer
 
     def validate(self) -> None:
@@ -116,6 +116,7 @@ class PipelineConfig:
     parallel_steps: int = 1             # steps run at once when their inputs are ready (the seeds' branches); 1 on one machine
     retries: int = 2                    # extra attempts of a step after a transient failure
     retry_backoff_s: float = 5.0
+    lease_ttl_s: float = 300.0          # the output folder's lease: a run killed without releasing it is taken over this long after its last renewal
 
     def validate(self) -> None:
         check(bool(self.output_url), "output_url", "must not be empty")
@@ -127,6 +128,7 @@ class PipelineConfig:
         check(self.parallel_steps >= 1, "parallel_steps", "must be >= 1")
         check(self.retries >= 0, "retries", "must be >= 0")
         check(self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
+        check(self.lease_ttl_s >= 3, "lease_ttl_s", "must be >= 3 (renewed every ttl/3 seconds)")
 
 
 @dataclass

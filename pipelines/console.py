@@ -82,7 +82,11 @@ class RemoteBar:
 
     def __init__(self, desc: str, unit: str = "it", total: int | None = None):
         import ray
-        self.feed = ray.remote(num_cpus=0)(_Feed).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        # On the driver's node: a feed elsewhere dies with its node, and a worker that feeds it
+        # (a Ray Train rank restored after a node failure) would fail on the dead actor.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.feed = ray.remote(num_cpus=0, scheduling_strategy=here)(_Feed).remote()
         self.bar = bar(desc, total, unit)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)

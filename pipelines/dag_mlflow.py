@@ -38,7 +38,20 @@ class MlflowTracker:
     def start(self, runner: Runner) -> None:
         self.run = start_run(self.cfg, "pipeline", runner.output_url)
         self.run.set_tags({"nestgen.dag": " -> ".join(s.name for s in runner.steps)})
+        self._end_dead_runs(runner.output_url)
         self.t0 = time.perf_counter()
+
+    def _end_dead_runs(self, output_url: str) -> None:
+        """Pipeline runs of this output folder still RUNNING belong to runs that died without
+        ending them (a killed `nestgen run`): this run holds the folder's lease, so no other
+        is alive there. They end KILLED, naming this run, which continues their steps' runs."""
+        client = self.run.client
+        for dead in client.search_runs([self.run.experiment_id], filter_string=(
+                f"tags.`nestgen.step` = 'pipeline' and tags.output_url = '{output_url}' "
+                "and attributes.status = 'RUNNING'")):
+            if dead.info.run_id != self.run_id:
+                client.set_tag(dead.info.run_id, "nestgen.continued_by", self.run_id)
+                client.set_terminated(dead.info.run_id, "KILLED")
 
     def step_parent(self, r: StepRecord) -> str | None:
         return self.run_id

@@ -36,6 +36,11 @@ def _credentials_error(e: BaseException) -> bool:
     return type(e).__name__ in ("DefaultCredentialsError", "RefreshError")
 
 
+def _workers_not_placed(e: BaseException) -> bool:
+    """Ray Train gave up starting its worker group: the cluster lacks the resources it asks for."""
+    return type(e).__name__ == "WorkerGroupStartupTimeoutError"
+
+
 def explain(e: BaseException) -> str:
     """One line for `e`: its cause, and the fix when a known kind of failure is inside."""
     chain = list(causes(e))
@@ -52,6 +57,11 @@ def explain(e: BaseException) -> str:
         if _credentials_error(c):
             return (f"{step}no Google Cloud credentials for gs:// URLs ({_first_line(c)}). Fix: `gcloud auth "
                     f"application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS{where}")
+        if _workers_not_placed(c):
+            return (f"{step}Ray Train could not start its workers: {_first_line(c).split(' Potential causes', 1)[0]} "
+                    "The cluster lacks the CPUs/GPUs they ask for (a node is gone?). Fix: bring the node back "
+                    "(or add one with its resources), then run again: training resumes from its last "
+                    f"checkpoint{where}")
         if _connection_error(c):
             return (f"{step}cannot connect: {_first_line(c)}. Fix: check that the storage or service this "
                     f"URL names is up and reachable from here, or correct the URL{where}")

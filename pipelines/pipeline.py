@@ -35,7 +35,8 @@ def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None 
     log = None if verbose else log_path(cfg)
     # one writer per output folder: a second `nestgen run` there is refused, naming the first,
     # before it writes anything there (its log included)
-    with lease.Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})"), console.quiet(log):
+    with lease.Lease(cfg.pipeline.output_url, f"nestgen run ({cfg.name})", cfg.pipeline.lease_ttl_s), \
+            console.quiet(log):
         console.say(f"nestgen run {cfg.name}: {' -> '.join(s.name for s in runner.steps)}, "
                     f"outputs under {runner.output_url}")
         if log:
