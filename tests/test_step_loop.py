@@ -199,3 +199,10 @@ def test_a_cached_pass_gives_a_row_the_same_logits_and_cache_whatever_its_paddin
     assert torch.equal(alone, padded)
     assert all(torch.equal(a, b) for a, b in zip(alone_cache.keys + alone_cache.values,
                                                  padded_cache.keys + padded_cache.values))
+
+
+def test_autoscaling_targets_the_running_set_of_the_batching_in_use():
+    from nestgen.serving.deployment import deployment_options
+    kw = {"max_active_rows": 48, "max_batch_size": 16, "max_replicas": 3}
+    assert deployment_options(ServeConfig(**kw))["autoscaling_config"]["target_ongoing_requests"] == 48
+    assert deployment_options(ServeConfig(batching="request", **kw))["autoscaling_config"]["target_ongoing_requests"] == 16

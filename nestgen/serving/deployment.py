@@ -29,9 +29,10 @@ def deployment_options(cfg: ServeConfig) -> dict:
         "health_check_period_s": min(10.0, cfg.decode_deadline_s / 2),
     }
     if cfg.max_replicas > cfg.num_replicas:
-        # A replica is busy, not overloaded, while it holds about one batch of requests.
+        # A replica is busy, not overloaded, while it holds about one batch (or running set) of requests.
+        rows = cfg.max_active_rows if cfg.batching == "step" else cfg.max_batch_size
         opts["autoscaling_config"] = {"min_replicas": cfg.num_replicas, "max_replicas": cfg.max_replicas,
-                                      "target_ongoing_requests": cfg.max_batch_size}
+                                      "target_ongoing_requests": rows}
     else:
         opts["num_replicas"] = cfg.num_replicas
     return opts
