@@ -101,19 +101,17 @@ class StepDecoder:
     def __init__(self, model: NestedTransformer):
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self._preps: dict[tuple, PreparedDecode] = {}
 
     def new_row(self, cfg: DecodeConfig, label: int, seed: int, cond: torch.Tensor | None = None) -> Row:
         """A row at step 0: all tokens masked but the `cond` (n_cond,) leading ones."""
         n_cond = 0 if cond is None else cond.shape[0]
-        key = (cfg.schedule, cfg.steps, cfg.cache, n_cond)
-        if key not in self._preps:
-            self._preps[key] = prepare(self.model, cfg, n_cond)
         n = self.model.cfg.num_tokens
         tokens = torch.full((n,), self.model.cfg.mask_id, dtype=torch.long, device=self.device)
         if cond is not None:
             tokens[:n_cond] = cond.to(self.device)
-        return Row(label, seed, cfg, self._preps[key], tokens, torch.arange(n_cond, n, device=self.device))
+        # The plan is K small records: made per row (no cache that clients' schedules could grow).
+        return Row(label, seed, cfg, prepare(self.model, cfg, n_cond), tokens,
+                   torch.arange(n_cond, n, device=self.device))
 
     @torch.no_grad()
     def advance(self, rows: list[Row]) -> list[tuple[tuple, int]]:
