@@ -23,7 +23,7 @@ from nestgen.config import config_to_dict
 from nestgen.flops import decode_flops
 from nestgen.local_run import run_demo, sample_grid
 from nestgen.serving import client
-from pipelines import evaluate, pipeline, serve, tokenize, train, train_tokenizer
+from pipelines import console, evaluate, pipeline, serve, tokenize, train, train_tokenizer
 from pipelines.cli_args import (add_config_args, add_decode_args, add_set_arg, decode_config, decode_overrides,
                                 runnable)
 from pipelines.config import load_run_config, placeholders
@@ -102,6 +102,14 @@ def cmd_index(args) -> int:
     return 0
 
 
+def _show_step(progress, event: dict) -> None:
+    """A streamed answer's step event on the progress bar: steps done of K, tokens chosen."""
+    progress.total = event["steps"]
+    progress.update(event["step"] - progress.n)
+    chosen, tokens = sum(event["unmasked"]), sum(len(t) for t in event["tokens"])
+    progress.set_postfix_str(f"{event['schedule']}, {chosen}/{tokens} tokens chosen")
+
+
 def cmd_generate(args) -> int:
     fmt = client.FORMAT_OF_SUFFIX.get(Path(args.out).suffix.lower())
     if fmt is None:
@@ -111,7 +119,11 @@ def cmd_generate(args) -> int:
     if args.condition:
         payload["condition"] = {"mp4_base64": base64.b64encode(Path(args.condition).read_bytes()).decode()}
     try:
-        resp = client.generate(args.url, payload, timeout=args.timeout)
+        if args.stream:
+            with console.bar("decoding", unit="step") as progress:
+                resp = client.generate_stream(args.url, payload, lambda ev: _show_step(progress, ev), timeout=args.timeout)
+        else:
+            resp = client.generate(args.url, payload, timeout=args.timeout)
     except client.ServiceError as e:
         print(f"nestgen generate: the service refused: {e}", file=sys.stderr)
         return 1
@@ -188,6 +200,8 @@ def add_parsers(sub) -> None:
     add_decode_args(p)
     p.add_argument("--condition", help="MP4 whose first frames to continue (frame prediction models)")
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--stream", action="store_true",
+                   help="ask for the per-step previews and show the decode's progress as a bar (stderr)")
     p.add_argument("--out", required=True, help=".png (a grid when --num > 1), .mp4 (video models) or .json (tokens)")
     p.set_defaults(func=cmd_generate)
 

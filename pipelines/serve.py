@@ -21,12 +21,12 @@ Serve likewise reads app_builder's annotation (ServeArgs) to convert its argumen
 import asyncio
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from nestgen.configschema import to_dict
@@ -40,6 +40,7 @@ from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import GenerateRequest
 from nestgen.serving.responses import (GENERATE_503, GenerateResponse, HealthResponse, ModelResponse,
                                          SchedulesResponse, error_responses)
+from nestgen.serving.stream import MEDIA_TYPE, STREAM_200, StepStream
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import RunConfig
 from pipelines.ray_runtime import bind_serve_replica_to_node_address, dashboard_url, init_ray
@@ -96,36 +97,54 @@ class Generator:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.engine.run, jobs)
 
     @api.post("/v1/generate", summary="Generate samples", response_model=GenerateResponse,
-              response_model_exclude_unset=True, responses=error_responses(400, 401, 408, 413, 422, 500) | GENERATE_503)
+              response_model_exclude_unset=True, responses=error_responses(400, 401, 408, 413, 422, 500) | GENERATE_503 | STREAM_200)
     async def generate(self, req: GenerateRequest) -> dict:
         # Counted from arrival, conditioning work included; `finally` also runs when the
         # client disconnects (Serve cancels this coroutine), so the count never drifts.
         rows = min(req.num_samples, self.engine.spec.max_samples)
-        admitted, job = self.engine.admit(rows), None
+        admitted, job, streaming = self.engine.admit(rows), None, False
         try:
             if req.condition:
                 job = await asyncio.get_running_loop().run_in_executor(self.media_pool, self.engine.resolve, req, rows)
             else:
                 job = self.engine.resolve(req, rows)
+            if req.stream:
+                response = self._stream_steps(job, rows, admitted)
+                streaming = True        # the stream's answer ends the count
+                return response
             out = await (self.generate_batch(job) if self.engine.loop is None else self._generate_steps(job))
         except RequestError as e:
             headers = None if e.retry_after_s is None else {"Retry-After": str(e.retry_after_s)}
             raise HTTPException(e.status, e.reason, headers=headers) from None
         finally:
-            self.engine.finish(rows, admitted, job)
+            if not streaming:
+                self.engine.finish(rows, admitted, job)
         if isinstance(out, Exception):
             raise HTTPException(500, str(out))
         return out
 
-    async def _generate_steps(self, job: Job) -> dict | Exception:
-        """batching step: the job's rows join the loop; the response is encoded off the event
-        loop. A client that disconnects cancels this coroutine, and with it (wrap_future) the
-        Future, so the loop drops its rows at the next step."""
+    async def _generate_steps(self, job: Job, submitted: Future | None = None) -> dict | Exception:
+        """batching step: the job's rows join the loop (`submitted`: they already did); the
+        response is encoded off the event loop. A client that disconnects cancels this coroutine,
+        and with it (wrap_future) the Future, so the loop drops its rows at the next step."""
         try:
-            result = await asyncio.wrap_future(self.engine.submit(job))
+            result = await asyncio.wrap_future(self.engine.submit(job) if submitted is None else submitted)
         except DecodeFailed as e:       # answered as in batching request: 500, the generic reason
             return e
         return await asyncio.get_running_loop().run_in_executor(self.media_pool, self.engine.respond, job, result)
+
+    def _stream_steps(self, job: Job, rows: int, admitted: float) -> StreamingResponse:
+        """`"stream": true`: per-step events, then the answer (nestgen.serving.stream). The job is
+        submitted here, so that a full queue is still a 503; the request stays counted until its
+        answer settles. A client that hangs up ends the stream, which cancels the answer and so
+        drops the rows at the next step."""
+        if self.engine.loop is None:
+            raise RequestError("stream: per-step previews need serve.batching: step (this service decodes "
+                               "whole batches of requests)")
+        steps = StepStream()
+        answer = asyncio.ensure_future(self._generate_steps(job, self.engine.submit(job, on_step=steps.on_step)))
+        answer.add_done_callback(lambda _: self.engine.finish(rows, admitted, job))
+        return StreamingResponse(steps.lines(answer, job.seeds), media_type=MEDIA_TYPE)
 
     @api.get("/v1/schedules", summary="Schedule presets with their GFLOPs per sample", response_model=SchedulesResponse,
              response_model_exclude_unset=True, responses=error_responses(401, 503))

@@ -1,5 +1,7 @@
 """The HTTP API's OpenAPI description (no Ray: the FastAPI app describes itself): every
 endpoint's 200 answer is a typed object, and each error it can answer is documented with its body."""
+import json
+
 from pipelines.serve import api
 
 EXPECTED_ERRORS = {("post", "/v1/generate"): {400, 401, 408, 413, 422, 500, 503},
@@ -38,3 +40,16 @@ def test_every_endpoint_documents_its_answer_and_errors_with_bodies():
     field_error = spec["components"]["schemas"][detail["items"]["$ref"].rsplit("/", 1)[-1]]
     assert set(field_error["properties"]) == {"loc", "msg", "type"}
 
+
+
+def test_generate_documents_its_streamed_answer():
+    """`"stream": true` is a boolean of the request, and its NDJSON events are the 200's second
+    content type, each line's schema inline (no references that could dangle)."""
+    spec = api.openapi()
+    stream = spec["components"]["schemas"]["GenerateRequest"]["properties"]["stream"]
+    assert stream["type"] == "boolean" and stream["default"] is False and "application/x-ndjson" in stream["description"]
+    content = spec["paths"]["/v1/generate"]["post"]["responses"]["200"]["content"]
+    assert list(content) == ["application/json", "application/x-ndjson"]
+    event = content["application/x-ndjson"]["schema"]
+    assert event["properties"]["event"]["enum"] == ["step", "result", "error"] and event["required"] == ["event"]
+    assert "$ref" not in json.dumps(event) and "$defs" not in event

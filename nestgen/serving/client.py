@@ -8,6 +8,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,17 +24,16 @@ class ServiceError(RuntimeError):
 API_KEY_ENV = "NESTGEN_API_KEY"   # the key the client sends, when the service requires one
 
 
-def request_json(url: str, payload: dict | None = None, timeout: float = 600) -> dict:
-    """GET (payload None) or POST JSON; ServiceError with the service's reason on 4xx/5xx.
-    Sends `Authorization: Bearer $NESTGEN_API_KEY` when that variable is set."""
+def _open(url: str, payload: dict | None, timeout: float):
+    """urlopen for a GET (payload None) or a JSON POST; ServiceError with the service's reason
+    on 4xx/5xx. Sends `Authorization: Bearer $NESTGEN_API_KEY` when that variable is set."""
     data = None if payload is None else json.dumps(payload).encode()
     headers = {"content-type": "application/json"}
     if os.environ.get(API_KEY_ENV):
         headers["authorization"] = f"Bearer {os.environ[API_KEY_ENV]}"
     req = urllib.request.Request(url, data=data, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+        return urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         body = e.read()
         try:
@@ -43,8 +43,32 @@ def request_json(url: str, payload: dict | None = None, timeout: float = 600) ->
         raise ServiceError(e.code, detail) from None
 
 
+def request_json(url: str, payload: dict | None = None, timeout: float = 600) -> dict:
+    """GET (payload None) or POST JSON, the answer's JSON."""
+    with _open(url, payload, timeout) as resp:
+        return json.loads(resp.read())
+
+
 def generate(base_url: str, payload: dict, timeout: float = 600) -> dict:
     return request_json(base_url.rstrip("/") + "/v1/generate", payload, timeout)
+
+
+def generate_stream(base_url: str, payload: dict, on_step: Callable[[dict], None], timeout: float = 600) -> dict:
+    """POST with `"stream": true`: on_step(event) for every step event as it arrives (the
+    preview so far, nestgen.serving.stream), then the answer of the result event; ServiceError
+    for an error event (the status it would have had) or a stream cut before its result."""
+    with _open(base_url.rstrip("/") + "/v1/generate", payload | {"stream": True}, timeout) as resp:
+        for raw in resp:
+            if not raw.strip():
+                continue
+            event = json.loads(raw)
+            if event["event"] == "step":
+                on_step(event)
+            elif event["event"] == "result":
+                return event["result"]
+            else:
+                raise ServiceError(event.get("status", 500), event.get("detail", "the service reported an error"))
+    raise ServiceError(200, "the answer stream ended before its result event (the replica may have restarted)")
 
 
 def save_samples(resp: dict, out: str) -> list[str]:

@@ -55,3 +55,6 @@ class GenerateRequest(BaseModel):
                           "null: png for image models, mp4 for video models")
     condition: Condition | None = Field(None, description="leading frames to continue (frame "
                                                           "prediction models only)")
+    stream: bool = Field(False, description="true: answer with application/x-ndjson, one event a line: a 'step' "
+                                            "event after every decoding step (the tokens so far, -1 where still "
+                                            "masked), then a 'result' event with the answer (or an 'error' event)")
