@@ -186,7 +186,7 @@ async def _one(http, url: str, body: dict, stream: bool, timeout: float) -> dict
                         if event["event"] == "step" and out["ttfp"] is None:
                             out["ttfp"] = time.perf_counter() - t0
                         elif event["event"] == "result":
-                            final = event
+                            final = event["result"]
                         elif event["event"] == "error":
                             out["status"] = event.get("status", 500)
                 else:
@@ -416,6 +416,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-wait", type=float, default=0.02, help="batch_wait_timeout_s")
     ap.add_argument("--auto-target", type=float, default=2.0, help="auto_latency_target_s")
     ap.add_argument("--no-stream", dest="stream", action="store_false", help="never ask for preview streams")
+    ap.add_argument("--reference", metavar="JSON",
+                    help="take the reference mode (the first) from this earlier result instead of measuring it; "
+                         "--batching then lists only the modes to measure")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--plot", help="write the latency-against-load PNG here")
@@ -429,12 +432,16 @@ def main(argv=None) -> dict:
            "auto_latency_target_s": args.auto_target, "mix": {"kinds": [b for _, b in MIX], "guidance": GUIDANCE,
                                                               "temperature": TEMPERATURE},
            "replica": {"cpus": 1, "torch_threads": 1}, "modes": []}
+    if args.reference:      # the reference mode as measured by an earlier run of the same settings
+        earlier = json.loads(Path(args.reference).read_text())
+        res["modes"].append(earlier["modes"][0])
+        res["reference_from"] = {"file": args.reference, "command": earlier["command"]}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = _checkpoint(tmp, args.width, args.depth)
-        ref = _measure_mode(modes[0], ckpt, tmp, args, None)
-        res["modes"].append(ref)
-        extra = _extra_rate(ref["rows"], args.rates)
-        for mode in modes[1:]:
+        if not res["modes"]:
+            res["modes"].append(_measure_mode(modes.pop(0), ckpt, tmp, args, None))
+        extra = _extra_rate(res["modes"][0]["rows"], args.rates)
+        for mode in modes:
             res["modes"].append(_measure_mode(mode, ckpt, tmp, args, extra))
     res["summary"] = summarise(res)
     print(markdown(res))
