@@ -1,8 +1,9 @@
 """The Ray evaluation step: quality against GFLOPs for every decode variant, on MLflow.
 
     driver: checkpoint (+ its tokenizer) -> held-out reference + quality suite
-            -> [schedule search] -> every variant x N requests as batches on an
-            ActorPool of EvalWorkers (model, tokenizer and metric feature nets loaded
+            -> [schedule search] -> every variant x N requests as batches on
+            EvalWorker actors (a batch lost with its worker is redone by another;
+            model, tokenizer and metric feature nets loaded
             once each, GPU when the cluster has one), each returning summed metric
             statistics per chunk of samples and the grid's few samples, never the
             samples (nestgen.evaluation.stream) -> merged metrics, intervals, claim
@@ -19,6 +20,7 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass, fields, replace
+from typing import Iterator
 
 from nestgen.checkpoint import load_generator
 from nestgen.config import NestgenConfig, config_to_dict
@@ -67,24 +69,54 @@ class EvalWorker:
 
 
 def ray_sampler(checkpoint: str, cfg: RunConfig, suite):
-    """(SampleFn over an ActorPool of EvalWorkers, worker device names)."""
+    """(SampleFn over EvalWorker actors (on_live_workers), worker device names)."""
     import ray
-    from ray.util import ActorPool
     e = cfg.evaluate
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     actor = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=gpus)(EvalWorker)
     features = ray.put(suite.features())
     workers = [actor.remote(checkpoint, config_to_dict(cfg), features) for _ in range(e.num_workers)]
     devices = ray.get([w.device.remote() for w in workers])
-    pool = ActorPool(workers)
     bs = e.batch_size
 
     def sample(variants: list[Variant], requests: Requests, plan: StreamPlan) -> list[VariantResult]:
         def run(tasks):
-            return pool.map(lambda w, t: w.run.remote(variants[t[0]], requests.chunk(t[1], t[1] + bs), t[1], plan),
-                            tasks)
+            return on_live_workers(workers, tasks, lambda w, t: w.run.remote(
+                variants[t[0]], requests.chunk(t[1], t[1] + bs), t[1], plan))
         return stream_variants(cfg, suite, variants, requests, plan, bs, run, progress_file=console.stream())
     return sample, devices
+
+
+def on_live_workers(workers: list, tasks: list, call) -> Iterator:
+    """The results of call(worker, task) -> ObjectRef for every task, in the tasks' order, one
+    task at a time per worker. A worker that dies (its process or its node) is dropped and the
+    batch it held is run again by a live one: a batch's result depends only on its variant,
+    requests and first sample (seeded), so the redone batch is the one lost and the results
+    are those of a run without the fault. Workers are not restarted: a restart waits for room
+    on some node, and the survivors' room may never free while they hold it. With no worker
+    left, one line says so (the step fails; the next `nestgen run` runs it again)."""
+    import ray
+    from ray.exceptions import RayActorError
+    todo = list(range(len(tasks)))[::-1]           # next task last; a lost one goes back on top
+    idle, running, done, lost, nxt = list(workers), {}, {}, [], 0
+    while nxt < len(tasks):
+        while idle and todo:
+            i, w = todo.pop(), idle.pop()
+            running[call(w, tasks[i])] = (i, w)
+        if not running:
+            raise RuntimeError(f"evaluate: all {len(workers)} evaluation workers died "
+                               f"(last: {str(lost[-1]).splitlines()[0]}); run the step again")
+        [ref], _ = ray.wait(list(running), num_returns=1)
+        i, w = running.pop(ref)
+        try:
+            done[i] = ray.get(ref)
+            idle.append(w)
+        except RayActorError as e:
+            lost.append(e)
+            todo.append(i)
+        while nxt in done:
+            yield done.pop(nxt)
+            nxt += 1
 
 
 @dataclass
