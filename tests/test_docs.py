@@ -1,7 +1,10 @@
 """Documentation and comments point only at things a clone of the repository has."""
+import argparse
 import ast
+import importlib.util
 import io
 import re
+import shlex
 import shutil
 import subprocess
 import tokenize
@@ -71,3 +74,44 @@ def test_readme_links_every_document_in_docs():
     docs = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
     assert docs, "docs/ holds no documents"
     assert [d for d in docs if f"]({d})" not in readme] == []
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    """(file, words) of every command in the code blocks of README.md and docs/*.md (bash
+    blocks, and untagged ones such as command summaries): continuations joined, comments
+    dropped, `cmd1 && cmd2` and `a | b` split into commands."""
+    out = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for lang, block in re.findall(r"```(\w*)\n(.*?)```", path.read_text(), re.S):
+            if lang not in ("bash", ""):
+                continue
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("  #")[0].split(" # ")[0].strip()
+                for part in re.split(r"\s(?:&&|\|\||\|)\s", line):
+                    if part and not part.startswith("#"):
+                        # untagged blocks also hold diagrams, whose prose shlex cannot split
+                        out.append((path.relative_to(ROOT).as_posix(), shlex.split(part) if lang else part.split()))
+    return out
+
+
+def test_every_documented_command_names_what_exists():
+    """The docs' commands run what the repository has: every `nestgen` subcommand is one the
+    command line registers, every `python -m` module imports from here, every `make` target
+    and `bash` script exists."""
+    from pipelines.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    commands = _documented_commands()
+    assert len(commands) > 30
+    problems = []
+    for doc, words in commands:
+        tool = words[0].rsplit("/", 1)[-1]
+        if tool == "nestgen" and words[1] not in sub.choices:
+            problems.append(f"{doc}: nestgen has no subcommand {words[1]!r}")
+        if tool.startswith("python") and words[1:2] == ["-m"] and importlib.util.find_spec(words[2]) is None:
+            problems.append(f"{doc}: python -m {words[2]}: no such module")
+        if tool == "make" and not {w for w in words[1:] if "=" not in w} <= targets:
+            problems.append(f"{doc}: {' '.join(words)}: no such make target")
+        if tool == "bash" and not (ROOT / words[-1 if len(words) == 2 else 1]).is_file():
+            problems.append(f"{doc}: {' '.join(words)}: no such script")
+    assert not problems, "\n".join(problems)
