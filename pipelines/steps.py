@@ -106,7 +106,7 @@ def evaluate_step(cfg: RunConfig, ctx: StepContext, train: str = "train") -> dic
 
 def seeds_step(cfg: RunConfig, ctx: StepContext) -> dict:
     """Every evaluated metric over the training seeds (mean, 95% t interval, per-seed
-    values) -> seeds_summary.json, seeds_table.md (the README's result table) and
+    values) -> seeds_summary.json, seeds_table.md (the result tables of docs/evaluation.md) and
     quality_vs_gflops.png (error bars over the seeds), and one printed line per variant."""
     from nestgen.evaluation.seeds import aggregate_summaries, seed_claim_lines, seeds_plot_png, seeds_table_markdown
     from nestgen.storage import read_json, write_json_atomic

@@ -172,7 +172,7 @@ def seeds_table_markdown(agg: dict) -> str:
     """The result table over training seeds as Markdown, one row per variant: schedule (each
     model's, where the search picked differently), mean GFLOPs and saving, every scored metric
     and the claimed metric's change against the baseline as mean [95% t interval], and the
-    claim verdict. The README's result tables are this, verbatim."""
+    claim verdict. The result tables of docs/evaluation.md are this, verbatim."""
     metric, n = agg["metric"], len(agg["seeds"])
     metrics = agg.get("metrics", [metric])
     floor = agg.get("floor")
