@@ -2,10 +2,12 @@
 chaoskit.train_faults / chaoskit.serve_faults on one local multi-node cluster (head + two
 2-CPU worker nodes on 127.0.0.1), compared with an unfaulted run of the same config.
 
-    python -m benchmarks.chaos_train_serve [--out benchmarks/results/chaos_train_serve_cpu.json]
+    python -m benchmarks.chaos_train_serve [--only train driver ...]
 
-benchmarks.chaos puts these rows in its table (`rows(root)`). Hold /tmp/nestgen-ray.lock
-while it runs (it starts Ray)."""
+The rows, in benchmarks.chaos's columns, replace their earlier ones in
+benchmarks/results/chaos_cpu.json (benchmarks.chaos keeps them when it rewrites the file);
+their own cluster has a head with 1 CPU, for the training's Ray Data tasks. Hold
+/tmp/nestgen-ray.lock while it runs (it starts Ray)."""
 from __future__ import annotations
 
 import argparse
@@ -21,26 +23,27 @@ from chaoskit import train_faults as tf
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _train_row(row: dict, clean: dict) -> dict:
-    ok = row.get("final_step") == clean["final_step"]
+def _train_row(scenario: str, fault: str, row: dict, clean: dict) -> dict:
+    """A row in benchmarks.chaos's columns: optimizer steps stand for rows (lost: short of the
+    target; duplicated: optimizer steps beyond it, and metric steps MLflow has twice)."""
     diff = tf.max_weight_diff(row["_model"], clean["_model"]) if "_model" in row else None
     loss_diff = max((abs(row["loss"][s] - clean["loss"][s]) for s in clean["loss"] if s in row.get("loss", {})),
                     default=None)
-    return {"scenario": row["scenario"],
-            "seconds_to_recover": row.get("seconds_to_recover"),
-            "seconds_to_fail": row.get("seconds_to_fail"),
-            "failure_line": row.get("failure"),
-            "rows_lost": (clean["final_step"] - (row.get("final_step") or 0)),      # optimizer steps short of the target
+    note = (f"start_step {row.get('start_step')} -> final_step {row.get('final_step')}; max abs weight diff vs "
+            f"unfaulted {diff:.1e}, max abs loss diff {loss_diff:.1e}" if diff is not None else "no final checkpoint")
+    if row.get("failure"):
+        note += f"; failed after {row.get('seconds_to_fail')} s: {row['failure']}"
+    if row.get("refused"):
+        note += f"; run again at once: {row['refused'][0][:160]}; pipeline runs {row.get('pipeline_runs')}"
+    return {"scenario": scenario, "fault": fault, "recovery_s": row.get("seconds_to_recover"),
+            "rows_lost": clean["final_step"] - (row.get("final_step") or 0),
             "rows_duplicated": (row.get("scheduler_steps") or 0) - clean["final_step"] + row.get("duplicate_metric_steps", 0),
-            "mlflow_runs_for_step": row.get("mlflow_runs"),
-            "requests_failed": "n/a",
-            "start_step": row.get("start_step"), "final_step": row.get("final_step"),
-            "max_weight_diff_vs_unfaulted": diff, "max_loss_diff_vs_unfaulted": loss_diff,
-            "outputs_equal_unfaulted": bool(ok and diff is not None and diff <= 1e-5),
-            **{k: row[k] for k in ("refused", "pipeline_runs") if k in row}}
+            "mlflow_runs": row.get("mlflow_runs"), "requests_failed": None,
+            "outputs_equal": bool(row.get("final_step") == clean["final_step"] and diff is not None and diff <= 1e-5),
+            "note": note}
 
 
-SCENARIOS = ("train", "train-down", "driver", "serve")
+SCENARIOS = ("train", "train (node stays down)", "driver", "serve")
 
 
 def rows(root: Path, only=SCENARIOS) -> list[dict]:
@@ -55,29 +58,33 @@ def rows(root: Path, only=SCENARIOS) -> list[dict]:
         ray.init(address=c.address)
         try:
             clean = tf.unfaulted_train(root / "clean") if set(only) - {"serve"} else None
-            for returns, name in ((True, "train"), (False, "train-down")):
+            for returns, name in ((True, SCENARIOS[0]), (False, SCENARIOS[1])):
                 if name in only:
-                    out.append(_train_row(tf.train_scenario(c, root / name, node_returns=returns), clean))
+                    got = tf.train_scenario(c, root / f"train-{returns}", node_returns=returns)
+                    out.append(_train_row(name, "worker node SIGKILLed at step 13 of 20 (checkpoint 10), " + (
+                        "restarted" if returns else "stays down; next run after it returns"), got, clean))
                     print(json.dumps(out[-1], default=str), flush=True)
             if "driver" in only:
                 ray.shutdown()
                 drv = tf.driver_scenario(c, root / "driver")
                 drv["_model"] = tf.checkpoint_facts(str(_final_checkpoint(root / "driver" / "out")))["model"]
                 drv["final_step"] = drv.get("checkpoint_step")
-                out.append(_train_row(drv, clean) | {"seconds_to_recover": drv["seconds_to_recover"]})
+                out.append(_train_row("driver", f"nestgen run SIGKILLed at step 13 of 20; run again, then after "
+                                      f"the lease TTL", drv, clean))
                 print(json.dumps(out[-1], default=str), flush=True)
                 ray.init(address=c.address)
             if "serve" not in only:
                 return out
             s = serve_scenario(c, root / "serve")
-            out.append({"scenario": s["scenario"], "seconds_to_recover": s["seconds_to_recover"],
-                        "seconds_to_restore_replicas": s["seconds_to_restore"], "rows_lost": "n/a",
-                        "rows_duplicated": "n/a", "mlflow_runs_for_step": "n/a",
-                        "requests_failed": f"{s['failed']} of {s['requests']}: {', '.join(s['failed_how']) or 'none'}"
-                                           f" (in flight at the kill: {s['failed_in_flight_at_kill']}; after "
-                                           f"recovery: {s['failed_after_recovery']})",
-                        "max_latency_s": s["max_latency_s"], "request_timeout_s": s["request_timeout_s"],
-                        "outputs_equal_unfaulted": s["same_sample_as_before"]})
+            out.append({"scenario": "serve", "fault": "node of 1 of 2 replicas SIGKILLed under load, then restarted",
+                        "recovery_s": s["seconds_to_recover"], "rows_lost": None, "rows_duplicated": None,
+                        "mlflow_runs": None,
+                        "requests_failed": f"{s['failed']} of {s['requests']}: {', '.join(s['failed_how']) or 'none'}",
+                        "outputs_equal": s["same_sample_as_before"],
+                        "note": f"failed = in flight at the kill ({s['failed_in_flight_at_kill']}); after the controller "
+                                f"dropped the replica {s['failed_after_recovery']} of {s['answered_after_recovery']} "
+                                f"failed; max latency {s['max_latency_s']} s (timeout {s['request_timeout_s']} s); "
+                                f"2 replicas again {s['seconds_to_restore']} s after the kill"})
             print(json.dumps(out[-1], default=str), flush=True)
         finally:
             ray.shutdown()
@@ -90,16 +97,24 @@ def _final_checkpoint(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.chaos import table
+    from benchmarks.common import write_json
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(RESULTS / "chaos_train_serve_cpu.json"))
+    ap.add_argument("--json", default=str(RESULTS / "chaos_cpu.json"),
+                    help="benchmarks.chaos's results: these rows replace their earlier ones there")
     ap.add_argument("--only", nargs="*", choices=SCENARIOS, default=list(SCENARIOS), help="scenarios to run")
     args = ap.parse_args(argv)
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="chaos-ts-") as d:
         result = rows(Path(d), only=args.only)
-    doc = {"command": "python -m benchmarks.chaos_train_serve", "seconds": round(time.time() - t0, 1),
-           "cluster": "head (0 CPUs) + 2 worker nodes x 2 CPUs on 127.0.0.1, one 2-core machine", "rows": result}
-    Path(args.out).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    path = Path(args.json)
+    doc = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    ran = {r["scenario"] for r in result}
+    doc["rows"] = [r for r in doc["rows"] if r["scenario"] not in ran] + result
+    doc.setdefault("commands", {})["train, driver, serve"] = (
+        f"python -m benchmarks.chaos_train_serve ({time.time() - t0:.0f} s; head with 1 CPU + 2 worker nodes x 2 CPUs)")
+    print(table(result))
+    write_json(str(path), doc)
     return 0
 
 
