@@ -73,7 +73,8 @@ def ray_sampler(checkpoint: str, cfg: RunConfig, suite):
     import ray
     e = cfg.evaluate
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    actor = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=gpus)(EvalWorker)
+    # spread over the nodes: a node that dies takes as few workers as it can with it
+    actor = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=gpus, scheduling_strategy="SPREAD")(EvalWorker)
     features = ray.put(suite.features())
     workers = [actor.remote(checkpoint, config_to_dict(cfg), features) for _ in range(e.num_workers)]
     devices = ray.get([w.device.remote() for w in workers])
