@@ -117,10 +117,11 @@ def compare_shards(got: dict, ref: dict) -> dict:
 
 
 def summary_results(out: Path) -> dict:
-    """An evaluation's summary.json without its measured decode times (wall clock)."""
+    """An evaluation's summary.json without its measured decode times (wall clock) and the
+    paths of its files (under each run's own output folder)."""
     def drop(x):
         if isinstance(x, dict):
-            return {k: drop(v) for k, v in x.items() if "seconds" not in k}
+            return {k: drop(v) for k, v in x.items() if "seconds" not in k and k != "files"}
         return [drop(v) for v in x] if isinstance(x, list) else x
     return drop(json.loads((out / "summary.json").read_text()))
 
