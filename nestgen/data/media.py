@@ -102,6 +102,8 @@ def load_image(src: bytes | BinaryIO, size: int, channels: int, max_pixels: int)
             return _to_array(resize_center_crop(img, size), channels)
     except MediaError:
         raise
+    except Image.UnidentifiedImageError:         # its message names the file object's memory address
+        raise MediaError(f"undecodable image: not a {'/'.join(IMAGE_FORMATS)} image") from None
     except Image.DecompressionBombError as e:   # Pillow's own limit, checked inside open()
         raise MediaLimitError(f"image over the pixel budget of {max_pixels}: {e}") from None
     except Exception as e:  # noqa: BLE001 - hostile bytes make decoders raise anything; the file is bad
