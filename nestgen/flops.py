@@ -2,7 +2,8 @@
 
 Matmul FLOPs only (2 per multiply-add), as torch.utils.flop_counter counts them:
 per layer 2 n_q (3 D_m d_a + d_a D_m + 2 R D_m^2) for the q/k/v/o and MLP projections
-plus 4 n_q n_kv d_a for attention, where d_a = D_m (nested attention) or D (`full`);
+plus 4 n_q' n_kv d_a for attention, where d_a = D_m (nested attention) or D (`full`) and n_q'
+is n_q, on a cached pass rounded up to the model's query alignment (the padded queries run);
 plus the output head 2 n_h D_m V, with n_h the positions whose logits are computed: when
 decoding only the still-masked ones, on full and cached passes alike (the model is asked for
 no other logits); in training all N. Guided steps run twice (conditional + unconditional).
@@ -16,13 +17,15 @@ from nestgen.decoding.cache_policy import parse_cache_policy
 from nestgen.decoding.plan import StepPlan, plan_decode
 from nestgen.decoding.schedule import resolve_schedule
 from nestgen.model.config import ModelConfig
+from nestgen.model.nested_transformer import QUERY_ALIGN
 
 
-def forward_flops(m: ModelConfig, factor: int, n_query: int, n_kv: int, n_head: int) -> int:
+def forward_flops(m: ModelConfig, factor: int, n_query: int, n_kv: int, n_head: int, cached: bool = False) -> int:
     dm = m.width // factor
     da = m.width if m.attention_width == "full" else dm
     proj = 2 * n_query * (4 * dm * da + 2 * m.mlp_ratio * dm * dm)
-    attn = 4 * n_query * n_kv * da
+    attn_queries = -(-n_query // QUERY_ALIGN) * QUERY_ALIGN if cached else n_query
+    attn = 4 * attn_queries * n_kv * da
     return m.depth * (proj + attn) + 2 * n_head * dm * m.vocab_size
 
 
@@ -57,5 +60,6 @@ def decode_flops(m: ModelConfig, d: DecodeConfig, cond_tokens: int = 0) -> FlopR
     schedule = resolve_schedule(d.schedule, m.nest_factors, d.steps)
     plan = plan_decode(m.num_tokens, schedule, parse_cache_policy(d.cache), cond_tokens)
     mult = 2 if d.guidance_scale > 0 else 1
-    return FlopReport([(p, mult * forward_flops(m, p.factor, p.n_query, p.n_kv, p.n_unknown))
+    return FlopReport([(p, mult * forward_flops(m, p.factor, p.n_query, p.n_kv, p.n_unknown,
+                                                    cached=not p.full_pass))
                        for p in plan])

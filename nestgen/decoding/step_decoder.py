@@ -20,7 +20,7 @@ and the unconditional one when the row is guided), refreshed as its own plan say
 So a row's tokens are what `maskgit.decode` gives it alone, as long as every op rounds a row
 the same whatever the batch and padding around it. On the CPU that holds for the matmuls, and
 for attention once a cached pass's query count is a multiple of 8 (the model pads it:
-nestgen.model.nested_transformer._QUERY_ALIGN); tests/test_step_loop.py checks token equality,
+nestgen.model.nested_transformer.QUERY_ALIGN); tests/test_step_loop.py checks token equality,
 and across 400 rows of mixed schedules, caches and settings (width 256, depth 4, vocabulary
 11 and 1024, images and frame prediction) none differed. Other kernels (GPU attention, bf16)
 may round by batch shape; a flip then needs two candidates tied to within that rounding.

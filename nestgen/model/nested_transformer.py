@@ -52,7 +52,8 @@ class KVCache:
 # rounds a block of 1 or 2 queries differently from a larger one, so without the padding a
 # query's output depended on how many other queries its pass had: a row decoded among others
 # (nestgen.decoding.step_decoder pads rows to the longest) would not match its solo decode.
-_QUERY_ALIGN = 8
+# The padded queries' attention is real work: nestgen.flops charges it.
+QUERY_ALIGN = 8
 
 
 class NestedAttention(nn.Module):
@@ -91,8 +92,8 @@ class NestedAttention(nn.Module):
                 cache.keys[layer].scatter_(2, idx, k)
                 cache.values[layer].scatter_(2, idx, v)
                 k, v = cache.keys[layer], cache.values[layer]
-        if seq_idx is not None and n % _QUERY_ALIGN:
-            q = F.pad(q, (0, 0, 0, _QUERY_ALIGN - n % _QUERY_ALIGN))
+        if seq_idx is not None and n % QUERY_ALIGN:
+            q = F.pad(q, (0, 0, 0, QUERY_ALIGN - n % QUERY_ALIGN))
         out = F.scaled_dot_product_attention(q, k, v)[:, :, :n].transpose(1, 2).reshape(b, n, d_att)
         return sliced_linear(self.o, out, d_att, width)
 
