@@ -13,9 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nestgen.decoding.config import DecodeConfig
-from nestgen.decoding.cache_policy import parse_cache_policy
-from nestgen.decoding.plan import StepPlan, plan_decode
-from nestgen.decoding.schedule import resolve_schedule
+from nestgen.decoding.plan import PreparedDecode, StepPlan, prepare_decode
 from nestgen.model.config import ModelConfig
 from nestgen.model.nested_transformer import QUERY_ALIGN
 
@@ -56,10 +54,15 @@ class FlopReport:
         return "\n".join(rows)
 
 
-def decode_flops(m: ModelConfig, d: DecodeConfig, cond_tokens: int = 0) -> FlopReport:
-    schedule = resolve_schedule(d.schedule, m.nest_factors, d.steps)
-    plan = plan_decode(m.num_tokens, schedule, parse_cache_policy(d.cache), cond_tokens)
-    mult = 2 if d.guidance_scale > 0 else 1
+def plan_flops(m: ModelConfig, prep: PreparedDecode, guided: bool) -> FlopReport:
+    """The FLOPs of a prepared decode (the plan the decoder runs), per sample; `guided`: with
+    classifier-free guidance (every step runs twice)."""
+    mult = 2 if guided else 1
     return FlopReport([(p, mult * forward_flops(m, p.factor, p.n_query, p.n_kv, p.n_unknown,
                                                     cached=not p.full_pass))
-                       for p in plan])
+                       for p in prep.plan])
+
+
+def decode_flops(m: ModelConfig, d: DecodeConfig, cond_tokens: int = 0) -> FlopReport:
+    """The FLOPs of decoding as `d` says with `cond_tokens` given tokens, per sample."""
+    return plan_flops(m, prepare_decode(m, d, cond_tokens), d.guidance_scale > 0)

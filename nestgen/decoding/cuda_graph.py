@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 
 from nestgen.decoding.config import DecodeConfig
-from nestgen.decoding.maskgit import (RowSettings, decode, decode_loop, prepare, row_settings, seed_tensor,
-                                     shared_settings)
+from nestgen.decoding.maskgit import RowSettings, decode, decode_loop, row_settings, seed_tensor, shared_settings
+from nestgen.decoding.plan import PreparedDecode, prepare_decode
 from nestgen.model.nested_transformer import NestedTransformer
 
 
@@ -68,10 +68,10 @@ class GraphedDecoder:
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor, cfg: DecodeConfig, seeds: Sequence[int] | None = None,
                  cond: torch.Tensor | None = None, temperature: Sequence[float] | None = None,
-                 guidance_scale: Sequence[float] | None = None) -> torch.Tensor:
+                 guidance_scale: Sequence[float] | None = None, prep: PreparedDecode | None = None) -> torch.Tensor:
         if self.device.type != "cuda":
             return decode(self.model, labels, cfg, seeds, cond, temperature=temperature,
-                          guidance_scale=guidance_scale).tokens
+                          guidance_scale=guidance_scale, prep=prep).tokens
         b = labels.shape[0]
         n_cond = 0 if cond is None else cond.shape[1]
         seed_t = seed_tensor(seeds, b, self.device)
@@ -79,7 +79,7 @@ class GraphedDecoder:
         key = self._key(b, cfg, n_cond, rows)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(labels.to(self.device), seed_t, cond, cfg, rows)
+            entry = self._capture(labels.to(self.device), seed_t, cond, cfg, rows, prep)
             self._graphs[key] = entry
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
@@ -93,8 +93,9 @@ class GraphedDecoder:
         entry.graph.replay()
         return entry.out.clone()
 
-    def _capture(self, labels, seeds, cond, cfg: DecodeConfig, rows: RowSettings) -> _Captured:
-        prep = prepare(self.model, cfg, 0 if cond is None else cond.shape[1])
+    def _capture(self, labels, seeds, cond, cfg: DecodeConfig, rows: RowSettings,
+                 prep: PreparedDecode | None) -> _Captured:
+        prep = prep or prepare_decode(self.model.cfg, cfg, 0 if cond is None else cond.shape[1])
         labels, seeds = labels.clone(), seeds.clone()
         cond = None if cond is None else cond.to(self.device).clone()
         rows = RowSettings(rows.temperature.clone(), rows.guided.clone(), rows.guidance.clone(), rows.unit_temperature)

@@ -19,9 +19,9 @@ import torch
 
 from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding import noise
-from nestgen.decoding.cache_policy import CachePolicy, parse_cache_policy
-from nestgen.decoding.plan import StepPlan, plan_decode
-from nestgen.decoding.schedule import Schedule, resolve_schedule
+from nestgen.decoding.cache_policy import CachePolicy
+from nestgen.decoding.plan import PreparedDecode, StepPlan, prepare_decode
+from nestgen.decoding.schedule import Schedule
 from nestgen.model.nested_transformer import KVCache, NestedTransformer
 
 
@@ -111,21 +111,6 @@ def row_settings(cfg: DecodeConfig, b: int, device, temperature: Sequence[float]
                        all(t == 1.0 for t in temps) and cfg.temperature_schedule == "constant")
 
 
-@dataclass(frozen=True)
-class PreparedDecode:
-    """Everything about a decode that is fixed before it runs (host side)."""
-    schedule: Schedule
-    policy: CachePolicy
-    plan: list[StepPlan]
-    n_cond: int
-
-
-def prepare(model: NestedTransformer, cfg: DecodeConfig, n_cond: int = 0) -> PreparedDecode:
-    schedule = resolve_schedule(cfg.schedule, model.cfg.nest_factors, cfg.steps)
-    policy = parse_cache_policy(cfg.cache)
-    return PreparedDecode(schedule, policy, plan_decode(model.cfg.num_tokens, schedule, policy, n_cond), n_cond)
-
-
 def seed_tensor(seeds: Sequence[int] | None, b: int, device) -> torch.Tensor:
     seeds = list(range(b)) if seeds is None else list(seeds)
     if len(seeds) != b:
@@ -137,16 +122,18 @@ def seed_tensor(seeds: Sequence[int] | None, b: int, device) -> torch.Tensor:
 def decode(model: NestedTransformer, labels: torch.Tensor, cfg: DecodeConfig,
            seeds: Sequence[int] | None = None, cond: torch.Tensor | None = None,
            keep_history: bool = False, temperature: Sequence[float] | None = None,
-           guidance_scale: Sequence[float] | None = None) -> DecodeResult:
+           guidance_scale: Sequence[float] | None = None, prep: PreparedDecode | None = None) -> DecodeResult:
     """Generate token grids for class `labels` (B,) (null class = unconditional).
 
     cond: (B, n_cond) given leading tokens (frame prediction, `input->input`): they sit in
     the grid, are never masked, and are returned unchanged.
     temperature, guidance_scale: one value per row; None: cfg's value for every row.
+    prep: cfg's decode as the caller prepared it (nestgen.decoding.plan.prepare_decode, e.g.
+    an evaluation job's, whose FLOPs were counted on it); None: prepared here.
     """
     device = next(model.parameters()).device
     labels = labels.to(device)
-    prep = prepare(model, cfg, 0 if cond is None else cond.shape[1])
+    prep = prep or prepare_decode(model.cfg, cfg, 0 if cond is None else cond.shape[1])
     seed_t = seed_tensor(seeds, labels.shape[0], device)
     rows = row_settings(cfg, labels.shape[0], device, temperature, guidance_scale)
     history: list[torch.Tensor] | None = [] if keep_history else None

@@ -2,16 +2,19 @@
 
 Because MaskGIT fixes a deterministic *number* of tokens per step, the whole shape of a
 decode (nested size, full pass or cached, query/key counts) follows from the schedule,
-the cache policy and the grid. The decoder executes this plan and the FLOP counter sums
-over it, so the two cannot disagree.
+the cache policy and the grid. `prepare_decode` parses the schedule and the cache policy
+once and plans the steps; the decoder executes that `PreparedDecode` and the FLOP counter
+(nestgen.flops.plan_flops) sums over the same one, so the two cannot disagree.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nestgen.decoding.cache_policy import CachePolicy
-from nestgen.decoding.schedule import Schedule
+from nestgen.decoding.cache_policy import CachePolicy, parse_cache_policy
+from nestgen.decoding.config import DecodeConfig
+from nestgen.decoding.schedule import Schedule, resolve_schedule
 from nestgen.masking import decode_mask_counts
+from nestgen.model.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,20 @@ def plan_decode(num_tokens: int, schedule: Schedule, policy: CachePolicy,
         n_q = 1 + num_tokens if refresh[t] else counts[t - 1] + context
         plans.append(StepPlan(t, f, refresh[t], n_q, 1 + num_tokens, counts[t], counts[t] - counts[t + 1]))
     return plans
+
+
+@dataclass(frozen=True)
+class PreparedDecode:
+    """Everything about a decode that is fixed before it runs (host side)."""
+    schedule: Schedule
+    policy: CachePolicy
+    plan: list[StepPlan]
+    n_cond: int
+
+
+def prepare_decode(m: ModelConfig, d: DecodeConfig, n_cond: int = 0) -> PreparedDecode:
+    """d's schedule (a preset or a compact string, checked against the model) and cache
+    policy parsed, and the steps planned for `n_cond` given tokens."""
+    schedule = resolve_schedule(d.schedule, m.nest_factors, d.steps)
+    policy = parse_cache_policy(d.cache)
+    return PreparedDecode(schedule, policy, plan_decode(m.num_tokens, schedule, policy, n_cond), n_cond)

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import torch
 
 from nestgen.decoding.config import DecodeConfig
-from nestgen.decoding.maskgit import PreparedDecode, prepare, row_settings, sample_step
-from nestgen.decoding.plan import StepPlan
+from nestgen.decoding.maskgit import row_settings, sample_step
+from nestgen.decoding.plan import PreparedDecode, StepPlan, prepare_decode
 from nestgen.model.nested_transformer import KVCache, NestedTransformer
 
 
@@ -110,7 +110,7 @@ class StepDecoder:
         if cond is not None:
             tokens[:n_cond] = cond.to(self.device)
         # The plan is K small records: made per row (no cache that clients' schedules could grow).
-        return Row(label, seed, cfg, prepare(self.model, cfg, n_cond), tokens,
+        return Row(label, seed, cfg, prepare_decode(self.model.cfg, cfg, n_cond), tokens,
                    torch.arange(n_cond, n, device=self.device))
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ import torch
 from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.cuda_graph import GraphedDecoder
 from nestgen.decoding.maskgit import decode, row_settings, shared_settings
+from nestgen.decoding.plan import PreparedDecode
 
 
 @dataclass
@@ -53,28 +54,31 @@ class DecodeWorker:
     def run(self, cfg: DecodeConfig, labels: torch.Tensor, seeds: Sequence[int],
             cond: torch.Tensor | None = None, render: bool = False,
             temperature: Sequence[float] | None = None,
-            guidance_scale: Sequence[float] | None = None) -> DecodedBatch:
+            guidance_scale: Sequence[float] | None = None, prep: PreparedDecode | None = None) -> DecodedBatch:
         """Decode len(labels) samples (sample i: labels[i], seeds[i], cond[i], temperature[i],
-        guidance_scale[i]; None: cfg's value for every row); pixels when `render`."""
+        guidance_scale[i]; None: cfg's value for every row); pixels when `render`. `prep`: cfg's
+        decode as the caller prepared it (nestgen.decoding.maskgit.decode)."""
         seeds = list(seeds)
         if self.warm_up:
-            self._warm_up(cfg, len(seeds), 0 if cond is None else cond.shape[1], temperature, guidance_scale)
+            self._warm_up(cfg, len(seeds), 0 if cond is None else cond.shape[1], temperature, guidance_scale, prep)
         self._sync()
         t0 = time.perf_counter()
-        tokens = self._decode(cfg, labels, seeds, cond, temperature, guidance_scale)
+        tokens = self._decode(cfg, labels, seeds, cond, temperature, guidance_scale, prep)
         self._sync()
         seconds = time.perf_counter() - t0
         tokens = tokens.cpu()
         return DecodedBatch(tokens, self.render(tokens) if render else None, seconds)
 
-    def _decode(self, cfg: DecodeConfig, labels, seeds, cond, temperature=None, guidance_scale=None) -> torch.Tensor:
+    def _decode(self, cfg: DecodeConfig, labels, seeds, cond, temperature=None, guidance_scale=None,
+                prep: PreparedDecode | None = None) -> torch.Tensor:
         if self.graphs is not None:
-            return self.graphs(labels, cfg, seeds, cond, temperature, guidance_scale)
+            return self.graphs(labels, cfg, seeds, cond, temperature, guidance_scale, prep)
         with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
             return decode(self.model, labels, cfg, seeds=seeds, cond=cond, temperature=temperature,
-                          guidance_scale=guidance_scale).tokens
+                          guidance_scale=guidance_scale, prep=prep).tokens
 
-    def _warm_up(self, cfg: DecodeConfig, rows: int, n_cond: int, temperature, guidance_scale) -> None:
+    def _warm_up(self, cfg: DecodeConfig, rows: int, n_cond: int, temperature, guidance_scale,
+                 prep: PreparedDecode | None) -> None:
         if self.graphs is not None:
             # A graph is captured per shape (batch size, guided rows, unit temperatures): its
             # warm-up is the real one (and is needed again if the graph was evicted).
@@ -93,7 +97,8 @@ class DecodeWorker:
             temperature = None if settings.unit_temperature else [0.5] * rows
             guidance_scale = [1.0] * guided + [0.0] * (rows - guided)
         cond = torch.zeros(rows, n_cond, dtype=torch.long) if n_cond else None
-        self._decode(cfg, torch.zeros(rows, dtype=torch.long), list(range(rows)), cond, temperature, guidance_scale)
+        self._decode(cfg, torch.zeros(rows, dtype=torch.long), list(range(rows)), cond, temperature, guidance_scale,
+                     prep)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
