@@ -28,7 +28,7 @@ from pipelines.cli_args import (add_config_args, add_decode_args, add_set_arg, d
                                 runnable)
 from pipelines.config import load_run_config, placeholders
 from pipelines.errors import SELF_EXPLAINED, explain
-from pipelines.tracking import resolve_checkpoint
+from pipelines.model_registry import resolve_model_uri
 
 STEP_MODULES = (train, train_tokenizer, tokenize, pipeline, evaluate, serve)
 
@@ -56,7 +56,7 @@ def cmd_flops(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    model, cfg, tok = load_generator(resolve_checkpoint(args.checkpoint), args.device)
+    model, cfg, tok = load_generator(resolve_model_uri(args.checkpoint), args.device)
     d = decode_config(cfg.decode, args)
     info = sample_grid(model, cfg, d, args.out, num=args.num, class_label=args.class_label, seed=args.seed,
                        tokenizer=tok)

@@ -12,7 +12,7 @@ import time
 
 from pipelines.config import RunConfig
 from pipelines.dag import Runner, StepRecord
-from pipelines.tracking import Run, runs_page_url, start_run
+from pipelines.mlflow_runs import Run, runs_page_url, start_run
 
 DATASETS = "mlflow_datasets"     # a step output: [{name, url, digest}] of the data the step read
 

@@ -35,7 +35,8 @@ from pipelines import console
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, run_config_from_dict
 from pipelines.ray_runtime import init_ray
-from pipelines.tracking import Run, resolve_checkpoint, start_run
+from pipelines.mlflow_runs import Run, start_run
+from pipelines.model_registry import resolve_model_uri
 
 
 def evaluation_config(user: RunConfig, trained: NestgenConfig) -> RunConfig:
@@ -132,9 +133,9 @@ def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: boo
              parent_run_id: str | None = None, log_mlflow: bool = True, run_key: str = "") -> EvaluateResult:
     """Evaluate `checkpoint` (or cfg.evaluate.checkpoint) as cfg.evaluate says; ray.init is the caller's.
     With run_key (a DAG step's fingerprint), a retried step logs to the run of its earlier
-    attempt and replaces that attempt's variant runs (pipelines.tracking.start_run)."""
+    attempt and replaces that attempt's variant runs (pipelines.mlflow_runs.start_run)."""
     t0 = time.perf_counter()
-    checkpoint = resolve_checkpoint(checkpoint or cfg.evaluate.checkpoint, cfg.mlflow.tracking_uri)
+    checkpoint = resolve_model_uri(checkpoint or cfg.evaluate.checkpoint, cfg.mlflow.tracking_uri)
     if not checkpoint:
         raise ValueError("no checkpoint to evaluate: set evaluate.checkpoint or pass --checkpoint")
     model, trained, tok = load_generator(checkpoint)

@@ -7,7 +7,7 @@ artifacts, generation by the serving engine (nestgen.serving.engine).
     output: the same rows with the schedule that ran, and `png` (PNG bytes; a video as a
             strip of its frames) for models that render pixels, else `tokens` (token ids)
 
-pipelines.tracking.log_generator logs it as a model from code: MLflow stores this file and
+pipelines.model_registry.log_generator logs it as a model from code: MLflow stores this file and
 runs it to load the model (the last line names the model), so loading unpickles nothing;
 the checkpoint and tokenizer are read as nestgen reads them everywhere (weights only).
 Loading needs nestgen installed (`mlflow models serve --env-manager local`).

@@ -11,7 +11,7 @@ from pipelines.cli_args import add_config_args, add_ray_address, runnable
 from pipelines.config import RunConfig, load_run_config, outside_job_copy, refuse_placeholders
 from pipelines.dag import Runner, StepFailed
 from pipelines.steps import build_steps, served_train_step
-from pipelines.tracking import UI_MODE_HINT
+from pipelines.mlflow_runs import UI_MODE_HINT
 
 
 def make_runner(cfg: RunConfig, track: bool = True) -> Runner:

@@ -45,7 +45,7 @@ from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import RunConfig
 from pipelines.ray_runtime import bind_serve_replica_to_node_address, dashboard_url, init_ray
 from pipelines.serve_metrics import ServeLoopMetrics
-from pipelines.tracking import checkpoint_resolver, pin_model_version
+from pipelines.model_registry import checkpoint_resolver, pin_model_version
 
 api = FastAPI(
     title="nestgen",

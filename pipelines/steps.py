@@ -52,7 +52,7 @@ def data_step(cfg: RunConfig, ctx: StepContext) -> dict:
 def tokenizer_step(cfg: RunConfig, ctx: StepContext) -> dict:
     if cfg.pipeline.tokenizer:
         from nestgen.tokenizers import load_tokenizer, resolve_tokenizer_url
-        from pipelines.tracking import checkpoint_resolver
+        from pipelines.model_registry import checkpoint_resolver
         url = resolve_tokenizer_url(cfg.pipeline.tokenizer, checkpoint_resolver(cfg.mlflow.tracking_uri))
         tok = load_tokenizer(url)
         return {"tokenizer_url": cfg.pipeline.tokenizer, "tokenizer_hash": tok.hash}

@@ -33,7 +33,7 @@ from pipelines import lease
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import TokenizeConfig, load_run_config
 from pipelines.ray_runtime import init_ray
-from pipelines.tracking import checkpoint_resolver
+from pipelines.model_registry import checkpoint_resolver
 
 log = logging.getLogger(__name__)
 

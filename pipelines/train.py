@@ -20,7 +20,8 @@ from nestgen.local_run import train_local
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config
 from pipelines.ray_runtime import init_ray
-from pipelines.tracking import Run, log_generator, register_model, start_run
+from pipelines.mlflow_runs import Run, start_run
+from pipelines.model_registry import log_generator, register_model
 from pipelines.train_common import Worker, WorkerJob, fit_on_workers, run_worker
 
 
@@ -99,7 +100,7 @@ def _tokenizer(cfg: RunConfig, manifest: dict | None):
 
 def fit(cfg: RunConfig, output_url: str, parent_run_id: str | None = None, run_key: str = "") -> TrainResult:
     """Train on the current Ray cluster (ray.init done by the caller); see the module doc.
-    run_key: see pipelines.tracking.start_run."""
+    run_key: see pipelines.mlflow_runs.start_run."""
     from pipelines.train_data import token_dataset
 
     ds, manifest = token_dataset(cfg)

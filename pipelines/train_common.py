@@ -38,7 +38,7 @@ from nestgen.training.metric_window import MetricWindow
 from nestgen.storage import protocol_prefix, publish_checkpoint, write_latest
 from pipelines import lease
 from pipelines.config import RunConfig, run_config_from_dict
-from pipelines.tracking import Run
+from pipelines.mlflow_runs import Run
 
 CKPT_FILE = "checkpoint.pt"
 DATA_POSITION_FILE = "data_position.json"    # {"epoch": e, "batches": b}: b batches of epoch e trained on

@@ -16,7 +16,7 @@ from nestgen.local_run import train_tokenizer_local
 from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config
 from pipelines.ray_runtime import init_ray
-from pipelines.tracking import start_run
+from pipelines.mlflow_runs import start_run
 from pipelines.train_common import Worker, WorkerJob, fit_on_workers, run_worker
 
 REPORTED = ("loss", "mse", "psnr", "usage", "perplexity", "lr", "g_loss", "d_loss")   # the last two: adversarial
@@ -62,7 +62,7 @@ class TokenizerTrainResult:
 def fit_tokenizer(cfg: RunConfig, data_url: str, output_url: str, split: str = "train",
                   parent_run_id: str | None = None, run_key: str = "") -> TokenizerTrainResult:
     """Train cfg.tokenizer on the raw files under data_url (Ray must be initialized).
-    run_key: see pipelines.tracking.start_run."""
+    run_key: see pipelines.mlflow_runs.start_run."""
     from nestgen.tokenizers import load_tokenizer
     from pipelines.train_data import pixel_dataset
     ds = pixel_dataset(cfg, data_url, split)

@@ -97,7 +97,7 @@ def test_a_run_that_died_is_ended_killed_by_the_run_that_takes_its_folder_over(t
 
     from pipelines.config import run_config_from_dict
     from pipelines.dag_mlflow import MlflowTracker
-    from pipelines.tracking import start_run
+    from pipelines.mlflow_runs import start_run
     cfg = run_config_from_dict({"name": "takeover", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db",
                                                                "experiment": "takeover"}})
     dead = start_run(cfg, "pipeline", str(tmp_path / "out"))

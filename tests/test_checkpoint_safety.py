@@ -185,7 +185,7 @@ def test_latest_names_only_its_own_published_checkpoints(tmp_path, small_model_c
 def test_a_registered_model_cannot_name_files_outside_its_download_folder(tmp_path, monkeypatch):
     """What the tracking server says (a logged model's artifact path, its model id) is joined
     under the local download folder only when it stays there."""
-    from pipelines.tracking import checkpoint_resolver
+    from pipelines.model_registry import checkpoint_resolver
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     models = tmp_path / "cache" / "nestgen" / "mlflow-models"
     secret = tmp_path / "secret.pt"

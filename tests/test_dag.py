@@ -262,7 +262,8 @@ def test_retries_do_not_multiply_mlflow_runs_or_model_versions(tmp_path):
     logging and registering the same checkpoint again keeps its model and version."""
     from nestgen.checkpoint import save_checkpoint
     from nestgen.model.nested_transformer import NestedTransformer
-    from pipelines.tracking import Run, log_generator, register_model, start_run
+    from pipelines.mlflow_runs import Run, start_run
+    from pipelines.model_registry import log_generator, register_model
     cfg = run_config_from_dict({"name": "reuse", "mlflow": {"experiment": "reuse-test"},
                                 "model": {"width": 32, "depth": 1}})
     ckpts = [save_checkpoint(str(tmp_path / f"{n}.pt"), cfg, NestedTransformer(cfg.model)) for n in "ab"]

@@ -148,7 +148,7 @@ def test_a_retried_evaluation_reuses_its_run_and_replaces_its_variant_runs(tmp_p
 
     from nestgen.evaluation import quality
     from nestgen.metrics import digits_train
-    from pipelines.tracking import Run
+    from pipelines.mlflow_runs import Run
     real_train = digits_train.train_digit_classifier          # the metric's classifier: one cheap epoch
     monkeypatch.setattr(digits_train, "train_digit_classifier",
                         lambda epochs, **kw: real_train(epochs=1, size=8, augment=False, **kw))

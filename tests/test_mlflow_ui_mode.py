@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import load_run_config
 from pipelines.pipeline import next_steps
-from pipelines.tracking import UI_MODE_HINT, UI_MODE_SWITCH, experiment_id, runs_page_url
+from pipelines.mlflow_runs import UI_MODE_HINT, UI_MODE_SWITCH, experiment_id, runs_page_url
 from scripts.mlflow_screenshots import chromium_page, click, mlflow_ui
 
 REPO = Path(__file__).resolve().parents[1]

@@ -222,7 +222,8 @@ def _registered(tmp_path, monkeypatch, widths):
     """(tracking URI, checkpoint files): a training run in a SQLite store whose generators of
     `widths` are logged as MLflow models and registered as versions 1, 2, ... of `digits`."""
     from pipelines.config import run_config_from_dict
-    from pipelines.tracking import log_generator, register_model, start_run
+    from pipelines.mlflow_runs import start_run
+    from pipelines.model_registry import log_generator, register_model
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))     # where models:/ downloads go
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     ckpts = []
@@ -242,19 +243,19 @@ def test_checkpoint_by_registered_mlflow_model(tmp_path, monkeypatch):
     from nestgen.checkpoint import load_model
     from nestgen.serving.engine import Engine
     from nestgen.storage import read_bytes
-    from pipelines.tracking import checkpoint_resolver, resolve_checkpoint
+    from pipelines.model_registry import checkpoint_resolver, resolve_model_uri
     uri, [ckpt], run_id = _registered(tmp_path, monkeypatch, [32])
     client = MlflowClient(uri)
     client.set_registered_model_alias("digits", "prod", "1")
-    assert resolve_checkpoint(f"runs:/{run_id}", uri) == ckpt                  # the run's checkpoint_uri tag
+    assert resolve_model_uri(f"runs:/{run_id}", uri) == ckpt                  # the run's checkpoint_uri tag
     for name in ("models:/digits/1", "models:/digits@prod"):                   # MLflow's download of the model
-        got = resolve_checkpoint(name, uri)
+        got = resolve_model_uri(name, uri)
         assert got.startswith(str(tmp_path / "cache")) and read_bytes(got) == read_bytes(ckpt)
     with pytest.raises(ValueError, match="expected models:/<name>/<version>"):
-        resolve_checkpoint("models:/digits/latest", uri)
+        resolve_model_uri("models:/digits/latest", uri)
     client.create_model_version("digits", ckpt, run_id=run_id)                # a version of no logged model
     with pytest.raises(FileNotFoundError, match="models:/digits/2 was not registered from a logged model"):
-        resolve_checkpoint("models:/digits/2", uri)
+        resolve_model_uri("models:/digits/2", uri)
     eng = Engine(ServeConfig(checkpoint="models:/digits@prod", auto_presets=[]), resolve_uri=checkpoint_resolver(uri))
     assert read_bytes(eng.checkpoint_url) == read_bytes(ckpt) and eng.info()["formats"] == ["png", "tokens"]
     assert load_model(eng.checkpoint_url)[1].model.width == 32
@@ -267,7 +268,7 @@ def test_a_deployment_pins_the_version_its_alias_names_at_deploy_time(tmp_path, 
     from nestgen.serving.deployment import serve_config_from_args
     from nestgen.serving.engine import Engine
     from pipelines.serve import build
-    from pipelines.tracking import checkpoint_resolver
+    from pipelines.model_registry import checkpoint_resolver
     uri, ckpts, _ = _registered(tmp_path, monkeypatch, [32, 64])
     client = MlflowClient(uri)
     client.set_registered_model_alias("digits", "prod", "1")

@@ -21,7 +21,7 @@ from nestgen.checkpoint import load_model, read_checkpoint
 from nestgen.tokenizers import TokenizerTrainer
 from nestgen.training.loop import NestedTrainer
 from pipelines.config import run_config_from_dict
-from pipelines.tracking import use_tracking_uri
+from pipelines.model_registry import use_tracking_uri
 from pipelines.train import fit
 from scripts.mlflow_screenshots import mlflow_process
 
@@ -103,10 +103,10 @@ def trained(digit_shards, mlflow_server, tmp_path_factory):
 def test_two_workers_learn_checkpoint_and_log_to_mlflow_server(trained, mlflow_server):
     res, _, _ = trained
     from nestgen.storage import read_bytes
-    from pipelines.tracking import resolve_checkpoint
-    assert resolve_checkpoint(f"runs:/{res.run_id}", mlflow_server) == res.checkpoint_url
+    from pipelines.model_registry import resolve_model_uri
+    assert resolve_model_uri(f"runs:/{res.run_id}", mlflow_server) == res.checkpoint_url
     for uri in ("models:/digits-test/1", "models:/digits-test@production"):     # the logged model's copy
-        assert read_bytes(resolve_checkpoint(uri, mlflow_server)) == read_bytes(res.checkpoint_url)
+        assert read_bytes(resolve_model_uri(uri, mlflow_server)) == read_bytes(res.checkpoint_url)
     assert res.metrics["step"] == 40 and res.start_step == 0
     ckpt = read_checkpoint(res.checkpoint_url)
     assert ckpt["step"] == 40 and ckpt["tokenizer_hash"]
@@ -185,9 +185,9 @@ def test_second_fit_continues_and_never_deletes_what_was_published(digit_shards,
     a, b = read_checkpoint(first.checkpoint_url), read_checkpoint(second.checkpoint_url)   # ... the copy stays
     assert a["step"] == 10 and b["step"] == 20 and b["scheduler"]["last_epoch"] == 20
     assert not torch.equal(a["model"]["ln_f.weight"], b["model"]["ln_f.weight"])
-    from pipelines.tracking import resolve_checkpoint as resolve_tracked
-    assert read_checkpoint(resolve_tracked("models:/resume-test@production"))["step"] == 10   # the alias' version still loads
-    assert read_checkpoint(resolve_tracked("models:/resume-test/2"))["step"] == 20
+    from pipelines.model_registry import resolve_model_uri
+    assert read_checkpoint(resolve_model_uri("models:/resume-test@production"))["step"] == 10   # the alias' version still loads
+    assert read_checkpoint(resolve_model_uri("models:/resume-test/2"))["step"] == 20
     assert read_checkpoint(out)["step"] == 20
 
 
@@ -273,7 +273,7 @@ def _rest(server: str, path: str, **query) -> dict:
 
 def test_mlflow_ui_shows_the_run_with_its_data_code_model_and_pictures(trained, mlflow_server):
     from nestgen.data.shards import read_manifest
-    from pipelines.tracking import runs_page_url
+    from pipelines.mlflow_runs import runs_page_url
     res, cfg, head = trained
     run = _rest(mlflow_server, "runs/get", run_id=res.run_id)["run"]
     exp_id = run["info"]["experiment_id"]
