@@ -22,13 +22,13 @@ from nestgen.checkpoint import load_generator
 from nestgen.config import config_to_dict
 from nestgen.flops import decode_flops
 from nestgen.local_run import run_demo, sample_grid
-from nestgen.serving import client
 from pipelines import console, evaluate, pipeline, serve, tokenize, train, train_tokenizer
 from pipelines.cli_args import (add_config_args, add_decode_args, add_set_arg, decode_config, decode_overrides,
                                 runnable)
 from pipelines.config import load_run_config, placeholders
 from pipelines.errors import SELF_EXPLAINED, explain
 from pipelines.model_registry import resolve_model_uri
+from pipelines.serve import client
 
 STEP_MODULES = (train, train_tokenizer, tokenize, pipeline, evaluate, serve)
 

@@ -155,7 +155,7 @@ def serve_step(cfg: RunConfig, ctx: StepContext, train: str = "train") -> dict:
     `nestgen serve` keeps one running."""
     from ray import serve
 
-    from nestgen.serving.client import generate, request_json
+    from pipelines.serve.client import generate, request_json
     from pipelines.serve import run_local
     scfg = replace(cfg.serve, checkpoint=ctx.inputs[train]["checkpoint_url"])
     url = run_local(scfg, "127.0.0.1", free_port(), block=False)

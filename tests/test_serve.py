@@ -60,7 +60,7 @@ def guarded_url(serve_base, tmp_path_factory):
     from ray import serve
 
     from nestgen.configschema import to_dict
-    from nestgen.serving.deployment import deployment_options
+    from pipelines.serve.deployment import deployment_options
     from pipelines.serve import Generator
     ckpt = _checkpoint(tmp_path_factory.mktemp("guard") / "c.pt", {"model": {"width": 32, "depth": 1}})
     cfg = ServeConfig(checkpoint=ckpt, batching="request", max_batch_size=8, max_ongoing_requests=16,

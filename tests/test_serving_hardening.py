@@ -10,10 +10,10 @@ import torch
 from nestgen.checkpoint import save_checkpoint
 from nestgen.config import ServeConfig, config_from_dict
 from nestgen.model.nested_transformer import NestedTransformer
-from nestgen.serving.auth import BearerAuth, read_api_keys
 from nestgen.serving.engine import FAILED, DecodeFailed, Engine
 from nestgen.serving.job import Job
 from nestgen.serving.request import GenerateRequest
+from pipelines.serve.middleware import BearerAuth, read_api_keys
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,14 @@ from nestgen.data.media import decode_mp4, encode_mp4
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.serving.auto import LatencyFeedback, LatencyModel, calibrate, choose_preset
 from nestgen.serving.batching import group_jobs, row_slices
-from nestgen.serving.body_limit import BodySizeLimit
 from nestgen.serving.conditioning import condition_tokens
-from nestgen.serving.deployment import deployment_options, read_serve_file
 from nestgen.serving.errors import RequestError
 from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import Condition, GenerateRequest
 from nestgen.serving.resolve import ModelSpec, resolve_request
 from nestgen.tokenizers import TokenizerConfig, VQTokenizer
+from pipelines.serve.deployment import deployment_options, read_serve_file
+from pipelines.serve.middleware import BodySizeLimit
 
 
 def _spec(**kw):
@@ -265,7 +265,7 @@ def test_a_deployment_pins_the_version_its_alias_names_at_deploy_time(tmp_path, 
     """Replicas started after the alias moved (autoscaling) still serve the deployed version."""
     from mlflow.tracking import MlflowClient
 
-    from nestgen.serving.deployment import serve_config_from_args
+    from pipelines.serve.deployment import serve_config_from_args
     from nestgen.serving.engine import Engine
     from pipelines.serve import build
     from pipelines.model_registry import checkpoint_resolver

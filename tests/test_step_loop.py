@@ -204,7 +204,7 @@ def test_a_cached_pass_gives_a_row_the_same_logits_and_cache_whatever_its_paddin
 
 
 def test_autoscaling_targets_the_running_set_of_the_batching_in_use():
-    from nestgen.serving.deployment import deployment_options
+    from pipelines.serve.deployment import deployment_options
     kw = {"max_active_rows": 48, "max_batch_size": 16, "max_replicas": 3}
     assert deployment_options(ServeConfig(**kw))["autoscaling_config"]["target_ongoing_requests"] == 48
     assert deployment_options(ServeConfig(batching="request", **kw))["autoscaling_config"]["target_ongoing_requests"] == 16

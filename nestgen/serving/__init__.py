@@ -1,6 +1,7 @@
-"""Serving logic without Ray: request schema and validation, the `auto` schedule chooser,
-grouping a batch by decode settings, and response encoding.
+"""Serving logic without Ray or HTTP: request schema and validation, the `auto` schedule chooser,
+decode jobs and how they share a batch, the step loop, conditioning clips, streamed step events,
+and response encoding, all held by the `Engine` a replica holds.
 
-pipelines/serve.py is the thin Ray Serve deployment around `Engine`; everything here is
+pipelines/serve/ is the Ray Serve application (FastAPI) around `Engine`; everything here is
 unit-testable in one process.
 """

@@ -1,6 +1,6 @@
 """One replica's generator: the checkpoint and its tokenizer, loaded once, answering batches.
 
-`Engine` is what a Ray Serve replica holds (pipelines/serve.py), and it works the same in a
+`Engine` is what a Ray Serve replica holds (pipelines/serve/app.py), and it works the same in a
 plain process: resolve() turns a request into a Job (or a RequestError). Then, by
 serve.batching:
 - step: submit() queues the Job on the replica's StepLoop (nestgen.serving.step_loop), where

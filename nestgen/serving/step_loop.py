@@ -63,7 +63,7 @@ class StepResult:
 
 
 class LoopMetrics:
-    """Where the loop reports (no-op here; pipelines.serve exports them as Ray Serve metrics)."""
+    """Where the loop reports (no-op here; pipelines.serve.metrics exports them as Ray Serve metrics)."""
 
     def joined(self, queue_wait_s: float) -> None:
         pass

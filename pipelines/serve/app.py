@@ -1,4 +1,4 @@
-"""Ray Serve deployment of the generator: FastAPI ingress, @serve.batch, one Engine per replica.
+"""The Ray Serve application of the generator: FastAPI ingress, @serve.batch, one Engine per replica.
 
     nestgen serve configs/serve_digits.yaml          # local, blocks, prints the URL
     serve deploy configs/serve_digits.yaml           # onto a running `ray start --head`
@@ -9,7 +9,7 @@ nestgen.serving.Engine; this module only wires HTTP and batching around it. With
 serve.batching step (the default) the engine's step loop runs in a thread of its own: a request
 joins the running set at the next decode step and is answered at its last (503 with Retry-After
 when the replica's queue is full); its metrics are Serve custom metrics
-(pipelines.serve_metrics). With serve.batching request, concurrent requests are collected by
+(pipelines.serve.metrics). With serve.batching request, concurrent requests are collected by
 @serve.batch (a request for n samples counts as n rows) and decoded as one batch per schedule,
 cache policy and conditioning length. Bad requests are refused before they reach either, so
 they never hold up or break anyone else's.
@@ -19,6 +19,8 @@ No `from __future__ import annotations` here: FastAPI reads the endpoint's annot
 Serve likewise reads app_builder's annotation (ServeArgs) to convert its arguments.
 """
 import asyncio
+import os
+import resource
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,22 +32,20 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from nestgen.configschema import to_dict
-from nestgen.serving.auth import BearerAuth, read_api_keys
-from nestgen.serving.memory import rss_mb
-from nestgen.serving.body_limit import BodySizeLimit
 from nestgen.serving.config import ServeConfig
-from nestgen.serving.deployment import ServeArgs, deployment_options, read_serve_file, serve_config_from_args
 from nestgen.serving.errors import DecodeFailed, RequestError
 from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import GenerateRequest
-from nestgen.serving.responses import (GENERATE_503, GenerateResponse, HealthResponse, ModelResponse,
-                                         SchedulesResponse, error_responses)
 from nestgen.serving.stream import MEDIA_TYPE, STREAM_200, StepStream
 from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import RunConfig
-from pipelines.ray_runtime import bind_serve_replica_to_node_address, dashboard_url, init_ray
-from pipelines.serve_metrics import ServeLoopMetrics
 from pipelines.model_registry import checkpoint_resolver, pin_model_version
+from pipelines.ray_runtime import bind_serve_replica_to_node_address, dashboard_url, init_ray
+from pipelines.serve.deployment import ServeArgs, deployment_options, read_serve_file, serve_config_from_args
+from pipelines.serve.metrics import ServeLoopMetrics
+from pipelines.serve.middleware import BearerAuth, BodySizeLimit, read_api_keys
+from pipelines.serve.responses import (GENERATE_503, GenerateResponse, HealthResponse, ModelResponse,
+                                       SchedulesResponse, error_responses)
 
 api = FastAPI(
     title="nestgen",
@@ -62,6 +62,16 @@ async def _invalid_request(_request, exc: RequestValidationError) -> JSONRespons
     written as JSON (a 500), and a large input would be sent back whole."""
     return JSONResponse(status_code=422, content={"detail": [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]})
+
+
+def rss_mb() -> float:
+    """The replica's resident memory in MB, for /v1/health: a replica that a request made grow
+    shows (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @serve.deployment(name="Generator")
