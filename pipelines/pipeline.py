@@ -5,7 +5,8 @@ import os
 import tempfile
 import time
 
-from nestgen.storage import join, protocol_prefix, read_json, republish, write_latest
+from nestgen.checkpoint_files import republish, write_latest
+from nestgen.storage import join, protocol_prefix, read_json
 from pipelines import console, lease
 from pipelines.cli_args import add_config_args, add_ray_address, runnable
 from pipelines.config import RunConfig, load_run_config, outside_job_copy, refuse_placeholders
