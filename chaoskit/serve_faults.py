@@ -87,7 +87,7 @@ def serve_scenario(c: LocalCluster, root: Path, clients: int = 4, timeout_s: flo
     replica count is restored must give the same tokens."""
     from ray import serve
 
-    from nestgen.serving.config import ServeConfig
+    from pipelines.config import ServeConfig
     from pipelines.serve import build
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()

@@ -33,11 +33,11 @@ POLICIES = ["none", "every:2", "every:3", "on_switch", "every:2+cls", "on_switch
 
 
 def _train(args, seed: int):
-    from nestgen.config import load_config
     from nestgen.training.loop import train_on_tokens
-    cfg = load_config(args.config, [f"train.steps={args.steps}", f"seed={seed}",
-                                    f"model.width={args.width}", f"model.depth={args.depth}",
-                                    f"train.log_every={args.steps}"])
+    from pipelines.config import load_run_config
+    cfg = load_run_config(args.config, [f"train.steps={args.steps}", f"seed={seed}",
+                                        f"model.width={args.width}", f"model.depth={args.depth}",
+                                        f"train.log_every={args.steps}"])
     (tokens, labels), _ = load_digit_tokens(cfg.data.holdout_fraction, cfg.data.seed)
     t0 = time.perf_counter()
     trainer, history = train_on_tokens(cfg, tokens, labels, progress=False)

@@ -3,7 +3,7 @@ cross-entropy on the inputs its decode schedules give it, and over all mask rati
 
   python -m experiments.decode_aware --steps 1200 --seeds 0 1 2 --json experiments/results/decode_aware_digits_cpu.json
 
-Trains configs/digits.yaml (its decode.schedule and evaluate.schedules define the bands) once
+Trains configs/digits.yaml (its decode.schedule and train.decode_aware_schedules define the bands) once
 per (train.decode_aware strength, seed) and reports, per nested size, the masked-token CE on
 the held-out digits (no label smoothing or class dropout, fixed mask draws) twice: on its
 decode band (the CE weighted as strength-1 decode-aware training weighs it: what the size
@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
                                     "train.device=cpu"])
     (tokens, labels), (hold_t, hold_l) = load_tokens(base)
     m = base.model
-    band = decode_aware_weights(1.0, [base.decode.schedule, *base.evaluate.schedules], m.nest_factors,
+    band = decode_aware_weights(1.0, [base.decode.schedule, *base.train.decode_aware_schedules], m.nest_factors,
                                 m.num_tokens, base.train.cond_tokens)
     runs = []
     for strength in args.strengths:

@@ -24,15 +24,15 @@ from benchmarks.common import write_json
 
 
 def _model(args):
-    from nestgen.config import load_config
+    from pipelines.config import load_run_config
     if args.checkpoint:
         from nestgen.checkpoint import load_model
         return load_model(args.checkpoint)
     from nestgen.data.digits import load_digit_tokens
     from nestgen.training.loop import train_on_tokens
-    cfg = load_config(args.config, [f"train.steps={args.steps}", f"seed={args.train_seed}",
-                                    f"model.width={args.width}", f"model.depth={args.depth}",
-                                    f"train.log_every={args.steps}"])
+    cfg = load_run_config(args.config, [f"train.steps={args.steps}", f"seed={args.train_seed}",
+                                        f"model.width={args.width}", f"model.depth={args.depth}",
+                                        f"train.log_every={args.steps}"])
     (tokens, labels), _ = load_digit_tokens(cfg.data.holdout_fraction, cfg.data.seed)
     t0 = time.perf_counter()
     trainer, _ = train_on_tokens(cfg, tokens, labels, progress=False)
@@ -56,18 +56,19 @@ def main() -> None:
     from dataclasses import replace
 
     from nestgen.evaluation import build_quality_suite, load_eval_data, local_sampler, run_evaluation
+    from pipelines.config import load_run_config
     from nestgen.render import tokens_to_pixels
     t0 = time.perf_counter()
     model, cfg = _model(args)
+    evaluate = load_run_config(args.config).evaluate       # the config's evaluate section, varied below
     data = load_eval_data(cfg)
-    suite = build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid))
+    suite = build_quality_suite(cfg, evaluate, data, lambda t: tokens_to_pixels(t, cfg.model.grid))
     result = {"width": cfg.model.width, "depth": cfg.model.depth, "train_steps": cfg.train.steps,
               "checkpoint": args.checkpoint or None, "runs": []}
     for n in args.samples:
-        e = replace(cfg.evaluate, num_samples=n, schedules=["baseline", "magnets"], caches=["none", "on_switch"],
-                    search=replace(cfg.evaluate.search, enabled=False))
-        ecfg = replace(cfg, evaluate=e)
-        report = run_evaluation(ecfg, local_sampler(model, ecfg, suite, progress=False), suite, data,
+        e = replace(evaluate, num_samples=n, schedules=["baseline", "magnets"], caches=["none", "on_switch"],
+                    search=replace(evaluate.search, enabled=False))
+        report = run_evaluation(cfg, e, local_sampler(model, cfg, suite, e.batch_size, progress=False), suite, data,
                                 progress=lambda s: None)
         rows = []
         for r, change, claim in zip(report.results, report.changes(), report.claims()):

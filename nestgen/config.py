@@ -1,12 +1,13 @@
-"""The library's config: one section per part of the library, composed here and loaded from
-YAML strictly.
+"""The library's config: what a checkpoint needs (the model, how it was trained and on what
+data, how it decodes, its tokenizer, the seed), composed here and loaded from YAML strictly.
 
 Each section lives next to the code that owns it (ModelConfig in nestgen.model.config,
 DecodeConfig in nestgen.decoding.config, ...); `NestgenConfig` puts them together and checks
 what spans sections. Every field has a default that runs the embedded digits example on a
 laptop CPU. `load_config(path, overrides)` is the single entry point; `ConfigError` names the
-bad field. The orchestration layer extends `NestgenConfig` with its own sections and loads
-it through the same functions (`schema=`).
+bad field. The sections of what runs a checkpoint (evaluation: nestgen.evaluation.config,
+serving: nestgen.serving.config) are passed to those parts on their own; the run config
+(pipelines.config.RunConfig) composes them all and loads through the same functions (`schema=`).
 """
 from __future__ import annotations
 
@@ -20,15 +21,13 @@ from nestgen.configschema import (ConfigError, apply_overrides, check, flatten, 
 from nestgen.data.config import DataConfig
 from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.schedule import resolve_schedule
-from nestgen.evaluation.config import EvaluateConfig, SearchConfig
 from nestgen.model.config import ModelConfig
-from nestgen.serving.config import ServeConfig
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.training.config import DistillConfig, TrainConfig
 
 __all__ = [
     "ConfigError", "ModelConfig", "TrainConfig", "DistillConfig", "DecodeConfig", "DataConfig",
-    "TokenizerConfig", "ServeConfig", "EvaluateConfig", "SearchConfig", "NestgenConfig",
+    "TokenizerConfig", "NestgenConfig",
     "load_config", "config_from_dict", "config_to_dict", "library_sections", "flatten",
 ]
 
@@ -43,8 +42,6 @@ class NestgenConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def validate(self) -> None:
         try:
@@ -75,8 +72,8 @@ def config_to_dict(cfg: NestgenConfig) -> dict:
 
 def library_sections(data: dict) -> dict:
     """The library's own sections of a config dict. A checkpoint written by a pipeline run
-    also holds that run's orchestration sections, which the library neither knows nor needs;
-    everything it does know is still checked strictly."""
+    also holds that run's other sections (evaluate, serve and the orchestration ones), which a
+    checkpoint does not need; everything the library does know is still checked strictly."""
     names = {f.name for f in dataclasses.fields(NestgenConfig)}
     out = {k: v for k, v in data.items() if k in names}
     if "seed" in out.get("train", {}):

@@ -15,10 +15,10 @@ from nestgen.data.media import VideoLimits
 from nestgen.decoding.cache_policy import parse_cache_policy
 from nestgen.decoding.schedule import resolve_schedule
 from nestgen.decoding.worker import DecodeWorker
+from nestgen.evaluation.config import EvaluateConfig
 from nestgen.flops import decode_flops
 from nestgen.images import make_grid, save_png
-from nestgen.checkpoint_files import publish_checkpoint, write_latest
-from nestgen.storage import url_to_fs, write_json_atomic
+from nestgen.storage import publish_checkpoint, url_to_fs, write_json_atomic, write_latest
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.training.loop import train_on_tokens
 
@@ -90,10 +90,10 @@ def sample_grid(model, cfg: NestgenConfig, d: DecodeConfig, out: str, num: int =
             "seconds_per_sample": batch.seconds / num}
 
 
-def run_demo(cfg: NestgenConfig, out: str) -> dict:
+def run_demo(cfg: NestgenConfig, e: EvaluateConfig, out: str) -> dict:
     """Train on digits, write sample grids of the baseline and MaGNeTS, then evaluate every
-    variant of cfg.evaluate (and the searched schedule) in this process: quality
-    (fd_digits, digits_accuracy) against GFLOPs, plot and summary under out/evaluation."""
+    variant of `e` (and the searched schedule) in this process: quality (fd_digits,
+    digits_accuracy) against GFLOPs, plot and summary under out/evaluation."""
     from dataclasses import replace
 
     from nestgen.checkpoint import load_model
@@ -101,8 +101,7 @@ def run_demo(cfg: NestgenConfig, out: str) -> dict:
     from nestgen.evaluation.outputs import write_outputs
     from nestgen.render import tokens_to_pixels
     ckpt, history = train_local(cfg, out)
-    model, trained_cfg = load_model(ckpt)
-    cfg = replace(trained_cfg, evaluate=cfg.evaluate)
+    model, cfg = load_model(ckpt)
     variants = {"baseline": replace(cfg.decode, schedule="baseline", steps=12, cache="none"),
                 "magnets": replace(cfg.decode, schedule="magnets", steps=12, cache="none"),
                 "magnets-cached": replace(cfg.decode, schedule="magnets", steps=12, cache="on_switch")}
@@ -112,8 +111,8 @@ def run_demo(cfg: NestgenConfig, out: str) -> dict:
     for s in samples.values():
         s["gflops_saving"] = base / s["gflops_per_sample"]
     data = load_eval_data(cfg)
-    suite = build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid))
-    report = run_evaluation(cfg, local_sampler(model, cfg, suite), suite, data, checkpoint=ckpt)
+    suite = build_quality_suite(cfg, e, data, lambda t: tokens_to_pixels(t, cfg.model.grid))
+    report = run_evaluation(cfg, e, local_sampler(model, cfg, suite, e.batch_size), suite, data, checkpoint=ckpt)
     print(report.table())
     files = write_outputs(report, f"{out.rstrip('/')}/evaluation")
     summary = {"checkpoint": ckpt, "final_losses": {k: v for k, v in history[-1].items() if k.startswith("loss/")},

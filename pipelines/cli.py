@@ -67,7 +67,7 @@ def cmd_sample(args) -> int:
 def cmd_demo(args) -> int:
     cfg = load_run_config(args.config, args.overrides)
     t0 = time.perf_counter()
-    summary = run_demo(cfg, args.out)
+    summary = run_demo(cfg, cfg.evaluate, args.out)
     print(json.dumps(summary, indent=1))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; sample grids under {args.out}")
     return 0

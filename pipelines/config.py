@@ -1,5 +1,8 @@
-"""The config of a pipeline run: the library's sections (nestgen.config.NestgenConfig) plus
-the orchestration sections only the Ray steps read (tokenize, scaling, mlflow, pipeline).
+"""The config of a pipeline run, composed here: what a checkpoint needs
+(nestgen.config.NestgenConfig), the evaluate and serve sections (the library's
+EvaluateConfig and EngineConfig, each extended with what only its Ray step reads: which
+checkpoint, actors, replicas and their resources, the Serve app's HTTP limits), and the
+orchestration sections only the Ray steps read (tokenize, scaling, mlflow, pipeline).
 
 Loaded by the same strict loader as the library's config (`schema=RunConfig`); the library
 never sees these sections, and checkpoints it reads back are loaded by their library part.
@@ -15,6 +18,53 @@ from typing import Literal
 from nestgen.config import NestgenConfig, config_from_dict, load_config
 from nestgen.configschema import check
 from nestgen.data.media import VideoLimits
+from nestgen.evaluation.config import EvaluateConfig
+from nestgen.serving.config import EngineConfig
+
+
+@dataclass
+class EvaluateStepConfig(EvaluateConfig):
+    """The evaluation step (pipelines.evaluate): the library's evaluation (every variant's
+    quality against GFLOPs) on an actor pool."""
+    checkpoint: str = ""             # file, output folder, fsspec URL, runs:/<id>; "" -> the pipeline's
+    num_workers: int = 1             # Ray actors sharing the variants (GPU each when present)
+    cpus_per_worker: float = 2.0
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+
+
+@dataclass
+class ServeConfig(EngineConfig):
+    """The HTTP generation service (pipelines.serve): what each replica's engine loads, how it
+    batches and its limits (the library's EngineConfig), and the Serve app's own settings:
+    its HTTP limits, the replicas and their resources. Host and port are Serve's `http_options`."""
+    mlflow_tracking_uri: str = ""    # for runs:/ and models:/ ("" -> $MLFLOW_TRACKING_URI, ./mlflow.db)
+    batch_wait_timeout_s: float = 0.02   # batching request: how long a batch waits to fill
+    max_ongoing_requests: int = 64   # per replica; >= max_batch_size (Serve's default of 5 caps batches)
+    max_queued_requests: int = -1    # requests waiting for a replica beyond that (-1: no cap; else 503)
+    max_body_bytes: int = 4_000_000  # larger bodies get 413
+    api_keys_env: str = ""           # env var holding accepted bearer tokens (comma-separated); "" -> no auth
+    num_replicas: int = 1
+    max_replicas: int = 0            # > num_replicas: autoscale between the two
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
+        check(self.max_ongoing_requests >= self.max_batch_size, "max_ongoing_requests",
+              f"must be >= max_batch_size={self.max_batch_size}, or batches never fill")
+        check(self.max_queued_requests == -1 or self.max_queued_requests >= 1, "max_queued_requests",
+              "must be -1 (no cap) or >= 1")
+        check(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
+        check(self.num_replicas >= 1, "num_replicas", "must be >= 1")
+        check(self.max_replicas == 0 or self.max_replicas >= self.num_replicas, "max_replicas",
+              f"must be 0 (fixed) or >= num_replicas={self.num_replicas}")
+        check(self.cpus_per_replica > 0, "cpus_per_replica", "must be > 0")
+        check(self.gpus_per_replica >= 0, "gpus_per_replica", "must be >= 0")
 
 
 @dataclass
@@ -133,7 +183,10 @@ class PipelineConfig:
 
 @dataclass
 class RunConfig(NestgenConfig):
-    """Everything a pipeline run reads: the library's sections and the orchestration ones."""
+    """Everything a pipeline run reads: what a checkpoint needs (NestgenConfig), how it is
+    evaluated and served, and the orchestration sections."""
+    evaluate: EvaluateStepConfig = field(default_factory=EvaluateStepConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)

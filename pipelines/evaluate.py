@@ -148,14 +148,14 @@ def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: boo
             run.log_dataset(ecfg.data.url, read_manifest(ecfg.data.url)["input_fingerprint"], "tokens", "evaluation")
         data = load_eval_data(ecfg)
         render = lambda t: tokens_to_pixels(t, ecfg.model.grid, tok)  # noqa: E731
-        suite = build_quality_suite(ecfg, data, render)
+        suite = build_quality_suite(ecfg, ecfg.evaluate, data, render)
         for name, why in suite.unavailable.items():
             print(f"[evaluate] {name}: not reported. {why}")
         if use_ray:
             sample, devices = ray_sampler(checkpoint, ecfg, suite)
         else:
-            sample, devices = local_sampler(model, ecfg, suite, tok), ["cpu"]
-        report = run_evaluation(ecfg, sample, suite, data, checkpoint,
+            sample, devices = local_sampler(model, ecfg, suite, ecfg.evaluate.batch_size, tok), ["cpu"]
+        report = run_evaluation(ecfg, ecfg.evaluate, sample, suite, data, checkpoint,
                                 progress=lambda s: print(f"[evaluate] {s}", flush=True))
         print(report.table(), flush=True)
         files = write_outputs(report, output_url)

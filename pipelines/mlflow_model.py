@@ -26,9 +26,9 @@ CHECKPOINT, TOKENIZER = "checkpoint", "tokenizer"     # the model's artifact nam
 def generator_engine(checkpoint: str, tokenizer: str = ""):
     """The serving engine over a checkpoint file and its tokenizer (no latency calibration:
     every row names its schedule)."""
-    from nestgen.serving.config import ServeConfig
+    from nestgen.serving.config import EngineConfig
     from nestgen.serving.engine import Engine
-    return Engine(ServeConfig(checkpoint=checkpoint, tokenizer=tokenizer, auto_presets=[]))
+    return Engine(EngineConfig(checkpoint=checkpoint, tokenizer=tokenizer, auto_presets=[]))
 
 
 def output_format(engine) -> str:

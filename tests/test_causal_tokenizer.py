@@ -19,7 +19,7 @@ from nestgen.decoding.maskgit import decode
 from nestgen.evaluation.data import cond_frames
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.render import tokens_to_pixels
-from nestgen.serving.config import ServeConfig
+from nestgen.serving.config import EngineConfig
 from nestgen.serving.conditioning import condition_tokens, frames_needed
 from nestgen.serving.request import Condition
 from nestgen.tokenizers import (Tokenizer, TokenizerConfig, VQTokenizer, clips_to_pixels, load_tokenizer,
@@ -129,7 +129,7 @@ def test_five_given_frames_survive_tokenizing_and_generation(moving_digits_token
     t, h, w = tok.grid
     n_cond = 2 * h * w
     assert frames_needed(n_cond, tok.grid, tok.temporal_downsample, tok.causal) == 5
-    limits = ServeConfig().condition_limits()
+    limits = EngineConfig().condition_limits()
     given = val_clips[:, :5]
     cond = torch.stack([condition_tokens(Condition(frames=c.tolist()), tok, n_cond, tok.grid, limits)
                         for c in given])

@@ -115,7 +115,7 @@ def test_tokenize_train_render_and_serve_through_a_vqmodel(ray_local, digits_png
     from nestgen.data.shards import load_split_tokens
     from nestgen.local_run import sample_grid
     from nestgen.render import tokens_to_pixels
-    from nestgen.serving.config import ServeConfig
+    from nestgen.serving.config import EngineConfig
     from nestgen.serving.engine import Engine
     from nestgen.serving.request import GenerateRequest
     from nestgen.training.loop import train_on_tokens
@@ -160,7 +160,7 @@ def test_tokenize_train_render_and_serve_through_a_vqmodel(ray_local, digits_png
     out = sample_grid(model, gcfg, gcfg.decode, str(tmp_path / "grid.png"), num=4, tokenizer=gtok)
     assert Image.open(tmp_path / "grid.png").size[0] >= 16 and out
 
-    engine = Engine(ServeConfig(checkpoint=ckpt, auto_presets=[]), device="cpu")
+    engine = Engine(EngineConfig(checkpoint=ckpt, auto_presets=[]), device="cpu")
     assert engine.info()["tokenizer"] == {"url": str(vqmodel_dir), "hash": tok.hash}
     (resp,) = engine.run([engine.resolve(GenerateRequest(class_label=3, num_samples=1, seed=1, format="png"))])
     png = Image.open(io.BytesIO(base64.b64decode(resp["samples"][0]["png"])))

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from nestgen.config import config_from_dict
 from nestgen.data.digits import load_digit_tokens
 from nestgen.evaluation import (METRICS, EvalData, StreamPlan, Variant, build_quality_suite, class_requests,
                                 eval_requests, load_eval_data, local_sampler, lower_is_better, pareto_front,
@@ -19,6 +18,7 @@ from nestgen.evaluation.variants import VariantResult, variant_gflops
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.render import tokens_to_pixels
 from nestgen.tokenizers import TokenizerConfig, VQTokenizer
+from pipelines.config import run_config_from_dict
 
 
 def test_pareto_front():
@@ -29,15 +29,15 @@ def test_pareto_front():
 
 
 def _cfg(**evaluate):
-    return config_from_dict({"model": {"width": 32, "depth": 1},
-                             "evaluate": {"num_samples": 60, "batch_size": 25, **evaluate}})
+    return run_config_from_dict({"model": {"width": 32, "depth": 1},
+                                 "evaluate": {"num_samples": 60, "batch_size": 25, **evaluate}})
 
 
 @pytest.fixture(scope="module")
 def digits_suite():
     cfg = _cfg()
     data = load_eval_data(cfg)
-    return build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid), "cpu"), data
+    return build_quality_suite(cfg, cfg.evaluate, data, lambda t: tokens_to_pixels(t, cfg.model.grid), "cpu"), data
 
 
 def test_digits_suite_separates_real_from_noise(digits_suite):
@@ -60,7 +60,7 @@ def test_variants_share_requests_and_flops_order(digits_suite):
     cfg = _cfg(bootstrap_replicates=50, interval_chunks=12)
     torch.manual_seed(0)
     model = NestedTransformer(cfg.model).eval()
-    sample = local_sampler(model, cfg, suite, progress=False)
+    sample = local_sampler(model, cfg, suite, cfg.evaluate.batch_size, progress=False)
     plan = StreamPlan(60, 12, grid=30, replicates=50)
     vs = [Variant("baseline"), Variant("magnets"), Variant("magnets", "on_switch"), Variant("baseline")]
     res = sample(vs, class_requests(10, 60, 7), plan)
@@ -75,7 +75,7 @@ def test_variants_share_requests_and_flops_order(digits_suite):
     # nets then run float32 on other batch shapes and the chunk sums add up in another
     # order, so the statistics agree to rounding (a BLAS kernel may round batches differently).
     cfg.evaluate.batch_size = 60
-    again = local_sampler(model, cfg, suite, progress=False)([Variant("magnets", "on_switch")],
+    again = local_sampler(model, cfg, suite, cfg.evaluate.batch_size, progress=False)([Variant("magnets", "on_switch")],
                                                              class_requests(10, 60, 7), plan)[0]
     assert np.array_equal(again.grid, res[2].grid)
     assert again.metrics == pytest.approx(res[2].metrics, rel=1e-5)
@@ -95,10 +95,10 @@ def test_driver_memory_does_not_grow_with_samples(digits_suite):
     def peak(n: int) -> int:
         cfg = _cfg(num_samples=n, batch_size=50, schedules=["magnets"], caches=["on_switch"], grid_samples=20,
                    search={"enabled": False}, bootstrap_replicates=20, interval_chunks=10)
-        sample = local_sampler(model, cfg, suite, tok, progress=False)
+        sample = local_sampler(model, cfg, suite, cfg.evaluate.batch_size, tok, progress=False)
         tracemalloc.start()
         try:
-            report = run_evaluation(cfg, sample, suite, data, progress=lambda s: None)
+            report = run_evaluation(cfg, cfg.evaluate, sample, suite, data, progress=lambda s: None)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -121,17 +121,18 @@ def test_a_video_variant_keeping_no_grid_samples_still_gets_its_frame_metrics(fa
     tok = VQTokenizer(TokenizerConfig(kind="video", channels=1, image_size=8, frames=4, downsample=4,
                                       temporal_downsample=2, base_width=8, max_width=8, codebook_size=17,
                                       code_dim=8)).eval()          # clips of 4 frames <-> tokens [2, 2, 2]
-    cfg = config_from_dict({"model": {"vocab_size": 17, "grid": [2, 2, 2], "width": 32, "depth": 1},
-                            "train": {"cond_tokens": 4},           # the first latent frame is given
-                            "data": {"source": "shards", "url": "memory://held-out"},
-                            "evaluate": {"num_samples": 6, "batch_size": 3, "metrics": ["fvd", "frame_pred"]}})
+    cfg = run_config_from_dict({"model": {"vocab_size": 17, "grid": [2, 2, 2], "width": 32, "depth": 1},
+                                "train": {"cond_tokens": 4},           # the first latent frame is given
+                                "data": {"source": "shards", "url": "memory://held-out"},
+                                "evaluate": {"num_samples": 6, "batch_size": 3, "metrics": ["fvd", "frame_pred"]}})
     held_out = torch.randint(0, 17, (6, 8), generator=torch.Generator().manual_seed(0))
     data = EvalData("video", held_out, torch.arange(6) % 10, lambda: (held_out, torch.arange(6) % 10),
                     [str(i) for i in range(10)], "random clips")
-    suite = build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok), "cpu")
+    suite = build_quality_suite(cfg, cfg.evaluate, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok), "cpu")
     assert set(suite.scorers) == {"fvd", "frame_pred"}, suite.unavailable
     torch.manual_seed(0)
-    sample = local_sampler(NestedTransformer(cfg.model).eval(), cfg, suite, tok, progress=False)
+    sample = local_sampler(NestedTransformer(cfg.model).eval(), cfg, suite, cfg.evaluate.batch_size, tok,
+                           progress=False)
     [res] = sample([Variant("magnets")], eval_requests(cfg, data, 6, 0), StreamPlan(6, 2))
     assert res.grid is None
     assert {"fvd", "frame_pred_mse", "frame_pred_psnr"} <= set(res.metrics)
@@ -140,12 +141,12 @@ def test_a_video_variant_keeping_no_grid_samples_still_gets_its_frame_metrics(fa
 
 
 def _frame_prediction_cfg(**evaluate):
-    return config_from_dict({"model": {"vocab_size": 17, "grid": [2, 2, 2], "width": 32, "depth": 1},
-                             "train": {"cond_tokens": 4}, "data": {"source": "shards", "url": "memory://held-out"},
-                             "evaluate": {"num_samples": 40, "interval_chunks": 8, "bootstrap_replicates": 10,
-                                          "schedules": ["baseline"], "caches": ["none"],
-                                          "search": {"num_samples": 20, "max_candidates": 2, "budget_fraction": 0.5},
-                                          **evaluate}})
+    return run_config_from_dict({"model": {"vocab_size": 17, "grid": [2, 2, 2], "width": 32, "depth": 1},
+                                 "train": {"cond_tokens": 4}, "data": {"source": "shards", "url": "memory://held-out"},
+                                 "evaluate": {"num_samples": 40, "interval_chunks": 8, "bootstrap_replicates": 10,
+                                              "schedules": ["baseline"], "caches": ["none"],
+                                              "search": {"num_samples": 20, "max_candidates": 2, "budget_fraction": 0.5},
+                                              **evaluate}})
 
 
 def test_the_search_is_held_out_and_the_bootstrap_resamples_whole_clips():
@@ -167,7 +168,7 @@ def test_the_search_is_held_out_and_the_bootstrap_resamples_whole_clips():
         return [VariantResult(v, v.schedule, 1.0, 0.0, {"fvd": float(i)}) for i, v in enumerate(variants)]
 
     cfg = _frame_prediction_cfg()
-    run_evaluation(cfg, sample, QualitySuite({}, "fvd"), data, progress=lambda s: None)
+    run_evaluation(cfg, cfg.evaluate, sample, QualitySuite({}, "fvd"), data, progress=lambda s: None)
     (search, _), (final, plan) = calls
 
     def clip_of(req):
@@ -181,11 +182,11 @@ def test_the_search_is_held_out_and_the_bootstrap_resamples_whole_clips():
     assert len(chunks) == 10 and all(len(v) == 1 for v in chunks.values())        # 40 samples, 4 per clip
     assert plan.num_chunks == 8 and len(set.union(*chunks.values())) == 8
     with pytest.raises(ValueError, match=r"search's seeds \[30, 50\) overlap the final evaluation's \[0, 40\)"):
-        run_evaluation(_frame_prediction_cfg(search={"seed": 30, "num_samples": 20}), sample,
-                       QualitySuite({}, "fvd"), data, progress=lambda s: None)
+        overlapping = _frame_prediction_cfg(search={"seed": 30, "num_samples": 20})
+        run_evaluation(overlapping, overlapping.evaluate, sample, QualitySuite({}, "fvd"), data, progress=lambda s: None)
     with pytest.raises(ValueError, match="2 held-out clips: the schedule search and the final evaluation need"):
-        run_evaluation(cfg, sample, QualitySuite({}, "fvd"), EvalData("video", held_out[:2], torch.arange(2), None,
-                                                                      [str(i) for i in range(10)], "2 clips"),
+        run_evaluation(cfg, cfg.evaluate, sample, QualitySuite({}, "fvd"),
+                       EvalData("video", held_out[:2], torch.arange(2), None, [str(i) for i in range(10)], "2 clips"),
                        progress=lambda s: None)
 
 
@@ -196,7 +197,7 @@ def test_step_splits_and_budgeted_candidates():
     assert step_splits([1, 2], 3) == ["1x3", "2x1,1x2", "2x2,1x1", "2x3"]
     cfg = _cfg(search={"max_candidates": 5})
     base = variant_gflops(cfg, Variant("1x12"))
-    picked, total, fits = pick_candidates(cfg, base / 3)
+    picked, total, fits = pick_candidates(cfg, cfg.evaluate.search, base / 3)
     assert total == 910 and 0 < fits < total and len(picked) == 5
     assert all(g <= base / 3 for _, g in picked)
     assert [g for _, g in picked] == sorted((g for _, g in picked), reverse=True)
@@ -213,7 +214,8 @@ def test_run_evaluation_search_intervals_claims_and_outputs(digits_suite, tmp_pa
     torch.manual_seed(0)
     model = NestedTransformer(cfg.model).eval()
     lines = []
-    report = run_evaluation(cfg, local_sampler(model, cfg, suite, progress=False), suite, data, progress=lines.append)
+    report = run_evaluation(cfg, cfg.evaluate, local_sampler(model, cfg, suite, cfg.evaluate.batch_size, progress=False),
+                            suite, data, progress=lines.append)
     names = [r.variant.name for r in report.results]
     assert names[:4] == ["baseline cache=none", "baseline cache=on_switch", "magnets cache=none",
                          "magnets cache=on_switch"] and names[4].startswith("searched: ")
@@ -278,7 +280,7 @@ def test_the_reference_is_the_training_split_and_the_held_out_split_scores_the_f
     # the row takes held-out rows once each: the variants' count, or all of them when fewer,
     # and reports its values at its own count (the floor is compared with the baseline at
     # that count: tests/test_real_floor.py)
-    real = score_real_data(_cfg(num_samples=2000, bootstrap_replicates=20, interval_chunks=12), suite, data)
+    real = score_real_data(_cfg(num_samples=2000, bootstrap_replicates=20, interval_chunks=12).evaluate, suite, data)
     direct = suite.score(tokens_to_pixels(held_out, [8, 8]), data.holdout_labels.numpy())
     assert real.num_samples == 180 and len(real.replicates["fd_digits"]) == 20
     assert real.metrics["fd_digits"] == pytest.approx(direct["fd_digits"], rel=1e-6)
@@ -319,13 +321,13 @@ def _constructed_report(results, real=None, **decode):
     """An EvaluationReport over given results (no sampling): fd_digits with 4 paired replicates."""
     from nestgen.evaluation.quality import QualitySuite
     from nestgen.evaluation.run import EvaluationReport
-    cfg = config_from_dict({"model": {"width": 32, "depth": 1}, "decode": decode,
-                            "evaluate": {"guidance_scales": [0.0, 2.0], "caches": ["none"]}})
+    cfg = run_config_from_dict({"model": {"width": 32, "depth": 1}, "decode": decode,
+                                "evaluate": {"guidance_scales": [0.0, 2.0], "caches": ["none"]}})
     rows = [VariantResult(v, v.schedule if v.schedule != "baseline" else "1x12", variant_gflops(cfg, v), 0.0,
                           {"fd_digits": q}, replicates={"fd_digits": q + np.array([-1.0, -0.5, 0.5, 1.0])})
             for v, q in results]
-    return EvaluationReport(cfg, rows, QualitySuite({}, "fd_digits"), variant_gflops(cfg, Variant("1x12")), None,
-                            **({"real": real} if real else {}))
+    return EvaluationReport(cfg, cfg.evaluate, rows, QualitySuite({}, "fd_digits"), variant_gflops(cfg, Variant("1x12")),
+                            None, **({"real": real} if real else {}))
 
 
 def test_a_guided_variant_is_judged_against_the_guided_baseline():
@@ -385,15 +387,15 @@ def test_the_search_decodes_and_budgets_at_the_served_guidance_scale():
     full model's GFLOPs at that scale (guidance doubles them), and the chosen schedule is
     evaluated at that scale, next to the baseline with the same guidance."""
     from nestgen.evaluation.search import search_schedule
-    cfg = config_from_dict({"model": {"width": 32, "depth": 1}, "decode": {"guidance_scale": 2.0},
-                            "evaluate": {"search": {"max_candidates": 3, "budget_fraction": 0.4}}})
+    cfg = run_config_from_dict({"model": {"width": 32, "depth": 1}, "decode": {"guidance_scale": 2.0},
+                                "evaluate": {"search": {"max_candidates": 3, "budget_fraction": 0.4}}})
     seen = []
 
     def score(variants):
         seen.extend(variants)
         return [VariantResult(v, v.schedule, variant_gflops(cfg, v), 0.0, {"fd_digits": float(i)})
                 for i, v in enumerate(variants)]
-    result = search_schedule(cfg, score, "fd_digits")
+    result = search_schedule(cfg, cfg.evaluate.search, score, "fd_digits")
     guided = variant_gflops(cfg, Variant("1x12", guidance_scale=2.0))
     assert guided > 1.9 * variant_gflops(cfg, Variant("1x12"))
     assert result.budget_gflops == pytest.approx(0.4 * guided) and result.baseline_gflops == guided
@@ -418,7 +420,7 @@ def test_auto_metrics_follow_the_registry():
     cfg = _cfg()
     data = load_eval_data(cfg)
     assert requested_metrics(cfg.evaluate, cfg, data) == ["fid", "is", "fd_digits", "digits_accuracy"]
-    uncond = config_from_dict({"model": {"width": 32, "depth": 1, "num_classes": 0}})
+    uncond = run_config_from_dict({"model": {"width": 32, "depth": 1, "num_classes": 0}})
     assert requested_metrics(uncond.evaluate, uncond, data) == ["fid", "is", "fd_digits"]
     with pytest.raises(ValueError, match=r"unknown \['fdi'\]"):
         requested_metrics(_cfg(metrics=["fd_digits", "fdi"]).evaluate, cfg, data)
@@ -431,7 +433,7 @@ def test_metrics_the_data_rules_out_are_unavailable_with_the_reason():
                     ["cat", "dog"], "two pets")
     with pytest.raises(ValueError, match="fd_digits: the classes .* are not the digits 0..9; "
                                          "frame_pred: train.cond_tokens is 0"):
-        build_quality_suite(cfg, cats, lambda t: tokens_to_pixels(t, cfg.model.grid))
+        build_quality_suite(cfg, cfg.evaluate, cats, lambda t: tokens_to_pixels(t, cfg.model.grid))
 
 
 def _rgb64_tokenizer() -> VQTokenizer:
@@ -442,8 +444,8 @@ def _rgb64_tokenizer() -> VQTokenizer:
 
 def _image_shards_cfg(**evaluate):
     """Held-out token rows of a shard set (not the raw digits): rendered by a tokenizer."""
-    return config_from_dict({"model": {"width": 32, "depth": 1}, "data": {"source": "shards", "url": "memory://x"},
-                             "evaluate": evaluate})
+    return run_config_from_dict({"model": {"width": 32, "depth": 1}, "data": {"source": "shards", "url": "memory://x"},
+                                 "evaluate": evaluate})
 
 
 def _held_out(kind: str, n: int, length: int) -> EvalData:
@@ -469,12 +471,12 @@ def test_the_held_out_reference_streamed_in_batches_gives_the_one_shot_statistic
 
     def scored(batch_size: int) -> tuple[dict, dict]:
         image_cfg = _image_shards_cfg(batch_size=batch_size, metrics=["fd_digits"])
-        video_cfg = config_from_dict({"model": {"vocab_size": 17, "grid": [2, 2, 2], "width": 32, "depth": 1},
-                                      "data": {"source": "shards", "url": "memory://x"},
-                                      "evaluate": {"batch_size": batch_size, "metrics": ["fvd", "fvd_digits"]}})
+        video_cfg = run_config_from_dict({"model": {"vocab_size": 17, "grid": [2, 2, 2], "width": 32, "depth": 1},
+                                          "data": {"source": "shards", "url": "memory://x"},
+                                          "evaluate": {"batch_size": batch_size, "metrics": ["fvd", "fvd_digits"]}})
         out, protocols = {}, {}
         for cfg, data, tok in ((image_cfg, images, image_tok), (video_cfg, clips, video_tok)):
-            suite = build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok), "cpu")
+            suite = build_quality_suite(cfg, cfg.evaluate, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok), "cpu")
             assert not suite.unavailable, suite.unavailable
             samples = tokens_to_pixels(data.holdout_tokens.flip(0)[:24] // 2, cfg.model.grid, tok)
             out.update(suite.score(samples, np.arange(24) % 10))
@@ -502,7 +504,7 @@ def test_driver_memory_does_not_grow_with_the_held_out_reference(digits_suite):
         data = _held_out("image", n, 64)
         tracemalloc.start()
         try:
-            suite = build_quality_suite(cfg, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok).copy(), "cpu")
+            suite = build_quality_suite(cfg, cfg.evaluate, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok).copy(), "cpu")
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -165,7 +165,7 @@ def apps(ray_local, tmp_path_factory):
     """{"img": url, "vid": url}: the two models behind one Serve on 127.0.0.1."""
     from ray import serve
 
-    from nestgen.config import ServeConfig
+    from pipelines.config import ServeConfig
     from pipelines.serve import build
     image_ckpt, video_ckpt, tok = _models(str(tmp_path_factory.mktemp("hostile")))
     port = free_port()

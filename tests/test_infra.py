@@ -416,7 +416,7 @@ def test_rayservice_checks_catch_broken_copies():
 
 def test_rayservice_serve_args_and_import_path():
     """The Serve app's args are valid ServeConfig fields, and the import path imports."""
-    from nestgen.config import ServeConfig
+    from pipelines.config import ServeConfig
     from nestgen.configschema import from_dict
     spec = _manifests()[("RayService", "nestgen-serve")]["spec"]
     app = yaml.safe_load(spec["serveConfigV2"])["applications"][0]
@@ -1093,7 +1093,7 @@ def test_cluster_label_checks_catch_broken_copies(breakage):
 
 def _serve_config(svc: dict) -> tuple[dict, object]:
     """(serveConfigV2 as a dict, the app's ServeConfig with its defaults filled in)."""
-    from nestgen.config import ServeConfig
+    from pipelines.config import ServeConfig
     from nestgen.configschema import from_dict
     conf = yaml.safe_load(svc["spec"]["serveConfigV2"])
     return conf, from_dict(ServeConfig, conf["applications"][0]["args"], "serve")

@@ -379,7 +379,7 @@ def test_streamed_fid_and_is_equal_the_one_shot_numbers_and_pickle_to_workers(tm
     by path), added up on the driver, equal compute_fid / compute_inception_score."""
     import cloudpickle
 
-    from nestgen.config import config_from_dict
+    from pipelines.config import run_config_from_dict
     from nestgen.evaluation import EvalData, build_quality_suite
     from nestgen.evaluation.quality import Chunk
     from nestgen.metrics.sums import add
@@ -387,12 +387,12 @@ def test_streamed_fid_and_is_equal_the_one_shot_numbers_and_pickle_to_workers(tm
     monkeypatch.setenv("NESTGEN_INCEPTION_SHA256", _stand_in_inception(path))
     net = load_feature_net(INCEPTION, str(path), "cpu")
     save_stats(str(tmp_path / "ref.npz"), compute_inception_stats(net, _random_images(300, 0)))
-    cfg = config_from_dict({"evaluate": {"metrics": ["fid", "is"], "feature_net": str(path),
-                                         "reference_stats": str(tmp_path / "ref.npz")}})
+    cfg = run_config_from_dict({"evaluate": {"metrics": ["fid", "is"], "feature_net": str(path),
+                                             "reference_stats": str(tmp_path / "ref.npz")}})
     tokens = torch.zeros(4, 64, dtype=torch.long)
     data = EvalData("image", tokens, torch.zeros(4, dtype=torch.long), lambda: (tokens, tokens[:, 0]),
                     ["cat", "dog"], "two pets")
-    suite = build_quality_suite(cfg, data, render=None)
+    suite = build_quality_suite(cfg, cfg.evaluate, data, render=None)
     features = cloudpickle.loads(cloudpickle.dumps(suite.features()))
     fake = _random_images(200, 1, offset=40)
     total = {}

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nestgen.config import config_from_dict
 from nestgen.decoding.schedule import resolve_schedule
 from nestgen.evaluation.outputs import write_outputs
 from nestgen.evaluation.quality import QualitySuite
 from nestgen.evaluation.run import EvaluationReport
 from nestgen.evaluation.search import SearchResult
 from nestgen.evaluation.variants import Variant, VariantResult, variant_gflops
+from pipelines.config import run_config_from_dict
 from scripts.readme_pictures import caption, frame_strip, main, pick_variants, read_frames
 from scripts.small_png import MAX_BYTES, save_small_png
 
@@ -22,7 +22,7 @@ FRAMES = 6
 def _pipeline_folder(root, grids: dict[str, np.ndarray], metric: str) -> dict:
     """A pipeline output folder whose dag.json names one finished evaluate step holding
     baseline, magnets (no cache and cached) and searched variants with the given sample pixels."""
-    cfg = config_from_dict({"model": {"width": 32, "depth": 1}, "evaluate": {"grid_samples": 4}})
+    cfg = run_config_from_dict({"model": {"width": 32, "depth": 1}, "evaluate": {"grid_samples": 4}})
     variants = {"baseline": Variant("baseline"), "magnets_nocache": Variant("magnets"),
                 "magnets": Variant("magnets", "on_switch"), "searched": Variant("8x2,4x6,2x2,1x2", searched=True)}
     full = variant_gflops(cfg, Variant("baseline"))       # what the report's savings are against
@@ -31,7 +31,7 @@ def _pipeline_folder(root, grids: dict[str, np.ndarray], metric: str) -> dict:
                              {metric: 10.0 + i}, grids[k])
                for i, (k, v) in enumerate(variants.items())]
     search = SearchResult(0.7, 2.0, 10, 4, [], variants["searched"], metric)
-    report = EvaluationReport(cfg, results, QualitySuite({}, metric), full, search)
+    report = EvaluationReport(cfg, cfg.evaluate, results, QualitySuite({}, metric), full, search)
     folder = root / "evaluate-0123456789ab"
     write_outputs(report, str(folder))
     steps = [{"name": "train", "folder": str(root / "train-x"), "status": "done"},

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from nestgen.config import config_from_dict
 from nestgen.evaluation.data import EvalData
 from nestgen.evaluation.quality import QualitySuite, StreamedMetric
 from nestgen.evaluation.real import RealDataResult, floor_against, real_row_count, score_real_data
@@ -19,6 +18,7 @@ from nestgen.evaluation.stream import StreamPlan, VariantStream, reduce_batch
 from nestgen.evaluation.variants import Variant, VariantResult, baseline_variant
 from nestgen.metrics.frechet import feature_stats, frechet_distance_stats, frechet_stats, frechet_sums
 from nestgen.metrics.protocol import MetricResult
+from pipelines.config import run_config_from_dict
 
 D, ROWS, SAMPLES = 64, 180, 2000
 
@@ -44,10 +44,10 @@ def _case(interval_chunks: int = 50):
     rows = draw(ROWS)
     data = EvalData("image", torch.from_numpy(rows), torch.zeros(ROWS, dtype=torch.long), lambda: None,
                     [str(i) for i in range(10)], "the held-out split", "the training split")
-    cfg = config_from_dict({"model": {"width": 32, "depth": 1},
-                            "evaluate": {"num_samples": SAMPLES, "batch_size": 500, "bootstrap_replicates": 50,
-                                         "interval_chunks": interval_chunks}})
-    plan = StreamPlan(SAMPLES, interval_chunks, replicates=50, matched=real_row_count(cfg, suite, data))
+    cfg = run_config_from_dict({"model": {"width": 32, "depth": 1},
+                                "evaluate": {"num_samples": SAMPLES, "batch_size": 500, "bootstrap_replicates": 50,
+                                             "interval_chunks": interval_chunks}})
+    plan = StreamPlan(SAMPLES, interval_chunks, replicates=50, matched=real_row_count(cfg.evaluate, suite, data))
 
     def scored(v: Variant, x: np.ndarray) -> VariantResult:
         stream = VariantStream(v, plan)
@@ -58,7 +58,8 @@ def _case(interval_chunks: int = 50):
         return stream.result(cfg, suite)
     base = draw(SAMPLES)                                    # a perfect generator: the real rows' distribution
     results = [scored(baseline_variant(cfg), base), scored(Variant("magnets"), draw(SAMPLES, shift=0.3))]
-    report = EvaluationReport(cfg, results, suite, 1.0, None, real=score_real_data(cfg, suite, data), plan=plan)
+    report = EvaluationReport(cfg, cfg.evaluate, results, suite, 1.0, None, real=score_real_data(cfg.evaluate, suite, data),
+                              plan=plan)
     distance = lambda x: frechet_distance_stats(feature_stats(x), ref)       # noqa: E731
     return report, rows, base, distance
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from nestgen.config import ServeConfig
+from pipelines.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "security.md").read_text()

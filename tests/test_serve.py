@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 from nestgen.checkpoint import save_checkpoint
-from nestgen.config import ServeConfig, config_from_dict
+from nestgen.config import config_from_dict
 from nestgen.data.media import decode_mp4, encode_mp4
 from nestgen.data.moving_digits import make_moving_digit_clips
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.tokenizers import clips_to_pixels, load_tokenizer
+from pipelines.config import ServeConfig
 from pipelines.ray_runtime import free_port
 
 pytestmark = pytest.mark.timeout(600)

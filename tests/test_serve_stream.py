@@ -28,7 +28,7 @@ def stream_url(serve_base, tmp_path_factory):  # noqa: F811 - the fixture import
     for minutes) and a far deadline."""
     from ray import serve
 
-    from nestgen.config import ServeConfig
+    from pipelines.config import ServeConfig
     from pipelines.serve import build
     ckpt = _checkpoint(tmp_path_factory.mktemp("stream") / "c.pt", {"model": {"width": 32, "depth": 1}})
     cfg = ServeConfig(checkpoint=ckpt, batching="step", max_samples_per_request=2, cpus_per_replica=0.5,

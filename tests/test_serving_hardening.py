@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from nestgen.checkpoint import save_checkpoint
-from nestgen.config import ServeConfig, config_from_dict
+from nestgen.config import config_from_dict
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.serving.engine import FAILED, DecodeFailed, Engine
 from nestgen.serving.job import Job
 from nestgen.serving.request import GenerateRequest
+from pipelines.config import ServeConfig
 from pipelines.serve.middleware import BearerAuth, read_api_keys
 
 

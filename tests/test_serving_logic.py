@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from nestgen.checkpoint import save_checkpoint
-from nestgen.config import DecodeConfig, ServeConfig, config_from_dict
+from nestgen.config import DecodeConfig, config_from_dict
 from nestgen.configschema import ConfigError
 from nestgen.data.media import decode_mp4, encode_mp4
 from nestgen.model.nested_transformer import NestedTransformer
@@ -22,6 +22,7 @@ from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import Condition, GenerateRequest
 from nestgen.serving.resolve import ModelSpec, resolve_request
 from nestgen.tokenizers import TokenizerConfig, VQTokenizer
+from pipelines.config import ServeConfig, run_config_from_dict
 from pipelines.serve.deployment import deployment_options, read_serve_file
 from pipelines.serve.middleware import BodySizeLimit
 
@@ -346,7 +347,7 @@ def test_a_conditioning_mp4_over_the_limits_is_refused_before_decoding():
 
 def test_serve_config_refuses_non_positive_condition_limits():
     with pytest.raises(ConfigError, match="max_condition_frames"):
-        config_from_dict({"serve": {"max_condition_frames": 0}})
+        run_config_from_dict({"serve": {"max_condition_frames": 0}})
 
 
 @pytest.mark.parametrize("body, reason", [

@@ -1,10 +1,13 @@
-"""The evaluate config section: which decode variants are scored, how, and the schedule search."""
+"""The evaluation's config section: which decode variants are scored, how, and the schedule
+search; everything nestgen.evaluation reads. The Ray step's own settings (which checkpoint,
+how many actors) extend it in pipelines.config."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from nestgen.configschema import check
 from nestgen.decoding.config import check_cache_policies
+from nestgen.decoding.schedule import PRESETS
 
 
 @dataclass
@@ -32,18 +35,14 @@ class SearchConfig:
 
 @dataclass
 class EvaluateConfig:
-    """The evaluation step (pipelines.evaluate): quality against GFLOPs for every variant
-    schedule x cache x guidance_scale, with the same labels and seeds for each."""
-    checkpoint: str = ""             # file, output folder, fsspec URL, runs:/<id>; "" -> the pipeline's
-    schedules: list[str] = field(default_factory=lambda: ["baseline", "magnets", "magnets-lite",
-                                                          "magnets-2", "large-first"])
+    """Quality against GFLOPs for every variant schedule x cache x guidance_scale, with the
+    same labels and seeds for each (nestgen.evaluation.run)."""
+    schedules: list[str] = field(default_factory=lambda: list(PRESETS))   # presets or strings like 8x3,1x9
     caches: list[str] = field(default_factory=lambda: ["none", "on_switch"])
     guidance_scales: list[float] = field(default_factory=lambda: [0.0])
     num_samples: int = 500
     seed: int = 0                    # sample i of every variant uses seed + i
     batch_size: int = 250
-    num_workers: int = 1             # Ray actors sharing the variants (GPU each when present)
-    cpus_per_worker: float = 2.0
     metrics: list[str] = field(default_factory=lambda: ["auto"])   # auto | fid is fvd fd_digits ...
     quality_metric: str = "auto"     # the one on the plot and in the search; auto: fid/fvd if available
     reference_stats: str = ""        # .npz (mu, sigma) for FID/FVD; "" -> training split through the tokenizer
@@ -61,8 +60,6 @@ class EvaluateConfig:
               "guidance_scales", "must be >= 0 each")
         check(self.num_samples >= 2, "num_samples", "must be >= 2 (a covariance needs two samples)")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        check(self.num_workers >= 1, "num_workers", "must be >= 1")
-        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.grid_samples >= 1, "grid_samples", "must be >= 1")
         check(self.interval_chunks >= 2, "interval_chunks", "must be >= 2")
         check(self.bootstrap_replicates >= 0, "bootstrap_replicates", "must be >= 0")

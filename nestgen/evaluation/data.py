@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
+from nestgen.config import NestgenConfig
 from nestgen.evaluation.variants import Requests, class_requests
-
-if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
-    from nestgen.config import NestgenConfig
 
 HOLDOUT_SPLITS = ("val", "validation", "test")
 REFERENCE_ROWS = 50_000     # rows of the training split in the reference at most (FID's usual 50k)

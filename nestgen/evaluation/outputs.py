@@ -40,7 +40,7 @@ def sample_files(r: VariantResult, n: int, nrow: int) -> dict[str, bytes]:
 def write_outputs(report: EvaluationReport, out: str) -> dict[str, object]:
     """Write every file; returns {"samples": {variant: {ext: url}}, "plot": url, "summary": url}."""
     cfg = report.cfg
-    n = cfg.evaluate.grid_samples
+    n = report.evaluate.grid_samples
     nrow = max(1, min(n, cfg.model.num_classes or 8))
     samples = {}
     for r in report.results:

@@ -21,19 +21,17 @@ they capture only what they need (a small net, a reference mean, a feature-net p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
+import torch
 
+from nestgen.config import NestgenConfig
 from nestgen.evaluation.config import EvaluateConfig
 from nestgen.evaluation.data import EvalData, cond_frames
 from nestgen.metrics.protocol import MetricResult
 from nestgen.metrics.sums import Sums
 
-if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
-    import torch
-
-    from nestgen.config import NestgenConfig
 
 @dataclass
 class Chunk:
@@ -75,6 +73,7 @@ class _RenderedBatches:
 @dataclass
 class _Context:
     cfg: NestgenConfig
+    e: EvaluateConfig
     data: EvalData
     render: Callable
     device: str
@@ -92,7 +91,7 @@ class _Context:
     def _batches(self, tokens) -> _RenderedBatches | None:
         if self.cfg.data.source == "digits":
             return None
-        return _RenderedBatches(self.render, tokens, self.cfg.evaluate.batch_size)
+        return _RenderedBatches(self.render, tokens, self.e.batch_size)
 
     def once(self, key: str, make):
         if key not in self.memo:
@@ -189,11 +188,11 @@ def requested_metrics(e: EvaluateConfig, cfg: NestgenConfig, data: EvalData) -> 
             and (by_class or not m.auto_if_class_conditional)]
 
 
-def build_quality_suite(cfg: NestgenConfig, data: EvalData, render, device: str = "cpu") -> QualitySuite:
+def build_quality_suite(cfg: NestgenConfig, e: EvaluateConfig, data: EvalData, render,
+                        device: str = "cpu") -> QualitySuite:
     """`render(tokens) -> uint8 pixels` (the tokenizer's decoder, or the raw digits levels)."""
-    e = cfg.evaluate
     names = requested_metrics(e, cfg, data)
-    ctx = _Context(cfg, data, render, device)
+    ctx = _Context(cfg, e, data, render, device)
     suite = QualitySuite({}, "", reference=data.reference_source, render=render, device=device)
     for name in names:
         spec = METRICS[name]
@@ -291,7 +290,7 @@ def _feature_net(ctx: _Context, which: str):
     spec = {"inception": INCEPTION, "i3d": I3D}[which]
     try:
         return ctx.once(f"feature_net:{which}",
-                        lambda: load_feature_net(spec, ctx.cfg.evaluate.feature_net or None, ctx.device))
+                        lambda: load_feature_net(spec, ctx.e.feature_net or None, ctx.device))
     except FeatureNetUnavailable as err:
         raise _Unavailable(str(err)) from None
 
@@ -308,8 +307,8 @@ def _reference(ctx: _Context, key: str, stats_fn):
     """Reference stats: evaluate.reference_stats (.npz) when set, else the reference rows'
     (`stats_fn` of the rendered batches of the training split)."""
     from nestgen.metrics.frechet import resolve_reference
-    if ctx.cfg.evaluate.reference_stats:
-        return ctx.once(key, lambda: resolve_reference(ctx.cfg.evaluate.reference_stats))
+    if ctx.e.reference_stats:
+        return ctx.once(key, lambda: resolve_reference(ctx.e.reference_stats))
     ref = ctx.reference_batches()
     if ref is None:
         raise _Unavailable("raw 8x8 digit levels are not images for Inception/I3D; set evaluate.reference_stats")

@@ -36,17 +36,14 @@ the floor at -280.6 from 36.1 on the rows.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nestgen.evaluation.config import EvaluateConfig
 from nestgen.evaluation.data import EvalData
 from nestgen.evaluation.quality import QualitySuite
 from nestgen.evaluation.stream import StreamPlan, VariantStream, reduce_batch
 from nestgen.evaluation.variants import VariantResult
-
-if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
-    from nestgen.config import NestgenConfig
 
 
 @dataclass
@@ -84,21 +81,20 @@ class Floor:
                      else f"; not comparable at {samples} samples: {self.reason}")
 
 
-def real_row_count(cfg: NestgenConfig, suite: QualitySuite, data: EvalData) -> int:
+def real_row_count(e: EvaluateConfig, suite: QualitySuite, data: EvalData) -> int:
     """How many held-out rows the real-data row scores (0: none)."""
     if not data.has_real_rows or suite.render is None:
         return 0
-    n = min(cfg.evaluate.num_samples, len(data.holdout_tokens))
+    n = min(e.num_samples, len(data.holdout_tokens))
     return n if n >= 2 else 0
 
 
-def score_real_data(cfg: NestgenConfig, suite: QualitySuite, data: EvalData) -> RealDataResult | None:
+def score_real_data(e: EvaluateConfig, suite: QualitySuite, data: EvalData) -> RealDataResult | None:
     """The held-out rows scored by the suite, `evaluate.batch_size` at a time on the driver
     (None when there are none disjoint from the reference)."""
-    n = real_row_count(cfg, suite, data)
+    n = real_row_count(e, suite, data)
     if not n:
         return None
-    e = cfg.evaluate
     plan = StreamPlan(n, e.interval_chunks, replicates=e.bootstrap_replicates, seed=e.seed)
     features = suite.features_without_targets()
     stream = VariantStream(None, plan)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from nestgen.config import NestgenConfig
 from nestgen.evaluation.claim import FLOOR_SHARE, ClaimCheck, claim_check, excess_change
+from nestgen.evaluation.config import EvaluateConfig
 from nestgen.evaluation.data import EvalData, eval_requests
 from nestgen.evaluation.quality import QualitySuite
 from nestgen.evaluation.real import Floor, RealDataResult, floor_against, real_row_count, score_real_data
@@ -25,9 +27,6 @@ from nestgen.evaluation.variants import (Requests, Variant, VariantResult, basel
                                          variant_gflops, variants_from_config)
 from nestgen.metrics.intervals import Interval, paired_change, percentile_interval
 
-if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
-    from nestgen.config import NestgenConfig
-
 # (variants, requests, plan) -> one scored result per variant, in order
 SampleFn = Callable[[list[Variant], Requests, StreamPlan], list[VariantResult]]
 
@@ -35,6 +34,7 @@ SampleFn = Callable[[list[Variant], Requests, StreamPlan], list[VariantResult]]
 @dataclass
 class EvaluationReport:
     cfg: NestgenConfig
+    evaluate: EvaluateConfig
     results: list[VariantResult]
     suite: QualitySuite
     baseline_gflops: float           # the unguided full model's, analytic
@@ -81,7 +81,7 @@ class EvaluationReport:
                              [self.gflops_saving(r) for r in self.results],
                              {r.variant.name: c for r, c in zip(self.results, self.changes())},
                              {r.variant.name: self.excess(r) for r in self.results}, self.real,
-                             floor.comparison(self.cfg.evaluate.num_samples)
+                             floor.comparison(self.evaluate.num_samples)
                              if (floor := self.floor(self.baseline())) is not None else "")
 
     def interval(self, r: VariantResult, value: str) -> Interval | None:
@@ -107,7 +107,7 @@ class EvaluationReport:
         base = self.baseline_for(r)
         if self.real is None or base is None or not self.suite.lower_is_better or self.metric not in self.real.metrics:
             return None
-        return floor_against(self.real, self.metric, base, self.cfg.evaluate.num_samples)
+        return floor_against(self.real, self.metric, base, self.evaluate.num_samples)
 
     def floor_share(self, r: VariantResult) -> float | None:
         """The floor as a share of r's baseline's score, at the real rows' count (None when
@@ -128,7 +128,7 @@ class EvaluationReport:
         """The claim check of every variant on the primary metric (None without an interval or
         a baseline at its guidance scale): on the change, or on the change of the excess over
         the floor where the floor is above FLOOR_SHARE of the baseline."""
-        e = self.cfg.evaluate
+        e = self.evaluate
         return [None if c is None else claim_check(self.gflops_saving(r), c.value, c.lo, c.hi, e.claim_threshold,
                                                    self.suite.lower_is_better, self.floor_share(r), self.excess(r),
                                                    f.reason if (f := self.floor(r)) is not None else "")
@@ -158,7 +158,7 @@ class EvaluationReport:
 
     def floor_row(self) -> dict | None:
         """The floor under the headline baseline for the summary (None without one)."""
-        base, e = self.baseline(), self.cfg.evaluate
+        base, e = self.baseline(), self.evaluate
         f = self.floor(base)
         if f is None:
             return None
@@ -198,7 +198,7 @@ class EvaluationReport:
                     row["excess_change_vs_baseline"] = claim.excess
                 row["claim"] = claim.as_dict()
             rows.append(row)
-        e = self.cfg.evaluate
+        e = self.evaluate
         return {
             "checkpoint": self.checkpoint, "model": {"grid": self.cfg.model.grid, "width": self.cfg.model.width,
                                                      "depth": self.cfg.model.depth,
@@ -225,12 +225,12 @@ class EvaluationReport:
         }
 
 
-def run_evaluation(cfg: NestgenConfig, sample: SampleFn, suite: QualitySuite, data: EvalData,
+def run_evaluation(cfg: NestgenConfig, e: EvaluateConfig, sample: SampleFn, suite: QualitySuite, data: EvalData,
                    checkpoint: str = "", progress: Callable[[str], None] = print) -> EvaluationReport:
-    e = cfg.evaluate
+    """The model of `cfg` (the checkpoint's config) evaluated as `e` says."""
     variants = variants_from_config(e)
     search = None
-    search_data, final_data = split_held_out(cfg, data)
+    search_data, final_data = split_held_out(cfg, e, data)
     if e.search.enabled:
         s = e.search
         req = eval_requests(cfg, search_data, s.num_samples, s.seed)
@@ -238,16 +238,16 @@ def run_evaluation(cfg: NestgenConfig, sample: SampleFn, suite: QualitySuite, da
                  f"({'GFLOPs' if s.budget_gflops else 'x the full model'}), {suite.primary} on "
                  f"{s.num_samples} held-out seeds")
         plan = StreamPlan(s.num_samples, e.interval_chunks, groups=req.groups)
-        search = search_schedule(cfg, lambda vs: sample(vs, req, plan), suite.primary, suite.lower_is_better)
+        search = search_schedule(cfg, s, lambda vs: sample(vs, req, plan), suite.primary, suite.lower_is_better)
         progress(f"searched schedule: {search.chosen.name}")
         variants.append(search.chosen)
     req = eval_requests(cfg, final_data, e.num_samples, e.seed)
     progress(f"evaluating {len(variants)} variants x {e.num_samples} samples")
     plan = StreamPlan(e.num_samples, e.interval_chunks, e.grid_samples, e.bootstrap_replicates, e.seed, req.groups,
-                      matched=real_row_count(cfg, suite, data))
+                      matched=real_row_count(e, suite, data))
     results = sample(variants, req, plan)
-    real = score_real_data(cfg, suite, data)
-    report = EvaluationReport(cfg, results, suite, variant_gflops(cfg, baseline_variant(cfg)), search, checkpoint, real,
+    real = score_real_data(e, suite, data)
+    report = EvaluationReport(cfg, e, results, suite, variant_gflops(cfg, baseline_variant(cfg)), search, checkpoint, real,
                               plan=plan)
     floor = report.floor(report.baseline())
     if real is not None and floor is not None:
@@ -258,11 +258,13 @@ def run_evaluation(cfg: NestgenConfig, sample: SampleFn, suite: QualitySuite, da
     return report
 
 
-def local_sampler(model, cfg: NestgenConfig, suite: QualitySuite, tokenizer=None, progress: bool = True) -> SampleFn:
-    """Every batch decoded and reduced in this process, one after another."""
+def local_sampler(model, cfg: NestgenConfig, suite: QualitySuite, batch_size: int, tokenizer=None,
+                  progress: bool = True) -> SampleFn:
+    """Every batch (of `batch_size` samples: evaluate.batch_size) decoded and reduced in this
+    process, one after another."""
     worker = eval_worker(model, cfg, tokenizer)
     features = suite.features()
-    bs = cfg.evaluate.batch_size
+    bs = batch_size
 
     def sample(variants: list[Variant], requests: Requests, plan: StreamPlan) -> list[VariantResult]:
         def run(tasks):

@@ -22,16 +22,15 @@ temperature and, for frame prediction, the conditioning are the same for every v
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
+from nestgen.config import NestgenConfig
+from nestgen.evaluation.config import EvaluateConfig, SearchConfig
 from nestgen.decoding.schedule import Schedule, parse_schedule
 from nestgen.evaluation.data import EvalData
 from nestgen.evaluation.variants import Variant, VariantResult, baseline_variant, variant_gflops
-
-if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
-    from nestgen.config import NestgenConfig
 
 
 def step_splits(factors: list[int], steps: int) -> list[str]:
@@ -62,13 +61,13 @@ class SearchResult:
                 "scored": [r.row(self.baseline_gflops) for r in self.scored]}
 
 
-def split_held_out(cfg: NestgenConfig, data: EvalData) -> tuple[EvalData, EvalData]:
+def split_held_out(cfg: NestgenConfig, e: EvaluateConfig, data: EvalData) -> tuple[EvalData, EvalData]:
     """(the search's held-out data, the final evaluation's). Frame prediction conditions on
     held-out clips: with a search they are split in a fixed random order (evaluate.seed),
     the search taking clips in proportion to its share of the samples (100 of 300 samples:
     a third of the clips), at least one, and leaving the final evaluation at least two (its
     bootstrap resamples clips). Refuses search seeds that overlap the final evaluation's."""
-    e, s = cfg.evaluate, cfg.evaluate.search
+    s = e.search
     if not s.enabled:
         return data, data
     if s.seed < e.seed + e.num_samples and e.seed < s.seed + s.num_samples:
@@ -89,10 +88,9 @@ def split_held_out(cfg: NestgenConfig, data: EvalData) -> tuple[EvalData, EvalDa
     return part(order[:k]), part(order[k:])
 
 
-def pick_candidates(cfg: NestgenConfig, budget: float, guidance_scale: float = 0.0
+def pick_candidates(cfg: NestgenConfig, s: SearchConfig, budget: float, guidance_scale: float = 0.0
                     ) -> tuple[list[tuple[Variant, float]], int, int]:
     """(scored candidates with their GFLOPs, all candidates, in budget), at `guidance_scale`."""
-    s = cfg.evaluate.search
     full = min(cfg.model.nest_factors)
     every, fits, best = 0, 0, {}
     for k in s.steps:
@@ -111,13 +109,13 @@ def pick_candidates(cfg: NestgenConfig, budget: float, guidance_scale: float = 0
     return ranked[:s.max_candidates], every, fits
 
 
-def search_schedule(cfg: NestgenConfig, score: Callable[[list[Variant]], list[VariantResult]],
+def search_schedule(cfg: NestgenConfig, s: SearchConfig, score: Callable[[list[Variant]], list[VariantResult]],
                     metric: str, lower_is_better: bool = True) -> SearchResult:
     """`score(variants)` samples and scores variants on the search's held-out seeds."""
-    s, g = cfg.evaluate.search, cfg.decode.guidance_scale
+    g = cfg.decode.guidance_scale
     base = variant_gflops(cfg, baseline_variant(cfg, g))
     budget = s.budget_gflops or s.budget_fraction * base
-    picked, total, fits = pick_candidates(cfg, budget, g)
+    picked, total, fits = pick_candidates(cfg, s, budget, g)
     if not picked:
         raise ValueError(f"no schedule of {s.steps} steps fits {budget:.4g} GFLOPs per sample "
                          f"(the cheapest needs more); raise evaluate.search.budget_*")

@@ -26,19 +26,17 @@ from the chunk rows already kept, at the cost of a few more `finish` calls.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
+from nestgen.config import NestgenConfig
 from nestgen.decoding.schedule import resolve_schedule
 from nestgen.decoding.worker import DecodeWorker
 from nestgen.evaluation.quality import Chunk, FeatureFn, QualitySuite
 from nestgen.evaluation.variants import Requests, Variant, VariantResult, sample_batch, variant_gflops
 from nestgen.metrics.intervals import resample_counts
 from nestgen.metrics.sums import Sums, contiguous_parts, weighted
-
-if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
-    from nestgen.config import NestgenConfig
 
 
 @dataclass(frozen=True)

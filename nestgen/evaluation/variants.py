@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from nestgen.config import NestgenConfig
 from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.schedule import resolve_schedule
 from nestgen.decoding.worker import DecodedBatch, DecodeWorker
 from nestgen.evaluation.config import EvaluateConfig
 from nestgen.flops import decode_flops
-
-if TYPE_CHECKING:  # annotations only: nestgen.config imports this package (its evaluate section)
-    from nestgen.config import NestgenConfig
 
 
 @dataclass(frozen=True)

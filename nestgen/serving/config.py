@@ -1,5 +1,6 @@
-"""The serve config section: what each replica of the generation service loads, how it
-batches, its limits, and the replicas' resources."""
+"""The engine's config section: what a replica of the generation service loads, how it
+batches and its limits; everything `nestgen.serving.engine.Engine` reads. The Serve app's
+own settings (HTTP limits, replicas and their resources) extend it in pipelines.config."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,26 +13,20 @@ from nestgen.device import check_device
 
 
 @dataclass
-class ServeConfig:
-    """The HTTP generation service (pipelines.serve): what each replica loads, how it batches,
-    its limits, and the replicas' resources. Host and port are Serve's `http_options`."""
+class EngineConfig:
+    """What each replica's Engine loads, how it batches and its limits (the `serve:` section
+    holds these and the Serve app's fields: pipelines.config.ServeConfig)."""
     checkpoint: str = "runs/pipeline/digits-vq"  # (make demo's LATEST) file, output folder (LATEST), fsspec URL, runs:/<id>, models:/<name>/<v>
     tokenizer: str = ""              # tokenizer URL; "" -> the checkpoint's shard tokenizer (none: raw digits)
-    mlflow_tracking_uri: str = ""    # for runs:/ and models:/ ("" -> $MLFLOW_TRACKING_URI, ./mlflow.db)
     device: str = "auto"             # auto: CUDA when the replica has a GPU
     batching: Literal["step", "request"] = "step"   # step: rows join/leave between decode steps; request: @serve.batch whole decodes
     max_active_rows: int = 32        # batching step: rows decoding at once on a replica (the rest wait in its queue)
     max_queued_rows: int = 256       # batching step: rows waiting to join; beyond, 503 with Retry-After
     retry_after_s: int = 1           # batching step: the Retry-After (seconds) of that 503
     max_batch_size: int = 32         # batching request: rows (samples) per batched decode
-    batch_wait_timeout_s: float = 0.02   # batching request: how long a batch waits to fill
-    max_ongoing_requests: int = 64   # per replica; >= max_batch_size (Serve's default of 5 caps batches)
-    max_queued_requests: int = -1    # requests waiting for a replica beyond that (-1: no cap; else 503)
     max_samples_per_request: int = 16
     max_steps: int = 0               # decoding steps a request may ask for; 0 -> 4 x the checkpoint's decode.steps
-    max_body_bytes: int = 4_000_000  # larger bodies get 413
     decode_deadline_s: float = 300.0  # request: a decode running longer fails the health check (Serve replaces the replica); step: a request older is answered 503, a step running longer fails the health check
-    api_keys_env: str = ""           # env var holding accepted bearer tokens (comma-separated); "" -> no auth
     # A conditioning MP4's budget, checked from its header before decoding (400 when over);
     # only the frames the conditioning needs are decoded.
     max_condition_pixels: int = 1920 * 1080   # conditioning MP4: width x height of a frame
@@ -40,10 +35,6 @@ class ServeConfig:
     video_fps: int = 8               # frame rate of returned MP4s
     auto_presets: list[str] = field(default_factory=lambda: ["baseline", "magnets", "magnets-lite"])
     auto_latency_target_s: float = 1.0   # schedule "auto": best preset expected within this latency
-    num_replicas: int = 1
-    max_replicas: int = 0            # > num_replicas: autoscale between the two
-    cpus_per_replica: float = 1.0
-    gpus_per_replica: float = 0.0
 
     def condition_limits(self) -> VideoLimits:
         return VideoLimits(self.max_condition_pixels, self.max_condition_frames, self.max_condition_seconds)
@@ -52,11 +43,6 @@ class ServeConfig:
         check(bool(self.checkpoint), "checkpoint", "must name a checkpoint")
         check_device(self.device)
         check(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
-        check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
-        check(self.max_ongoing_requests >= self.max_batch_size, "max_ongoing_requests",
-              f"must be >= max_batch_size={self.max_batch_size}, or batches never fill")
-        check(self.max_queued_requests == -1 or self.max_queued_requests >= 1, "max_queued_requests",
-              "must be -1 (no cap) or >= 1")
         check(1 <= self.max_samples_per_request <= self.max_batch_size, "max_samples_per_request",
               f"must be in [1, max_batch_size={self.max_batch_size}] (a request runs in one batch)")
         check(self.max_active_rows >= self.max_samples_per_request, "max_active_rows",
@@ -65,7 +51,6 @@ class ServeConfig:
               f"must be >= max_samples_per_request={self.max_samples_per_request}")
         check(self.retry_after_s >= 1, "retry_after_s", "must be >= 1")
         check(self.max_steps >= 0, "max_steps", "must be >= 0 (0: 4 x the checkpoint's decode.steps)")
-        check(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
         check(self.decode_deadline_s > 0, "decode_deadline_s", "must be > 0")
         for name in ("max_condition_pixels", "max_condition_frames", "max_condition_seconds"):
             check(getattr(self, name) > 0, name, "must be > 0")
@@ -73,8 +58,8 @@ class ServeConfig:
         unknown = [p for p in self.auto_presets if p not in PRESETS]
         check(not unknown, "auto_presets", f"unknown preset(s) {unknown}; presets: {sorted(PRESETS)}")
         check(self.auto_latency_target_s > 0, "auto_latency_target_s", "must be > 0")
-        check(self.num_replicas >= 1, "num_replicas", "must be >= 1")
-        check(self.max_replicas == 0 or self.max_replicas >= self.num_replicas, "max_replicas",
-              f"must be 0 (fixed) or >= num_replicas={self.num_replicas}")
-        check(self.cpus_per_replica > 0, "cpus_per_replica", "must be > 0")
-        check(self.gpus_per_replica >= 0, "gpus_per_replica", "must be >= 0")
+
+
+# The name MLflow models logged before the engine's section was split from the Serve app's import
+# (their copy of pipelines/mlflow_model.py builds ServeConfig(checkpoint=..., tokenizer=..., auto_presets=[])).
+ServeConfig = EngineConfig

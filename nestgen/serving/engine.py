@@ -19,7 +19,6 @@ from typing import Callable
 import torch
 
 from nestgen.checkpoint import model_from_checkpoint, read_checkpoint
-from nestgen.checkpoint_files import checkpoint_file
 from nestgen.configschema import to_dict
 from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.schedule import presets_for
@@ -30,18 +29,19 @@ from nestgen.flops import decode_flops
 from nestgen.serving.auto import LatencyFeedback, LatencyModel, calibrate, choose_preset
 from nestgen.serving.batching import group_jobs, row_slices
 from nestgen.serving.conditioning import condition_tokens
-from nestgen.serving.config import ServeConfig
+from nestgen.serving.config import EngineConfig
 from nestgen.serving.encode import encode_sample
 from nestgen.serving.errors import FAILED, DecodeFailed, RequestError  # noqa: F401 - FAILED: part of this module's API
 from nestgen.serving.job import Job, rows_of
 from nestgen.serving.step_loop import LoopMetrics, StepEvent, StepLoop, StepResult
 from nestgen.serving.request import GenerateRequest
 from nestgen.serving.resolve import ModelSpec, resolve_request
+from nestgen.storage import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def _load_tokenizer(cfg: ServeConfig, model_cfg, ckpt: dict, device, resolve_uri):
+def _load_tokenizer(cfg: EngineConfig, model_cfg, ckpt: dict, device, resolve_uri):
     """(tokenizer or None, its URL): the configured one, else the one that made the
     checkpoint's training shards. A tokenizer whose hash differs from the one the model was
     trained on is refused: its ids would mean other pixels."""
@@ -72,14 +72,14 @@ def _formats(model_cfg, tokenizer) -> tuple[str, ...]:
 
 MAX_STEPS_FACTOR = 4      # serve.max_steps = 0: a request may take 4x the checkpoint's steps
 class Engine:
-    def __init__(self, cfg: ServeConfig, device: str | None = None,
+    def __init__(self, cfg: EngineConfig, device: str | None = None,
                  resolve_uri: Callable[[str], str] | None = None, metrics: LoopMetrics | None = None):
         """`resolve_uri`: for checkpoint and tokenizer names that are not storage URLs
-        (runs:/, models:/), see nestgen.checkpoint_files.checkpoint_file. `metrics`: where the step
+        (runs:/, models:/), see nestgen.storage.resolve_checkpoint. `metrics`: where the step
         loop reports (batching step). The loop's thread is started by start_loop()."""
         self.cfg = cfg
         self.device = resolve_device(device or cfg.device)
-        self.checkpoint_url = checkpoint_file(cfg.checkpoint, resolve_uri)
+        self.checkpoint_url = resolve_checkpoint(cfg.checkpoint, resolve_uri)
         ckpt = read_checkpoint(self.checkpoint_url)
         self.model, self.model_cfg = model_from_checkpoint(ckpt, self.device)
         self.tokenizer, self.tokenizer_url = _load_tokenizer(cfg, self.model_cfg, ckpt, self.device, resolve_uri)
@@ -221,9 +221,9 @@ class Engine:
             "config": {k: to_dict(getattr(self.model_cfg, k)) for k in ("model", "decode")} | {"name": self.model_cfg.name},
             "limits": {k: getattr(self.cfg, k) for k in ("batching", "max_active_rows", "max_queued_rows",
                                                         "max_samples_per_request", "max_batch_size",
-                                                        "batch_wait_timeout_s", "max_body_bytes", "decode_deadline_s",
-                                                        "max_condition_pixels", "max_condition_frames",
-                                                        "max_condition_seconds")} | {"max_steps": self.spec.max_steps},
+                                                        "decode_deadline_s", "max_condition_pixels",
+                                                        "max_condition_frames", "max_condition_seconds")}
+            | {"max_steps": self.spec.max_steps},
         }
 
     def schedules(self) -> dict:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from nestgen.configschema import check
+from nestgen.decoding.schedule import PRESETS
 from nestgen.device import check_device
 
 
@@ -33,8 +34,10 @@ class TrainConfig:
     sizes_per_step: str = "all"      # "all" or "sample:k" (k smaller sizes; full always runs)
     # Decode-aware weighting (nestgen.training.decode_aware): 0 trains every size on the cosine
     # masks alike; up to 1 moves each smaller size's loss onto the mask ratios at which
-    # decode.schedule and evaluate.schedules run it (1: all of it).
+    # decode.schedule and decode_aware_schedules run it (1: all of it). The schedules are part
+    # of the training recipe, so a checkpoint's config says what its weights were trained for.
     decode_aware: float = 0.0
+    decode_aware_schedules: list[str] = field(default_factory=lambda: list(PRESETS))  # besides decode.schedule; presets or strings like 8x3,1x9
     grad_accum: int = 1
     ema_decay: float = 0.0           # 0 disables the EMA of weights
     cond_tokens: int = 0             # leading grid tokens that are never masked (frame prediction)

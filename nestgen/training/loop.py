@@ -56,7 +56,7 @@ class NestedTrainer:
         self.model.checkpoint_blocks = cfg.train.activation_checkpointing
         if cfg.train.compile and not self.model.compile_blocks():
             warnings.warn("train.compile: torch.compile is not available here; training eagerly")
-        weights = decode_aware_weights(cfg.train.decode_aware, [cfg.decode.schedule, *cfg.evaluate.schedules],
+        weights = decode_aware_weights(cfg.train.decode_aware, [cfg.decode.schedule, *cfg.train.decode_aware_schedules],
                                        cfg.model.nest_factors, cfg.model.num_tokens, cfg.train.cond_tokens)
         self.objective = NestedObjective(self.model, cfg.train, weights)
         self.sharded = False

@@ -32,13 +32,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from nestgen.configschema import to_dict
-from nestgen.serving.config import ServeConfig
 from nestgen.serving.errors import DecodeFailed, RequestError
 from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import GenerateRequest
 from nestgen.serving.stream import MEDIA_TYPE, STREAM_200, StepStream
 from pipelines.cli_args import add_ray_address, add_set_arg
-from pipelines.config import RunConfig
+from pipelines.config import RunConfig, ServeConfig
 from pipelines.model_registry import checkpoint_resolver, pin_model_version
 from pipelines.ray_runtime import bind_serve_replica_to_node_address, dashboard_url, init_ray
 from pipelines.serve.deployment import ServeArgs, deployment_options, read_serve_file, serve_config_from_args
@@ -93,6 +92,8 @@ class Generator:
             self.engine.start_loop()     # a daemon thread: it ends with the replica
         api.state.max_body_bytes = cfg.max_body_bytes
         self.deadline_s = cfg.decode_deadline_s
+        # the Serve app's own limits, reported beside the engine's by /v1/model
+        self.app_limits = {"batch_wait_timeout_s": cfg.batch_wait_timeout_s, "max_body_bytes": cfg.max_body_bytes}
         # Decoding has a thread of its own, and conditioning clips (PyAV decodes) their own
         # pool, so that slow clips never hold up decoding and neither blocks the event loop.
         self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="nestgen-decode")
@@ -181,7 +182,9 @@ class Generator:
     @api.get("/v1/model", summary="Model config, tokenizer hash, checkpoint, request limits",
              response_model=ModelResponse, responses=error_responses(401, 503))
     def model(self) -> dict:
-        return self.engine.info()
+        info = self.engine.info()
+        info["limits"] |= self.app_limits
+        return info
 
 
 def build(cfg: ServeConfig):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from nestgen.config import NestgenConfig, config_from_dict
+from nestgen.config import config_from_dict
 from nestgen.configschema import ConfigError, apply_overrides, from_dict, read_yaml_mapping, to_dict
-from nestgen.serving.config import ServeConfig
+from pipelines.config import RunConfig, ServeConfig
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 
@@ -65,7 +65,7 @@ def _override(args: dict, overrides: list[str]) -> dict:
 
 
 def read_serve_file(path: str | Path, overrides: list[str] | None = None,
-                    schema: type[NestgenConfig] = NestgenConfig) -> tuple[ServeConfig, str, int]:
+                    schema: type[RunConfig] = RunConfig) -> tuple[ServeConfig, str, int]:
     """(ServeConfig, host, port) from either a Serve config file (the one `serve deploy` takes:
     the first application's args, and http_options) or a nestgen config of type `schema`,
     checked whole (its `serve:` section; 127.0.0.1:8000). `overrides` are key=value on the
