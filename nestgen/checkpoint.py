@@ -1,36 +1,32 @@
-"""Checkpoints on any fsspec URL: model weights with the config that built them.
+"""The generator's checkpoint: model weights with the config that built them, and the model
+built from it.
 
 A checkpoint is one torch file holding {"config", "model", and optionally "optimizer",
-"scheduler", "ema", "step", "extra"}. It is serialized in memory and written whole by
-nestgen.storage.write_bytes_atomic: a reader never sees a half-written file, and a write
-broken by a transient storage fault is written again (bounded, storage.retry_transient).
+"scheduler", "ema", "step", "extra"}. Writing it whole, reading it as data only, a folder's
+LATEST and published copies are nestgen.checkpoint_files'.
 """
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import torch
 
+from nestgen.checkpoint_files import checkpoint_file, read_torch, write_torch
 from nestgen.config import NestgenConfig, config_from_dict, config_to_dict, library_sections
 from nestgen.model.nested_transformer import NestedTransformer
-from nestgen.storage import resolve_checkpoint, write_bytes_atomic
-from nestgen.torchfile import read_torch
 
 
 def save_checkpoint(url: str, cfg: NestgenConfig, model: torch.nn.Module | dict, **state: Any) -> str:
     """`model`: the model or its state_dict (a sharded trainer's gathered model_state())."""
     payload = {"config": config_to_dict(cfg), "model": model if isinstance(model, dict) else model.state_dict(),
                **state}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return write_bytes_atomic(url, buf.getvalue())
+    return write_torch(url, payload)
 
 
 def read_checkpoint(url: str, map_location: str | torch.device = "cpu") -> dict:
     """`url`: a checkpoint file, or a training output folder (its LATEST checkpoint).
     Refuses (UnsafeCheckpointError) a file holding anything but tensors and plain data."""
-    return read_torch(resolve_checkpoint(url), map_location)
+    return read_torch(checkpoint_file(url), map_location)
 
 
 def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", use_ema: bool = True

@@ -18,7 +18,8 @@ from nestgen.decoding.worker import DecodeWorker
 from nestgen.evaluation.config import EvaluateConfig
 from nestgen.flops import decode_flops
 from nestgen.images import make_grid, save_png
-from nestgen.storage import publish_checkpoint, url_to_fs, write_json_atomic, write_latest
+from nestgen.checkpoint_files import publish_checkpoint, write_latest
+from nestgen.storage import url_to_fs, write_json_atomic
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.training.loop import train_on_tokens
 

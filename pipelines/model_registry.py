@@ -17,8 +17,7 @@ import os
 import tempfile
 from typing import Callable, Iterator
 
-from nestgen.storage import read_verified
-from nestgen.storage import resolve_checkpoint as resolve_storage_checkpoint
+from nestgen.checkpoint_files import checkpoint_file, read_verified
 from pipelines.config import MlflowConfig
 from pipelines.mlflow_runs import Run
 
@@ -206,7 +205,7 @@ def download_model(client, uri: str) -> str:
 
 
 def checkpoint_resolver(tracking_uri: str = "") -> Callable[[str], str]:
-    """For nestgen.storage.resolve_checkpoint: a registered model version
+    """For nestgen.checkpoint_files.checkpoint_file: a registered model version
     (models:/<name>/<version>, models:/<name>@<alias>) or logged model (models:/<id>) -> the
     checkpoint in that model's artifacts, downloaded; a training run (runs:/<id>,
     mlflow-run:<id>) -> the `checkpoint_uri` it tagged; any other URL unchanged. MLflow at
@@ -234,5 +233,5 @@ def checkpoint_resolver(tracking_uri: str = "") -> Callable[[str], str]:
 def resolve_model_uri(uri: str, tracking_uri: str = "") -> str:
     """The checkpoint file that `uri` names, however a user names it: runs:/<id> and
     models:/... through MLflow at tracking_uri (checkpoint_resolver), then an output folder
-    through its LATEST (nestgen.storage.resolve_checkpoint); a file URL as given."""
-    return resolve_storage_checkpoint(uri, checkpoint_resolver(tracking_uri))
+    through its LATEST (nestgen.checkpoint_files.checkpoint_file); a file URL as given."""
+    return checkpoint_file(uri, checkpoint_resolver(tracking_uri))

@@ -5,13 +5,13 @@ import os
 import tempfile
 import time
 
-from nestgen.storage import join, protocol_prefix, read_json, republish, write_latest
+from nestgen.checkpoint_files import republish, write_latest
+from nestgen.storage import join, protocol_prefix
 from pipelines import console, lease
-from pipelines.cli_args import add_config_args, add_ray_address, runnable
+from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, outside_job_copy, refuse_placeholders
 from pipelines.dag import Runner, StepFailed
 from pipelines.steps import build_steps, served_train_step
-from pipelines.mlflow_runs import UI_MODE_HINT
 
 
 def make_runner(cfg: RunConfig, track: bool = True) -> Runner:
@@ -57,7 +57,9 @@ def run_pipeline(cfg: RunConfig, from_step: str | None = None, only: str | None 
             finally:
                 if local:
                     ray.shutdown()      # the Ray this run started, while its chatter still goes to the log
-        console.say(next_steps(cfg, runner, time.perf_counter() - t0))
+        outputs = {name: r.outputs for name, r in runner.records.items()}
+        console.say(console.closing_summary(cfg, outputs, runner.output_url, time.perf_counter() - t0,
+                                            runner.tracker.runs_page(), served_train_step(cfg)))
     return runner
 
 
@@ -83,69 +85,6 @@ def name_latest(cfg: RunConfig, runner: Runner) -> None:
         lease.check(pipeline_folder(cfg))          # a run that lost the output folder's lease names nothing
         # a LATEST names only its own folder's published checkpoints: a copy there (once per checkpoint)
         write_latest(pipeline_folder(cfg), republish(pipeline_folder(cfg), train.outputs["checkpoint_url"]))
-
-
-def quality_table(summary_url: str) -> list[str]:
-    """The evaluation's variants: GFLOPs, saving, quality with its 95% interval, the claim
-    check (change against the baseline with its paired interval, and the verdict) and
-    whether on the Pareto front."""
-    from nestgen.evaluation.report import format_value
-    s = read_json(summary_url)
-    metric, threshold = s["metric"], s["claim"]["threshold"]
-    rows = [f"quality vs GFLOPs ({metric}, {'lower' if s['lower_is_better'] else 'higher'} is better; 95% bootstrap "
-            f"intervals over {s['num_samples']} samples; * on the Pareto front):",
-            f"  {'variant':36s} {'GFLOPs':>7s} {'saving':>7s}  {metric + ' [95%]':22s} {'change [95%]':24s} "
-            f"{f'within {100 * threshold:g}%':10s} pareto"]
-    for v in s["variants"]:
-        iv, claim = v.get("intervals", {}).get(metric, {}), v.get("claim")
-        q = format_value(v[metric]) + (f" [{format_value(iv['lo'])}, {format_value(iv['hi'])}]" if "lo" in iv else "")
-        change = (f"{100 * claim['change']:+.1f}% [{100 * claim['lo']:+.1f}, {100 * claim['hi']:+.1f}]"
-                  if claim else "")
-        rows.append(f"  {v['variant']:36s} {v['gflops_per_sample']:7.3f} {v['gflops_saving']:6.2f}x  {q:22s} "
-                    f"{change:24s} {claim['verdict'] if claim else '':10s} {'*' if v.get('pareto') else ''}")
-    rows.append(f"  within {100 * threshold:g}%: yes = the whole interval of the change is within it, no = beyond "
-                "it, undecided = it straddles it")
-    return rows
-
-
-def next_steps(cfg: RunConfig, runner: Runner, seconds: float) -> str:
-    """The closing summary: results, where the files are, and the next commands, each as it
-    can be typed in a new shell (pipelines.cli_args.runnable)."""
-    out = {name: r.outputs for name, r in runner.records.items()}
-    lines = [f"\npipeline finished in {seconds / 60:.1f} min; outputs under {runner.output_url} (dag.json lists them)"]
-    ev = out.get("evaluate") or {}
-    if ev:
-        lines += quality_table(ev["summary_url"])
-        lines.append(f"  plot: {ev['plot_url']}")
-        lines.append(f"  samples: {join(ev['summary_url'].rsplit('/', 1)[0], 'samples')}/   summary: {ev['summary_url']}")
-    agg = out.get("seeds") or {}
-    if agg:
-        lines.append(f"over training seeds {agg['seeds']} (mean [95% t interval, N-1 dof]; per-seed values in "
-                     f"{agg['summary_url']}): baseline {agg['metric']} {agg['baseline_quality']:.4g} "
-                     f"[{agg['baseline_quality_lo']:.4g}, {agg['baseline_quality_hi']:.4g}]")
-        lines += [f"  {line}" for line in agg["claims"]]
-    if out.get("serve"):
-        lines.append(f"  served samples: {out['serve'].get('sample_baseline')}, {out['serve'].get('sample_magnets')}")
-    nestgen, mlflow = runnable("nestgen"), runnable("mlflow")
-    lines.append("next:")
-    runs_page = runner.tracker.runs_page() if runner.tracker is not None else ""
-    uri = cfg.mlflow.resolved_uri()
-    if uri.startswith(("http://", "https://")):
-        lines.append(f"  the runs page:    {runs_page}")
-    else:
-        lines.append(f"  browse the runs:  {mlflow} ui --backend-store-uri {uri} --host 127.0.0.1"
-                     f" --port 5000   (then open {runs_page or 'http://127.0.0.1:5000'})")
-    lines.append(f"        or, {UI_MODE_HINT}")
-    ckpt = (out.get(served_train_step(cfg)) or {}).get("checkpoint_url")
-    if ckpt:
-        fmt = "mp4" if cfg.model.is_video else "png"
-        given = " --condition GIVEN.mp4" if cfg.train.cond_tokens else ""
-        lines.append(f"  serve the model:  {nestgen} serve configs/serve_digits.yaml --checkpoint {ckpt}")
-        lines.append(f"  then, in another shell:  {nestgen} generate --url http://127.0.0.1:8000 --class 3 "
-                     f"--schedule magnets{given} --out sample.{fmt}")
-        lines.append("        or: curl -s -X POST http://127.0.0.1:8000/v1/generate -H 'content-type: application/json'"
-                     f" -d '{{\"class_label\": 3, \"schedule\": \"magnets\", \"format\": \"{fmt}\"}}'")
-    return "\n".join(lines)
 
 
 def cmd_run(args) -> int:

@@ -35,7 +35,8 @@ import torch
 
 from nestgen.config import config_to_dict
 from nestgen.training.metric_window import MetricWindow
-from nestgen.storage import protocol_prefix, publish_checkpoint, write_latest
+from nestgen.checkpoint_files import publish_checkpoint, write_latest
+from nestgen.storage import protocol_prefix
 from pipelines import lease
 from pipelines.config import RunConfig, run_config_from_dict
 from pipelines.mlflow_runs import Run

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from nestgen.checkpoint import load_generator, read_checkpoint, save_checkpoint
+from nestgen.checkpoint_files import UnsafeCheckpointError, publish_checkpoint, write_latest
 from nestgen.config import NestgenConfig, config_to_dict
 from nestgen.model.nested_transformer import NestedTransformer
-from nestgen.storage import publish_checkpoint, write_json_atomic, write_latest
+from nestgen.storage import write_json_atomic
 from nestgen.tokenizers import TokenizerConfig, VQTokenizer, load_tokenizer, save_tokenizer
-from nestgen.torchfile import UnsafeCheckpointError
 
 
 class CreatesFile:
@@ -98,14 +98,14 @@ def test_what_latest_names_outlives_the_next_run_in_the_same_folder(tmp_path):
     LATEST named stays, byte for byte (the Ray Train version of this is in test_train_pipeline)."""
     from nestgen.config import config_from_dict
     from nestgen.local_run import train_local
-    from nestgen.storage import resolve_checkpoint
+    from nestgen.checkpoint_files import checkpoint_file
     out = str(tmp_path / "run")
     small = {"model": {"width": 32, "depth": 1}, "train": {"steps": 2, "batch_size": 8, "log_every": 1}}
     first = train_local(config_from_dict(small), out, progress=False)[0]
-    assert first.startswith(f"{out}/published/step00000002-") and resolve_checkpoint(out) == first
+    assert first.startswith(f"{out}/published/step00000002-") and checkpoint_file(out) == first
     before = open(first, "rb").read()
     second = train_local(config_from_dict({**small, "train": {**small["train"], "steps": 3}}), out, progress=False)[0]
-    assert resolve_checkpoint(out) == second != first
+    assert checkpoint_file(out) == second != first
     assert open(first, "rb").read() == before and read_checkpoint(first)["step"] == 2
     assert read_checkpoint(out)["step"] == 3
 
@@ -113,7 +113,7 @@ def test_what_latest_names_outlives_the_next_run_in_the_same_folder(tmp_path):
 def test_a_torch_older_than_2_6_is_refused_before_loading(tmp_path, small_model_cfg, monkeypatch):
     """weights_only=True can be bypassed before torch 2.6 (CVE-2025-32434): no checkpoint is
     loaded there. Versions compare as numbers (2.10 is newer than 2.6)."""
-    from nestgen.torchfile import check_torch_version
+    from nestgen.checkpoint_files import check_torch_version
     url = save_checkpoint(str(tmp_path / "ok.pt"), NestgenConfig(model=small_model_cfg),
                           NestedTransformer(small_model_cfg), step=1)
     for old in ("2.5.1", "2.5.1+cu124", "1.13.0"):
@@ -140,7 +140,7 @@ def _published(tmp_path, small_model_cfg, step=1) -> tuple[str, str]:
 def test_a_published_checkpoint_whose_bytes_changed_is_refused(tmp_path, small_model_cfg):
     """A published name pins the content: a valid checkpoint put in its place (another
     model, same name) is refused by every reader: the file, the folder's LATEST, a copy."""
-    from nestgen.storage import UntrustedCheckpointError, publish_checkpoint, read_verified, republish
+    from nestgen.checkpoint_files import UntrustedCheckpointError, read_verified, republish
     out, url = _published(tmp_path, small_model_cfg)
     assert read_checkpoint(out)["step"] == 1 and open(url, "rb").read() == read_verified(url)
     torch.manual_seed(1)
@@ -159,10 +159,10 @@ def test_latest_names_only_its_own_published_checkpoints(tmp_path, small_model_c
     """LATEST holds a name relative to its folder; whoever can write it cannot point readers
     at another file, folder or URL. An older LATEST holding the full URL of its own published
     checkpoint still reads."""
-    from nestgen.storage import UntrustedCheckpointError, resolve_checkpoint
+    from nestgen.checkpoint_files import UntrustedCheckpointError, checkpoint_file
     out, url = _published(tmp_path, small_model_cfg)
     name = os.path.basename(url)
-    assert open(os.path.join(out, "LATEST")).read() == f"published/{name}" and resolve_checkpoint(out) == url
+    assert open(os.path.join(out, "LATEST")).read() == f"published/{name}" and checkpoint_file(out) == url
     other = save_checkpoint(str(tmp_path / "other" / "published" / name), NestgenConfig(model=small_model_cfg),
                             NestedTransformer(small_model_cfg), step=1)
     for named in (other, f"../other/published/{name}", f"published/../../other/published/{name}",
@@ -172,12 +172,12 @@ def test_latest_names_only_its_own_published_checkpoints(tmp_path, small_model_c
             f.write(named)
         with pytest.raises(UntrustedCheckpointError, match=r"refusing .*LATEST: it names .*which is not a checkpoint "
                                                            r"in .*/out/published/") as e:
-            resolve_checkpoint(out)
+            checkpoint_file(out)
         assert "\n" not in str(e.value)
     for older in (url, f"file://{url}"):                       # what earlier runs wrote
         with open(os.path.join(out, "LATEST"), "w") as f:
             f.write(older)
-        assert resolve_checkpoint(out) == url and read_checkpoint(out)["step"] == 1
+        assert checkpoint_file(out) == url and read_checkpoint(out)["step"] == 1
     with pytest.raises(ValueError, match="names only its own folder's published checkpoints"):
         write_latest(out, other)
 

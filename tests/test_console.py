@@ -156,3 +156,23 @@ print("after")
     assert res.stdout == "step line\nafter\n"
     assert "train" in res.stderr and "from C code" not in res.stderr
     assert log.read_text().split() == "ray chatter from C code child process".split()
+
+
+def test_the_closing_summary_names_the_served_seed_and_the_results():
+    """`nestgen run`'s last lines (pipelines.console.closing_summary): the seeds' claim lines,
+    the served sample, and the serve command naming the checkpoint of the train step that
+    is served (the first seed's), never another seed's."""
+    from pipelines.console import closing_summary
+    cfg = load_config(REPO / "configs" / "digits_vq.yaml", ["mlflow.tracking_uri=sqlite:///x.db"])
+    out = {"train-seed0": {"checkpoint_url": "runs/p/published/a.pt"},
+           "train-seed1": {"checkpoint_url": "runs/p/published/b.pt"},
+           "seeds": {"seeds": [0, 1], "summary_url": "runs/p/seeds/summary.json", "metric": "fd_digits",
+                     "baseline_quality": 12.9, "baseline_quality_lo": 8.0, "baseline_quality_hi": 17.8,
+                     "claims": ["magnets: +3.0% [-1.0, +7.0]"]},
+           "serve": {"sample_baseline": "b.png", "sample_magnets": "m.png"}}
+    text = closing_summary(cfg, out, "runs/p", 90.0, "http://127.0.0.1:5000/#/experiments/1/runs", "train-seed0")
+    assert "pipeline finished in 1.5 min; outputs under runs/p" in text
+    assert "baseline fd_digits 12.9 [8, 17.8]" in text and "  magnets: +3.0% [-1.0, +7.0]" in text
+    assert "served samples: b.png, m.png" in text
+    assert "--backend-store-uri sqlite:///x.db" in text and "open http://127.0.0.1:5000/#/experiments/1/runs" in text
+    assert "serve configs/serve_digits.yaml --checkpoint runs/p/published/a.pt" in text and "b.pt" not in text

@@ -8,13 +8,12 @@ import json
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import load_run_config
-from pipelines.pipeline import next_steps
+from pipelines.console import closing_summary
 from pipelines.mlflow_runs import UI_MODE_HINT, UI_MODE_SWITCH, experiment_id, runs_page_url
 from scripts.mlflow_screenshots import chromium_page, click, mlflow_ui
 
@@ -25,9 +24,7 @@ RUN = "pipeline-digits-vq"
 def test_the_closing_summary_and_the_readme_name_the_switch():
     for uri in ("sqlite:///mlflow.db", "http://127.0.0.1:5000"):
         cfg = load_run_config(REPO / "configs" / "digits_vq.yaml", [f"mlflow.tracking_uri={uri}"])
-        runner = SimpleNamespace(records={}, output_url="runs/pipeline",
-                                 tracker=SimpleNamespace(runs_page=lambda: runs_page_url(cfg, "1")))
-        assert UI_MODE_HINT in next_steps(cfg, runner, 60.0)
+        assert UI_MODE_HINT in closing_summary(cfg, {}, "runs/pipeline", 60.0, runs_page_url(cfg, "1"), "train")
     assert f"from {UI_MODE_SWITCH[0]} to {UI_MODE_SWITCH[1]}" in UI_MODE_HINT
     readme = (REPO / "README.md").read_text()
     assert f"**{UI_MODE_SWITCH[1]}** in that switch" in readme

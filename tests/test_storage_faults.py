@@ -17,8 +17,8 @@ from nestgen import storage
 from nestgen.checkpoint import read_checkpoint, save_checkpoint
 from nestgen.config import NestgenConfig
 from nestgen.model.nested_transformer import NestedTransformer
-from nestgen.storage import (WRITE_ATTEMPTS, publish_checkpoint, read_json, resolve_checkpoint, write_json_atomic,
-                             write_latest)
+from nestgen.checkpoint_files import checkpoint_file, publish_checkpoint, write_latest
+from nestgen.storage import WRITE_ATTEMPTS, read_json, write_json_atomic
 
 
 class Faults:
@@ -137,7 +137,7 @@ def test_publishing_and_latest_each_survive_a_broken_write(tmp_path, faults, sma
     assert faults.injected == 2 and len(_retries(caplog)) == 2
     name = url.rsplit("/", 1)[1]
     assert faults.seen == [[], [name]]               # no half copy, no LATEST before the copy is whole
-    assert resolve_checkpoint(out) == url
+    assert checkpoint_file(out) == url
     assert read_checkpoint(out)["step"] == 7                          # whole: it loads and its hash checks
     assert sorted(os.listdir(tmp_path / "out")) == ["LATEST", "published"]
     assert os.listdir(tmp_path / "out" / "published") == [name]

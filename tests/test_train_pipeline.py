@@ -169,13 +169,13 @@ def test_run_that_keeps_failing_ends_failed_in_mlflow(digit_shards, tmp_path, mo
 def test_second_fit_continues_and_never_deletes_what_was_published(digit_shards, tmp_path):
     """Rotation (keep_checkpoints=1) and a resumed run with more steps delete Ray's own
     checkpoint folders; the published checkpoint LATEST and a registered version named stays."""
-    from nestgen.storage import resolve_checkpoint
+    from nestgen.checkpoint_files import checkpoint_file
     out = str(tmp_path / "out")
     cfg = _cfg(digit_shards, steps=10, name="resume", keep_checkpoints=1)
     cfg.mlflow.registered_model, cfg.mlflow.registered_alias = "resume-test", "production"
     first = fit(cfg, out)
     assert first.metrics["step"] == 10 and first.checkpoint_url.startswith(f"{out}/published/")
-    assert resolve_checkpoint(out) == first.checkpoint_url                      # LATEST names the copy
+    assert checkpoint_file(out) == first.checkpoint_url                      # LATEST names the copy
     ray_ckpt = tmp_path / "out" / "train-resume" / "checkpoint_00000010"
     assert ray_ckpt.exists()
     cfg.train.steps, cfg.mlflow.registered_alias = 20, ""

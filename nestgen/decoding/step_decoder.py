@@ -7,12 +7,17 @@ and the unconditional one when the row is guided), refreshed as its own plan say
 `StepDecoder.advance(rows)` runs every row's next step:
 
 - forward: rows are grouped by what their step runs, (nest factor, full pass or cached,
-  `+cls` queries), never by request, schedule or progress: every group is one forward pass.
-  Rows differ in how many tokens are still masked; each row's query list (cached steps) and
-  head positions are padded to the group's longest with copies of its own first active
-  position, which recompute exactly that position's K/V (the same input gives the same
-  values, so the duplicate scatter into the cache is harmless), and the padding's logits
-  are dropped.
+  `+cls` queries), never by request, schedule or progress. Rows differ in how many tokens
+  are still masked; each row's query list (cached steps) and head positions are padded to
+  its pass's longest with copies of its own first active position, which recompute exactly
+  that position's K/V (the same input gives the same values, so the duplicate scatter into
+  the cache is harmless), and the padding's logits are dropped. Padding is real work: in a
+  steady running set a cached group holds rows at every stage of their decodes (60 active
+  tokens next to 4), and one pass padded to the longest cost 1.5x the FLOPs the rows need
+  (measured: 32 staggered rows of the serving mix, width 256, one CPU thread). So a cached
+  group is split by active length where a pass's fixed cost is less than the padding it
+  saves (`_split`: an exact partition of the rows sorted by length, its cost model timed on
+  the device when the decoder is made).
 - sampling: rows at the same step of the same K (and sampler schedules) share one call of
   maskgit.sample_step, the function the whole-decode path runs too; every op in it is per
   row, and each row's noise is a function of its own seed, step and positions.
@@ -27,6 +32,7 @@ may round by batch shape; a flip then needs two candidates tied to within that r
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +40,7 @@ import torch
 from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.maskgit import row_settings, sample_step
 from nestgen.decoding.plan import PreparedDecode, StepPlan, prepare_decode
+from nestgen.flops import forward_flops
 from nestgen.model.nested_transformer import KVCache, NestedTransformer
 
 
@@ -98,9 +105,13 @@ def _pad(x: torch.Tensor, n: int) -> torch.Tensor:
 class StepDecoder:
     """The model, and one step of any set of rows. Not thread-safe: one loop drives it."""
 
-    def __init__(self, model: NestedTransformer):
+    def __init__(self, model: NestedTransformer, pass_overhead_flops: float | None = None):
+        """`pass_overhead_flops`: a forward pass's fixed cost (launches, Python), in the FLOPs
+        the device runs in that time; what decides whether a cached group is split by active
+        length (0: a pass per distinct length, inf: one pass per group). None: timed here."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        self.pass_overhead_flops = self._time_pass_overhead() if pass_overhead_flops is None else pass_overhead_flops
 
     def new_row(self, cfg: DecodeConfig, label: int, seed: int, cond: torch.Tensor | None = None) -> Row:
         """A row at step 0: all tokens masked but the `cond` (n_cond,) leading ones."""
@@ -124,15 +135,73 @@ class StepDecoder:
         passes = []
         for key, group in groups.items():
             lanes = [(r, 0) for r in group] + [(r, 1) for r in group if r.guided]
-            for (r, lane), out in zip(lanes, self._forward(key, lanes)):
-                logits.setdefault(id(r), []).append(out)
-            passes.append((key, len(lanes)))
+            for part in ([lanes] if key[1] else self._split(key, lanes)):
+                for (r, lane), out in zip(part, self._forward(key, part)):
+                    logits.setdefault(id(r), []).append(out)
+                passes.append((key, len(part)))
         samples: dict[tuple, list[Row]] = {}
         for r in rows:
             samples.setdefault(r.sample_key(), []).append(r)
         for group in samples.values():
             self._sample(group, logits)
         return passes
+
+    def _split(self, key: tuple, lanes: list[tuple[Row, int]]) -> list[list[tuple[Row, int]]]:
+        """A cached group's lanes in passes of similar active length: the partition of the
+        lanes, sorted by length, of least modelled cost, sum over passes of (overhead + lanes
+        x the FLOPs of a lane padded to the pass's longest). Only runs of equal length need be
+        considered as boundaries (a pass that ends inside a run does no better moving that run's
+        rest into it), so this is a small dynamic programme over the distinct lengths."""
+        factor, _, fresh = key
+        m = self.model.cfg
+        width = {id(r): r.unknown.shape[0] + r.fixed_prev.shape[0] + (r.prep.n_cond if fresh else 0)
+                 for r, _ in lanes}
+        lanes = sorted(lanes, key=lambda lane: -width[id(lane[0])])
+        lengths = [width[id(r)] for r, _ in lanes]
+        starts = [i for i, w in enumerate(lengths) if i == 0 or w != lengths[i - 1]] + [len(lanes)]
+        if len(starts) <= 2:
+            return [lanes]
+        kv = 1 + m.num_tokens
+        per_lane = [forward_flops(m, factor, lengths[i], kv, r.unknown.shape[0], cached=True)
+                    for i, (r, _) in ((i, lanes[i]) for i in starts[:-1])]
+        # best[b]: least cost of the lanes before run boundary b; cut[b]: where its last pass starts
+        best, cut = [0.0] + [float("inf")] * (len(starts) - 1), [0] * len(starts)
+        for b in range(1, len(starts)):
+            for a in range(b):
+                cost = best[a] + self.pass_overhead_flops + (starts[b] - starts[a]) * per_lane[a]
+                if cost < best[b]:
+                    best[b], cut[b] = cost, a
+        parts, b = [], len(starts) - 1
+        while b > 0:
+            parts.append(lanes[starts[cut[b]]:starts[b]])
+            b = cut[b]
+        return parts[::-1]
+
+    def _time_pass_overhead(self, repeats: int = 3) -> float:
+        """The fixed cost of a forward pass in FLOPs of this device: from the fastest of
+        `repeats` full passes of 1 row at the smallest width and of 8 rows at the full width,
+        t = overhead + FLOPs x seconds per FLOP."""
+        m = self.model.cfg
+        n, kv = m.num_tokens, 1 + m.num_tokens
+
+        def seconds(factor: int, rows: int) -> float:
+            tokens = torch.zeros(rows, n, dtype=torch.long, device=self.device)
+            labels = torch.zeros(rows, dtype=torch.long, device=self.device)
+            best = float("inf")
+            for _ in range(repeats + 1):        # the first one warms up
+                t0 = time.perf_counter()
+                self.model(tokens, labels, factor).sum().item()     # .item(): waits for the device
+                best = min(best, time.perf_counter() - t0)
+            return best
+
+        small, big = max(m.nest_factors), min(m.nest_factors)
+        f_small, f_big = (forward_flops(m, small, kv, kv, n), 8 * forward_flops(m, big, kv, kv, n))
+        with torch.no_grad():
+            t_small, t_big = seconds(small, 1), seconds(big, 8)
+        if t_big <= t_small:        # no measurable per-FLOP cost: never worth a second pass
+            return float("inf")
+        per_flop = (t_big - t_small) / (f_big - f_small)
+        return max(0.0, t_small - f_small * per_flop) / per_flop
 
     def _forward(self, key: tuple, lanes: list[tuple[Row, int]]) -> list[torch.Tensor]:
         """One forward pass over `lanes` ((row, lane) each) -> each lane's logits at its row's

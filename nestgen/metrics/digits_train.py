@@ -20,7 +20,7 @@ from nestgen.metrics.digits_nets import DigitClipNet, DigitImageNet, build_digit
 from nestgen.metrics.inputs import iter_batches
 from nestgen.metrics.protocol import bytes_sha256
 from nestgen.storage import write_bytes_atomic
-from nestgen.torchfile import load_torch_bytes
+from nestgen.checkpoint_files import load_torch_bytes
 
 __all__ = ["digits_image_splits", "train_digit_classifier", "train_clip_classifier",
            "save_digits_net", "load_digits_net", "predict"]

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from nestgen.checkpoint import model_from_checkpoint, read_checkpoint
+from nestgen.checkpoint_files import checkpoint_file
 from nestgen.configschema import to_dict
 from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.schedule import presets_for
@@ -36,7 +37,6 @@ from nestgen.serving.job import Job, rows_of
 from nestgen.serving.step_loop import LoopMetrics, StepEvent, StepLoop, StepResult
 from nestgen.serving.request import GenerateRequest
 from nestgen.serving.resolve import ModelSpec, resolve_request
-from nestgen.storage import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,11 @@ class Engine:
     def __init__(self, cfg: EngineConfig, device: str | None = None,
                  resolve_uri: Callable[[str], str] | None = None, metrics: LoopMetrics | None = None):
         """`resolve_uri`: for checkpoint and tokenizer names that are not storage URLs
-        (runs:/, models:/), see nestgen.storage.resolve_checkpoint. `metrics`: where the step
+        (runs:/, models:/), see nestgen.checkpoint_files.checkpoint_file. `metrics`: where the step
         loop reports (batching step). The loop's thread is started by start_loop()."""
         self.cfg = cfg
         self.device = resolve_device(device or cfg.device)
-        self.checkpoint_url = resolve_checkpoint(cfg.checkpoint, resolve_uri)
+        self.checkpoint_url = checkpoint_file(cfg.checkpoint, resolve_uri)
         ckpt = read_checkpoint(self.checkpoint_url)
         self.model, self.model_cfg = model_from_checkpoint(ckpt, self.device)
         self.tokenizer, self.tokenizer_url = _load_tokenizer(cfg, self.model_cfg, ckpt, self.device, resolve_uri)

@@ -5,21 +5,19 @@ weight tensor) and loading checks it, which also catches a corrupted file. Token
 generator checkpoints record that hash, so tokens are never decoded with a different
 tokenizer than the one that made them.
 
-Writes go to a temporary name that is then moved into place (as nestgen.checkpoint does),
-so a reader never sees a half-written file.
+Writing it whole, reading it as data only and a folder's LATEST are
+nestgen.checkpoint_files'.
 """
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import torch
 
+from nestgen.checkpoint_files import checkpoint_file, read_torch, write_torch
 from nestgen.configschema import from_dict, to_dict
 from nestgen.tokenizers.config import TokenizerConfig
 from nestgen.tokenizers.model import FORMAT, VQTokenizer, state_hash
-from nestgen.storage import resolve_checkpoint, write_bytes_atomic
-from nestgen.torchfile import read_torch
 
 
 def save_tokenizer(url: str, model: VQTokenizer, **extra: Any) -> str:
@@ -28,15 +26,12 @@ def save_tokenizer(url: str, model: VQTokenizer, **extra: Any) -> str:
     state = {k: v.detach().cpu() for k, v in core.state_dict().items()}
     payload = {"format": FORMAT, "config": to_dict(core.cfg), "model": state,
                "hash": state_hash(core.cfg, state), **extra}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    write_bytes_atomic(url, buf.getvalue())
-    return url
+    return write_torch(url, payload)
 
 
 def read_tokenizer_checkpoint(url: str) -> dict:
     """`url`: a tokenizer checkpoint file, or a training output folder (its LATEST)."""
-    url = resolve_checkpoint(url)
+    url = checkpoint_file(url)
     ckpt = read_torch(url)
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"{url} is not a tokenizer checkpoint (format {ckpt.get('format')!r})")

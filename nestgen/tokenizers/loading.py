@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from nestgen.storage import resolve_checkpoint
+from nestgen.checkpoint_files import checkpoint_file
 from nestgen.tokenizers.checkpoint import load_vq_tokenizer
 from nestgen.tokenizers.diffusers_vq import diffusers_class, load_diffusers_vq
 from nestgen.tokenizers.interface import Tokenizer
@@ -20,10 +20,10 @@ def resolve_tokenizer_url(url: str, resolve_uri: Callable[[str], str] | None = N
     """The URL that names exactly one tokenizer: a diffusers folder as it is, otherwise the
     checkpoint file a folder's LATEST names (pinned: a later run does not change what a
     manifest points at). `resolve_uri` first maps names storage does not know (the
-    orchestration layer's runs:/ and models:/) to a URL, as in nestgen.storage.resolve_checkpoint."""
+    orchestration layer's runs:/ and models:/) to a URL, as in nestgen.checkpoint_files.checkpoint_file."""
     if resolve_uri is not None:
         url = resolve_uri(url)
-    return url if diffusers_class(url) is not None else resolve_checkpoint(url)
+    return url if diffusers_class(url) is not None else checkpoint_file(url)
 
 
 def load_tokenizer(url: str, device: str | torch.device = "cpu", expected_hash: str | None = None) -> Tokenizer:
