@@ -6,6 +6,10 @@ real local `nestgen serve`, for each batching mode, on loopback.
 
 Each batching mode gets its own `nestgen serve` (a subprocess with its own local Ray, bound to
 127.0.0.1) serving a randomly initialised generator (speed does not depend on the weights).
+The services run side by side for the whole benchmark and the modes are measured interleaved:
+at each rate one point per mode back to back (which mode goes first alternates from rate to
+rate), so that the shared machine's outside load hits both alike; the idle service waits
+meanwhile. The 1-minute load average before and after each point is in the results.
 Requests arrive as a Poisson process: the arrival times are drawn before the point starts and
 a request is sent at its time whether or not earlier ones were answered (open loop: a slow
 service meets a growing queue, as it would in production, instead of slowing its clients down
@@ -15,9 +19,10 @@ point is bounded in time, and the next starts once the replica's queue is empty.
 
 The request mix (MIX): the baseline, MaGNeTS, a searched schedule and `auto`, each with its own
 spread of guidance scales and temperatures, one sample each, classes and seeds drawn per
-request. Requests ask for a stream of per-step previews (`"stream": true`) when the service
-offers one (batching step), so that the time to the first preview is measured; otherwise (batching
-request) the first thing a client sees is the whole answer, and that column is its latency.
+request. A share of the requests (--stream-share) ask for a stream of per-step previews
+(`"stream": true`) when the service offers one (batching step), and the time to the first preview
+is measured on them; otherwise (batching request) the first thing a client sees is the whole
+answer, and that column is its latency.
 
 Reported per rate: offered and sustained throughput (samples answered / time until the last
 answer), p50 / p99 latency of the answered requests, p50 / p99 time to first preview, answered
@@ -27,7 +32,8 @@ is shared: a point measured under someone else's load reads slower). Then:
     offered and whose answers all came; one more point at 80% of it for every mode, and the
     ratio of their p99s;
   - throughput at equal p99: the highest sustained throughput each mode reached with p99 within
-    request-level's p99 at its saturation rate, and their ratio;
+    request-level's p99 at its saturation rate, and their ratio; and the same at fixed p99 levels
+    (--p99-levels);
   - mixed vs identical settings (--settings-rate, above capacity so that throughput is the
     capacity): every request the same MaGNeTS settings vs each its own temperature, guidance
     scale and spelling of the cache policy (same FLOPs per sample); time per sample of mixed
@@ -167,7 +173,8 @@ class Service:
 async def _one(http, url: str, body: dict, stream: bool, timeout: float) -> dict:
     """Send one request; its latency, time to first preview, samples, status."""
     t0 = time.perf_counter()
-    out = {"t0": t0, "kind": body.get("schedule"), "status": None, "samples": 0, "latency": None, "ttfp": None}
+    out = {"t0": t0, "kind": body.get("schedule"), "status": None, "samples": 0, "latency": None, "ttfp": None,
+           "streamed": stream}
     try:
         if not stream:
             r = await http.post(url + "/v1/generate", json=body, timeout=timeout)
@@ -198,6 +205,7 @@ async def _one(http, url: str, body: dict, stream: bool, timeout: float) -> dict
             if not stream:      # no previews: the first thing the client sees is the answer
                 out["ttfp"] = out["latency"]
             out["samples"] = len(final["samples"])
+            out["tokens"] = [x["tokens"] for x in final["samples"] if "tokens" in x]
             out["schedule_name"], out["batch_size"] = final["schedule_name"], final.get("batch_size")
     except asyncio.CancelledError:
         out["status"] = "unfinished"
@@ -219,24 +227,28 @@ async def _queue_empty(http, url: str, timeout: float) -> bool:
     return False
 
 
-async def _point(url: str, rate: float, workload: str, stream: bool, args, seed: int) -> dict:
-    """Poisson arrivals at `rate` requests/s for args.seconds, then at most args.drain s of drain."""
+async def _point(url: str, rate: float, workload: str, stream: bool, args, seed: int,
+                 make_body=_body, answers: list | None = None) -> dict:
+    """Poisson arrivals at `rate` requests/s for args.seconds, then at most args.drain s of drain.
+    `make_body(workload, rng)`: a request; `answers`: gets (request, answered tokens) of each
+    request answered in format tokens, in order of arrival."""
     import httpx
     rng = random.Random(seed)
     times, t = [], rng.expovariate(rate)
     while t < args.seconds:
         times.append(t)
         t += rng.expovariate(rate)
-    bodies = [_body(workload, rng) for _ in times]
+    bodies = [make_body(workload, rng) for _ in times]
+    streams = [stream and rng.random() < args.stream_share for _ in times]
     load_before = os.getloadavg()
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=64)) as http:
         start = time.perf_counter()
 
-        async def fire(at: float, body: dict) -> dict:
+        async def fire(at: float, body: dict, streamed: bool) -> dict:
             await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
-            return await _one(http, url, body, stream, args.seconds + args.drain + 30)
+            return await _one(http, url, body, streamed, args.seconds + args.drain + 30)
 
-        tasks = [asyncio.create_task(fire(at, b)) for at, b in zip(times, bodies)]
+        tasks = [asyncio.create_task(fire(at, b, st)) for at, b, st in zip(times, bodies, streams)]
         done, pending = await asyncio.wait(tasks, timeout=args.seconds + args.drain)
         for task in pending:
             task.cancel()
@@ -245,12 +257,15 @@ async def _point(url: str, rate: float, workload: str, stream: bool, args, seed:
         settled = await _queue_empty(http, url, args.settle)
     load_after = os.getloadavg()
     ok = [r for r in results if r["status"] == 200]
+    if answers is not None:
+        answers.extend((b, r["tokens"]) for b, r in zip(bodies, results) if r["status"] == 200 and r["tokens"])
     lat = [r["latency"] for r in ok]
-    ttfp = [r["ttfp"] for r in ok if r["ttfp"] is not None]
+    # time to first preview: of the streamed requests (without any, of all: their answers)
+    ttfp = [r["ttfp"] for r in ok if r["streamed"]] or [r["ttfp"] for r in ok]
     last = max((r["t1"] for r in ok), default=end)
     samples = sum(r["samples"] for r in ok)
     return {"workload": workload, "offered_rps": rate, "arrivals": len(times), "arrival_rps": len(times) / args.seconds,
-            "answered": len(ok),
+            "answered": len(ok), "streamed": sum(r["streamed"] for r in ok),
             "answered_share": len(ok) / len(times) if times else None,
             "errors": dict(Counter(str(r["status"]) for r in results if r["status"] != 200)),
             "samples_per_s": samples / (last - start) if ok else 0.0,
@@ -288,30 +303,54 @@ def _extra_rate(rows: list[dict], rates: list[float]) -> list[float]:
     return [at80] if at80 and at80 not in rates else []
 
 
-def _measure_mode(mode: str | None, ckpt: str, tmp: str, args, extra_rates: list[float] | None) -> dict:
-    """One `nestgen serve` in `mode`: the rates, then `extra_rates` (None: 80% of this mode's own
-    saturation rate), then the settings points."""
-    svc = Service(tmp, ckpt, mode, args)
+class _Mode:
+    """One batching mode's running service and what has been measured on it."""
+
+    def __init__(self, mode: str | None, ckpt: str, tmp: str, args):
+        self.name = mode or "default"
+        self.svc = Service(tmp, ckpt, mode, args)
+        self.info, self.stream, self.rows, self.settings = None, False, [], []
+
+    def ready(self, args) -> None:
+        self.info = self.svc.wait_ready()
+        self.stream = args.stream and _streams(self.svc.url)
+        print(f"[{self.name}] serving on {self.svc.url} (stream previews: {self.stream})", flush=True)
+
+    def point(self, rate: float, workload: str, args, seed: int) -> dict:
+        row = asyncio.run(_point(self.svc.url, rate, workload, self.stream, args, seed))
+        _print_row(self.name, row)
+        return row
+
+    def result(self) -> dict:
+        return {"batching": self.name, "stream": self.stream, "limits": self.info["limits"], "rows": self.rows,
+                "settings": self.settings}
+
+
+def _measure_interleaved(modes: list[str | None], ckpt: str, tmp: str, args) -> list[dict]:
+    """Every mode's service up at once; each rate (then 80% of the first mode's saturation
+    rate, then the settings points) measured on every mode back to back, the order
+    alternating, so that outside load in one stretch of time falls on all modes."""
+    running = [_Mode(m, ckpt, tmp, args) for m in modes]
     try:
-        info = svc.wait_ready()
-        stream = args.stream and _streams(svc.url)
-        print(f"[{mode or 'default'}] serving on {svc.url} (stream previews: {stream})", flush=True)
-        rows = []
-        for rate in args.rates:
-            rows.append(asyncio.run(_point(svc.url, rate, "mix", stream, args, seed=1000 + round(100 * rate))))
-            _print_row(mode, rows[-1])
-        for rate in _extra_rate(rows, args.rates) if extra_rates is None else extra_rates:
-            rows.append(asyncio.run(_point(svc.url, rate, "mix", stream, args, seed=1000 + round(100 * rate))))
-            _print_row(mode, rows[-1])
-        settings = []
+        for m in running:
+            m.ready(args)
+
+        def each(k: int):
+            return running if k % 2 == 0 else running[::-1]
+        for k, rate in enumerate(args.rates):
+            for m in each(k):
+                m.rows.append(m.point(rate, "mix", args, seed=1000 + round(100 * rate)))
+        for k, rate in enumerate(_extra_rate(running[0].rows, args.rates), start=len(args.rates)):
+            for m in each(k):
+                m.rows.append(m.point(rate, "mix", args, seed=1000 + round(100 * rate)))
         if args.settings_rate:
-            for workload in ("identical", "mixed"):
-                settings.append(asyncio.run(_point(svc.url, args.settings_rate, workload, stream, args, seed=7)))
-                _print_row(mode, settings[-1])
-        return {"batching": mode or "default", "stream": stream, "limits": info["limits"], "rows": rows,
-                "settings": settings}
+            for k, workload in enumerate(("identical", "mixed")):
+                for m in each(k):
+                    m.settings.append(m.point(args.settings_rate, workload, args, seed=7))
+        return [m.result() for m in running]
     finally:
-        svc.stop()
+        for m in running:
+            m.svc.stop()
 
 
 def _print_row(mode, r: dict) -> None:
@@ -320,7 +359,7 @@ def _print_row(mode, r: dict) -> None:
           f"answered {r['answered']}/{r['arrivals']} {r['errors'] or ''} load {r['loadavg_1m']}", flush=True)
 
 
-def summarise(res: dict) -> dict:
+def summarise(res: dict, levels: list[float]) -> dict:
     """Saturation of the first mode (request-level), p99 at 80% of it, throughput at equal p99,
     mixed / identical time per sample."""
     modes = res["modes"]
@@ -342,6 +381,10 @@ def summarise(res: dict) -> dict:
         p99 = {m["batching"]: next((r["p99_ms"] for r in m["rows"] if abs(r["offered_rps"] - at80) < 1e-6), None)
                for m in modes}
         out["p99_at_80pct_saturation_ms"] = {"rate_rps": at80, **p99}
+        out["throughput_at_p99_levels"] = {
+            f"{level:g}": {m["batching"]: max((r["samples_per_s"] for r in m["rows"] if r["p99_ms"] is not None
+                                               and r["p99_ms"] <= level and r["answered_share"] >= 0.99), default=None)
+                           for m in modes} for level in levels}
         for m in modes[1:]:
             b = m["batching"]
             if best.get(b) and best.get(ref["batching"]):
@@ -416,9 +459,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-wait", type=float, default=0.02, help="batch_wait_timeout_s")
     ap.add_argument("--auto-target", type=float, default=2.0, help="auto_latency_target_s")
     ap.add_argument("--no-stream", dest="stream", action="store_false", help="never ask for preview streams")
-    ap.add_argument("--reference", metavar="JSON",
-                    help="take the reference mode (the first) from this earlier result instead of measuring it; "
-                         "--batching then lists only the modes to measure")
+    ap.add_argument("--stream-share", type=float, default=0.25,
+                    help="share of the requests that ask for per-step previews (batching step)")
+    ap.add_argument("--p99-levels", type=float, nargs="*", default=[1000, 2000, 4000],
+                    help="p99 levels (ms) at which to report each mode's highest sustained throughput")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--plot", help="write the latency-against-load PNG here")
@@ -431,19 +475,15 @@ def main(argv=None) -> dict:
            "seconds_per_point": args.seconds, "drain_s": args.drain, "max_batch_size": args.max_batch_size,
            "auto_latency_target_s": args.auto_target, "mix": {"kinds": [b for _, b in MIX], "guidance": GUIDANCE,
                                                               "temperature": TEMPERATURE},
-           "replica": {"cpus": 1, "torch_threads": 1}, "modes": []}
-    if args.reference:      # the reference mode as measured by an earlier run of the same settings
-        earlier = json.loads(Path(args.reference).read_text())
-        res["modes"].append(earlier["modes"][0])
-        res["reference_from"] = {"file": args.reference, "command": earlier["command"]}
+           "stream_share": args.stream_share, "replica": {"cpus": 1, "torch_threads": 1}, "interleaved": True,
+           "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = _checkpoint(tmp, args.width, args.depth)
-        if not res["modes"]:
-            res["modes"].append(_measure_mode(modes.pop(0), ckpt, tmp, args, None))
-        extra = _extra_rate(res["modes"][0]["rows"], args.rates)
-        for mode in modes:
-            res["modes"].append(_measure_mode(mode, ckpt, tmp, args, extra))
-    res["summary"] = summarise(res)
+        res["modes"] = _measure_interleaved(modes, ckpt, tmp, args)
+    res["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    res["wall_s"] = round(time.perf_counter() - started, 1)
+    res["summary"] = summarise(res, args.p99_levels)
     print(markdown(res))
     write_json(args.json, res)
     if args.markdown:
