@@ -1,9 +1,10 @@
 """The `nestgen` command line.
 
-The commands that need no cluster (validate, flops, sample, data, index, demo, generate) are here;
-each pipeline step module registers its own (`add_parser`): train, tokenizer-train, tokenize,
-evaluate, serve and run. A config or value error ends a command with one line,
-`nestgen <command>: error: ...`, and exit status 2.
+Every subcommand is registered here (add_parsers), with the flags shared by several of them
+from pipelines.cli_args. The commands that need no cluster (validate, flops, sample, data,
+index, demo, generate) run here; the pipeline's commands run a step module's function: train,
+tokenizer-train, tokenize, run, evaluate and serve. A config or value error ends a command
+with one line, `nestgen <command>: error: ...`, and exit status 2.
 """
 from __future__ import annotations
 
@@ -23,14 +24,12 @@ from nestgen.config import config_to_dict
 from nestgen.flops import decode_flops
 from nestgen.local_run import run_demo, sample_grid
 from pipelines import console, evaluate, pipeline, serve, tokenize, train, train_tokenizer
-from pipelines.cli_args import (add_config_args, add_decode_args, add_set_arg, decode_config, decode_overrides,
-                                runnable)
+from pipelines.cli_args import (add_config_args, add_decode_args, add_ray_address, add_set_arg, decode_config,
+                                decode_overrides, runnable)
 from pipelines.config import load_run_config, placeholders
 from pipelines.errors import SELF_EXPLAINED, explain
 from pipelines.model_registry import resolve_model_uri
 from pipelines.serve import client
-
-STEP_MODULES = (train, train_tokenizer, tokenize, pipeline, evaluate, serve)
 
 
 def cmd_validate(args) -> int:
@@ -205,13 +204,77 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, help=".png (a grid when --num > 1), .mp4 (video models) or .json (tokens)")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("train", help="train a nested transformer with Ray Train (or --local)")
+    add_config_args(p)
+    p.add_argument("--out", required=True, help="output folder or URL (checkpoints; same URL resumes)")
+    add_ray_address(p)
+    p.add_argument("--local", action="store_true", help="single process, no Ray")
+    p.set_defaults(func=train.cmd_train)
+
+    p = sub.add_parser("tokenizer-train",
+                       help="train the VQ tokenizer of CONFIG on a raw media folder (Ray Train or --local)")
+    add_config_args(p)
+    p.add_argument("--data", required=True,
+                   help="raw files: a folder (<split>/<class>/<file>) or an index file (*.csv, *.jsonl)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True,
+                   help="with --local: the checkpoint URL; with Ray: the output folder (same folder resumes)")
+    add_ray_address(p)
+    p.add_argument("--local", action="store_true", help="single process, no Ray")
+    p.set_defaults(func=train_tokenizer.cmd_tokenizer_train)
+
+    p = sub.add_parser("tokenize", help="Ray step: raw files -> Parquet token shards + manifest")
+    p.add_argument("--input", required=True,
+                   help="raw files: a folder URL (local, file://, gs://, ...) or an index file (*.csv, *.jsonl)")
+    p.add_argument("--output", required=True, help="shard folder URL")
+    p.add_argument("--tokenizer", required=True, help="tokenizer URL: a nestgen checkpoint or a diffusers VQModel folder")
+    p.add_argument("--config", default=None, help="YAML config (its `tokenize` section)")
+    add_set_arg(p)
+    add_ray_address(p)
+    p.add_argument("--force", action="store_true", help="re-tokenize even if the output is up to date")
+    p.set_defaults(func=tokenize.cmd_tokenize)
+
+    p = sub.add_parser("run", help="the whole pipeline as a durable DAG: data -> tokenizer -> tokenize -> "
+                                    "train -> evaluate -> serve; unchanged complete steps are skipped")
+    add_config_args(p)
+    p.add_argument("--from", dest="from_step", help="re-run this step and everything after it")
+    p.add_argument("--only", help="run just this step (its upstream steps must be complete)")
+    p.add_argument("--dry-run", action="store_true", help="print the DAG and what would run or be skipped")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's logs and progress bars here instead of only in the run's log file")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="train and evaluate N >= 2 models, seeds `seed`..`seed`+N-1 (sets pipeline.seeds), "
+                        "and report every metric over them")
+    add_ray_address(p, "$RAY_ADDRESS or a local Ray")
+    p.set_defaults(func=pipeline.cmd_run)
+
+    p = sub.add_parser("evaluate", help="quality vs GFLOPs of every schedule x cache x guidance variant "
+                                         "(+ schedule search) on Ray, logged to MLflow")
+    add_config_args(p)
+    p.add_argument("--checkpoint", help="checkpoint file, output folder, fsspec URL or runs:/<id> "
+                                        "(default: the config's evaluate.checkpoint)")
+    p.add_argument("--out", required=True, help="output URL for sample grids, the plot and summary.json")
+    p.add_argument("--local", action="store_true", help="sample in this process instead of Ray actors")
+    p.add_argument("--no-mlflow", action="store_true", help="write files only")
+    add_ray_address(p)
+    p.set_defaults(func=evaluate.cmd_evaluate)
+
+    p = sub.add_parser("serve", help="run the HTTP generation service on Ray Serve; blocks, prints the URL")
+    p.add_argument("config", help="Serve config YAML (configs/serve_digits.yaml, as for `serve deploy`) "
+                                  "or a nestgen config (its serve: section)")
+    p.add_argument("--checkpoint", help="checkpoint file, output folder, fsspec URL, runs:/<id>, models:/<name>/<v>")
+    add_set_arg(p, "override a serve field, e.g. --set max_batch_size=16 (repeatable)")
+    p.add_argument("--host", help="bind address (default: the file's http_options, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: the file's http_options, else 8000)")
+    add_ray_address(p)
+    # app.py (Ray Serve, FastAPI) is imported only when `serve` runs (pipelines.serve)
+    p.set_defaults(func=lambda args: serve.cmd_serve(args))
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nestgen", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     add_parsers(sub)
-    for module in STEP_MODULES:
-        module.add_parser(sub)
     for p in sub.choices.values():
         if not any("--verbose" in a.option_strings for a in p._actions):
             p.add_argument("--verbose", action="store_true", help="on an error, also print its traceback")

@@ -32,7 +32,6 @@ from nestgen.evaluation.variants import decode_config
 from nestgen.render import tokens_to_pixels
 from nestgen.storage import read_bytes
 from pipelines import console
-from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, run_config_from_dict
 from pipelines.ray_runtime import init_ray
 from pipelines.mlflow_runs import Run, start_run
@@ -226,16 +225,3 @@ def cmd_evaluate(args) -> int:
                       "searched": s["search"]["chosen"] if s["search"] else None, "claims": s["claim"]["lines"],
                       "seconds": round(res.seconds, 1)}, indent=1))
     return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="quality vs GFLOPs of every schedule x cache x guidance variant "
-                                         "(+ schedule search) on Ray, logged to MLflow")
-    add_config_args(p)
-    p.add_argument("--checkpoint", help="checkpoint file, output folder, fsspec URL or runs:/<id> "
-                                        "(default: the config's evaluate.checkpoint)")
-    p.add_argument("--out", required=True, help="output URL for sample grids, the plot and summary.json")
-    p.add_argument("--local", action="store_true", help="sample in this process instead of Ray actors")
-    p.add_argument("--no-mlflow", action="store_true", help="write files only")
-    add_ray_address(p)
-    p.set_defaults(func=cmd_evaluate)

@@ -8,7 +8,6 @@ import time
 from nestgen.checkpoint_files import republish, write_latest
 from nestgen.storage import join, protocol_prefix
 from pipelines import console, lease
-from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config, outside_job_copy, refuse_placeholders
 from pipelines.dag import Runner, StepFailed
 from pipelines.steps import build_steps, served_train_step
@@ -95,19 +94,3 @@ def cmd_run(args) -> int:
     run_pipeline(load_run_config(args.config, overrides), args.from_step, args.only, args.dry_run,
                  args.ray_address, args.verbose)
     return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="the whole pipeline as a durable DAG: data -> tokenizer -> tokenize -> "
-                                    "train -> evaluate -> serve; unchanged complete steps are skipped")
-    add_config_args(p)
-    p.add_argument("--from", dest="from_step", help="re-run this step and everything after it")
-    p.add_argument("--only", help="run just this step (its upstream steps must be complete)")
-    p.add_argument("--dry-run", action="store_true", help="print the DAG and what would run or be skipped")
-    p.add_argument("--verbose", action="store_true",
-                   help="show Ray's logs and progress bars here instead of only in the run's log file")
-    p.add_argument("--seeds", type=int, metavar="N",
-                   help="train and evaluate N >= 2 models, seeds `seed`..`seed`+N-1 (sets pipeline.seeds), "
-                        "and report every metric over them")
-    add_ray_address(p, "$RAY_ADDRESS or a local Ray")
-    p.set_defaults(func=cmd_run)

@@ -30,7 +30,6 @@ from nestgen.data.raw_files import list_raw_files, load_item
 from nestgen.data.shards import FORMAT, MANIFEST, read_manifest, shard_schema
 from nestgen.storage import WRITE_ATTEMPTS, exists, join, protocol_prefix, remove_tree, url_to_fs, write_json_atomic
 from pipelines import lease
-from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import TokenizeConfig, load_run_config
 from pipelines.ray_runtime import init_ray
 from pipelines.model_registry import checkpoint_resolver
@@ -228,16 +227,3 @@ def cmd_tokenize(args) -> int:
     for f in m["failed"]:
         print(f"failed {f['source_uri']}: {f['reason']}", file=sys.stderr)
     return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("tokenize", help="Ray step: raw files -> Parquet token shards + manifest")
-    p.add_argument("--input", required=True,
-                   help="raw files: a folder URL (local, file://, gs://, ...) or an index file (*.csv, *.jsonl)")
-    p.add_argument("--output", required=True, help="shard folder URL")
-    p.add_argument("--tokenizer", required=True, help="tokenizer URL: a nestgen checkpoint or a diffusers VQModel folder")
-    p.add_argument("--config", default=None, help="YAML config (its `tokenize` section)")
-    add_set_arg(p)
-    add_ray_address(p)
-    p.add_argument("--force", action="store_true", help="re-tokenize even if the output is up to date")
-    p.set_defaults(func=cmd_tokenize)

@@ -17,7 +17,6 @@ import torch
 
 from nestgen.checkpoint import load_model, read_checkpoint, save_checkpoint
 from nestgen.local_run import train_local
-from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config
 from pipelines.ray_runtime import init_ray
 from pipelines.mlflow_runs import Run, start_run
@@ -133,12 +132,3 @@ def cmd_train(args) -> int:
     print(json.dumps({"checkpoint": res.checkpoint_url, "mlflow_run_id": res.run_id,
                       "start_step": res.start_step, **res.metrics}, indent=1, default=str))
     return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a nested transformer with Ray Train (or --local)")
-    add_config_args(p)
-    p.add_argument("--out", required=True, help="output folder or URL (checkpoints; same URL resumes)")
-    add_ray_address(p)
-    p.add_argument("--local", action="store_true", help="single process, no Ray")
-    p.set_defaults(func=cmd_train)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from nestgen.local_run import train_tokenizer_local
-from pipelines.cli_args import add_config_args, add_ray_address
 from pipelines.config import RunConfig, load_run_config
 from pipelines.ray_runtime import init_ray
 from pipelines.mlflow_runs import start_run
@@ -90,17 +89,3 @@ def cmd_tokenizer_train(args) -> int:
     print(json.dumps({"checkpoint": res.checkpoint_url, "tokenizer_hash": res.tokenizer_hash,
                       "mlflow_run_id": res.run_id, **res.metrics}, indent=1, default=str))
     return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("tokenizer-train",
-                       help="train the VQ tokenizer of CONFIG on a raw media folder (Ray Train or --local)")
-    add_config_args(p)
-    p.add_argument("--data", required=True,
-                   help="raw files: a folder (<split>/<class>/<file>) or an index file (*.csv, *.jsonl)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--out", required=True,
-                   help="with --local: the checkpoint URL; with Ray: the output folder (same folder resumes)")
-    add_ray_address(p)
-    p.add_argument("--local", action="store_true", help="single process, no Ray")
-    p.set_defaults(func=cmd_tokenizer_train)

@@ -14,7 +14,7 @@ use, so that importing the client or the config readers does not import Ray Serv
 """
 import importlib
 
-_APP = frozenset({"Generator", "add_parser", "api", "app_builder", "build", "cmd_serve", "run_local"})
+_APP = frozenset({"Generator", "api", "app_builder", "build", "cmd_serve", "run_local"})
 
 
 def __getattr__(name: str):

@@ -36,7 +36,6 @@ from nestgen.serving.errors import DecodeFailed, RequestError
 from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import GenerateRequest
 from nestgen.serving.stream import MEDIA_TYPE, STREAM_200, StepStream
-from pipelines.cli_args import add_ray_address, add_set_arg
 from pipelines.config import RunConfig, ServeConfig
 from pipelines.model_registry import checkpoint_resolver, pin_model_version
 from pipelines.ray_runtime import bind_serve_replica_to_node_address, dashboard_url, init_ray
@@ -230,15 +229,3 @@ def cmd_serve(args):
         [f"checkpoint={args.checkpoint}"] if args.checkpoint else []), schema=RunConfig)
     run_local(cfg, args.host or host, args.port or port, args.ray_address)
     return 0
-
-
-def add_parser(sub):
-    p = sub.add_parser("serve", help="run the HTTP generation service on Ray Serve; blocks, prints the URL")
-    p.add_argument("config", help="Serve config YAML (configs/serve_digits.yaml, as for `serve deploy`) "
-                                  "or a nestgen config (its serve: section)")
-    p.add_argument("--checkpoint", help="checkpoint file, output folder, fsspec URL, runs:/<id>, models:/<name>/<v>")
-    add_set_arg(p, "override a serve field, e.g. --set max_batch_size=16 (repeatable)")
-    p.add_argument("--host", help="bind address (default: the file's http_options, else 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: the file's http_options, else 8000)")
-    add_ray_address(p)
-    p.set_defaults(func=cmd_serve)
