@@ -24,10 +24,11 @@ from benchmarks.common import write_json
 from nestgen.data.digits import digit_tokens_to_images, load_digit_tokens
 from nestgen.decoding.maskgit import decode
 from nestgen.flops import decode_flops
-from nestgen.metrics.digits_metrics import digits_accuracy, digits_stats, fd_digits
+from nestgen.metrics.digits_metrics import digits_accuracy_metric, digits_frechet_metric, digits_stats
 from nestgen.metrics.digits_train import train_digit_classifier
 from nestgen.metrics.frechet import feature_stats, frechet_distance_stats
 from nestgen.metrics.intervals import paired_bootstrap
+from nestgen.metrics.sums import chunks_of
 
 POLICIES = ["none", "every:2", "every:3", "on_switch", "every:2+cls", "on_switch+cls"]
 
@@ -77,8 +78,10 @@ def evaluate_model(model, cfg, net, info, ref, args) -> dict:
         gflops = decode_flops(cfg.model, d).gflops
         rows.append({"policy": policy, "gflops_per_sample": gflops, "saving_vs_baseline": baseline / gflops,
                      "decode_seconds": seconds,
-                     "fd_digits": fd_digits(net, images, ref, info).value,
-                     "digits_accuracy": digits_accuracy(net, images, labels.numpy(), info).value})
+                     "fd_digits": digits_frechet_metric("fd_digits", net, info, ref, "the held-out digits")
+                     .over(chunks_of(images))[0].value,
+                     "digits_accuracy": digits_accuracy_metric("digits_accuracy", net, info)
+                     .over(chunks_of(images, labels.numpy()))[0].value})
     none_tokens, none_feat, _ = out["none"]
     fd_of = lambda feat: frechet_distance_stats(feature_stats(feat), ref)  # noqa: E731
     for row in rows:

@@ -55,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from dataclasses import replace
 
-    from nestgen.evaluation import build_quality_suite, load_eval_data, local_sampler, run_evaluation
+    from nestgen.evaluation import build_quality_suite, load_eval_data, local_map, run_evaluation
     from pipelines.config import load_run_config
     from nestgen.render import tokens_to_pixels
     t0 = time.perf_counter()
@@ -68,8 +68,8 @@ def main() -> None:
     for n in args.samples:
         e = replace(evaluate, num_samples=n, schedules=["baseline", "magnets"], caches=["none", "on_switch"],
                     search=replace(evaluate.search, enabled=False))
-        report = run_evaluation(cfg, e, local_sampler(model, cfg, suite, e.batch_size, progress=False), suite, data,
-                                progress=lambda s: None)
+        report = run_evaluation(cfg, e, suite, data, local_map(model, cfg, suite), progress=lambda s: None,
+                                bar=False)
         rows = []
         for r, change, claim in zip(report.results, report.changes(), report.claims()):
             iv = report.interval(r, "fd_digits")

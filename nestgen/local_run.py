@@ -98,7 +98,7 @@ def run_demo(cfg: NestgenConfig, e: EvaluateConfig, out: str) -> dict:
     from dataclasses import replace
 
     from nestgen.checkpoint import load_model
-    from nestgen.evaluation import build_quality_suite, load_eval_data, local_sampler, run_evaluation
+    from nestgen.evaluation import build_quality_suite, load_eval_data, local_map, run_evaluation
     from nestgen.evaluation.outputs import write_outputs
     from nestgen.render import tokens_to_pixels
     ckpt, history = train_local(cfg, out)
@@ -113,7 +113,7 @@ def run_demo(cfg: NestgenConfig, e: EvaluateConfig, out: str) -> dict:
         s["gflops_saving"] = base / s["gflops_per_sample"]
     data = load_eval_data(cfg)
     suite = build_quality_suite(cfg, e, data, lambda t: tokens_to_pixels(t, cfg.model.grid))
-    report = run_evaluation(cfg, e, local_sampler(model, cfg, suite, e.batch_size), suite, data, checkpoint=ckpt)
+    report = run_evaluation(cfg, e, suite, data, local_map(model, cfg, suite), checkpoint=ckpt)
     print(report.table())
     files = write_outputs(report, f"{out.rstrip('/')}/evaluation")
     summary = {"checkpoint": ckpt, "final_losses": {k: v for k, v in history[-1].items() if k.startswith("loss/")},

@@ -1,8 +1,9 @@
 """The Ray evaluation step: quality against GFLOPs for every decode variant, on MLflow.
 
     driver: checkpoint (+ its tokenizer) -> held-out reference + quality suite
-            -> [schedule search] -> every variant x N requests as batches on
-            EvalWorker actors (a batch lost with its worker is redone by another;
+            -> [schedule search] -> every variant x N requests as batch jobs that
+            nestgen.evaluation maps over a pool of EvalWorker actors (`actor_pool`:
+            a batch lost with its worker is redone by another;
             model, tokenizer and metric feature nets loaded
             once each, GPU when the cluster has one), each returning summed metric
             statistics per chunk of samples and the grid's few samples, never the
@@ -23,16 +24,14 @@ from dataclasses import dataclass, fields, replace
 from typing import Iterator
 
 from nestgen.checkpoint import load_generator
-from nestgen.config import NestgenConfig, config_to_dict
-from nestgen.evaluation import (EvaluationReport, Requests, StreamPlan, Variant, VariantResult, build_quality_suite,
-                                eval_worker, load_eval_data, local_sampler, run_evaluation, stream_batch,
-                                stream_variants)
+from nestgen.config import NestgenConfig
+from nestgen.evaluation import (BatchJob, BatchMap, BatchStats, EvaluationReport, build_quality_suite, eval_worker,
+                                load_eval_data, local_map, prepare_variant, run_batch, run_evaluation)
 from nestgen.evaluation.outputs import write_outputs
-from nestgen.evaluation.variants import decode_config
 from nestgen.render import tokens_to_pixels
 from nestgen.storage import read_bytes
 from pipelines import console
-from pipelines.config import RunConfig, load_run_config, run_config_from_dict
+from pipelines.config import RunConfig, load_run_config
 from pipelines.ray_runtime import init_ray
 from pipelines.mlflow_runs import Run, start_run
 from pipelines.model_registry import resolve_model_uri
@@ -50,42 +49,35 @@ def evaluation_config(user: RunConfig, trained: NestgenConfig) -> RunConfig:
 
 
 class EvalWorker:
-    """Ray actor: one model and tokenizer, decoding batches of requests for any variant and
+    """Ray actor: the checkpoint's model and tokenizer, running batch jobs of any variant and
     reducing them to metric statistics with the suite's feature functions."""
 
-    def __init__(self, checkpoint: str, cfg: dict, features: dict):
+    def __init__(self, checkpoint: str, features: dict):
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, _, tok = load_generator(checkpoint, device)
-        self.cfg = run_config_from_dict(cfg)
-        self.worker = eval_worker(model, self.cfg, tok)
+        model, trained, tok = load_generator(checkpoint, device)
+        self.worker = eval_worker(model, trained, tok)
         self.features = features
 
-    def run(self, v: Variant, requests: Requests, start: int, plan: StreamPlan):
-        return stream_batch(self.worker, self.cfg, v, requests, start, plan, self.features)
+    def run(self, job: BatchJob) -> BatchStats:
+        return run_batch(self.worker, self.features, job)
 
     def device(self) -> str:
         return str(self.worker.device)
 
 
-def ray_sampler(checkpoint: str, cfg: RunConfig, suite):
-    """(SampleFn over EvalWorker actors (on_live_workers), worker device names)."""
+def actor_pool(checkpoint: str, cfg: RunConfig, suite) -> tuple[BatchMap, list[str]]:
+    """(the map that runs batch jobs on a pool of EvalWorker actors (on_live_workers), the
+    actors' device names)."""
     import ray
     e = cfg.evaluate
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     # spread over the nodes: a node that dies takes as few workers as it can with it
     actor = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=gpus, scheduling_strategy="SPREAD")(EvalWorker)
     features = ray.put(suite.features())
-    workers = [actor.remote(checkpoint, config_to_dict(cfg), features) for _ in range(e.num_workers)]
+    workers = [actor.remote(checkpoint, features) for _ in range(e.num_workers)]
     devices = ray.get([w.device.remote() for w in workers])
-    bs = e.batch_size
-
-    def sample(variants: list[Variant], requests: Requests, plan: StreamPlan) -> list[VariantResult]:
-        def run(tasks):
-            return on_live_workers(workers, tasks, lambda w, t: w.run.remote(
-                variants[t[0]], requests.chunk(t[1], t[1] + bs), t[1], plan))
-        return stream_variants(cfg, suite, variants, requests, plan, bs, run, progress_file=console.stream())
-    return sample, devices
+    return (lambda jobs: on_live_workers(workers, jobs, lambda w, job: w.run.remote(job))), devices
 
 
 def on_live_workers(workers: list, tasks: list, call) -> Iterator:
@@ -151,11 +143,11 @@ def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: boo
         for name, why in suite.unavailable.items():
             print(f"[evaluate] {name}: not reported. {why}")
         if use_ray:
-            sample, devices = ray_sampler(checkpoint, ecfg, suite)
+            map_batches, devices = actor_pool(checkpoint, ecfg, suite)
         else:
-            sample, devices = local_sampler(model, ecfg, suite, ecfg.evaluate.batch_size, tok), ["cpu"]
-        report = run_evaluation(ecfg, ecfg.evaluate, sample, suite, data, checkpoint,
-                                progress=lambda s: print(f"[evaluate] {s}", flush=True))
+            map_batches, devices = local_map(model, ecfg, suite, tok), ["cpu"]
+        report = run_evaluation(ecfg, ecfg.evaluate, suite, data, map_batches, checkpoint,
+                                progress=lambda s: print(f"[evaluate] {s}", flush=True), bar=console.stream())
         print(report.table(), flush=True)
         files = write_outputs(report, output_url)
         if run:
@@ -201,7 +193,7 @@ def log_to_mlflow(run: Run, cfg: RunConfig, report: EvaluationReport, files: dic
     for row, r in zip(report.summary()["variants"], report.results):
         with run.child(r.variant.name, VARIANT_STEP) as child:
             child.log_params({"schedule": r.schedule, "schedule_requested": r.variant.schedule,
-                              "cache": r.variant.cache, "steps": decode_config(cfg, r.variant).steps,
+                              "cache": r.variant.cache, "steps": prepare_variant(cfg, r.variant).decode.steps,
                               "guidance_scale": r.variant.guidance_scale, "temperature": cfg.decode.temperature,
                               "label": r.variant.label or "-", "num_samples": cfg.evaluate.num_samples})
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)

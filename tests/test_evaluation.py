@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from nestgen.data.digits import load_digit_tokens
-from nestgen.evaluation import (METRICS, EvalData, StreamPlan, Variant, build_quality_suite, class_requests,
-                                eval_requests, load_eval_data, local_sampler, lower_is_better, pareto_front,
-                                run_evaluation, step_splits)
+from nestgen.evaluation import (METRICS, BatchStats, EvalData, StreamPlan, Variant, build_quality_suite,
+                                class_requests, eval_requests, load_eval_data, local_map, lower_is_better,
+                                pareto_front, prepare_variant, run_evaluation, step_splits, stream_variants)
 from nestgen.evaluation.quality import requested_metrics
 from nestgen.evaluation.search import pick_candidates
 from nestgen.evaluation.variants import VariantResult, variant_gflops
@@ -31,6 +31,12 @@ def test_pareto_front():
 def _cfg(**evaluate):
     return run_config_from_dict({"model": {"width": 32, "depth": 1},
                                  "evaluate": {"num_samples": 60, "batch_size": 25, **evaluate}})
+
+
+def _sample(model, cfg, suite, variants, requests, plan, tok=None):
+    """Every variant over the requests, as one pass of run_evaluation, in this process."""
+    return stream_variants(suite, [prepare_variant(cfg, v) for v in variants], requests, plan,
+                           cfg.evaluate.batch_size, local_map(model, cfg, suite, tok), bar=False)
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +66,9 @@ def test_variants_share_requests_and_flops_order(digits_suite):
     cfg = _cfg(bootstrap_replicates=50, interval_chunks=12)
     torch.manual_seed(0)
     model = NestedTransformer(cfg.model).eval()
-    sample = local_sampler(model, cfg, suite, cfg.evaluate.batch_size, progress=False)
     plan = StreamPlan(60, 12, grid=30, replicates=50)
     vs = [Variant("baseline"), Variant("magnets"), Variant("magnets", "on_switch"), Variant("baseline")]
-    res = sample(vs, class_requests(10, 60, 7), plan)
+    res = _sample(model, cfg, suite, vs, class_requests(10, 60, 7), plan)
     assert [r.schedule for r in res] == ["1x12", "8x3,4x3,2x3,1x3", "8x3,4x3,2x3,1x3", "1x12"]
     assert res[0].gflops_per_sample > res[1].gflops_per_sample > res[2].gflops_per_sample
     # the same requests give the same samples: identical grids, statistics and bootstrap replicates
@@ -75,11 +80,41 @@ def test_variants_share_requests_and_flops_order(digits_suite):
     # nets then run float32 on other batch shapes and the chunk sums add up in another
     # order, so the statistics agree to rounding (a BLAS kernel may round batches differently).
     cfg.evaluate.batch_size = 60
-    again = local_sampler(model, cfg, suite, cfg.evaluate.batch_size, progress=False)([Variant("magnets", "on_switch")],
-                                                             class_requests(10, 60, 7), plan)[0]
+    [again] = _sample(model, cfg, suite, [Variant("magnets", "on_switch")], class_requests(10, 60, 7), plan)
     assert np.array_equal(again.grid, res[2].grid)
     assert again.metrics == pytest.approx(res[2].metrics, rel=1e-5)
     np.testing.assert_allclose(again.replicates["fd_digits"], res[2].replicates["fd_digits"], rtol=1e-5)
+
+
+def test_a_schedule_string_is_parsed_once_per_variant_and_its_plan_is_what_decodes(digits_suite, monkeypatch):
+    """run_evaluation hands its batch jobs to the map it is given, and each variant's schedule
+    string is parsed once per evaluation however many batches it has: the jobs carry the
+    prepared decode (the parsed schedule, the step plan) that the worker decodes and the
+    variant's GFLOPs were counted on. (The decoder used to parse it again for every batch, and
+    the FLOP count twice more per variant.)"""
+    from nestgen.decoding import schedule, worker
+    from nestgen.flops import plan_flops
+    suite, data = digits_suite
+    cfg = _cfg(num_samples=30, batch_size=10, schedules=["magnets", "magnets-lite"], caches=["none"],
+               search={"enabled": False}, bootstrap_replicates=0, interval_chunks=3)
+    parsed, decoded, jobs = [], [], []
+    parse, decode = schedule.parse_schedule, worker.decode
+    monkeypatch.setattr(schedule, "parse_schedule", lambda text, *a, **kw: parsed.append(text) or parse(text, *a, **kw))
+    monkeypatch.setattr(worker, "decode", lambda *a, **kw: decoded.append(kw["prep"]) or decode(*a, **kw))
+    local = local_map(NestedTransformer(cfg.model).eval(), cfg, suite)
+
+    def map_batches(batch_jobs):
+        jobs.extend(batch_jobs)
+        return local(batch_jobs)
+    report = run_evaluation(cfg, cfg.evaluate, suite, data, map_batches, progress=lambda s: None, bar=False)
+    assert [(j.variant.variant.schedule, j.start) for j in jobs] == [(s, i) for s in ("magnets", "magnets-lite")
+                                                                      for i in (0, 10, 20)]
+    assert parsed.count("8x3,4x3,2x3,1x3") == 1 and parsed.count("8x4,4x4,2x2,1x2") == 1
+    preps = [j.variant.prep for j in jobs]
+    assert decoded and all(any(p is q for q in preps) for p in decoded)     # warm-ups included
+    for r, j in zip(report.results, jobs[::3]):
+        assert r.schedule == str(j.variant.prep.schedule)
+        assert r.gflops_per_sample == plan_flops(cfg.model, j.variant.prep, False).gflops
 
 
 def test_driver_memory_does_not_grow_with_samples(digits_suite):
@@ -95,10 +130,10 @@ def test_driver_memory_does_not_grow_with_samples(digits_suite):
     def peak(n: int) -> int:
         cfg = _cfg(num_samples=n, batch_size=50, schedules=["magnets"], caches=["on_switch"], grid_samples=20,
                    search={"enabled": False}, bootstrap_replicates=20, interval_chunks=10)
-        sample = local_sampler(model, cfg, suite, cfg.evaluate.batch_size, tok, progress=False)
+        map_batches = local_map(model, cfg, suite, tok)
         tracemalloc.start()
         try:
-            report = run_evaluation(cfg, cfg.evaluate, sample, suite, data, progress=lambda s: None)
+            report = run_evaluation(cfg, cfg.evaluate, suite, data, map_batches, progress=lambda s: None, bar=False)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -131,9 +166,8 @@ def test_a_video_variant_keeping_no_grid_samples_still_gets_its_frame_metrics(fa
     suite = build_quality_suite(cfg, cfg.evaluate, data, lambda t: tokens_to_pixels(t, cfg.model.grid, tok), "cpu")
     assert set(suite.scorers) == {"fvd", "frame_pred"}, suite.unavailable
     torch.manual_seed(0)
-    sample = local_sampler(NestedTransformer(cfg.model).eval(), cfg, suite, cfg.evaluate.batch_size, tok,
-                           progress=False)
-    [res] = sample([Variant("magnets")], eval_requests(cfg, data, 6, 0), StreamPlan(6, 2))
+    [res] = _sample(NestedTransformer(cfg.model).eval(), cfg, suite, [Variant("magnets")],
+                    eval_requests(cfg, data, 6, 0), StreamPlan(6, 2), tok)
     assert res.grid is None
     assert {"fvd", "frame_pred_mse", "frame_pred_psnr"} <= set(res.metrics)
     assert suite.protocols["fvd"]["num_frames"] == 4 and suite.protocols["fvd"]["clip_shapes_thw"] == [[4, 8, 8]]
@@ -156,20 +190,26 @@ def test_the_search_is_held_out_and_the_bootstrap_resamples_whole_clips():
     clips: every sample conditioned on one clip falls in the same bootstrap chunk (contiguous
     chunks of samples used to split a clip's samples over chunks, counted as independent)."""
     from nestgen.evaluation.quality import QualitySuite
-    from nestgen.evaluation.variants import VariantResult
+    from nestgen.metrics.protocol import MetricResult
+    from nestgen.metrics.sums import StreamedMetric
     clips = 15
     held_out = torch.stack([torch.tensor([i // 4, i % 4, i % 3, 7] + [0] * 4) for i in range(clips)])  # own first frames
     data = EvalData("video", held_out, torch.arange(clips) % 10, lambda: (held_out, torch.arange(clips) % 10),
                     [str(i) for i in range(10)], "15 clips")
+    # no model: every batch "scores" its first sample's index, so any variant's value is 0
+    suite = QualitySuite({"fvd": StreamedMetric(None, lambda s, shape: [MetricResult("fvd", float(s["v"]))])}, "fvd")
     calls = []
 
-    def sample(variants, requests, plan):
-        calls.append((requests, plan))
-        return [VariantResult(v, v.schedule, 1.0, 0.0, {"fvd": float(i)}) for i, v in enumerate(variants)]
+    def map_batches(jobs):
+        calls.append(jobs)
+        return [BatchStats(j.start, len(j.requests), 0.0, {"fvd": {0: {"v": np.float64(j.start)}}}, None, ())
+                for j in jobs]
 
     cfg = _frame_prediction_cfg()
-    run_evaluation(cfg, cfg.evaluate, sample, QualitySuite({}, "fvd"), data, progress=lambda s: None)
-    (search, _), (final, plan) = calls
+    run_evaluation(cfg, cfg.evaluate, suite, data, map_batches, progress=lambda s: None, bar=False)
+    search_jobs, final_jobs = calls
+    search, final, plan = search_jobs[0].requests, final_jobs[0].requests, final_jobs[0].plan
+    assert [len(jobs) for jobs in calls] == [2, 2]     # one batch (evaluate.batch_size 250) per variant
 
     def clip_of(req):
         return [tuple(row.tolist()) for row in req.cond]
@@ -183,11 +223,11 @@ def test_the_search_is_held_out_and_the_bootstrap_resamples_whole_clips():
     assert plan.num_chunks == 8 and len(set.union(*chunks.values())) == 8
     with pytest.raises(ValueError, match=r"search's seeds \[30, 50\) overlap the final evaluation's \[0, 40\)"):
         overlapping = _frame_prediction_cfg(search={"seed": 30, "num_samples": 20})
-        run_evaluation(overlapping, overlapping.evaluate, sample, QualitySuite({}, "fvd"), data, progress=lambda s: None)
+        run_evaluation(overlapping, overlapping.evaluate, suite, data, map_batches, progress=lambda s: None)
     with pytest.raises(ValueError, match="2 held-out clips: the schedule search and the final evaluation need"):
-        run_evaluation(cfg, cfg.evaluate, sample, QualitySuite({}, "fvd"),
+        run_evaluation(cfg, cfg.evaluate, suite,
                        EvalData("video", held_out[:2], torch.arange(2), None, [str(i) for i in range(10)], "2 clips"),
-                       progress=lambda s: None)
+                       map_batches, progress=lambda s: None)
 
 
 def test_step_splits_and_budgeted_candidates():
@@ -199,10 +239,10 @@ def test_step_splits_and_budgeted_candidates():
     base = variant_gflops(cfg, Variant("1x12"))
     picked, total, fits = pick_candidates(cfg, cfg.evaluate.search, base / 3)
     assert total == 910 and 0 < fits < total and len(picked) == 5
-    assert all(g <= base / 3 for _, g in picked)
-    assert [g for _, g in picked] == sorted((g for _, g in picked), reverse=True)
-    full_steps = {(sum(int(s.split("x")[1]) for s in v.schedule.split(",") if s.startswith("1x")), v.cache)
-                  for v, _ in picked}
+    assert all(v.gflops <= base / 3 for v in picked)
+    assert [v.gflops for v in picked] == sorted((v.gflops for v in picked), reverse=True)
+    full_steps = {(sum(int(s.split("x")[1]) for s in v.variant.schedule.split(",") if s.startswith("1x")),
+                   v.variant.cache) for v in picked}
     assert len(full_steps) == 5                                     # one per shape group
 
 
@@ -214,8 +254,8 @@ def test_run_evaluation_search_intervals_claims_and_outputs(digits_suite, tmp_pa
     torch.manual_seed(0)
     model = NestedTransformer(cfg.model).eval()
     lines = []
-    report = run_evaluation(cfg, cfg.evaluate, local_sampler(model, cfg, suite, cfg.evaluate.batch_size, progress=False),
-                            suite, data, progress=lines.append)
+    report = run_evaluation(cfg, cfg.evaluate, suite, data, local_map(model, cfg, suite), progress=lines.append,
+                            bar=False)
     names = [r.variant.name for r in report.results]
     assert names[:4] == ["baseline cache=none", "baseline cache=on_switch", "magnets cache=none",
                          "magnets cache=on_switch"] and names[4].startswith("searched: ")
@@ -392,8 +432,8 @@ def test_the_search_decodes_and_budgets_at_the_served_guidance_scale():
     seen = []
 
     def score(variants):
-        seen.extend(variants)
-        return [VariantResult(v, v.schedule, variant_gflops(cfg, v), 0.0, {"fd_digits": float(i)})
+        seen.extend(v.variant for v in variants)
+        return [VariantResult(v.variant, str(v.prep.schedule), v.gflops, 0.0, {"fd_digits": float(i)})
                 for i, v in enumerate(variants)]
     result = search_schedule(cfg, cfg.evaluate.search, score, "fd_digits")
     guided = variant_gflops(cfg, Variant("1x12", guidance_scale=2.0))

@@ -74,9 +74,8 @@ def test_the_bytes_hashed_are_the_bytes_loaded(fake_i3d_file, monkeypatch):
 def test_a_worker_verifies_the_file_it_loads(fake_i3d_file, monkeypatch):
     """The driver checked the file; a worker (a fresh process: nothing cached) loading the same
     path after it was replaced refuses it, whatever hash the environment gives."""
-    from nestgen.evaluation.quality import _on_worker
     net = load_feature_net(I3D, str(fake_i3d_file), "cpu", sha256=_sha256(fake_i3d_file))
-    on_worker = _on_worker(net)
+    on_worker = feature_nets.on_worker(net)
     monkeypatch.setattr(feature_nets, "_LOADED", {})
     assert on_worker("cpu").sha256 == net.sha256                            # the same file: loads
     monkeypatch.setattr(feature_nets, "_LOADED", {})

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from nestgen.evaluation.data import EvalData
-from nestgen.evaluation.quality import QualitySuite, StreamedMetric
+from nestgen.evaluation.quality import QualitySuite
 from nestgen.evaluation.real import RealDataResult, floor_against, real_row_count, score_real_data
 from nestgen.evaluation.run import EvaluationReport
 from nestgen.evaluation.stream import StreamPlan, VariantStream, reduce_batch
-from nestgen.evaluation.variants import Variant, VariantResult, baseline_variant
+from nestgen.evaluation.variants import Variant, VariantResult, baseline_variant, prepare_variant
 from nestgen.metrics.frechet import feature_stats, frechet_distance_stats, frechet_stats, frechet_sums
 from nestgen.metrics.protocol import MetricResult
+from nestgen.metrics.sums import StreamedMetric
 from pipelines.config import run_config_from_dict
 
 D, ROWS, SAMPLES = 64, 180, 2000
@@ -50,12 +51,12 @@ def _case(interval_chunks: int = 50):
     plan = StreamPlan(SAMPLES, interval_chunks, replicates=50, matched=real_row_count(cfg.evaluate, suite, data))
 
     def scored(v: Variant, x: np.ndarray) -> VariantResult:
-        stream = VariantStream(v, plan)
+        stream = VariantStream(prepare_variant(cfg, v), plan)
         for start in range(0, SAMPLES, 500):
             part = x[start:start + 500]
             stream.rows_from(reduce_batch(part, np.zeros(len(part)), None, start, plan, suite.features(), "cpu"),
                              (D,), len(part))
-        return stream.result(cfg, suite)
+        return stream.result(suite)
     base = draw(SAMPLES)                                    # a perfect generator: the real rows' distribution
     results = [scored(baseline_variant(cfg), base), scored(Variant("magnets"), draw(SAMPLES, shift=0.3))]
     report = EvaluationReport(cfg, cfg.evaluate, results, suite, 1.0, None, real=score_real_data(cfg.evaluate, suite, data),

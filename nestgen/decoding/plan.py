@@ -54,8 +54,12 @@ class PreparedDecode:
 
 
 def prepare_decode(m: ModelConfig, d: DecodeConfig, n_cond: int = 0) -> PreparedDecode:
-    """d's schedule (a preset or a compact string, checked against the model) and cache
-    policy parsed, and the steps planned for `n_cond` given tokens."""
-    schedule = resolve_schedule(d.schedule, m.nest_factors, d.steps)
-    policy = parse_cache_policy(d.cache)
+    """d's schedule (a preset or a compact string, checked against the model and d.steps)
+    and cache policy parsed, and the steps planned for `n_cond` given tokens."""
+    return prepare_schedule(m, resolve_schedule(d.schedule, m.nest_factors, d.steps), d.cache, n_cond)
+
+
+def prepare_schedule(m: ModelConfig, schedule: Schedule, cache: str, n_cond: int = 0) -> PreparedDecode:
+    """An already parsed schedule with the cache policy `cache`, planned for `n_cond` given tokens."""
+    policy = parse_cache_policy(cache)
     return PreparedDecode(schedule, policy, plan_decode(m.num_tokens, schedule, policy, n_cond), n_cond)

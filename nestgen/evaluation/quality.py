@@ -12,11 +12,14 @@ under its name. The *primary* metric (plots, search) is the available headline v
 lowest `primary_rank` (FID/FVD, else the digits Fréchet distances, else frame-prediction
 MSE), else the first metric's.
 
-Metrics stream (nestgen.evaluation.stream): each is a `StreamedMetric`, whose `features`
-reduce a chunk of samples to summed statistics where the samples are (a Ray worker, on its
-device) and whose `results` turn the sums of any set of chunks into values with their
-protocol records (on the driver). `features` closures are pickled to the workers, so
-they capture only what they need (a small net, a reference mean, a feature-net path).
+Metrics stream (nestgen.evaluation.stream): each is a `StreamedMetric`
+(nestgen.metrics.sums), built by its own module beside the metric (fid.fid_metric,
+fvd.fvd_metric, digits_metrics.digits_frechet_metric, ...), whose `features` reduce a chunk
+of samples to summed statistics where the samples are (a Ray worker, on its device) and
+whose `results` turn the sums of any set of chunks into values with their protocol records
+(on the driver). What the registry adds is the evaluation's side: the reference (the
+training split, rendered, or evaluate.reference_stats), the feature nets it loads once, and
+which metrics `auto` picks.
 """
 from __future__ import annotations
 
@@ -29,28 +32,7 @@ import torch
 from nestgen.config import NestgenConfig
 from nestgen.evaluation.config import EvaluateConfig
 from nestgen.evaluation.data import EvalData, cond_frames
-from nestgen.metrics.protocol import MetricResult
-from nestgen.metrics.sums import Sums
-
-
-@dataclass
-class Chunk:
-    """A chunk of one variant's samples, where they were decoded."""
-    pixels: np.ndarray                 # uint8 images / clips
-    labels: np.ndarray                 # the classes asked for
-    targets: np.ndarray | None         # frame prediction: the true clips' pixels
-    index: np.ndarray                  # sample indices in 0..n-1
-    n: int                             # samples per variant
-
-
-FeatureFn = Callable[[Chunk, object], Sums]                       # (chunk, torch device) -> sums
-ResultFn = Callable[[Sums, tuple], list[MetricResult]]              # (summed sums, sample shape) -> results
-
-
-@dataclass
-class StreamedMetric:
-    features: FeatureFn
-    results: ResultFn
+from nestgen.metrics.sums import Chunk, FeatureFn, StreamedMetric, Sums
 
 
 @dataclass(frozen=True)
@@ -260,27 +242,18 @@ def _clip_net(ctx: _Context):
 def _vs_reference(net_of: Callable, metric: str) -> Callable[[_Context, None], StreamedMetric]:
     """A digits-classifier Fréchet distance of the samples' features against the reference's."""
     def build(ctx: _Context, _: None) -> StreamedMetric:
-        from nestgen.metrics.digits_metrics import digits_features, frechet_result, net_record
-        from nestgen.metrics.frechet import frechet_stats, frechet_sums
+        from nestgen.metrics.digits_metrics import digits_frechet_metric
         net, info, ref = net_of(ctx)
-        shift, record, source = ref.mu, net_record(net, info), ctx.data.reference_source
-        return StreamedMetric(
-            lambda chunk, device: frechet_sums(digits_features(net.to(device), chunk.pixels), shift),
-            lambda sums, shape: [frechet_result(metric, net, frechet_stats(sums, shift), ref, source, info,
-                                                record=record)])
+        return digits_frechet_metric(metric, net, info, ref, ctx.data.reference_source)
     return build
 
 
 def _vs_labels(net_of: Callable, metric: str) -> Callable[[_Context, None], StreamedMetric]:
     """A digits-classifier accuracy of the samples' predicted classes against the classes asked for."""
     def build(ctx: _Context, _: None) -> StreamedMetric:
-        from nestgen.metrics.digits_metrics import accuracy_result, digits_predictions, net_record
-        from nestgen.metrics.sums import class_sums
+        from nestgen.metrics.digits_metrics import digits_accuracy_metric
         net, info, _ = net_of(ctx)
-        classes, record = net.config["num_classes"], net_record(net, info)
-        return StreamedMetric(
-            lambda chunk, device: class_sums(digits_predictions(net.to(device), chunk.pixels), chunk.labels, classes),
-            lambda sums, shape: [accuracy_result(metric, net, sums, info, record=record)])
+        return digits_accuracy_metric(metric, net, info)
     return build
 
 
@@ -295,14 +268,6 @@ def _feature_net(ctx: _Context, which: str):
         raise _Unavailable(str(err)) from None
 
 
-def _on_worker(net) -> Callable:
-    """(device) -> the same network file loaded there (TorchScript does not pickle: workers
-    load the file by path, once per process), only with the bytes the driver checked."""
-    from nestgen.metrics.feature_nets import load_feature_net
-    spec, path, sha256 = net.spec, net.path, net.sha256
-    return lambda device: load_feature_net(spec, path, device, sha256)
-
-
 def _reference(ctx: _Context, key: str, stats_fn):
     """Reference stats: evaluate.reference_stats (.npz) when set, else the reference rows'
     (`stats_fn` of the rendered batches of the training split)."""
@@ -315,76 +280,28 @@ def _reference(ctx: _Context, key: str, stats_fn):
     return ctx.once(key, lambda: (stats_fn(ref), ctx.data.reference_source))
 
 
-_INCEPTION_BATCH = 64      # images per Inception forward pass on a worker
-
-
 def _fid(ctx: _Context, net) -> StreamedMetric:
-    from nestgen.metrics.fid import compute_inception_stats, fid_result, inception_outputs
-    from nestgen.metrics.frechet import frechet_stats, frechet_sums
-    from nestgen.metrics.inputs import iter_batches
-    ref, source = _reference(ctx, "inception_ref", lambda px: compute_inception_stats(net, px))
-    load, shift = _on_worker(net), ref.mu
-
-    def features(chunk: Chunk, device) -> Sums:
-        here = load(device)
-        f = [inception_outputs(here, b)[0] for b in iter_batches(chunk.pixels, _INCEPTION_BATCH)]
-        return frechet_sums(np.concatenate(f), shift)
-
-    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
-        seen = {"num_samples": int(sums["n"]), "input_resolutions": [list(shape[:2])]}
-        return [fid_result(net, frechet_stats(sums, shift), seen, ref, source=source)]
-    return StreamedMetric(features, results)
+    from nestgen.metrics.fid import fid_metric, inception_stats
+    return fid_metric(net, *_reference(ctx, "inception_ref", lambda px: inception_stats(net, px)))
 
 
 def _is(ctx: _Context, net) -> StreamedMetric:
-    from nestgen.metrics.fid import inception_outputs, is_result
-    from nestgen.metrics.inputs import iter_batches
-    from nestgen.metrics.sums import contiguous_parts, inception_sums
-    load, splits = _on_worker(net), 10
-
-    def features(chunk: Chunk, device) -> Sums:
-        here = load(device)
-        p = [inception_outputs(here, b, features=False, probs=True)[1]
-             for b in iter_batches(chunk.pixels, _INCEPTION_BATCH)]
-        return inception_sums(np.concatenate(p), contiguous_parts(chunk.index, chunk.n, splits), splits)
-
-    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
-        seen = {"num_samples": int(sums["count"].sum()), "input_resolutions": [list(shape[:2])]}
-        return [is_result(net, sums, seen)]
-    return StreamedMetric(features, results)
+    from nestgen.metrics.fid import is_metric
+    return is_metric(net)
 
 
 def _fvd(ctx: _Context, net) -> StreamedMetric:
-    from nestgen.metrics.frechet import frechet_stats, frechet_sums
-    from nestgen.metrics.fvd import compute_video_stats, fvd_result, i3d_features
-    from nestgen.metrics.inputs import iter_batches, videos_to_bcthw3
+    from nestgen.metrics.fvd import fvd_metric, i3d_stats
     # every frame of a clip counts (num_frames=None: any length): samples and held-out clips
     # come out of one tokenizer
-    ref, source = _reference(ctx, "i3d_ref", lambda px: compute_video_stats(net, px, num_frames=None))
-    load, shift = _on_worker(net), ref.mu
-
-    def features(chunk: Chunk, device) -> Sums:
-        here = load(device)
-        f = [i3d_features(here, videos_to_bcthw3(b)) for b in iter_batches(chunk.pixels, 8)]
-        return frechet_sums(np.concatenate(f), shift)
-
-    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
-        seen = {"num_samples": int(sums["n"]), "clip_shapes_thw": [list(shape[:3])]}
-        return [fvd_result(net, frechet_stats(sums, shift), seen, ref, num_frames=int(shape[0]), source=source)]
-    return StreamedMetric(features, results)
+    ref, source = _reference(ctx, "i3d_ref", lambda px: i3d_stats(net, px, num_frames=None))
+    return fvd_metric(net, ref, source, num_frames=None)
 
 
 def _frame_pred(ctx: _Context, _: None) -> StreamedMetric:
-    from nestgen.metrics.frame_error import frame_error_results
-    from nestgen.metrics.sums import frame_error_sums
+    from nestgen.metrics.frame_error import frame_pred_metric
     cfg = ctx.cfg
-
-    def features(chunk: Chunk, device) -> Sums:
-        return frame_error_sums(chunk.pixels, chunk.targets, cond_frames(cfg, chunk.pixels.shape[1]))
-
-    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
-        return list(frame_error_results(sums, cond_frames(cfg, shape[0]), int(shape[0])).values())
-    return StreamedMetric(features, results)
+    return frame_pred_metric(lambda frames: cond_frames(cfg, frames))
 
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (

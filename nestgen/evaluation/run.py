@@ -5,14 +5,16 @@ summarised against the full-model baseline with the same guidance scale: each me
 bootstrap interval, each variant's change against its baseline with a paired interval, the
 change of the excess over the floor, and the claim check (nestgen.evaluation.claim).
 
-Sampling is injected (`SampleFn`), so the same evaluation runs in one process
-(`local_sampler`) or spread over Ray actors (pipelines.evaluate).
+Where the batches run is the caller's `map_batches` (nestgen.evaluation.stream.BatchMap),
+so the same evaluation runs in one process (`local_map`: the builtin `map`) or spread over
+Ray actors (pipelines.evaluate: an actor pool that redoes the batches of a lost actor).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
+from typing import Callable, TextIO
 
 from nestgen.config import NestgenConfig
 from nestgen.evaluation.claim import FLOOR_SHARE, ClaimCheck, claim_check, excess_change
@@ -22,13 +24,10 @@ from nestgen.evaluation.quality import QualitySuite
 from nestgen.evaluation.real import Floor, RealDataResult, floor_against, real_row_count, score_real_data
 from nestgen.evaluation.report import pareto_front, results_table
 from nestgen.evaluation.search import SearchResult, search_schedule, split_held_out
-from nestgen.evaluation.stream import StreamPlan, stream_batch, stream_variants
-from nestgen.evaluation.variants import (Requests, Variant, VariantResult, baseline_variant, eval_worker,
+from nestgen.evaluation.stream import BatchMap, StreamPlan, run_batch, stream_variants
+from nestgen.evaluation.variants import (VariantResult, baseline_variant, eval_worker, prepare_variant,
                                          variant_gflops, variants_from_config)
 from nestgen.metrics.intervals import Interval, paired_change, percentile_interval
-
-# (variants, requests, plan) -> one scored result per variant, in order
-SampleFn = Callable[[list[Variant], Requests, StreamPlan], list[VariantResult]]
 
 
 @dataclass
@@ -225,10 +224,12 @@ class EvaluationReport:
         }
 
 
-def run_evaluation(cfg: NestgenConfig, e: EvaluateConfig, sample: SampleFn, suite: QualitySuite, data: EvalData,
-                   checkpoint: str = "", progress: Callable[[str], None] = print) -> EvaluationReport:
-    """The model of `cfg` (the checkpoint's config) evaluated as `e` says."""
-    variants = variants_from_config(e)
+def run_evaluation(cfg: NestgenConfig, e: EvaluateConfig, suite: QualitySuite, data: EvalData,
+                   map_batches: BatchMap, checkpoint: str = "", progress: Callable[[str], None] = print,
+                   bar: bool | TextIO = True) -> EvaluationReport:
+    """The model of `cfg` (the checkpoint's config) evaluated as `e` says, its batches run by
+    `map_batches`; `progress` gets the log lines, `bar` is the progress bar (stream.stream_variants)."""
+    variants = [prepare_variant(cfg, v) for v in variants_from_config(e)]
     search = None
     search_data, final_data = split_held_out(cfg, e, data)
     if e.search.enabled:
@@ -238,14 +239,15 @@ def run_evaluation(cfg: NestgenConfig, e: EvaluateConfig, sample: SampleFn, suit
                  f"({'GFLOPs' if s.budget_gflops else 'x the full model'}), {suite.primary} on "
                  f"{s.num_samples} held-out seeds")
         plan = StreamPlan(s.num_samples, e.interval_chunks, groups=req.groups)
-        search = search_schedule(cfg, s, lambda vs: sample(vs, req, plan), suite.primary, suite.lower_is_better)
+        search = search_schedule(cfg, s, lambda vs: stream_variants(suite, vs, req, plan, e.batch_size, map_batches,
+                                                                    bar), suite.primary, suite.lower_is_better)
         progress(f"searched schedule: {search.chosen.name}")
-        variants.append(search.chosen)
+        variants.append(prepare_variant(cfg, search.chosen))
     req = eval_requests(cfg, final_data, e.num_samples, e.seed)
     progress(f"evaluating {len(variants)} variants x {e.num_samples} samples")
     plan = StreamPlan(e.num_samples, e.interval_chunks, e.grid_samples, e.bootstrap_replicates, e.seed, req.groups,
                       matched=real_row_count(e, suite, data))
-    results = sample(variants, req, plan)
+    results = stream_variants(suite, variants, req, plan, e.batch_size, map_batches, bar)
     real = score_real_data(e, suite, data)
     report = EvaluationReport(cfg, e, results, suite, variant_gflops(cfg, baseline_variant(cfg)), search, checkpoint, real,
                               plan=plan)
@@ -258,17 +260,6 @@ def run_evaluation(cfg: NestgenConfig, e: EvaluateConfig, sample: SampleFn, suit
     return report
 
 
-def local_sampler(model, cfg: NestgenConfig, suite: QualitySuite, batch_size: int, tokenizer=None,
-                  progress: bool = True) -> SampleFn:
-    """Every batch (of `batch_size` samples: evaluate.batch_size) decoded and reduced in this
-    process, one after another."""
-    worker = eval_worker(model, cfg, tokenizer)
-    features = suite.features()
-    bs = batch_size
-
-    def sample(variants: list[Variant], requests: Requests, plan: StreamPlan) -> list[VariantResult]:
-        def run(tasks):
-            return (stream_batch(worker, cfg, variants[vi], requests.chunk(start, start + bs), start, plan, features)
-                    for vi, start in tasks)
-        return stream_variants(cfg, suite, variants, requests, plan, bs, run, progress)
-    return sample
+def local_map(model, cfg: NestgenConfig, suite: QualitySuite, tokenizer=None) -> BatchMap:
+    """Every batch decoded and reduced in this process, one after another: the builtin map."""
+    return partial(map, partial(run_batch, eval_worker(model, cfg, tokenizer), suite.features()))

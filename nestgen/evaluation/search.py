@@ -28,9 +28,10 @@ import torch
 
 from nestgen.config import NestgenConfig
 from nestgen.evaluation.config import EvaluateConfig, SearchConfig
-from nestgen.decoding.schedule import Schedule, parse_schedule
+from nestgen.decoding.schedule import Schedule
 from nestgen.evaluation.data import EvalData
-from nestgen.evaluation.variants import Variant, VariantResult, baseline_variant, variant_gflops
+from nestgen.evaluation.variants import (PreparedVariant, Variant, VariantResult, baseline_variant, prepare_variant,
+                                         variant_gflops)
 
 
 def step_splits(factors: list[int], steps: int) -> list[str]:
@@ -89,27 +90,27 @@ def split_held_out(cfg: NestgenConfig, e: EvaluateConfig, data: EvalData) -> tup
 
 
 def pick_candidates(cfg: NestgenConfig, s: SearchConfig, budget: float, guidance_scale: float = 0.0
-                    ) -> tuple[list[tuple[Variant, float]], int, int]:
-    """(scored candidates with their GFLOPs, all candidates, in budget), at `guidance_scale`."""
+                    ) -> tuple[list[PreparedVariant], int, int]:
+    """(the candidates to score, prepared, all candidates, in budget), at `guidance_scale`."""
     full = min(cfg.model.nest_factors)
     every, fits, best = 0, 0, {}
     for k in s.steps:
         for sched in step_splits(cfg.model.nest_factors, k):
             for cache in s.caches:
-                v = Variant(sched, cache, guidance_scale)
-                g = variant_gflops(cfg, v)
+                v = prepare_variant(cfg, Variant(sched, cache, guidance_scale))
                 every += 1
-                if g > budget:
+                if v.gflops > budget:
                     continue
                 fits += 1
-                key = (k, sum(n for f, n in parse_schedule(sched).segments if f == full), cache)
-                if key not in best or g > best[key][1]:
-                    best[key] = (v, g)
-    ranked = sorted(best.values(), key=lambda vg: -vg[1])
+                key = (k, sum(n for f, n in v.prep.schedule.segments if f == full), cache)
+                if key not in best or v.gflops > best[key].gflops:
+                    best[key] = v
+    ranked = sorted(best.values(), key=lambda v: -v.gflops)
     return ranked[:s.max_candidates], every, fits
 
 
-def search_schedule(cfg: NestgenConfig, s: SearchConfig, score: Callable[[list[Variant]], list[VariantResult]],
+def search_schedule(cfg: NestgenConfig, s: SearchConfig,
+                    score: Callable[[list[PreparedVariant]], list[VariantResult]],
                     metric: str, lower_is_better: bool = True) -> SearchResult:
     """`score(variants)` samples and scores variants on the search's held-out seeds."""
     g = cfg.decode.guidance_scale
@@ -119,7 +120,7 @@ def search_schedule(cfg: NestgenConfig, s: SearchConfig, score: Callable[[list[V
     if not picked:
         raise ValueError(f"no schedule of {s.steps} steps fits {budget:.4g} GFLOPs per sample "
                          f"(the cheapest needs more); raise evaluate.search.budget_*")
-    scored = score([v for v, _ in picked])
+    scored = score(picked)
     sign = 1 if lower_is_better else -1
     best = min(scored, key=lambda r: (sign * r.metrics[metric], r.gflops_per_sample))
     return SearchResult(budget, base, total, fits, scored,

@@ -1,13 +1,17 @@
 """Streaming evaluation: samples never gather in one place.
 
-A worker decodes a batch of requests, renders it, and reduces it at once to summed metric
-statistics (nestgen.metrics.sums) per chunk of samples: `stream_batch`, where the model
-is. The driver adds the batches up (`VariantStream`): per variant and metric it keeps one
-row of sums per chunk, `evaluate.interval_chunks` rows whatever the number of samples, and
-the first `evaluate.grid_samples` samples for the grids. So what the driver holds does not
-grow with the number of samples. Chunks are the same for every variant, and the rows are
-what the bootstrap resamples (the same draws for every variant: paired,
-nestgen.metrics.intervals).
+The work is a list of `BatchJob`s: one batch of requests of one prepared variant each
+(nestgen.evaluation.variants), with the plan that says how samples are reduced. The caller
+says where they run with a `BatchMap`, jobs in, their `BatchStats` out in the jobs' order:
+the builtin `map` over `run_batch` in one process (nestgen.evaluation.run.local_map), or a
+pool of Ray actors (pipelines.evaluate). A worker decodes a job's requests, renders them,
+and reduces them at once to summed metric statistics (nestgen.metrics.sums) per chunk of
+samples: `run_batch`, where the model is. The driver adds the batches up (`VariantStream`):
+per variant and metric it keeps one row of sums per chunk, `evaluate.interval_chunks` rows
+whatever the number of samples, and the first `evaluate.grid_samples` samples for the grids.
+So what the driver holds does not grow with the number of samples. Chunks are the same for
+every variant, and the rows are what the bootstrap resamples (the same draws for every
+variant: paired, nestgen.metrics.intervals).
 
 A chunk holds whole groups of samples that share their conditioning: frame prediction's
 requests cycle through held-out clips (sample i conditions on clip i % groups), and the
@@ -30,13 +34,11 @@ from typing import Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
-from nestgen.config import NestgenConfig
-from nestgen.decoding.schedule import resolve_schedule
 from nestgen.decoding.worker import DecodeWorker
-from nestgen.evaluation.quality import Chunk, FeatureFn, QualitySuite
-from nestgen.evaluation.variants import Requests, Variant, VariantResult, sample_batch, variant_gflops
+from nestgen.evaluation.quality import QualitySuite
+from nestgen.evaluation.variants import PreparedVariant, Requests, VariantResult
 from nestgen.metrics.intervals import resample_counts
-from nestgen.metrics.sums import Sums, contiguous_parts, weighted
+from nestgen.metrics.sums import Chunk, FeatureFn, Sums, contiguous_parts, weighted
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,24 @@ class BatchStats:
     sample_shape: tuple[int, ...]        # one sample's pixel shape (frames for FVD), also when grid is None
 
 
-def stream_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests: Requests, start: int,
-                 plan: StreamPlan, features: dict[str, FeatureFn]) -> BatchStats:
-    """Decode requests [start, start + len) as variant v, render, and reduce to chunk sums."""
-    b = sample_batch(worker, cfg, v, requests)
+@dataclass(frozen=True)
+class BatchJob:
+    """One batch: requests [start, start + len(requests)) decoded as `variant` (its prepared
+    decode travels with it) and reduced as `plan` says."""
+    variant: PreparedVariant
+    requests: Requests
+    start: int
+    plan: StreamPlan
+
+
+# where the batches run: every job in, its BatchStats out, in the jobs' order
+BatchMap = Callable[[list[BatchJob]], Iterable[BatchStats]]
+
+
+def run_batch(worker: DecodeWorker, features: dict[str, FeatureFn], job: BatchJob) -> BatchStats:
+    """Decode a job's requests as its variant, timed, render, and reduce to chunk sums."""
+    v, requests, start, plan = job.variant, job.requests, job.start, job.plan
+    b = worker.run(v.decode, requests.labels, requests.seeds, requests.cond, render=True, prep=v.prep)
     targets = None if requests.target_tokens is None else worker.render(requests.target_tokens)
     sums = reduce_batch(b.pixels, requests.labels.numpy(), targets, start, plan, features, worker.device)
     keep = min(len(requests), plan.grid - start)
@@ -106,7 +122,7 @@ def reduce_batch(pixels: np.ndarray, labels: np.ndarray, targets: np.ndarray | N
 class VariantStream:
     """The driver's running total for one variant (or for the real-data row: v None)."""
 
-    def __init__(self, v: Variant | None, plan: StreamPlan):
+    def __init__(self, v: PreparedVariant | None, plan: StreamPlan):
         self.variant, self.plan = v, plan
         self.rows: dict[str, Sums] = {}
         self.grid: list[np.ndarray] = []
@@ -171,44 +187,39 @@ class VariantStream:
         t = (1 / count - 1 / held[ks[0]]) / (1 / held[ks[1]] - 1 / held[ks[0]])
         return {v: means[0][v] + t * (means[1][v] - means[0][v]) for v in values}
 
-    def result(self, cfg: NestgenConfig, suite: QualitySuite) -> VariantResult:
-        if self.count != self.plan.n:
-            raise RuntimeError(f"{self.variant.name}: {self.count} of {self.plan.n} samples came back")
-        metrics, replicates = self.values(suite)
+    def result(self, suite: QualitySuite) -> VariantResult:
         v = self.variant
+        if self.count != self.plan.n:
+            raise RuntimeError(f"{v.variant.name}: {self.count} of {self.plan.n} samples came back")
+        metrics, replicates = self.values(suite)
         at_rows = (self.at_count(suite, self.plan.matched, [m for m in suite.count_biased() if m in metrics])
                    if 0 < self.plan.matched < self.plan.n else {})
-        return VariantResult(v, str(resolve_schedule(v.schedule, cfg.model.nest_factors)), variant_gflops(cfg, v),
-                             self.seconds / self.count, metrics,
+        return VariantResult(v.variant, str(v.prep.schedule), v.gflops, self.seconds / self.count, metrics,
                              grid=np.concatenate(self.grid) if self.grid else None, replicates=replicates,
                              at_rows=at_rows)
 
 
-# tasks (variant index, start) -> their BatchStats, in task order
-RunBatches = Callable[[list[tuple[int, int]]], Iterable[BatchStats]]
-
-
-def stream_variants(cfg: NestgenConfig, suite: QualitySuite, variants: list[Variant], requests: Requests,
-                    plan: StreamPlan, batch_size: int, run: RunBatches, progress: bool = True,
-                    progress_file: TextIO | None = None) -> list[VariantResult]:
-    """Every variant over all requests in batches, merged as they come (variant by variant,
-    so the driver holds one variant's chunk rows at a time), with a progress bar on
-    progress_file (default stderr)."""
+def stream_variants(suite: QualitySuite, variants: list[PreparedVariant], requests: Requests, plan: StreamPlan,
+                    batch_size: int, map_batches: BatchMap, bar: bool | TextIO = True) -> list[VariantResult]:
+    """Every variant over all requests in batches of `batch_size`, run by `map_batches` and
+    merged as they come (variant by variant, so the driver holds one variant's chunk rows at
+    a time), with a progress bar (`bar`: on stderr, on that stream, or False: none)."""
     from tqdm.auto import tqdm
     n = len(requests)
-    tasks = [(vi, start) for vi in range(len(variants)) for start in range(0, n, batch_size)]
+    jobs = [BatchJob(v, requests.chunk(start, start + batch_size), start, plan)
+            for v in variants for start in range(0, n, batch_size)]
     results: list[VariantResult] = []
     current: VariantStream | None = None
-    with tqdm(total=len(variants) * n, unit="sample", desc="evaluate", disable=not progress,
-              file=progress_file) as bar:
-        for (vi, start), b in zip(tasks, _checked(run(tasks), len(tasks))):
+    with tqdm(total=len(variants) * n, unit="sample", desc="evaluate", disable=bar is False,
+              file=None if isinstance(bar, bool) else bar) as progress:
+        for job, b in zip(jobs, _checked(map_batches(jobs), len(jobs))):
             if current is None:
-                current = VariantStream(variants[vi], plan)
-                bar.set_postfix_str(variants[vi].name)
+                current = VariantStream(job.variant, plan)
+                progress.set_postfix_str(job.variant.variant.name)
             current.add(b)
-            bar.update(b.count)
-            if start + batch_size >= n:
-                results.append(current.result(cfg, suite))
+            progress.update(b.count)
+            if job.start + batch_size >= n:
+                results.append(current.result(suite))
                 current = None
     return results
 

@@ -1,10 +1,15 @@
-"""Decode variants (schedule x cache policy x guidance) and sampling them with timing.
+"""Decode variants (schedule x cache policy x guidance), prepared once to decode and count.
 
 Every variant decodes the same requests: sample i has label labels[i], seed `seed + i` and,
 for frame prediction, the conditioning tokens cond[i]. Samples are therefore comparable
 across variants and identical however the work is split into batches or workers. Each
 worker is a `DecodeWorker` (nestgen.decoding.worker) that warms every decode shape up
 before timing it, and replays CUDA graphs on a GPU.
+
+A variant is prepared once per evaluation (`prepare_variant`): its schedule string parsed,
+its decode planned, and its GFLOPs counted on that plan. Its batches carry the prepared
+decode to the workers, which decode exactly that plan, so the FLOPs reported are those of
+the decode that ran.
 """
 from __future__ import annotations
 
@@ -17,10 +22,11 @@ import torch
 
 from nestgen.config import NestgenConfig
 from nestgen.decoding.config import DecodeConfig
+from nestgen.decoding.plan import PreparedDecode, prepare_schedule
 from nestgen.decoding.schedule import resolve_schedule
-from nestgen.decoding.worker import DecodedBatch, DecodeWorker
+from nestgen.decoding.worker import DecodeWorker
 from nestgen.evaluation.config import EvaluateConfig
-from nestgen.flops import decode_flops
+from nestgen.flops import plan_flops
 
 
 @dataclass(frozen=True)
@@ -66,14 +72,26 @@ def variants_from_config(e: EvaluateConfig) -> list[Variant]:
     return [Variant(s, c, g) for s, c, g in itertools.product(e.schedules, e.caches, e.guidance_scales)]
 
 
-def decode_config(cfg: NestgenConfig, v: Variant) -> DecodeConfig:
-    sched = resolve_schedule(v.schedule, cfg.model.nest_factors)
-    return replace(cfg.decode, schedule=v.schedule, steps=sched.steps, cache=v.cache,
-                   guidance_scale=v.guidance_scale)
+@dataclass(frozen=True)
+class PreparedVariant:
+    """A variant ready to decode: its decode config, the decode prepared from it (schedule
+    parsed, steps planned) and the analytic GFLOPs per sample of that plan."""
+    variant: Variant
+    decode: DecodeConfig
+    prep: PreparedDecode
+    gflops: float
+
+
+def prepare_variant(cfg: NestgenConfig, v: Variant) -> PreparedVariant:
+    """v on cfg's model, with cfg's sampler settings; its K is its schedule's step count."""
+    schedule = resolve_schedule(v.schedule, cfg.model.nest_factors)
+    d = replace(cfg.decode, schedule=v.schedule, steps=schedule.steps, cache=v.cache, guidance_scale=v.guidance_scale)
+    prep = prepare_schedule(cfg.model, schedule, v.cache, cfg.train.cond_tokens)
+    return PreparedVariant(v, d, prep, plan_flops(cfg.model, prep, v.guidance_scale > 0).gflops)
 
 
 def variant_gflops(cfg: NestgenConfig, v: Variant) -> float:
-    return decode_flops(cfg.model, decode_config(cfg, v), cfg.train.cond_tokens).gflops
+    return prepare_variant(cfg, v).gflops
 
 
 def baseline_variant(cfg: NestgenConfig, guidance_scale: float = 0.0) -> Variant:
@@ -85,11 +103,6 @@ def baseline_variant(cfg: NestgenConfig, guidance_scale: float = 0.0) -> Variant
 def eval_worker(model, cfg: NestgenConfig, tokenizer=None) -> DecodeWorker:
     """The worker an evaluation decodes with: warmed up per decode shape, CUDA graphs on a GPU."""
     return DecodeWorker(model, cfg.model.grid, tokenizer, cuda_graphs=True, warm_up=True)
-
-
-def sample_batch(worker: DecodeWorker, cfg: NestgenConfig, v: Variant, requests: Requests) -> DecodedBatch:
-    """One batch of requests decoded as variant v, timed, and rendered to pixels."""
-    return worker.run(decode_config(cfg, v), requests.labels, requests.seeds, requests.cond, render=True)
 
 
 @dataclass

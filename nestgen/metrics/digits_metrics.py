@@ -3,7 +3,9 @@ small digits nets (fd_digits for images, fvd_digits for clips) and classifier ac
 class-conditional samples against the labels they were asked for.
 
 These are *not* FID/FVD and are named so; each protocol record carries the digits net's
-weight hash, so numbers are comparable only between runs that used the same net.
+weight hash, so numbers are comparable only between runs that used the same net. Both kinds
+stream (`digits_frechet_metric`, `digits_accuracy_metric`: nestgen.metrics.sums.StreamedMetric);
+reference statistics stream through `digits_stats`.
 """
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ import numpy as np
 import torch
 
 from nestgen.metrics.digits_nets import net_hash
-from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_metric
+from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_metric, frechet_stats, frechet_sums
 from nestgen.metrics.inputs import iter_batches
 from nestgen.metrics.protocol import MetricResult
-from nestgen.metrics.sums import Sums, accuracy, class_sums
+from nestgen.metrics.sums import Chunk, StreamedMetric, Sums, accuracy, class_sums
 
-__all__ = ["digits_stats", "digits_features", "digits_predictions", "fd_digits", "fvd_digits", "digits_accuracy",
-           "digit_clip_accuracy", "frechet_result", "accuracy_result", "net_record"]
+__all__ = ["digits_stats", "digits_features", "digits_predictions", "frechet_result", "accuracy_result", "net_record",
+           "digits_frechet_metric", "digits_accuracy_metric"]
 
 _INPUT_TEXT = {
     "digits_image_cnn": "uint8 0..255 images, any size, (N,H,W) | (N,H,W,C) | (N,C,H,W); RGB "
@@ -47,16 +49,6 @@ def digits_stats(net, data, batch_size: int = 256, ddof: int = 1) -> FeatureStat
     return rs.stats()
 
 
-def _frechet(name: str, net, data, reference, info, batch_size: int, eps: float) -> MetricResult:
-    gen = digits_stats(net, data, batch_size)
-    if isinstance(reference, FeatureStats):
-        ref, source = reference, "stats"
-    else:
-        ref = digits_stats(net, reference, batch_size)
-        source = f"{ref.n} uint8 samples"
-    return frechet_result(name, net, gen, ref, source, info, eps)
-
-
 def frechet_result(name: str, net, gen: FeatureStats, ref: FeatureStats, source: str, info: dict | None,
                    eps: float = 1e-6, record: dict | None = None) -> MetricResult:
     """fd_digits / fvd_digits of sample statistics against reference statistics, with the
@@ -73,18 +65,6 @@ def frechet_result(name: str, net, gen: FeatureStats, ref: FeatureStats, source:
     return frechet_metric(name, gen, ref, source, proto, eps)
 
 
-def fd_digits(net, images, reference, info: dict | None = None, batch_size: int = 256,
-              eps: float = 1e-6) -> MetricResult:
-    """Fréchet distance in DigitImageNet features; reference = FeatureStats or uint8 images."""
-    return _frechet("fd_digits", net, images, reference, info, batch_size, eps)
-
-
-def fvd_digits(net, clips, reference, info: dict | None = None, batch_size: int = 64,
-               eps: float = 1e-6) -> MetricResult:
-    """Fréchet distance in DigitClipNet features; reference = FeatureStats or uint8 clips."""
-    return _frechet("fvd_digits", net, clips, reference, info, batch_size, eps)
-
-
 @torch.no_grad()
 def digits_features(net, data, batch_size: int = 256) -> np.ndarray:
     """float64 (n, d) features of uint8 images or clips (one chunk of an evaluation)."""
@@ -97,14 +77,6 @@ def digits_features(net, data, batch_size: int = 256) -> np.ndarray:
 def digits_predictions(net, data, batch_size: int = 256) -> np.ndarray:
     net.eval()
     return np.concatenate([net(net.preprocess(b)).argmax(1).cpu().numpy() for b in iter_batches(data, batch_size)])
-
-
-def _accuracy(name: str, net, data, labels, info, batch_size: int) -> MetricResult:
-    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
-    preds = digits_predictions(net, data, batch_size)
-    if len(preds) != len(labels):
-        raise ValueError(f"{len(preds)} samples but {len(labels)} labels")
-    return accuracy_result(name, net, class_sums(preds, labels, net.config["num_classes"]), info)
 
 
 def accuracy_result(name: str, net, sums: Sums, info: dict | None, record: dict | None = None) -> MetricResult:
@@ -120,11 +92,22 @@ def accuracy_result(name: str, net, sums: Sums, info: dict | None, record: dict 
     return MetricResult(name, value, proto, extra=per_class)
 
 
-def digits_accuracy(net, images, labels, info: dict | None = None, batch_size: int = 256) -> MetricResult:
-    """Accuracy of DigitImageNet on (class-conditional) images vs the requested labels."""
-    return _accuracy("digits_accuracy", net, images, labels, info, batch_size)
+def digits_frechet_metric(name: str, net, info: dict | None, reference: FeatureStats, source: str) -> StreamedMetric:
+    """fd_digits (DigitImageNet) / fvd_digits (DigitClipNet) of samples against `reference`
+    statistics (digits_stats of real images or clips; `source`: where they came from),
+    streamed: features summed about the reference mean."""
+    shift, record = reference.mu, net_record(net, info)
+    return StreamedMetric(
+        lambda chunk, device: frechet_sums(digits_features(net.to(device), chunk.pixels), shift),
+        lambda sums, shape: [frechet_result(name, net, frechet_stats(sums, shift), reference, source, info,
+                                            record=record)])
 
 
-def digit_clip_accuracy(net, clips, labels, info: dict | None = None, batch_size: int = 64) -> MetricResult:
-    """Accuracy of DigitClipNet on (class-conditional) clips vs the requested labels."""
-    return _accuracy("digit_clip_accuracy", net, clips, labels, info, batch_size)
+def digits_accuracy_metric(name: str, net, info: dict | None) -> StreamedMetric:
+    """digits_accuracy (DigitImageNet) / digit_clip_accuracy (DigitClipNet): the share of
+    samples the classifier gives the class they were asked for (Chunk.labels), streamed."""
+    classes, record = net.config["num_classes"], net_record(net, info)
+
+    def features(chunk: Chunk, device) -> Sums:
+        return class_sums(digits_predictions(net.to(device), chunk.pixels), chunk.labels, classes)
+    return StreamedMetric(features, lambda sums, shape: [accuracy_result(name, net, sums, info, record=record)])

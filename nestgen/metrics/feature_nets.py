@@ -204,3 +204,11 @@ def load_feature_net(spec: FeatureNetSpec, path: str | os.PathLike | None = None
                 f"file with the trusted copy, or if this file is the one you trust set ${spec.sha256_env_var}={digest}")
         _LOADED[key] = LoadedFeatureNet(spec, _jit_load(io.BytesIO(data), dev), p, digest, dev)
     return _LOADED[key]
+
+
+def on_worker(net: LoadedFeatureNet):
+    """(device) -> the same network file loaded there, only with the bytes the driver checked.
+    TorchScript does not pickle: a metric's worker-side features load the file by path (once
+    per process, `_LOADED`)."""
+    spec, path, sha256 = net.spec, net.path, net.sha256
+    return lambda device: load_feature_net(spec, path, device, sha256)

@@ -1,8 +1,10 @@
 """FID and Inception Score with StyleGAN2-ADA's TorchScript Inception-v3.
 
 Images go to the network as uint8 NCHW RGB at their own resolution; the network resizes to
-299 itself (see feature_nets.INCEPTION). Batches stream through: FID keeps only running
-mean/covariance, IS keeps the (N, 1008) probabilities it needs for its splits.
+299 itself (see feature_nets.INCEPTION). Both metrics stream (`fid_metric`, `is_metric`:
+nestgen.metrics.sums.StreamedMetric): a chunk of samples is reduced to summed features or
+split probabilities where it was made, and any set of chunks' sums gives the value.
+Reference statistics of a data set stream through `inception_stats` batch by batch.
 """
 from __future__ import annotations
 
@@ -11,38 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from nestgen.metrics.feature_nets import LoadedFeatureNet
-from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_metric, resolve_reference
+from nestgen.metrics.feature_nets import LoadedFeatureNet, on_worker
+from nestgen.metrics.frechet import (FeatureStats, RunningStats, frechet_metric, frechet_stats, frechet_sums,
+                                     resolve_reference)
 from nestgen.metrics.inputs import images_to_nchw3, iter_batches
 from nestgen.metrics.protocol import MetricResult
-from nestgen.metrics.sums import Sums, contiguous_parts, inception_score, inception_sums
+from nestgen.metrics.sums import Chunk, StreamedMetric, Sums, contiguous_parts, inception_score, inception_sums
 
-__all__ = ["inception_pass", "inception_outputs", "compute_inception_stats", "compute_fid", "compute_inception_score",
-           "compute_fid_and_is", "inception_score_from_probs", "inception_split_sums", "fid_result", "is_result"]
+__all__ = ["inception_outputs", "inception_stats", "fid_result", "is_result", "fid_metric", "is_metric",
+           "INCEPTION_BATCH"]
 
-
-@torch.inference_mode()
-def inception_pass(net: LoadedFeatureNet, images, *, features: bool = True, probs: bool = False,
-                   batch_size: int = 64, layout: str = "auto", ddof: int = 1
-                   ) -> tuple[RunningStats | None, np.ndarray | None, dict[str, Any]]:
-    """One pass over the images: running pool3 stats and/or softmax probabilities, plus what
-    was seen (count, input resolutions) for the protocol record."""
-    stats = RunningStats(ddof=ddof) if features else None
-    all_probs: list[np.ndarray] = []
-    resolutions: set[tuple[int, int]] = set()
-    n = 0
-    for batch in iter_batches(images, batch_size):
-        f, p, resolution = inception_outputs(net, batch, features=features, probs=probs, layout=layout)
-        resolutions.add(resolution)
-        n += len(batch)
-        if features:
-            stats.update(f)
-        if probs:
-            all_probs.append(p)
-    if n == 0:
-        raise ValueError("no images were given")
-    seen = {"num_samples": n, "input_resolutions": sorted([list(r) for r in resolutions])}
-    return stats, (np.concatenate(all_probs) if probs else None), seen
+INCEPTION_BATCH = 64      # images per Inception forward pass
 
 
 @torch.inference_mode()
@@ -56,10 +37,15 @@ def inception_outputs(net: LoadedFeatureNet, images, *, features: bool = True, p
     return f, p, (int(x.shape[2]), int(x.shape[3]))
 
 
-def compute_inception_stats(net: LoadedFeatureNet, images, batch_size: int = 64,
-                            layout: str = "auto", ddof: int = 1) -> FeatureStats:
-    """Reference statistics (e.g. of a data set) to save with frechet.save_stats."""
-    stats, _, _ = inception_pass(net, images, batch_size=batch_size, layout=layout, ddof=ddof)
+def inception_stats(net: LoadedFeatureNet, images, batch_size: int = INCEPTION_BATCH, layout: str = "auto",
+                    ddof: int = 1) -> FeatureStats:
+    """Reference statistics of images (an array or an iterable of batches, e.g. of a data set)
+    to compare samples with, or to save with frechet.save_stats."""
+    stats = RunningStats(ddof=ddof)
+    for batch in iter_batches(images, batch_size):
+        stats.update(inception_outputs(net, batch, layout=layout)[0])
+    if stats.n == 0:
+        raise ValueError("no images were given")
     return stats.stats()
 
 
@@ -82,27 +68,6 @@ def fid_result(net, gen: FeatureStats, seen: dict, reference, eps: float = 1e-6,
     return frechet_metric("fid", gen, ref, source or resolved, _base_protocol("fid", net, seen), eps)
 
 
-def compute_fid(net: LoadedFeatureNet, images, reference: FeatureStats | str, batch_size: int = 64,
-                layout: str = "auto", ddof: int = 1, eps: float = 1e-6) -> MetricResult:
-    """FID of images against reference stats (FeatureStats, or an .npz path/URL)."""
-    stats, _, seen = inception_pass(net, images, batch_size=batch_size, layout=layout, ddof=ddof)
-    return fid_result(net, stats.stats(), seen, reference, eps)
-
-
-def inception_score_from_probs(probs: np.ndarray, num_splits: int = 10) -> tuple[float, float]:
-    """exp(E_x KL(p(y|x) || p(y))) per split, in order (no shuffling, like StyleGAN2-ADA;
-    split i is [i*n//num_splits, (i+1)*n//num_splits)); (mean, std) over splits."""
-    return inception_score(inception_split_sums(probs, num_splits))
-
-
-def inception_split_sums(probs: np.ndarray, num_splits: int) -> Sums:
-    """Summed statistics (nestgen.metrics.sums) of probabilities in split order."""
-    n = len(probs)
-    if n < num_splits:
-        raise ValueError(f"need at least num_splits={num_splits} samples, got {n}")
-    return inception_sums(probs, contiguous_parts(np.arange(n), n, num_splits), num_splits)
-
-
 def is_result(net, sums: Sums, seen: dict) -> MetricResult:
     """Inception Score from summed statistics of any number of chunks, with its protocol."""
     mean, std = inception_score(sums)
@@ -112,18 +77,35 @@ def is_result(net, sums: Sums, seen: dict) -> MetricResult:
     return MetricResult("inception_score", mean, proto, extra={"std": std})
 
 
-def compute_inception_score(net: LoadedFeatureNet, images, num_splits: int = 10,
-                            batch_size: int = 64, layout: str = "auto") -> MetricResult:
-    _, probs, seen = inception_pass(net, images, features=False, probs=True,
-                                    batch_size=batch_size, layout=layout)
-    return is_result(net, inception_split_sums(probs, num_splits), seen)
+def fid_metric(net: LoadedFeatureNet, reference: FeatureStats | str, source: str = "") -> StreamedMetric:
+    """FID of samples against reference statistics (FeatureStats, or an .npz path/URL; `source`:
+    where in-memory ones came from), streamed. Features are summed about the reference mean."""
+    ref, resolved = resolve_reference(reference)
+    load, shift, source = on_worker(net), ref.mu, source or resolved
+
+    def features(chunk: Chunk, device) -> Sums:
+        here = load(device)
+        f = [inception_outputs(here, b)[0] for b in iter_batches(chunk.pixels, INCEPTION_BATCH)]
+        return frechet_sums(np.concatenate(f), shift)
+
+    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
+        seen = {"num_samples": int(sums["n"]), "input_resolutions": [list(shape[:2])]}
+        return [fid_result(net, frechet_stats(sums, shift), seen, ref, source=source)]
+    return StreamedMetric(features, results)
 
 
-def compute_fid_and_is(net: LoadedFeatureNet, images, reference: FeatureStats | str,
-                       num_splits: int = 10, batch_size: int = 64, layout: str = "auto",
-                       ddof: int = 1, eps: float = 1e-6) -> tuple[MetricResult, MetricResult]:
-    """Both from one pass over the images (useful when images are sampled on the fly)."""
-    stats, probs, seen = inception_pass(net, images, features=True, probs=True,
-                                        batch_size=batch_size, layout=layout, ddof=ddof)
-    return (fid_result(net, stats.stats(), seen, reference, eps),
-            is_result(net, inception_split_sums(probs, num_splits), seen))
+def is_metric(net: LoadedFeatureNet, splits: int = 10) -> StreamedMetric:
+    """Inception Score of samples, streamed: sample i of n falls in split i * splits // n, in
+    order (no shuffling, like StyleGAN2-ADA)."""
+    load = on_worker(net)
+
+    def features(chunk: Chunk, device) -> Sums:
+        here = load(device)
+        p = [inception_outputs(here, b, features=False, probs=True)[1]
+             for b in iter_batches(chunk.pixels, INCEPTION_BATCH)]
+        return inception_sums(np.concatenate(p), contiguous_parts(chunk.index, chunk.n, splits), splits)
+
+    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
+        seen = {"num_samples": int(sums["count"].sum()), "input_resolutions": [list(shape[:2])]}
+        return [is_result(net, sums, seen)]
+    return StreamedMetric(features, results)

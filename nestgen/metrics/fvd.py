@@ -7,7 +7,9 @@ Preprocessing modes (both recorded in the protocol, as they are not interchangea
       rescale=False, resize=False.
   internal: StyleGAN-V's own metric code: uint8 (B, C, T, H, W) passed as-is with
       rescale=True, resize=True, letting the network scale and resize.
-Clips must have `num_frames` frames (16, the standard) unless num_frames=None.
+Clips must have `num_frames` frames (16, the standard) unless num_frames=None. FVD streams
+(`fvd_metric`: nestgen.metrics.sums.StreamedMetric): a chunk of clips is reduced to summed
+features where it was made; reference statistics stream through `i3d_stats`.
 """
 from __future__ import annotations
 
@@ -17,15 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nestgen.metrics.feature_nets import LoadedFeatureNet
-from nestgen.metrics.frechet import FeatureStats, RunningStats, frechet_metric, resolve_reference
+from nestgen.metrics.feature_nets import LoadedFeatureNet, on_worker
+from nestgen.metrics.frechet import (FeatureStats, RunningStats, frechet_metric, frechet_stats, frechet_sums,
+                                     resolve_reference)
 from nestgen.metrics.inputs import iter_batches, videos_to_bcthw3
 from nestgen.metrics.protocol import MetricResult
+from nestgen.metrics.sums import Chunk, StreamedMetric, Sums
 
-__all__ = ["i3d_preprocess", "i3d_features", "i3d_features_pass", "compute_video_stats", "compute_fvd",
-           "fvd_result", "I3D_SIZE"]
+__all__ = ["i3d_preprocess", "i3d_features", "i3d_stats", "fvd_result", "fvd_metric", "I3D_SIZE", "I3D_BATCH"]
 
 I3D_SIZE = 224
+I3D_BATCH = 8             # clips per I3D forward pass
 _RESIZE_TEXT = {
     "external": "here: shorter side bilinear to 224 (align_corners=False, no antialias), "
                 "centre crop 224x224, [0,255] -> [-1,1]; net(rescale=False, resize=False)",
@@ -48,27 +52,6 @@ def i3d_preprocess(x: torch.Tensor, size: int = I3D_SIZE) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def i3d_features_pass(net: LoadedFeatureNet, videos, *, batch_size: int = 8, layout: str = "auto",
-                      mode: str = "external", num_frames: int | None = 16, ddof: int = 1
-                      ) -> tuple[RunningStats, dict[str, Any]]:
-    if mode not in _RESIZE_TEXT:
-        raise ValueError(f"mode must be 'external' or 'internal', got {mode!r}")
-    stats = RunningStats(ddof=ddof)
-    shapes: set[tuple[int, int, int]] = set()
-    for batch in iter_batches(videos, batch_size):
-        x = videos_to_bcthw3(batch, layout)
-        if num_frames is not None and x.shape[2] != num_frames:
-            raise ValueError(f"FVD clips must have {num_frames} frames, got {x.shape[2]} "
-                             "(pass num_frames=None to allow other lengths; it is recorded)")
-        shapes.add(tuple(int(s) for s in x.shape[2:]))
-        stats.update(i3d_features(net, x, mode))
-    if stats.n == 0:
-        raise ValueError("no videos were given")
-    seen = {"num_samples": stats.n, "clip_shapes_thw": sorted([list(s) for s in shapes])}
-    return stats, seen
-
-
-@torch.inference_mode()
 def i3d_features(net: LoadedFeatureNet, x: torch.Tensor, mode: str = "external") -> np.ndarray:
     """float64 (B, 400) features of uint8 (B, 3, T, H, W) clips."""
     x = x.to(net.device, non_blocking=True)
@@ -79,20 +62,26 @@ def i3d_features(net: LoadedFeatureNet, x: torch.Tensor, mode: str = "external")
     return f.reshape(f.shape[0], -1).double().cpu().numpy()
 
 
-def compute_video_stats(net: LoadedFeatureNet, videos, batch_size: int = 8, layout: str = "auto",
-                        mode: str = "external", num_frames: int | None = 16, ddof: int = 1) -> FeatureStats:
-    stats, _ = i3d_features_pass(net, videos, batch_size=batch_size, layout=layout, mode=mode,
-                                 num_frames=num_frames, ddof=ddof)
+def _checked_clips(batch, layout: str, num_frames: int | None) -> torch.Tensor:
+    x = videos_to_bcthw3(batch, layout)
+    if num_frames is not None and x.shape[2] != num_frames:
+        raise ValueError(f"FVD clips must have {num_frames} frames, got {x.shape[2]} "
+                         "(pass num_frames=None to allow other lengths; it is recorded)")
+    return x
+
+
+def i3d_stats(net: LoadedFeatureNet, videos, batch_size: int = I3D_BATCH, layout: str = "auto",
+              mode: str = "external", num_frames: int | None = 16, ddof: int = 1) -> FeatureStats:
+    """Reference statistics of uint8 clips (an array or an iterable of batches, e.g. of a data
+    set) to compare samples with, or to save with frechet.save_stats."""
+    if mode not in _RESIZE_TEXT:
+        raise ValueError(f"mode must be 'external' or 'internal', got {mode!r}")
+    stats = RunningStats(ddof=ddof)
+    for batch in iter_batches(videos, batch_size):
+        stats.update(i3d_features(net, _checked_clips(batch, layout, num_frames), mode))
+    if stats.n == 0:
+        raise ValueError("no videos were given")
     return stats.stats()
-
-
-def compute_fvd(net: LoadedFeatureNet, videos, reference: FeatureStats | str, batch_size: int = 8,
-                layout: str = "auto", mode: str = "external", num_frames: int | None = 16,
-                ddof: int = 1, eps: float = 1e-6) -> MetricResult:
-    """FVD of uint8 clips against reference stats (FeatureStats or an .npz path/URL)."""
-    stats, seen = i3d_features_pass(net, videos, batch_size=batch_size, layout=layout, mode=mode,
-                                    num_frames=num_frames, ddof=ddof)
-    return fvd_result(net, stats.stats(), seen, reference, mode, num_frames, eps)
 
 
 def fvd_result(net: LoadedFeatureNet, gen: FeatureStats, seen: dict, reference: FeatureStats | str,
@@ -112,3 +101,27 @@ def fvd_result(net: LoadedFeatureNet, gen: FeatureStats, seen: dict, reference: 
         "feature_net": net.record(),
     }
     return frechet_metric("fvd", gen, ref, source or resolved, proto, eps)
+
+
+def fvd_metric(net: LoadedFeatureNet, reference: FeatureStats | str, source: str = "", mode: str = "external",
+               num_frames: int | None = 16, layout: str = "auto") -> StreamedMetric:
+    """FVD of uint8 clips against reference statistics (FeatureStats, or an .npz path/URL;
+    `source`: where in-memory ones came from), streamed. Features are summed about the
+    reference mean. num_frames=None: clips of any length (recorded)."""
+    if mode not in _RESIZE_TEXT:
+        raise ValueError(f"mode must be 'external' or 'internal', got {mode!r}")
+    ref, resolved = resolve_reference(reference)
+    load, shift, source = on_worker(net), ref.mu, source or resolved
+
+    def features(chunk: Chunk, device) -> Sums:
+        here = load(device)
+        f = [i3d_features(here, _checked_clips(b, layout, num_frames), mode)
+             for b in iter_batches(chunk.pixels, I3D_BATCH)]
+        return frechet_sums(np.concatenate(f), shift)
+
+    def results(sums: Sums, shape: tuple) -> list[MetricResult]:
+        clip = list(videos_to_bcthw3(np.zeros((1, *shape), np.uint8), layout).shape[2:])
+        seen = {"num_samples": int(sums["n"]), "clip_shapes_thw": [clip]}
+        return [fvd_result(net, frechet_stats(sums, shift), seen, ref, mode, num_frames if num_frames else clip[0],
+                           source=source)]
+    return StreamedMetric(features, results)

@@ -12,17 +12,69 @@ is a weighted sum of the rows (`weighted`, with counts from nestgen.metrics.inte
   classes:   per class, samples asked for and samples the classifier gave that class.
   inception: per split, count, sum of p(y|x) and of sum_y p log p (Inception Score).
   frames:    count, sums of per-clip MSE and PSNR, per-frame PSNR sums (frame prediction).
+
+A metric in this form is a `StreamedMetric`: `features` reduce a `Chunk` of samples to its
+sums where the samples are (a Ray worker, on its device), `results` turn the sums of any set
+of chunks into the values with their protocol records. Each metric module builds its own
+(fid.fid_metric, fvd.fvd_metric, digits_metrics.digits_frechet_metric, ...); the evaluation's
+registry (nestgen.evaluation.quality) picks them, and `StreamedMetric.over` runs one over
+chunks in one process.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 from scipy.special import xlogy
 
+from nestgen.metrics.protocol import MetricResult
 
-__all__ = ["Sums", "add", "weighted", "contiguous_parts", "class_sums", "accuracy",
-           "inception_sums", "inception_score", "frame_error_sums", "frame_errors"]
+__all__ = ["Sums", "Chunk", "StreamedMetric", "chunks_of", "add", "weighted", "contiguous_parts", "class_sums",
+           "accuracy", "inception_sums", "inception_score", "frame_error_sums", "frame_errors"]
 
 Sums = dict[str, np.ndarray]
+
+
+@dataclass
+class Chunk:
+    """A chunk of one variant's samples, where they were decoded."""
+    pixels: np.ndarray                 # uint8 images / clips
+    labels: np.ndarray                 # the classes asked for
+    targets: np.ndarray | None         # frame prediction: the true clips' pixels
+    index: np.ndarray                  # sample indices in 0..n-1
+    n: int                             # samples per variant
+
+
+FeatureFn = Callable[[Chunk, object], Sums]                       # (chunk, torch device) -> sums
+ResultFn = Callable[[Sums, tuple], list[MetricResult]]              # (summed sums, sample shape) -> results
+
+
+@dataclass
+class StreamedMetric:
+    """A metric as statistics that add up. `features` closures are pickled to the workers, so
+    they capture only what they need (a small net, a reference mean, a feature-net path)."""
+    features: FeatureFn
+    results: ResultFn
+
+    def over(self, chunks: Iterable[Chunk], device="cpu") -> list[MetricResult]:
+        """The results of every chunk's sums added up, each chunk reduced as it comes."""
+        total, shape = None, ()
+        for c in chunks:
+            total, shape = add(total, self.features(c, device)), tuple(c.pixels.shape[1:])
+        if total is None:
+            raise ValueError("no samples were given")
+        return self.results(total, shape)
+
+
+def chunks_of(pixels: np.ndarray, labels=None, targets: np.ndarray | None = None,
+              size: int | None = None) -> Iterable[Chunk]:
+    """Samples (and their labels, true clips) as chunks of `size` (None: one chunk)."""
+    n = len(pixels)
+    labels = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels)
+    for a in range(0, n, size or max(n, 1)):
+        z = min(n, a + (size or n))
+        yield Chunk(pixels[a:z], labels[a:z], None if targets is None else targets[a:z], np.arange(a, z), n)
 MSE_FLOOR = 1e-10          # a perfect clip's PSNR is 100 dB instead of infinite
 
 
