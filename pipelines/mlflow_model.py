@@ -62,8 +62,7 @@ class NestgenGenerator(PythonModel):
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        from nestgen.serving.errors import RequestError
-        from nestgen.serving.request import GenerateRequest
+        from nestgen.serving.request import GenerateRequest, RequestError
         rows = model_input.to_dict("records")
         try:
             jobs = [self.engine.resolve(GenerateRequest(

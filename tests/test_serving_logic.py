@@ -15,11 +15,9 @@ from nestgen.configschema import ConfigError
 from nestgen.data.media import decode_mp4, encode_mp4
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.serving.auto import LatencyFeedback, LatencyModel, calibrate, choose_preset
-from nestgen.serving.batching import group_jobs, row_slices
 from nestgen.serving.conditioning import condition_tokens
-from nestgen.serving.errors import RequestError
-from nestgen.serving.job import Job, rows_of
-from nestgen.serving.request import Condition, GenerateRequest
+from nestgen.serving.job import Job, group_jobs, row_slices, rows_of
+from nestgen.serving.request import Condition, GenerateRequest, RequestError
 from nestgen.serving.resolve import ModelSpec, resolve_request
 from nestgen.tokenizers import TokenizerConfig, VQTokenizer
 from pipelines.config import ServeConfig, run_config_from_dict
@@ -398,3 +396,11 @@ def test_a_mixed_batch_runs_as_one_decode_and_each_request_gets_its_tokens_alone
     tokens = [[s["tokens"] for s in r["samples"]] for r in got]
     assert tokens[0][0] != tokens[4][0]          # the conditioning takes effect
     assert all(all(t[:8] == [k] * 8 for t in tokens[4 + k]) for k in range(4))
+
+
+def test_a_model_logged_before_the_errors_moved_still_finds_request_error():
+    """An MLflow model runs the copy of pipelines/mlflow_model.py logged with it; copies logged
+    before RequestError moved into nestgen.serving.request import it from nestgen.serving.errors,
+    and predict() catches it to answer a bad row with MLflow's INVALID_PARAMETER_VALUE."""
+    from nestgen.serving.errors import RequestError as logged_path
+    assert logged_path is RequestError

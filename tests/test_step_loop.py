@@ -16,9 +16,8 @@ from nestgen.decoding.maskgit import decode
 from nestgen.decoding.step_decoder import StepDecoder
 from nestgen.model.nested_transformer import NestedTransformer
 from nestgen.serving.engine import Engine
-from nestgen.serving.errors import DecodeFailed, RequestError
 from nestgen.serving.job import Job
-from nestgen.serving.request import GenerateRequest
+from nestgen.serving.request import DecodeFailed, GenerateRequest, RequestError
 from nestgen.serving.step_loop import LoopMetrics, StepLoop
 from pipelines.config import ServeConfig, run_config_from_dict
 

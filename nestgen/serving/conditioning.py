@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nestgen.data.media import ClipSpec, MediaError, MediaLimitError, VideoLimits, read_video
-from nestgen.serving.errors import RequestError
+from nestgen.serving.request import RequestError
 from nestgen.serving.request import Condition
 
 log = logging.getLogger(__name__)

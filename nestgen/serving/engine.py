@@ -28,14 +28,12 @@ from nestgen.decoding.worker import DecodeWorker
 from nestgen.device import resolve_device
 from nestgen.flops import decode_flops
 from nestgen.serving.auto import LatencyFeedback, LatencyModel, calibrate, choose_preset
-from nestgen.serving.batching import group_jobs, row_slices
 from nestgen.serving.conditioning import condition_tokens
 from nestgen.serving.config import EngineConfig
 from nestgen.serving.encode import encode_sample
-from nestgen.serving.errors import FAILED, DecodeFailed, RequestError  # noqa: F401 - FAILED: part of this module's API
-from nestgen.serving.job import Job, rows_of
+from nestgen.serving.job import Job, group_jobs, row_slices, rows_of
 from nestgen.serving.step_loop import LoopMetrics, StepEvent, StepLoop, StepResult
-from nestgen.serving.request import GenerateRequest
+from nestgen.serving.request import FAILED, DecodeFailed, GenerateRequest, RequestError  # noqa: F401 - FAILED: part of this module's API
 from nestgen.serving.resolve import ModelSpec, resolve_request
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,10 @@
-"""A validated generation request: what to decode, ready to share a batch with others."""
+"""A validated generation request as the decoder takes it (a Job), and how jobs share a batch.
+
+One Serve batch (serve.batching request) becomes one decode call per group of jobs whose
+forward passes can be shared: the same schedule, cache policy and conditioning length;
+temperature and guidance scale are per row (nestgen.decoding.maskgit.RowSettings), so they never
+split a group. The step loop (batching step) needs no grouping: it groups rows per step.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,3 +40,21 @@ class Job:
 def rows_of(jobs: list[Job]) -> int:
     """Batch size in rows (Serve's batch_size_fn): a request for n samples is n rows."""
     return sum(j.rows for j in jobs)
+
+
+def group_jobs(jobs: list[Job]) -> list[list[int]]:
+    """Indices of `jobs` grouped by Job.group_key(), groups in order of first appearance and
+    indices in arrival order, so every request's rows stay contiguous and in its own order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.group_key(), []).append(i)
+    return list(groups.values())
+
+
+def row_slices(jobs: list[Job]) -> list[slice]:
+    """Where each job's rows sit in the concatenated batch."""
+    out, start = [], 0
+    for j in jobs:
+        out.append(slice(start, start + j.rows))
+        start += j.rows
+    return out

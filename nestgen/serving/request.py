@@ -1,4 +1,5 @@
-"""The JSON body of POST /v1/generate, as a strict pydantic model.
+"""The JSON body of POST /v1/generate, as a strict pydantic model, and the two ways a request
+ends without samples: refused (RequestError, with its HTTP status) or failed (DecodeFailed).
 
 Strict: JSON types must match exactly ("3" is not a class id, 1.5 is not a sample count) and
 unknown fields are refused, so a typo never silently falls back to a default. FastAPI turns
@@ -58,3 +59,27 @@ class GenerateRequest(BaseModel):
     stream: bool = Field(False, description="true: answer with application/x-ndjson, one event a line: a 'step' "
                                             "event after every decoding step (the tokens so far, -1 where still "
                                             "masked), then a 'result' event with the answer (or an 'error' event)")
+
+
+class RequestError(ValueError):
+    """A request the service refuses. `status` is the HTTP status (400 for a request that is
+    well-formed JSON but asks for something this model or service can't do, 413 for a body
+    over the limit, 422 for wrong types, 503 when it is over capacity); the message is the reason
+    shown to the client."""
+
+    def __init__(self, reason: str, status: int = 400, retry_after_s: int | None = None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after_s = retry_after_s     # a 503's Retry-After, when the service knows one
+
+
+FAILED = "generation failed on the server; the cause is in the replica's log"
+
+
+class DecodeFailed(RuntimeError):
+    """A decode that raised: its requests get this generic reason (HTTP 500), never the
+    exception's own text, which can name files, shapes or library internals."""
+
+    def __init__(self):
+        super().__init__(FAILED)

@@ -13,9 +13,8 @@ from nestgen.decoding.config import DecodeConfig
 from nestgen.model.config import ModelConfig
 from nestgen.configschema import ConfigError, from_dict, to_dict
 from nestgen.decoding.schedule import PRESETS, resolve_schedule
-from nestgen.serving.errors import RequestError
 from nestgen.serving.job import Job
-from nestgen.serving.request import GenerateRequest
+from nestgen.serving.request import GenerateRequest, RequestError
 
 AUTO = "auto"
 

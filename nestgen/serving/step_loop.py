@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from nestgen.decoding.step_decoder import Row, StepDecoder
-from nestgen.serving.errors import DecodeFailed, RequestError
 from nestgen.serving.job import Job
+from nestgen.serving.request import DecodeFailed, RequestError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from nestgen.serving.errors import FAILED, DecodeFailed, RequestError
+from nestgen.serving.request import FAILED, DecodeFailed, RequestError
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from nestgen.configschema import to_dict
-from nestgen.serving.errors import DecodeFailed, RequestError
 from nestgen.serving.job import Job, rows_of
-from nestgen.serving.request import GenerateRequest
+from nestgen.serving.request import DecodeFailed, GenerateRequest, RequestError
 from nestgen.serving.stream import MEDIA_TYPE, STREAM_200, StepStream
 from pipelines.config import RunConfig, ServeConfig
 from pipelines.model_registry import checkpoint_resolver, pin_model_version
