@@ -102,3 +102,17 @@ def test_no_library_module_hides_an_import_behind_type_checking():
             if test is not None and "TYPE_CHECKING" in ast.unparse(test):
                 hits.append(f"{p.relative_to(ROOT)}:{node.lineno}")
     assert hits == []
+
+
+def test_only_the_serve_app_speaks_http():
+    """FastAPI and Starlette are imported only by the Serve app (pipelines/serve/), and pydantic in
+    the library only by the request schema, which the engine and the MLflow model validate too:
+    the HTTP answers' models and middleware live beside the app, not in nestgen."""
+    serve_app = ROOT / "pipelines" / "serve"
+    packages = {p: {name.split(".")[0] for name in _imported(p)} for p in _files("nestgen", "pipelines")}
+    http = [str(p.relative_to(ROOT)) for p, names in packages.items()
+            if names & {"fastapi", "starlette"} and serve_app not in p.parents]
+    assert http == [], f"modules outside pipelines/serve/ that import FastAPI or Starlette: {http}"
+    schemas = [str(p.relative_to(ROOT)) for p, names in packages.items()
+               if "pydantic" in names and ROOT / "nestgen" in p.parents]
+    assert schemas == ["nestgen/serving/request.py"], f"library modules that import pydantic: {schemas}"

@@ -17,9 +17,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
 
 from nestgen.serving.request import FAILED, DecodeFailed, RequestError
 
@@ -27,28 +24,6 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/x-ndjson"
 MASKED = -1     # a preview's token id where the position is still masked
-
-
-class StreamEvent(BaseModel):
-    """One line of a streamed answer. Flat (no nested models), so that the OpenAPI
-    description can carry its schema inline."""
-    event: Literal["step", "result", "error"]
-    step: int | None = Field(None, description="step: decoding steps done, 1..steps")
-    steps: int | None = Field(None, description="step: the request's decoding steps K")
-    schedule: str | None = Field(None, description="step: the compact schedule being decoded")
-    seeds: list[int] | None = Field(None, description="step: each sample's seed")
-    unmasked: list[int] | None = Field(None, description="step: each sample's tokens chosen so far")
-    tokens: list[list[int]] | None = Field(None, description=f"step: each sample's token ids so far, {MASKED} "
-                                                             "where still masked")
-    result: dict[str, Any] | None = Field(None, description="result: the answer, the same body as without "
-                                                            "stream (GenerateResponse)")
-    status: int | None = Field(None, description="error: the HTTP status the failure would have had")
-    detail: str | None = Field(None, description="error: the reason")
-
-
-# The 200 answer's second content type, for the route's OpenAPI description.
-STREAM_200 = {200: {"description": "the answer; with \"stream\": true, its events (one JSON object a line)",
-                    "content": {MEDIA_TYPE: {"schema": StreamEvent.model_json_schema()}}}}
 
 
 def line(event: dict) -> bytes:

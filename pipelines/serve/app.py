@@ -34,14 +34,14 @@ from ray import serve
 from nestgen.configschema import to_dict
 from nestgen.serving.job import Job, rows_of
 from nestgen.serving.request import DecodeFailed, GenerateRequest, RequestError
-from nestgen.serving.stream import MEDIA_TYPE, STREAM_200, StepStream
+from nestgen.serving.stream import MEDIA_TYPE, StepStream
 from pipelines.config import RunConfig, ServeConfig
 from pipelines.model_registry import checkpoint_resolver, pin_model_version
 from pipelines.ray_runtime import bind_serve_replica_to_node_address, dashboard_url, init_ray
 from pipelines.serve.deployment import ServeArgs, deployment_options, read_serve_file, serve_config_from_args
 from pipelines.serve.metrics import ServeLoopMetrics
 from pipelines.serve.middleware import BearerAuth, BodySizeLimit, read_api_keys
-from pipelines.serve.responses import (GENERATE_503, GenerateResponse, HealthResponse, ModelResponse,
+from pipelines.serve.responses import (GENERATE_503, STREAM_200, GenerateResponse, HealthResponse, ModelResponse,
                                        SchedulesResponse, error_responses)
 
 api = FastAPI(

@@ -1,4 +1,5 @@
-"""The JSON bodies the HTTP API answers with, as pydantic models: its OpenAPI description.
+"""The JSON bodies the HTTP API answers with, as pydantic models: its OpenAPI description
+(the events of a streamed answer, StreamEvent, included).
 
 The service validates every 200 answer against these models (FastAPI's response_model), so
 the description cannot drift from what is sent. Fields that an answer leaves out (a sample's
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from nestgen.serving.stream import MASKED, MEDIA_TYPE
 
 Format = Literal["png", "mp4", "tokens"]
 
@@ -177,3 +180,25 @@ GENERATE_503 = {503: {
                    "request ran past serve.decode_deadline_s; or, in plain text from Serve's proxy, over "
                    "serve.max_queued_requests or no replica ready",
     "content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+
+class StreamEvent(BaseModel):
+    """One line of a streamed answer. Flat (no nested models), so that the OpenAPI
+    description can carry its schema inline."""
+    event: Literal["step", "result", "error"]
+    step: int | None = Field(None, description="step: decoding steps done, 1..steps")
+    steps: int | None = Field(None, description="step: the request's decoding steps K")
+    schedule: str | None = Field(None, description="step: the compact schedule being decoded")
+    seeds: list[int] | None = Field(None, description="step: each sample's seed")
+    unmasked: list[int] | None = Field(None, description="step: each sample's tokens chosen so far")
+    tokens: list[list[int]] | None = Field(None, description=f"step: each sample's token ids so far, {MASKED} "
+                                                             "where still masked")
+    result: dict[str, Any] | None = Field(None, description="result: the answer, the same body as without "
+                                                            "stream (GenerateResponse)")
+    status: int | None = Field(None, description="error: the HTTP status the failure would have had")
+    detail: str | None = Field(None, description="error: the reason")
+
+
+# The 200 answer's second content type, for the route's OpenAPI description.
+STREAM_200 = {200: {"description": "the answer; with \"stream\": true, its events (one JSON object a line)",
+                    "content": {MEDIA_TYPE: {"schema": StreamEvent.model_json_schema()}}}}
