@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
     rows, shared = [], {}
     try:
         with LocalCluster(work / "cluster", head_cpus=0, workers=(2, 2)) as cluster:
-            ray.init(address=cluster.address, runtime_env=scenarios.WORKER_SETUP)
+            cluster.connect()
             for name in args.only.split(","):
                 t0 = time.monotonic()
                 row = SCENARIOS[name](cluster, work, shared)

@@ -36,6 +36,10 @@ CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLE
                "RAY_AUTH_MODE": "disabled", "RAY_task_events_report_interval_ms": "100"}
 
 
+# every worker of a driver's job knows chaosfs:// (the driver does by importing chaoskit.faults)
+WORKER_SETUP = {"worker_process_setup_hook": "chaoskit.faults.register"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,14 +62,17 @@ class LocalCluster:
     """head (0 CPUs by default: the control plane, never the victim) + workers w1, w2, ...;
     worker node <name> carries the resource `chaos_<name>` = 1 to pin work to it."""
 
-    def __init__(self, root: str | os.PathLike, head_cpus: float = 0, workers=(2, 2), object_store_mb: int = 100):
+    def __init__(self, root: str | os.PathLike, head_cpus: float = 0, workers=(2, 2), object_store_mb: int = 100,
+                 env: dict | None = None):
+        """workers: the CPUs of w1, w2, ...; env: more variables for every process of the cluster."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(f"/tmp/nck{os.getpid()}-{free_port()}")      # Ray's socket paths must stay short
         self.dash_port = free_port()
         self.dashboard = f"http://127.0.0.1:{self.dash_port}"
         self.object_store = object_store_mb * 2**20
-        self._head_cpus, self._workers = head_cpus, list(workers)
+        self._head_cpus, self._env = head_cpus, dict(env or {})
+        self.worker_cpus = {f"w{k}": cpus for k, cpus in enumerate(workers, 1)}
         self.cluster = None
         self.nodes: dict = {}                       # name -> ray._private.node.Node
         self.killed_at: dict[str, float] = {}
@@ -96,32 +103,58 @@ class LocalCluster:
         from chaoskit.faults import PLAN_ENV
         # RAY_TMPDIR: Cluster writes the head's address to <RAY_TMPDIR>/ray/ray_current_cluster, where
         # any later `ray.init()` on this machine would find and join it; inside self.tmp it goes with the cluster
-        env = dict(CLUSTER_ENV, **{PLAN_ENV: str(self.plan), "RAY_TMPDIR": str(self.tmp), "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)})
+        env = dict(CLUSTER_ENV, **self._env, **{PLAN_ENV: str(self.plan), "RAY_TMPDIR": str(self.tmp),
+                                                "PYTHONPATH": os.pathsep.join(
+                                                    p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)})
         self._saved_env = {k: os.environ.get(k) for k in env}
         (self.tmp / "ray").mkdir(parents=True, exist_ok=True)
         os.environ.update(env)
         if "ray" in sys.modules and sys.modules["ray"]._private.ray_constants.ENABLE_RAY_CLUSTER:
             raise RuntimeError("ray was imported before chaoskit.cluster set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: "
                                "its nodes would listen on the network")
+        if self._saved_env.get("RAY_AUTH_MODE") == "token":
+            # A local ray.init() in this process turned Ray's token authentication on, and Ray
+            # keeps that mode for the process (it re-initializes its config then, not later):
+            # this driver would refuse the calls of the cluster's processes, which run without
+            # tokens, and the first actor whose constructor arguments it owns dies unstarted.
+            raise RuntimeError("RAY_AUTH_MODE=token in this process (a local ray.init() sets it): Ray's token "
+                               "authentication is on here and the cluster runs without it; set "
+                               "RAY_AUTH_MODE=disabled before the first ray.init")
         from ray.cluster_utils import Cluster
         self.cluster = Cluster(initialize_head=True, shutdown_at_exit=True, head_node_args=dict(
             self._args(self._head_cpus), include_dashboard=True, dashboard_host="127.0.0.1",
             dashboard_port=self.dash_port, temp_dir=str(self.tmp)))
+        # `ray job submit`'s supervisor looks its cluster's address up in <head temp_dir>/ray_current_cluster
+        # (Cluster wrote it under $RAY_TMPDIR/ray); not found, it takes any Ray running on the machine
+        (self.tmp / "ray_current_cluster").write_text(self.cluster.address)
         self.nodes["head"] = self.cluster.head_node
-        for k, cpus in enumerate(self._workers, 1):
-            self.add_worker(f"w{k}", cpus)
+        for name in self.worker_cpus:
+            self.add_worker(name)
         wait_for(self._dashboard_up, 120, "the head's dashboard")
 
     def _args(self, cpus: float, **resources) -> dict:
         return dict(num_cpus=cpus, object_store_memory=self.object_store, node_ip_address="127.0.0.1",
                     dashboard_agent_listen_port=free_port(), resources=resources)
 
-    def add_worker(self, name: str, num_cpus: float = 2) -> None:
-        """Start worker node `name` (again after kill_node: the machine came back); returns
-        once the GCS lists it alive."""
-        self.nodes[name] = self.cluster.add_node(wait=True, **self._args(num_cpus, **{f"chaos_{name}": 1}))
+    def connect(self) -> None:
+        """ray.init this process as the driver of a job on the cluster, its workers knowing chaosfs://."""
+        import ray
+        ray.init(address=self.address, runtime_env=WORKER_SETUP)
+
+    def add_worker(self, name: str) -> None:
+        """Start worker node `name` (again after kill_node: the machine came back, with its
+        CPUs); returns once the GCS lists it alive."""
+        self.nodes[name] = self.cluster.add_node(wait=True, **self._args(self.worker_cpus[name],
+                                                                           **{f"chaos_{name}": 1}))
         self.killed_at.pop(name, None)
+
+    def heal(self) -> list[str]:
+        """Start again every worker node that is down, so that the next scenario finds the
+        cluster whole; returns their names."""
+        down = [name for name in self.worker_cpus if name not in self.nodes]
+        for name in down:
+            self.add_worker(name)
+        return down
 
     def stop(self) -> None:
         """SIGKILL every process of every node (the workers the raylets spawned included)."""
@@ -136,6 +169,33 @@ class LocalCluster:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+    def wait_idle(self, timeout_s: float = 60) -> None:
+        """Return once every CPU of the cluster is free again (what a step started has ended:
+        Ray Data's actors, Train's placement group, Serve's replicas); else a TimeoutError
+        naming what still holds them. Needs this process connected (connect()). Garbage is
+        collected first: a handle in a reference cycle (an exception kept with the frame that
+        caught it, as pipelines.evaluate.on_live_workers keeps a dead worker's) keeps its actor
+        alive until the driver's next collection."""
+        import gc
+
+        import ray
+        gc.collect()
+
+        def idle() -> bool:
+            total, free = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
+            return total == sum(self.worker_cpus.values()) + self._head_cpus and free == total
+        try:
+            wait_for(idle, timeout_s, "every CPU of the cluster to be free")
+        except TimeoutError as e:
+            from ray.util.state import list_actors, list_placement_groups
+            held = [f"{a.class_name} on {self.node_name(a.node_id)}" for a in list_actors(
+                address=self.dashboard, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)]
+            groups = [g.placement_group_id for g in list_placement_groups(
+                address=self.dashboard, filters=[("state", "=", "CREATED")], raise_on_missing_output=False)]
+            raise TimeoutError(f"{e}: {ray.available_resources().get('CPU', 0)} of "
+                               f"{ray.cluster_resources().get('CPU', 0)} CPUs free; alive actors {held}, "
+                               f"placement groups {groups}") from None
 
     # ---- faults -----------------------------------------------------------------------
     def pids(self, name: str) -> list[int]:

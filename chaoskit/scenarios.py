@@ -4,7 +4,7 @@ fault injected at an observable point and returns what it measured; comparing ag
 unfaulted run is the caller's (`shard_rows`, `summary_results`).
 
 The driver is this process (in a thread, so that this thread can watch and kill), connected
-with `ray.init(address=cluster.address, runtime_env=WORKER_SETUP)`.
+with `cluster.connect()`.
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from typing import Any, Callable
 from chaoskit import faults
 from chaoskit.cluster import LocalCluster, wait_for
 
-# every worker of the driver's job knows chaosfs:// (the driver does by importing chaoskit.faults)
-WORKER_SETUP = {"worker_process_setup_hook": "chaoskit.faults.register"}
 WORKER_NODES = ("w1", "w2", "w3")
 
 

@@ -2,16 +2,17 @@
 Generator, one on each worker node (1.5 CPUs each on 2-CPU nodes), Serve's proxy on the
 head (proxy_location HeadOnly: every node of a one-machine cluster shares 127.0.0.1, where
 only one proxy can listen), clients sending seeded requests all along. One replica's node is
-SIGKILLed; the row says how the requests in flight there ended, when every request succeeded
-again on the survivor, and when the node's return restored two replicas. Checked by
-tests/test_chaos_serve.py, tabled by benchmarks/chaos.py."""
+SIGKILLed; the row says how the requests in flight there ended (the clients are nestgen's
+own, pipelines.serve.client, which sends a request again when Serve's proxy says its replica
+died), when every request succeeded again on the survivor, and when the node's return
+restored two replicas. Checked by tests/test_chaos_serve.py, tabled by
+benchmarks/chaos_train_serve.py."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from chaoskit.cluster import LocalCluster, free_port, wait_for
@@ -31,25 +32,35 @@ def tiny_checkpoint(path: Path) -> str:
     return save_checkpoint(str(path), cfg, NestedTransformer(cfg.model))
 
 
-class Load:
+class Load(logging.Handler):
     """`clients` threads posting seeded requests until stopped; each outcome is recorded as
-    (start, end, HTTP status or exception name, body head) on time.time()."""
+    (start, end, HTTP status or exception name, body head) on time.time(), and every request
+    the client sent again (its warnings) in `retried`."""
 
     def __init__(self, url: str, clients: int, timeout_s: float):
+        super().__init__(logging.WARNING)
         self.url, self.timeout_s = url, timeout_s
         self.outcomes: list[tuple] = []
+        self.retried: list[float] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
+    def emit(self, record: logging.LogRecord) -> None:
+        self.retried.append(record.created)
+
     def __enter__(self) -> "Load":
+        from pipelines.serve import client
+        client.log.addHandler(self)
         for t in self._threads:
             t.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        from pipelines.serve import client
         self._stop.set()
         for t in self._threads:
-            t.join(self.timeout_s + 5)
+            t.join(self.timeout_s * (client.RETRIES + 1) + 5)
+        client.log.removeHandler(self)
 
     def _client(self, i: int) -> None:
         n = 0
@@ -64,12 +75,13 @@ class Load:
 
 
 def post(url: str, payload: dict, timeout_s: float) -> tuple:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"})
+    """(200, the answer's JSON) or (HTTP status, reason) or (exception name, message), as
+    pipelines.serve.client (what `nestgen generate` uses) ends."""
+    from pipelines.serve import client
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
+        return 200, json.dumps(client.request_json(url, payload, timeout_s))
+    except client.ServiceError as e:
+        return e.status, str(e.detail)
     except OSError as e:                       # refused, reset, timed out
         return type(e).__name__, str(e)
 
@@ -113,7 +125,7 @@ def serve_scenario(c: LocalCluster, root: Path, clients: int = 4, timeout_s: flo
             wait_for(lambda: len([o for o in load.since(alone) if o[2] == 200]) >= settle
                      or any(o[2] != 200 for o in load.since(alone)), 180, f"{settle} requests on the survivor")
             after_recovery = load.since(alone)
-            c.add_worker(victim, 2)
+            c.add_worker(victim)
             wait_for(lambda: replica_states().get("RUNNING") == 2, 180, "the replica count to be restored")
             restored = time.time()
             wait_for(lambda: len(load.since(restored)) >= clients, 60, "requests after the restore")
@@ -123,6 +135,7 @@ def serve_scenario(c: LocalCluster, root: Path, clients: int = 4, timeout_s: flo
             requests=len(outcomes), failed=len(failed),
             failed_how=sorted({f"{o[2]} {o[3][:60]}".strip() for o in failed}),
             failed_in_flight_at_kill=sum(o[0] <= killed for o in failed),
+            retried=len(load.retried), retried_after_recovery=sum(t >= alone for t in load.retried),
             failed_after_recovery=sum(o[2] != 200 for o in after_recovery),
             answered_after_recovery=sum(o[2] == 200 for o in after_recovery),
             max_latency_s=round(max(o[1] - o[0] for o in outcomes), 2), request_timeout_s=timeout_s,

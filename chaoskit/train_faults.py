@@ -12,8 +12,9 @@ driver hands Ray Train (in process, or in `python -m chaoskit.train_faults`, a `
 whose workers pause).
 
 Sizes: two Train workers of 1.5 CPUs on two 2-CPU worker nodes, so each node holds one rank
-and a lost node's rank cannot move to the other one; the head has 1 CPU for Ray Data's tasks
-(a 1-CPU task fits nowhere else beside a rank: the ingest would wait for ever).
+and a lost node's rank cannot move to the other one; Ray Data's 1-CPU tasks need a CPU
+elsewhere (a 1-CPU worker node, or the head: beside a rank they fit nowhere and the ingest
+would wait for ever).
 """
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ def train_scenario(c: LocalCluster, root: Path, node_returns: bool, steps: int =
         killed_wall = time.time()
         c.kill_node(victim)
         if node_returns:
-            c.add_worker(victim, 2)
+            c.add_worker(victim)
         t.join(300)
         row["hung"] = t.is_alive()
         if "error" in got:
@@ -170,7 +171,7 @@ def train_scenario(c: LocalCluster, root: Path, node_returns: bool, steps: int =
             row["seconds_to_fail"] = round(time.time() - killed_wall, 1)
         if not node_returns and not row["hung"]:
             pipelines.train.train_loop_per_worker = real_loop        # the next `nestgen run`
-            c.add_worker(victim, 2)
+            c.add_worker(victim)
             fit()
     finally:
         pipelines.train.train_loop_per_worker = real_loop

@@ -21,6 +21,10 @@ from scripts.mlflow_screenshots import mlflow_process
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# Without Ray's token authentication, for every Ray of the session alike: a local ray.init()
+# otherwise turns it on for this process for good, and then refuses the calls of the `cluster`
+# tests' nodes, which run without it (their first Ray Data actors died unstarted).
+os.environ["RAY_AUTH_MODE"] = "disabled"
 GCS_PORT = free_port()
 os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{GCS_PORT}"
 
@@ -31,7 +35,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):
-    """`cluster` tests start their own Ray head after stopping the session's: they go last."""
+    """`cluster` tests share a multi-node Ray cluster (chaos_cluster), started after the
+    session's local Ray is stopped: they go last."""
     items.sort(key=lambda it: it.get_closest_marker("cluster") is not None)
 
 
@@ -58,6 +63,37 @@ def ray_local(tmp_path_factory):
     ray = init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chaos_cluster(tmp_path_factory):
+    """One local multi-node Ray cluster for every `cluster` test (chaoskit.cluster): a head
+    with no CPUs, worker nodes w1 and w2 of 2 CPUs (a 1.5-CPU Train rank or Serve replica
+    each, so a lost node's one cannot move to the other) and w3 of 1 CPU (Ray Data's 1-CPU
+    tasks beside the ranks), this process its driver. Starting it stops the session's local
+    Ray: two Ray clusters do not fit 2 cores. Ray Train gives up placing its workers after 8 s
+    (train_faults.START_TIMEOUT_ENV), not 60."""
+    import ray
+
+    from chaoskit.cluster import LocalCluster
+    from chaoskit.train_faults import START_TIMEOUT_ENV
+    if ray.is_initialized():
+        ray.shutdown()
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), head_cpus=0, workers=(2, 2, 1), env=START_TIMEOUT_ENV) as c:
+        c.connect()
+        try:
+            yield c
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture
+def cluster(chaos_cluster):
+    """chaos_cluster, whole again after the test (the nodes it killed started again) and with
+    nothing of the test's left holding resources, for the next one."""
+    yield chaos_cluster
+    chaos_cluster.heal()
+    chaos_cluster.wait_idle()
 
 
 @pytest.fixture(scope="session")

@@ -6,31 +6,17 @@ which benchmarks/chaos.py runs on more data).
 
 The kill points are observable states, not sleeps: a tokenizer actor holding a chosen input
 file (chaoskit.faults.hold: its read waits at a gate until released), an evaluation batch
-that Ray reports running on a worker node. Runs last (conftest orders `cluster` tests
-last) and shuts the session's in-process Ray down first."""
+that Ray reports running on a worker node. On the session's cluster (conftest's
+chaos_cluster; `cluster` starts the killed node again after each test)."""
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from chaoskit import faults, scenarios
-from chaoskit.cluster import LocalCluster
+from chaoskit import scenarios
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    import ray
-    if ray.is_initialized():
-        ray.shutdown()
-    with LocalCluster(tmp_path_factory.mktemp("chaos"), head_cpus=0, workers=(2, 2)) as c:
-        ray.init(address=c.address, runtime_env=scenarios.WORKER_SETUP)
-        try:
-            yield c
-        finally:
-            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +40,7 @@ def _cfg():
 
 
 @pytest.fixture(scope="module")
-def reference(cluster, small_input, image_tokenizer, tmp_path_factory):
+def reference(chaos_cluster, small_input, image_tokenizer, tmp_path_factory):
     """The unfaulted tokenize run, on the same cluster."""
     from pipelines.tokenize import tokenize_to_shards
     out = tmp_path_factory.mktemp("ref_shards")
@@ -76,10 +62,9 @@ def test_tokenize_survives_a_node_killed_mid_step(cluster, reference, small_inpu
     held = f"{small_input.removeprefix('chaosfs://')}/train/5/*.png"          # a batch in an actor's hands
     got = scenarios.tokenize_node_killed(cluster, small_input, tmp_path / "shards", str(image_tokenizer[0]), _cfg(),
                                          held)
-    assert got["victim"] in ("w1", "w2") and cluster.killed_at[got["victim"]]
+    assert got["victim"] in scenarios.WORKER_NODES and cluster.killed_at[got["victim"]]
     print(f"tokenize: node {got['victim']} killed; recovered in {got['recovery_s']:.1f} s, step {got['step_s']:.1f} s")
     _whole(scenarios.shard_rows(tmp_path / "shards"), ref)
-    cluster.add_worker(got["victim"])                                # the next scenario has both nodes
 
 
 def test_a_shard_write_broken_mid_file_is_retried_whole(cluster, reference, small_input, image_tokenizer, tmp_path):
@@ -126,7 +111,6 @@ def test_evaluation_survives_a_node_killed_mid_evaluation(cluster, reference, ch
         "bootstrap_replicates": 20, "search": {"enabled": False}}})
     evaluate(cfg, str(tmp_path / "clean"), ckpt, log_mlflow=False)
     got = scenarios.evaluate_node_killed(cluster, cfg, tmp_path / "faulted", ckpt, log_mlflow=False)
-    assert got["victim"] in ("w1", "w2")
+    assert got["victim"] in scenarios.WORKER_NODES
     print(f"evaluate: node {got['victim']} killed; recovered in {got['recovery_s']:.1f} s, step {got['step_s']:.1f} s")
     assert scenarios.summary_results(tmp_path / "faulted") == scenarios.summary_results(tmp_path / "clean")
-    cluster.add_worker(got["victim"])

@@ -1,39 +1,11 @@
 """Training and the driver under real process deaths on a local multi-node Ray cluster
-(chaoskit.cluster: head + two 2-CPU worker nodes on 127.0.0.1; scenarios in
-chaoskit.train_faults). Each Train rank sits on its own worker node and pauses at step 13 of
-20 (checkpoints every 10) the first time, which is where the harness kills.
-
-Runs last in the session (conftest orders `cluster` tests last) and shuts the session's
-in-process Ray down first: two Ray clusters do not fit this 2-core machine."""
-import os
-
+(conftest's chaos_cluster: 2-CPU worker nodes w1, w2 and a 1-CPU w3 on 127.0.0.1; scenarios
+in chaoskit.train_faults). Each Train rank sits on its own 2-CPU worker node and pauses at
+step 13 of 20 (checkpoints every 10) the first time, which is where the harness kills;
+`cluster` starts the killed node again after each test."""
 import pytest
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    from chaoskit import train_faults
-    saved = {k: os.environ.get(k) for k in train_faults.START_TIMEOUT_ENV}
-    os.environ.update(train_faults.START_TIMEOUT_ENV)     # inherited by the nodes' processes
-    import ray
-    if ray.is_initialized():
-        ray.shutdown()
-    from chaoskit.cluster import LocalCluster
-    try:
-        with LocalCluster(tmp_path_factory.mktemp("chaos-train"), head_cpus=1, workers=(2, 2)) as c:
-            ray.init(address=c.address)
-            try:
-                yield c
-            finally:
-                ray.shutdown()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _exact_and_tracked_once(row: dict) -> None:
@@ -77,7 +49,7 @@ def test_a_killed_nestgen_run_is_taken_over_after_its_lease_and_resumes(cluster,
     try:
         row = driver_scenario(cluster, tmp_path)
     finally:
-        ray.init(address=cluster.address)
+        cluster.connect()
     assert row["refused_rc"] == 2 and "is in use by 'nestgen run (driver)'" in row["refused"][0], row["refused"]
     assert row["rerun_rc"] == 0, row["rerun_tail"]
     assert row["step_status"] == "done" and row["start_step"] == 10

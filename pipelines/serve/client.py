@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -22,25 +23,36 @@ class ServiceError(RuntimeError):
 
 
 API_KEY_ENV = "NESTGEN_API_KEY"   # the key the client sends, when the service requires one
+# Ray Serve's proxy's whole answer to a request whose replica died under it (its node or
+# process): a bare 500. nestgen's own 500s carry a JSON detail. Serve retries only the choice of
+# a replica, never a request it has sent, so the client sends it again: the survivor answers
+# (the same samples, when the request names its seed).
+REPLICA_DIED = (500, "Internal Server Error")
+RETRIES = 2
+log = logging.getLogger(__name__)
 
 
 def _open(url: str, payload: dict | None, timeout: float):
     """urlopen for a GET (payload None) or a JSON POST; ServiceError with the service's reason
-    on 4xx/5xx. Sends `Authorization: Bearer $NESTGEN_API_KEY` when that variable is set."""
+    on 4xx/5xx, after up to RETRIES more tries of an answer of REPLICA_DIED. Sends
+    `Authorization: Bearer $NESTGEN_API_KEY` when that variable is set."""
     data = None if payload is None else json.dumps(payload).encode()
     headers = {"content-type": "application/json"}
     if os.environ.get(API_KEY_ENV):
         headers["authorization"] = f"Bearer {os.environ[API_KEY_ENV]}"
-    req = urllib.request.Request(url, data=data, headers=headers)
-    try:
-        return urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        body = e.read()
+    for attempt in range(RETRIES + 1):
         try:
-            detail = json.loads(body).get("detail", body.decode(errors="replace"))
-        except ValueError:
-            detail = body.decode(errors="replace")
-        raise ServiceError(e.code, detail) from None
+            return urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=timeout)
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                detail = json.loads(body).get("detail", body.decode(errors="replace"))
+            except ValueError:
+                detail = body.decode(errors="replace")
+            if (e.code, detail) != REPLICA_DIED or attempt == RETRIES:
+                raise ServiceError(e.code, detail) from None
+            log.warning("%s: HTTP 500 from Ray Serve's proxy (the replica died under the request); "
+                        "sending it again (%d of %d)", url, attempt + 1, RETRIES)
 
 
 def request_json(url: str, payload: dict | None = None, timeout: float = 600) -> dict:
