@@ -174,9 +174,9 @@ class LocalCluster:
         """Return once every CPU of the cluster is free again (what a step started has ended:
         Ray Data's actors, Train's placement group, Serve's replicas); else a TimeoutError
         naming what still holds them. Needs this process connected (connect()). Garbage is
-        collected first: a handle in a reference cycle (an exception kept with the frame that
-        caught it, as pipelines.evaluate.on_live_workers keeps a dead worker's) keeps its actor
-        alive until the driver's next collection."""
+        collected first: an actor handle in a reference cycle (an exception kept with the frame
+        that caught it) keeps its actor alive until the driver's next collection; the pipeline's
+        own pools kill their actors when a step ends (pipelines.evaluate.actor_pool)."""
         import gc
 
         import ray

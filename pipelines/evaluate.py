@@ -66,9 +66,12 @@ class EvalWorker:
         return str(self.worker.device)
 
 
-def actor_pool(checkpoint: str, cfg: RunConfig, suite) -> tuple[BatchMap, list[str]]:
+@contextlib.contextmanager
+def actor_pool(checkpoint: str, cfg: RunConfig, suite) -> Iterator[tuple[BatchMap, list[str]]]:
     """(the map that runs batch jobs on a pool of EvalWorker actors (on_live_workers), the
-    actors' device names)."""
+    actors' device names). The actors are killed on exit: their CPUs (and GPUs) go back to
+    the cluster when the step ends, not when a garbage collection happens to free the last
+    reference (the next step, e.g. another seed's training, waits for those resources)."""
     import ray
     e = cfg.evaluate
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
@@ -76,8 +79,12 @@ def actor_pool(checkpoint: str, cfg: RunConfig, suite) -> tuple[BatchMap, list[s
     actor = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=gpus, scheduling_strategy="SPREAD")(EvalWorker)
     features = ray.put(suite.features())
     workers = [actor.remote(checkpoint, features) for _ in range(e.num_workers)]
-    devices = ray.get([w.device.remote() for w in workers])
-    return (lambda jobs: on_live_workers(workers, jobs, lambda w, job: w.run.remote(job))), devices
+    try:
+        devices = ray.get([w.device.remote() for w in workers])
+        yield (lambda jobs: on_live_workers(workers, jobs, lambda w, job: w.run.remote(job))), devices
+    finally:
+        for w in workers:
+            ray.kill(w)
 
 
 def on_live_workers(workers: list, tasks: list, call) -> Iterator:
@@ -142,12 +149,11 @@ def evaluate(cfg: RunConfig, output_url: str, checkpoint: str = "", use_ray: boo
         suite = build_quality_suite(ecfg, ecfg.evaluate, data, render)
         for name, why in suite.unavailable.items():
             print(f"[evaluate] {name}: not reported. {why}")
-        if use_ray:
-            map_batches, devices = actor_pool(checkpoint, ecfg, suite)
-        else:
-            map_batches, devices = local_map(model, ecfg, suite, tok), ["cpu"]
-        report = run_evaluation(ecfg, ecfg.evaluate, suite, data, map_batches, checkpoint,
-                                progress=lambda s: print(f"[evaluate] {s}", flush=True), bar=console.stream())
+        pool = (actor_pool(checkpoint, ecfg, suite) if use_ray
+                else contextlib.nullcontext((local_map(model, ecfg, suite, tok), ["cpu"])))
+        with pool as (map_batches, devices):
+            report = run_evaluation(ecfg, ecfg.evaluate, suite, data, map_batches, checkpoint,
+                                    progress=lambda s: print(f"[evaluate] {s}", flush=True), bar=console.stream())
         print(report.table(), flush=True)
         files = write_outputs(report, output_url)
         if run:

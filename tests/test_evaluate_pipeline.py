@@ -40,6 +40,11 @@ def test_ray_evaluation_writes_runs_plot_and_summary(ray_local, digit_shards, ml
                     bootstrap_replicates=50, search={"num_samples": 20, "max_candidates": 2, "budget_fraction": 0.5})
     out = tmp_path / "eval"
     res = evaluate(cfg, str(out), ckpt, use_ray=True)
+    # the step hands its actors' CPUs back when it ends (no reference cycle may keep them alive)
+    from ray.util.state import list_actors
+    alive = list_actors(address=ray_local.get_runtime_context().gcs_address,
+                        filters=[("class_name", "=", "EvalWorker"), ("state", "=", "ALIVE")])
+    assert alive == [], f"evaluation workers still alive after the step: {alive}"
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "fd_digits" and {"fid", "is"} <= set(summary["unavailable_metrics"])
