@@ -68,10 +68,12 @@ def stop_group(pid: int) -> None:
 
 @contextmanager
 def mlflow_process(args: list[str], log: Path, ready_path: str = "/health", env: dict | None = None,
-                   timeout: float = 120):
+                   timeout: float = 300):
     """`mlflow <args>` (ui, server, models serve) listening on 127.0.0.1 and a free port, in a
     session of its own, output to `log`; yields its URL once GET <url><ready_path> answers 200
-    (an error with the log's end if it exits or times out first); stopped by process group."""
+    (an error with the log's end if it exits or times out first); stopped by process group.
+    `timeout` bounds a hang, not speed: a fresh database is migrated at start, which took over
+    two minutes on a 2-core machine under load (the wait ends as soon as it answers)."""
     port = free_port()
     exe = Path(sys.executable).parent / "mlflow"
     with open(log, "wb") as out:
@@ -94,7 +96,7 @@ def mlflow_process(args: list[str], log: Path, ready_path: str = "/health", env:
         stop_group(proc.pid)
 
 
-def mlflow_ui(db: Path, log: Path, timeout: float = 120):
+def mlflow_ui(db: Path, log: Path, timeout: float = 300):
     """`mlflow ui` on sqlite:///db (a context manager yielding its URL, as mlflow_process)."""
     return mlflow_process(["ui", "--backend-store-uri", f"sqlite:///{db.resolve()}", "--workers", "1"], log,
                           timeout=timeout)

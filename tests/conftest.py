@@ -125,7 +125,7 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite backend, proxied artifacts) on 127.0.0.1, stopped by PID."""
     root = tmp_path_factory.mktemp("mlflow_server")
     with mlflow_process(["server", "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                         "--artifacts-destination", str(root / "artifacts")], root / "server.log", timeout=90) as url:
+                         "--artifacts-destination", str(root / "artifacts")], root / "server.log") as url:
         yield url
 
 
