@@ -44,7 +44,7 @@ screenshots: install
 
 # One pytest process for the suite: the `cluster` fault tests run last, on one multi-node Ray
 # cluster they share (tests/conftest.py chaos_cluster). The pipeline-job test starts a head of
-# its own (`ray start`, stopped with `ray stop`): a second process, after. Any non-zero exit
+# its own (`ray start`, its processes stopped by PID): a second process, after. Any non-zero exit
 # fails, pytest's 5 (no test collected) too.
 test: install
 	@rc=0; $(PY) -m pytest --ignore=tests/test_pipeline_job.py || rc=1; \
