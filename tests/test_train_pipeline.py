@@ -131,11 +131,14 @@ def test_worker_failure_resumes_from_checkpoint_with_exact_steps_and_batches(dig
     """A run that fails at step 6 resumes from its step-4 checkpoint and ends with the weights
     and loss of the same run that never failed: the resumed workers pass over the 4 batches of
     epoch 0 trained on before the checkpoint (batch 256 of ~1,600 rows: 6 steps an epoch) and
-    go on into epoch 1 as the uninterrupted run does (they used to start epoch 0 again). And
-    fit() leaves the SIGINT handler as it found it (Ray Train V2 installed its own and kept it:
-    Ctrl-C no longer stopped `nestgen run` after training)."""
+    go on into epoch 1 as the uninterrupted run does (they used to start epoch 0 again). The
+    equality is also the generator's repeatability check: two fits of one config and seed on
+    2 workers give bit-identical weights and EMA (the step-4 checkpoint the second resumed from
+    was written by its own first attempt). And fit() leaves the SIGINT handler as it found it
+    (Ray Train V2 installed its own and kept it: Ctrl-C no longer stopped `nestgen run` after
+    training)."""
     def cfg():
-        c = _cfg(digit_shards, steps=8, name="fault", checkpoint_every=4)
+        c = _cfg(digit_shards, steps=8, name="fault", checkpoint_every=4, ema_decay=0.9)
         c.train.batch_size = 256
         return c
     handler = signal.getsignal(signal.SIGINT)
@@ -150,7 +153,9 @@ def test_worker_failure_resumes_from_checkpoint_with_exact_steps_and_batches(dig
     assert res.start_step == 4 and whole.start_step == 0
     ckpt, uninterrupted = read_checkpoint(res.checkpoint_url), read_checkpoint(whole.checkpoint_url)
     assert ckpt["step"] == 8 and ckpt["scheduler"]["last_epoch"] == 8      # 8 optimizer steps, no more
-    assert all(torch.equal(ckpt["model"][k], uninterrupted["model"][k]) for k in ckpt["model"])
+    for part in ("model", "ema"):
+        assert ckpt[part].keys() == uninterrupted[part].keys()
+        assert all(torch.equal(ckpt[part][k], uninterrupted[part][k]) for k in ckpt[part])
     assert res.metrics["loss/f1"] == whole.metrics["loss/f1"]      # steps 6-8, on the same code path
 
 
