@@ -1,14 +1,11 @@
-"""The whole embedded pipeline as users run it on a cluster: `ray start --head` on 127.0.0.1,
-`ray job submit -- nestgen run`, wait for SUCCEEDED, check every step's outputs and MLflow,
-submit again (every step skipped), stop the head's processes by PID.
-
-Runs last in the session (conftest orders `cluster` tests last) and shuts the session's
-in-process Ray down first: two Ray clusters do not fit this 2-core machine."""
+"""The whole embedded pipeline as users run it on a cluster: `ray job submit -- nestgen run`
+to the dashboard of conftest's multi-node cluster (a head and worker nodes on 127.0.0.1,
+chaoskit.cluster), wait for SUCCEEDED, check every step's outputs and MLflow, submit again
+with the working directory uploaded (every step skipped). The job's driver is a process of
+the cluster, not this one."""
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,8 +13,6 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
-from pipelines.ray_runtime import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -34,68 +29,32 @@ def _ray(*args, env, timeout=180):
     return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-@pytest.fixture
-def head(tmp_path_factory):
-    import ray
-    if ray.is_initialized():
-        ray.shutdown()
-    tmp = Path(f"/tmp/ngj{os.getpid()}")            # Ray's socket paths must stay short
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="disabled")
-    gcs, dash, agent = free_port(), free_port(), free_port()
-    res = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=4",
-               "--disable-usage-stats", f"--temp-dir={tmp}", env=env)
-    assert res.returncode == 0, res.stdout + res.stderr
-    try:
-        yield f"http://127.0.0.1:{dash}", env
-    finally:
-        _kill_processes_naming(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _kill_processes_naming(tmp: Path) -> None:
-    """SIGKILL this head's processes: its GCS, raylet, dashboard and log monitor name the head's
-    temp dir on their command line, and everything else of it (workers, the dashboard's
-    modules, the agents) descends from them. Not `ray stop`: it stops every Ray on the machine
-    by process name, other users' runs included."""
-    parent, cmdline = {}, {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):       # it ended meanwhile
-            continue
-    doomed = {pid for pid, cmd in cmdline.items() if str(tmp) in cmd and pid != os.getpid()}
-    while True:
-        children = {pid for pid, ppid in parent.items() if ppid in doomed} - doomed
-        if not children:
-            break
-        doomed |= children
-    for pid in doomed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _submit(address, env, cfg_args, tracking):
+def _submit(address, env, cfg_args, tracking, working_dir):
     sets = [x for kv in cfg_args for x in ("--set", kv)]
-    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": tracking, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
-    res = _ray("job", "submit", "--address", address, "--working-dir", str(REPO), "--runtime-env-json", runtime_env,
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}
+    if working_dir == "upload":
+        # The package is unpacked on the node that runs the driver only: the nodes of this
+        # one-machine cluster share a session folder, and every node's agent unpacks a job's
+        # package into the same path with overwrite (eager install), deleting it under a
+        # running driver ("[Errno 2]" from os.getcwd()). Separate machines do not collide.
+        args = ["--working-dir", str(REPO)]
+        runtime_env["config"] = {"eager_install": False}
+    else:
+        runtime_env["working_dir"] = f"local://{REPO}"           # the code is already on every node
+        args = []
+    res = _ray("job", "submit", "--address", address, *args, "--runtime-env-json", json.dumps(runtime_env),
                "--", sys.executable, "-m", "pipelines", "run", "configs/digits_vq.yaml", *sets, env=env, timeout=800)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     assert "succeeded" in (res.stdout + res.stderr).lower()
     return res.stdout
 
 
-def test_ray_job_submit_runs_the_whole_pipeline(head, tmp_path):
-    address, env = head
+def test_ray_job_submit_runs_the_whole_pipeline(cluster, tmp_path):
+    address, env = cluster.dashboard, cluster.env
     out, tracking = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
     t0 = time.time()
-    log = _submit(address, env, TINY + [f"pipeline.output_url={out}", "mlflow.experiment=job-test"], tracking)
+    log = _submit(address, env, TINY + [f"pipeline.output_url={out}", "mlflow.experiment=job-test"], tracking,
+                  working_dir="on every node")
     first = time.time() - t0
     dag = {s["name"]: s for s in json.loads((out / "dag.json").read_text())["steps"]}
     assert list(dag) == ["data", "tokenizer", "tokenize", "train", "evaluate", "serve"]
@@ -137,7 +96,9 @@ def test_ray_job_submit_runs_the_whole_pipeline(head, tmp_path):
     ui = time.time() - t0
 
     t0 = time.time()
-    _submit(address, env, TINY + [f"pipeline.output_url={out}", "mlflow.experiment=job-test"], tracking)
+    # again with the working directory uploaded, as `ray job submit --working-dir .` does
+    _submit(address, env, TINY + [f"pipeline.output_url={out}", "mlflow.experiment=job-test"], tracking,
+            working_dir="upload")
     again = time.time() - t0
     dag = json.loads((out / "dag.json").read_text())["steps"]
     assert [s["status"] for s in dag] == ["skipped"] * 6
