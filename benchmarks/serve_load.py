@@ -442,6 +442,81 @@ def plot(res: dict, path: str) -> None:
     print(f"wrote {path}")
 
 
+ENGINE_MODES = ("request, batches of max_batch_size", "request, one at a time", "step")
+
+
+def _engine_jobs(engine, workload: str, n: int, seed: int) -> list:
+    """n one-sample jobs of `workload` (format tokens: the decode alone), resolved by `engine`;
+    "auto" becomes magnets-lite (what auto picks depends on a queue, and both modes must run
+    the same work)."""
+    from nestgen.serving.request import GenerateRequest
+    rng = random.Random(seed)
+    bodies = [_body(workload, rng) | {"format": "tokens"} for _ in range(n)]
+    return [engine.resolve(GenerateRequest(**(b | ({"schedule": "magnets-lite"} if b.get("schedule") == "auto"
+                                                   else {})))) for b in bodies]
+
+
+def _engine_seconds(engine, mode: str, jobs: list, max_batch: int) -> float:
+    """Wall seconds for `engine` to answer every job (all queued at once: saturation)."""
+    t0 = time.perf_counter()
+    if mode == "step":
+        futures = [engine.submit(j) for j in jobs]
+        while not all(f.done() for f in futures):
+            engine.loop.tick()                 # the loop's thread would run the same ticks
+    else:
+        size = 1 if mode == "request, one at a time" else max_batch
+        for i in range(0, len(jobs), size):
+            engine.run(jobs[i:i + size])
+    return time.perf_counter() - t0
+
+
+def measure_engine(ckpt: str, n: int, repeats: int, max_batch: int) -> dict:
+    """The decode work alone, in this process (no Ray, HTTP or rendering; one torch thread):
+    n one-sample requests queued at once, answered by request-level batches of max_batch, by
+    request-level one at a time, and by the step loop (max_active_rows = max_batch). The
+    modes alternate within each repeat; the median of `repeats` is reported."""
+    import torch
+
+    from nestgen.serving.config import EngineConfig
+    from nestgen.serving.engine import Engine
+    torch.set_num_threads(1)
+    common = {"checkpoint": ckpt, "auto_presets": [], "max_samples_per_request": 1, "max_batch_size": max_batch,
+              "max_active_rows": max_batch, "max_queued_rows": max(n, max_batch)}
+    engines = {"request": Engine(EngineConfig(batching="request", **common), device="cpu"),
+               "step": Engine(EngineConfig(batching="step", **common), device="cpu")}
+    rows = []
+    for workload in WORKLOADS:
+        jobs = _engine_jobs(engines["request"], workload, n, seed=1)
+        _engine_seconds(engines["step"], "step", jobs[:4], max_batch)          # warm-up
+        times = {m: [] for m in ENGINE_MODES}
+        for r in range(repeats):
+            for m in (ENGINE_MODES if r % 2 == 0 else ENGINE_MODES[::-1]):
+                times[m].append(_engine_seconds(engines["step" if m == "step" else "request"], m, jobs,
+                                                max_batch))
+        for m in ENGINE_MODES:
+            t = statistics.median(times[m])
+            rows.append({"workload": workload, "mode": m, "requests": n, "seconds": round(t, 3),
+                         "all_seconds": [round(x, 3) for x in times[m]], "samples_per_s": round(n / t, 2)})
+            print(f"  engine {workload:9s} {m:36s} {n / t:6.2f} samples/s  (median of {repeats})", flush=True)
+    by = {(r["workload"], r["mode"]): r["samples_per_s"] for r in rows}
+    summary = {w: {"step_over_request_batches": round(by[(w, "step")] / by[(w, ENGINE_MODES[0])], 3),
+                   "step_over_one_at_a_time": round(by[(w, "step")] / by[(w, ENGINE_MODES[1])], 3)}
+               for w in WORKLOADS}
+    summary["mixed_over_identical_time"] = {
+        m: round(by[("identical", m)] / by[("mixed", m)], 3) for m in ENGINE_MODES}
+    return {"requests": n, "repeats": repeats, "max_batch": max_batch, "torch_threads": 1, "rows": rows,
+            "summary": summary}
+
+
+def engine_markdown(res: dict) -> str:
+    e = res["engine"]
+    lines = [f"`{res['command']}` (load average {res['loadavg_1m_start']}-{res['loadavg_1m_end']})", "",
+             "| workload | mode | samples/s | seconds (median) |", "|---|---|---|---|"]
+    lines += [f"| {r['workload']} | {r['mode']} | {r['samples_per_s']:.2f} | {r['seconds']:.2f} |" for r in e["rows"]]
+    lines += ["", *(f"- {k}: {v}" for k, v in e["summary"].items())]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", type=int, default=256)
@@ -463,6 +538,10 @@ def main(argv=None) -> dict:
                     help="share of the requests that ask for per-step previews (batching step)")
     ap.add_argument("--p99-levels", type=float, nargs="*", default=[1000, 2000, 4000],
                     help="p99 levels (ms) at which to report each mode's highest sustained throughput")
+    ap.add_argument("--engine", type=int, metavar="N", default=0,
+                    help="instead of HTTP: N requests per workload through Engine in this process, "
+                         "request-level vs step-level (measure_engine)")
+    ap.add_argument("--repeats", type=int, default=3, help="--engine: repeats per mode (the median is reported)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--plot", help="write the latency-against-load PNG here")
@@ -478,6 +557,17 @@ def main(argv=None) -> dict:
            "stream_share": args.stream_share, "replica": {"cpus": 1, "torch_threads": 1}, "interleaved": True,
            "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     started = time.perf_counter()
+    if args.engine:
+        with tempfile.TemporaryDirectory() as tmp:
+            res["engine"] = measure_engine(_checkpoint(tmp, args.width, args.depth), args.engine, args.repeats,
+                                           args.max_batch_size)
+        res["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+        res["wall_s"] = round(time.perf_counter() - started, 1)
+        print(engine_markdown(res))
+        write_json(args.json, res)
+        if args.markdown:
+            Path(args.markdown).write_text(engine_markdown(res))
+        return res
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = _checkpoint(tmp, args.width, args.depth)
         res["modes"] = _measure_interleaved(modes, ckpt, tmp, args)
