@@ -213,6 +213,7 @@ def test_auto_reports_the_schedule_it_chose(image_url):
     # the latency target is 1000 s, so the best-quality preset always holds it
     assert m["schedule_name"] == "baseline" and m["schedule"] == "1x12"
     assert m["auto"]["met_target"] and m["auto"]["queue_rows"] == 0 and m["auto"]["expected_latency_s"] > 0
+    assert "pending_gflops" not in m["auto"]        # request-level batching: the per-preset latency model
 
 
 def test_video_model_answers_with_a_playable_mp4_and_continues_given_frames(video_url, video_tokenizer):

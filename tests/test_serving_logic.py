@@ -120,15 +120,17 @@ def test_auto_prefers_quality_until_the_queue_makes_it_too_slow():
     assert lat.expected_latency("baseline", 0, 1) == pytest.approx(0.11)
     # 20 rows ahead + 1 own = 21 rows: two full batches of 8, then 5
     assert lat.expected_latency("baseline", 20, 1) == pytest.approx(2 * 0.18 + 0.15)
-    assert choose_preset(presets, lat, 0, 1, target_s=0.2)[0] == "baseline"
-    assert choose_preset(presets, lat, 20, 1, target_s=0.2)[0] == "magnets-lite"
-    name, info = choose_preset(presets, lat, 8, 1, target_s=0.2)
+    def choose(queue, rows=1, **kw):
+        return choose_preset(presets, lambda p: lat.expected_latency(p, queue, rows), 0.2, queue_rows=queue, **kw)
+    assert choose(0)[0] == "baseline"
+    assert choose(20)[0] == "magnets-lite"
+    name, info = choose(8)
     assert name == "magnets" and info["met_target"] and info["queue_rows"] == 8
-    name, info = choose_preset(presets, lat, 500, 1, target_s=0.2)     # nothing holds it: the cheapest
+    name, info = choose(500)     # nothing holds it: the cheapest
     assert name == "magnets-lite" and not info["met_target"]
 
     spec = _spec()
-    job = resolve_request(GenerateRequest(schedule="auto"), spec, lambda rows: choose_preset(presets, lat, 20, rows, 0.2))
+    job = resolve_request(GenerateRequest(schedule="auto"), spec, lambda rows: choose(20, rows))
     assert job.schedule_name == "magnets-lite" and job.decode.schedule == "8x4,4x4,2x2,1x2"
     assert job.auto["expected_latency_s"] == pytest.approx(lat.expected_latency("magnets-lite", 20, 1), abs=1e-4)
 
@@ -137,11 +139,14 @@ def test_auto_feedback_corrects_an_optimistic_latency_model():
     lat = LatencyModel(fixed_s={"baseline": 0.1, "magnets": 0.05}, per_row_s={"baseline": 0.0, "magnets": 0.0},
                        max_batch=8)
     fb = LatencyFeedback()
-    assert choose_preset(["baseline", "magnets"], lat, 0, 1, 0.25, fb.ratio)[0] == "baseline"
+
+    def model(p):
+        return lat.expected_latency(p, 0, 1)
+    assert choose_preset(["baseline", "magnets"], model, 0.25, fb.ratio)[0] == "baseline"
     for _ in range(30):                        # answers keep taking 3x what the model predicts
         fb.observe(0.1, 0.3)
     assert fb.ratio == pytest.approx(3.0, rel=0.01)
-    name, info = choose_preset(["baseline", "magnets"], lat, 0, 1, 0.25, fb.ratio)
+    name, info = choose_preset(["baseline", "magnets"], model, 0.25, fb.ratio)
     assert name == "magnets" and info["model_latency_s"] == 0.05 and info["expected_latency_s"] == pytest.approx(0.15, abs=1e-3)
     fb.observe(0.1, 1e6)                       # one stalled request moves it by at most alpha x 20
     assert fb.ratio < 0.8 * 3 + 0.2 * 20 + 1e-9

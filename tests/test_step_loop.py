@@ -183,6 +183,62 @@ def test_auto_moves_to_cheaper_schedules_as_the_loop_queue_grows_before_it_refus
     job, fut = futures[-1]
     out = engine.respond(job, fut.result())
     assert out["schedule_name"] == chosen[-1] and out["batching"] == "step" and out["auto"]["queue_rows"] > 0
+    assert out["auto"]["pending_gflops"] > 0 and out["auto"]["gflops_per_s"] > 0
+    from pipelines.serve.responses import AutoChoice        # the HTTP answer carries them
+    assert AutoChoice(**out["auto"]).model_dump(exclude_unset=True) == out["auto"]
+
+
+def test_auto_in_the_step_loop_expects_the_work_owed_at_the_speed_the_loop_measured(tmp_path):
+    """Expected latency = (pending GFLOPs + the request's) / the loop's measured GFLOPs/s: with
+    work queued, the preset that fits the target at the measured speed wins; at half that
+    speed none fits and the cheapest is taken."""
+    from nestgen.flops import decode_flops
+    torch.manual_seed(0)
+    cfg = config_from_dict({"model": {"width": 32, "depth": 1}})
+    ckpt = save_checkpoint(str(tmp_path / "c.pt"), cfg, NestedTransformer(cfg.model))
+    engine = Engine(ServeConfig(checkpoint=ckpt, max_active_rows=4, max_queued_rows=64, max_samples_per_request=4),
+                    device="cpu")
+    g = {p: decode_flops(engine.spec.model, engine._decode_cfg(p)).gflops for p in engine.auto_presets}
+    auto = GenerateRequest(schedule="auto", format="tokens")
+    engine.loop.gflops_per_s = 10 * g["baseline"]                  # as measured: 10 baseline samples a second
+    assert engine.resolve(auto).auto["model_latency_s"] == pytest.approx(0.1, abs=1e-4)
+    for seed in range(2):                                          # 8 baseline rows queued
+        engine.submit(engine.resolve(GenerateRequest(schedule="baseline", num_samples=4, format="tokens", seed=seed)))
+    engine.cfg = dataclasses.replace(engine.cfg, auto_latency_target_s=(8 * g["baseline"] + g["magnets"])
+                                     / engine.loop.gflops_per_s)
+    job = engine.resolve(auto)
+    assert job.schedule_name == "magnets" and job.auto["met_target"]
+    assert job.auto["pending_gflops"] == pytest.approx(8 * g["baseline"], abs=1e-3)
+    engine.loop.gflops_per_s /= 2                                  # the replica slowed down
+    job = engine.resolve(auto)
+    assert job.schedule_name == engine.auto_presets[-1] and not job.auto["met_target"]
+
+
+def test_the_loop_knows_the_work_it_owes_and_the_speed_it_sustains():
+    """pending_gflops is the queued decodes' and the running rows' rest, down by each tick's
+    row-steps and zero when all are answered; gflops_per_s is measured from the ticks."""
+    from nestgen.flops import decode_flops
+    model = _model([4, 4])
+    loop = StepLoop(StepDecoder(model), max_active_rows=3, max_queued_rows=16, deadline_s=300)
+    jobs = [Job(labels=[1, 2], seeds=[0, 1], format="tokens", schedule_name="magnets",
+                decode=DecodeConfig(schedule="8x3,4x3,2x3,1x3", cache="on_switch")),
+            Job(labels=[0], seeds=[5], format="tokens", schedule_name="baseline",
+                decode=DecodeConfig(schedule="1x12", cache="none", guidance_scale=2.0)),
+            Job(labels=[2], seeds=[7], format="tokens", schedule_name="custom",
+                decode=DecodeConfig(schedule="2x4", steps=4, cache="none"))]
+    owed = [decode_flops(model.cfg, j.decode).gflops * j.rows for j in jobs]
+    unguided = decode_flops(model.cfg, dataclasses.replace(jobs[1].decode, guidance_scale=0.0)).gflops
+    assert owed[1] == pytest.approx(2 * unguided)          # guidance runs every step twice
+    futures = [loop.submit(j) for j in jobs]
+    assert loop.pending_gflops() == pytest.approx(sum(owed)) and loop.gflops_per_s is None
+    before = loop.pending_gflops()
+    loop.tick()                                         # the first two jobs join (3 rows), the third waits
+    first_steps = sum(r.step_gflops[0] for t in loop._active for r in t.rows)
+    assert loop.pending_gflops() == pytest.approx(before - first_steps)
+    assert loop.gflops_per_s > 0
+    while loop.tick():
+        pass
+    assert all(f.done() for f in futures) and loop.pending_gflops() == 0
 
 
 @pytest.mark.parametrize("n", [33, 34, 65, 97])

@@ -40,7 +40,7 @@ import torch
 from nestgen.decoding.config import DecodeConfig
 from nestgen.decoding.maskgit import row_settings, sample_step
 from nestgen.decoding.plan import PreparedDecode, StepPlan, prepare_decode
-from nestgen.flops import forward_flops
+from nestgen.flops import forward_flops, plan_flops
 from nestgen.model.nested_transformer import KVCache, NestedTransformer
 
 
@@ -67,6 +67,11 @@ class Row:
     step: int = 0                     # the next step to run
     # per lane (conditional, then unconditional when guided): where its K/V live
     caches: list[LaneCache] = field(default_factory=list)
+    step_gflops: list[float] = field(default_factory=list)   # its plan's GFLOPs, step by step
+
+    @property
+    def remaining_gflops(self) -> float:
+        return sum(self.step_gflops[self.step:])
 
     @property
     def guided(self) -> bool:
@@ -121,8 +126,9 @@ class StepDecoder:
         if cond is not None:
             tokens[:n_cond] = cond.to(self.device)
         # The plan is K small records: made per row (no cache that clients' schedules could grow).
-        return Row(label, seed, cfg, prepare_decode(self.model.cfg, cfg, n_cond), tokens,
-                   torch.arange(n_cond, n, device=self.device))
+        prep = prepare_decode(self.model.cfg, cfg, n_cond)
+        return Row(label, seed, cfg, prep, tokens, torch.arange(n_cond, n, device=self.device),
+                   step_gflops=[f / 1e9 for _, f in plan_flops(self.model.cfg, prep, cfg.guidance_scale > 0).steps])
 
     @torch.no_grad()
     def advance(self, rows: list[Row]) -> list[tuple[tuple, int]]:

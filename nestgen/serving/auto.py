@@ -7,13 +7,21 @@ are ranked best-quality first (by default the full-size baseline, then the MaGNe
 with less and less compute); the first whose expected latency holds the target wins, and when
 none does, the cheapest.
 
-Latency model: one batched decode of r rows with preset p takes fixed_p + per_row_p * r
-seconds (two timed points at replica start). A new request of n rows behind q queued rows
-waits for those rows to run in batches of at most B, then runs itself:
-    expected = full_batches * t_p(B) + t_p(rest),  full_batches, rest = divmod(q + n, B)
-This assumes the rows ahead run with the same preset, which is what happens under overload,
-when auto requests dominate the queue. What the model leaves out (HTTP and PNG/MP4 encoding
-time, batches that fill less than assumed) is corrected by feedback: the running ratio of
+Latency models, by serve.batching:
+- request: one batched decode of r rows with preset p takes fixed_p + per_row_p * r seconds
+  (two timed points at replica start). A new request of n rows behind q queued rows waits for
+  those rows to run in batches of at most B, then runs itself:
+      expected = full_batches * t_p(B) + t_p(rest),  full_batches, rest = divmod(q + n, B)
+  This assumes the rows ahead run with the same preset, which is what happens under overload,
+  when auto requests dominate the queue.
+- step: the step loop measures the speed it sustains, GFLOPs of row-steps per second of tick
+  (StepLoop.gflops_per_s: its rows' mix, the machine's load and every pass's fixed cost
+  included), and knows the work it owes (StepLoop.pending_gflops: the queued requests' and the
+  rest of the running rows'). A new request of n rows with preset p is answered after that work
+  and its own: expected = (pending + n * GFLOPs_p) / speed. Before the first tick the speed is
+  the calibrated whole-batch decode's (which overstates what a loaded replica sustains).
+What the models leave out (HTTP and PNG/MP4 encoding time, batches that fill less than assumed,
+rows admitted later sharing the request's ticks) is corrected by feedback: the running ratio of
 observed to predicted latency of answered auto requests scales every prediction.
 """
 from __future__ import annotations
@@ -52,15 +60,16 @@ class LatencyFeedback:
             self.ratio = (1 - self.alpha) * self.ratio + self.alpha * r
 
 
-def choose_preset(presets_best_first: list[str], latency: LatencyModel, queue_rows: int, rows: int,
-                  target_s: float, correction: float = 1.0) -> tuple[str, dict]:
-    """(preset, details): the first preset whose expected latency (model x correction) is within
-    target_s, else the last (cheapest). Details say why, for the response; model_latency_s
-    is the uncorrected prediction, which LatencyFeedback compares with what happened."""
-    model = {p: latency.expected_latency(p, queue_rows, rows) for p in presets_best_first}
+def choose_preset(presets_best_first: list[str], model_latency: Callable[[str], float], target_s: float,
+                  correction: float = 1.0, **details) -> tuple[str, dict]:
+    """(preset, details): the first preset whose expected latency (model_latency(preset) x
+    correction) is within target_s, else the last (cheapest). Details say why, for the
+    response (with `details`, e.g. the queue); model_latency_s is the uncorrected prediction,
+    which LatencyFeedback compares with what happened."""
+    model = {p: model_latency(p) for p in presets_best_first}
     chosen = next((p for p in presets_best_first if model[p] * correction <= target_s), presets_best_first[-1])
     expected = model[chosen] * correction
-    return chosen, {"queue_rows": queue_rows, "target_s": target_s, "expected_latency_s": round(expected, 4),
+    return chosen, {**details, "target_s": target_s, "expected_latency_s": round(expected, 4),
                     "model_latency_s": round(model[chosen], 4), "correction": round(correction, 3),
                     "met_target": expected <= target_s}
 

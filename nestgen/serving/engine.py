@@ -97,11 +97,15 @@ class Engine:
         self.decoding_since: float | None = None   # monotonic start of the decode in flight
         self.feedback = LatencyFeedback()
         self.latency: LatencyModel | None = None
-        # The rows decoded together: a Serve batch, or the step loop's running set (whose
-        # throughput a whole decode of that many rows approximates; feedback corrects it).
+        # The rows decoded together: a Serve batch, or the step loop's running set (a whole
+        # decode of that many rows gives auto its speed until the loop has measured its own).
         self.batch_rows = cfg.max_active_rows if cfg.batching == "step" else cfg.max_batch_size
+        self.calibrated_gflops_per_s = 0.0
         if self.auto_presets:
             self.latency = calibrate(self.auto_presets, self._time_preset, self.batch_rows)
+            best = self.auto_presets[0]
+            self.calibrated_gflops_per_s = (self.batch_rows * decode_flops(m.model, self._decode_cfg(best)).gflops
+                                            / self.latency.batch_seconds(best, self.batch_rows))
         self.loop = StepLoop(StepDecoder(self.model), cfg.max_active_rows, cfg.max_queued_rows,
                              cfg.decode_deadline_s, cfg.retry_after_s, metrics) if cfg.batching == "step" else None
 
@@ -137,8 +141,17 @@ class Engine:
         Tokenizes the conditioning clip, if any: call it off the event loop.
         `admitted_rows`: the request's own rows already in queue_rows (not queue ahead of it)."""
         def choose_auto(rows: int) -> tuple[str, dict]:
-            return choose_preset(self.auto_presets, self.latency, self.queue_rows - admitted_rows, rows,
-                                 self.cfg.auto_latency_target_s, self.feedback.ratio)
+            queue = self.queue_rows - admitted_rows
+            if self.loop is None:
+                return choose_preset(self.auto_presets, lambda p: self.latency.expected_latency(p, queue, rows),
+                                     self.cfg.auto_latency_target_s, self.feedback.ratio, queue_rows=queue)
+            pending, speed = self.loop.pending_gflops(), self.loop.gflops_per_s or self.calibrated_gflops_per_s
+            guidance = self.spec.decode.guidance_scale if req.guidance_scale is None else req.guidance_scale
+            gflops = {p: decode_flops(self.spec.model, replace(self._decode_cfg(p), guidance_scale=guidance)).gflops
+                      for p in self.auto_presets}
+            return choose_preset(self.auto_presets, lambda p: (pending + rows * gflops[p]) / speed,
+                                 self.cfg.auto_latency_target_s, self.feedback.ratio, queue_rows=queue,
+                                 pending_gflops=round(pending, 3), gflops_per_s=round(speed, 3))
         job = resolve_request(req, self.spec, choose_auto if self.latency else None)
         if req.condition is not None:
             if self.tokenizer is None:

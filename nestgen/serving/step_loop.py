@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 import torch
 
 from nestgen.decoding.step_decoder import Row, StepDecoder
+from nestgen.flops import decode_flops
 from nestgen.serving.job import Job
 from nestgen.serving.request import DecodeFailed, RequestError
 
 log = logging.getLogger(__name__)
+SPEED_EMA = 0.2       # weight of a tick's speed in gflops_per_s
 
 
 def overloaded(max_queued_rows: int, retry_after_s: int) -> RequestError:
@@ -81,6 +83,7 @@ class _Ticket:
     future: Future
     on_step: Callable[[StepEvent], None] | None
     submitted: float
+    gflops: float             # the job's whole decode, all its rows
     rows: list[Row] = field(default_factory=list)
     joined: float = 0.0
     peak_rows: int = 0
@@ -100,6 +103,9 @@ class StepLoop:
         self.active_rows = 0
         self._lock = threading.Condition()
         self._tick_since: float | None = None    # monotonic start of the tick in flight
+        # GFLOPs of row-steps per second of tick, a moving average (None before the first tick):
+        # the speed this replica sustains with its traffic's mix and its machine's load
+        self.gflops_per_s: float | None = None
 
     # ---- any thread
     def submit(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> Future:
@@ -108,11 +114,20 @@ class StepLoop:
         with self._lock:
             if self.queued_rows + job.rows > self.max_queued_rows:
                 raise overloaded(self.max_queued_rows, self.retry_after_s)
-            ticket = _Ticket(job, Future(), on_step, time.monotonic())
+            n_cond = 0 if job.cond is None else job.cond.shape[1]
+            gflops = decode_flops(self.decoder.model.cfg, job.decode, n_cond).gflops * job.rows
+            ticket = _Ticket(job, Future(), on_step, time.monotonic(), gflops)
             self._queue.append(ticket)
             self.queued_rows += job.rows
             self._lock.notify()
         return ticket.future
+
+    def pending_gflops(self) -> float:
+        """The work the loop owes: its queued requests' decodes and the rest of its running rows'."""
+        with self._lock:
+            queued = sum(t.gflops for t in self._queue)
+        active = self._active      # the decode thread replaces the list, never empties it in place
+        return queued + sum(r.remaining_gflops for t in active for r in t.rows)
 
     def tick_age_s(self) -> float:
         """Seconds the tick in flight has run (0 between ticks): how a stuck loop shows."""
@@ -136,11 +151,13 @@ class StepLoop:
 
     def tick(self) -> bool:
         """One step boundary and one step. False when there was nothing to run."""
+        begun = time.monotonic()
         self._boundary()
         if not self._active:
             return False
         self._tick_since = t0 = time.monotonic()
         rows = [r for t in self._active for r in t.rows]
+        work = sum(r.step_gflops[r.step] for r in rows)
         try:
             for (factor, full_pass, _), lanes in self.decoder.advance(rows):
                 self.metrics.forward(factor, full_pass, lanes)
@@ -171,6 +188,10 @@ class StepLoop:
         self._active = [t for t in self._active if not t.rows[0].done]
         self.active_rows = sum(t.job.rows for t in self._active)
         self.metrics.tick(now - t0, self.active_rows, self.queued_rows)
+        # the whole tick (admission, hooks and answers included): what a row-step costs the replica
+        speed = work / max(time.monotonic() - begun, 1e-9)
+        self.gflops_per_s = speed if self.gflops_per_s is None else \
+            (1 - SPEED_EMA) * self.gflops_per_s + SPEED_EMA * speed
         return True
 
     def _boundary(self) -> None:

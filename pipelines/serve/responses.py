@@ -29,6 +29,10 @@ class Sample(BaseModel):
 class AutoChoice(BaseModel):
     """How schedule 'auto' chose its preset."""
     queue_rows: int = Field(description="rows queued on the replica ahead of this request")
+    pending_gflops: float | None = Field(None, description="batching step: the decode work the replica owes "
+                                                          "ahead of this request (queued and running rows)")
+    gflops_per_s: float | None = Field(None, description="batching step: the speed the replica's decode loop "
+                                                        "measured (moving average over its steps)")
     target_s: float = Field(description="the latency target (serve.auto_latency_target_s)")
     expected_latency_s: float = Field(description="the chosen preset's expected latency, corrected")
     model_latency_s: float = Field(description="the latency model's uncorrected prediction")
