@@ -207,6 +207,7 @@ async def _one(http, url: str, body: dict, stream: bool, timeout: float) -> dict
             out["samples"] = len(final["samples"])
             out["tokens"] = [x["tokens"] for x in final["samples"] if "tokens" in x]
             out["schedule_name"], out["batch_size"] = final["schedule_name"], final.get("batch_size")
+            out["auto"] = final.get("auto")
     except asyncio.CancelledError:
         out["status"] = "unfinished"
     except Exception as e:          # noqa: BLE001 - a benchmark row, counted by kind
@@ -273,10 +274,20 @@ async def _point(url: str, rate: float, workload: str, stream: bool, args, seed:
             "ttfp_p50_ms": _ms(statistics.median(ttfp) if ttfp else None), "ttfp_p99_ms": _ms(_percentile(ttfp, 0.99)),
             "mean_batch_size": statistics.mean(r["batch_size"] for r in ok) if ok and ok[0].get("batch_size") else None,
             "auto_chose": dict(Counter(r["schedule_name"] for r in ok if r["kind"] == "auto")),
+            # how far auto's latency model was off: observed / its uncorrected prediction
+            "auto_observed_over_model": _quantiles([r["latency"] / r["auto"]["model_latency_s"] for r in ok
+                                                    if r.get("auto") and r["auto"]["model_latency_s"] > 0]),
+            "auto_met_target_share": (statistics.mean(r["auto"]["met_target"] for r in ok if r.get("auto"))
+                                      if any(r.get("auto") for r in ok) else None),
             "p99_ms_by_kind": {k: _ms(_percentile([r["latency"] for r in ok if r["kind"] == k], 0.99))
                                for k in sorted({str(r["kind"]) for r in ok})},
             "wall_s": end - start, "queue_emptied": settled,
             "loadavg_1m": [round(load_before[0], 2), round(load_after[0], 2)]}
+
+
+def _quantiles(xs: list[float]) -> dict | None:
+    """p10 / p50 / p90 of xs (None when empty)."""
+    return {f"p{q}": round(_percentile(xs, q / 100), 3) for q in (10, 50, 90)} if xs else None
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -136,14 +136,17 @@ def main(argv=None) -> dict:
 def markdown(res: dict) -> str:
     q = res["quality"]
     lines = ["| schedule | samples/s | p50 ms | p99 ms | answered | refused (503) | fd_digits | digits_accuracy "
-             "| auto chose | load avg (1 min) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| auto chose | auto: observed / model latency p10-p50-p90 | load avg (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         w = r["workload"]
         chose = ", ".join(f"{k} {v}" for k, v in r["auto_chose"].items()) if w == "auto" else "-"
+        err = r.get("auto_observed_over_model")
+        err = f"{err['p10']}-{err['p50']}-{err['p90']}" if err else "-"
         lines.append(f"| {w} | {r['samples_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                      f"{r['answered']}/{r['arrivals']} | {r['errors'].get('503', 0)} | "
                      f"{q[w].get('fd_digits', float('nan')):.2f} | {q[w].get('digits_accuracy', float('nan')):.3f} | "
-                     f"{chose} | {r['loadavg_1m'][0]:.1f}-{r['loadavg_1m'][1]:.1f} |")
+                     f"{chose} | {err} | {r['loadavg_1m'][0]:.1f}-{r['loadavg_1m'][1]:.1f} |")
     return (f"`{res['command']}` ({res['offered_rps']} requests/s; quality of the first {q['samples_scored']} "
             "answered samples of each)\n\n" + "\n".join(lines) + "\n")
 
