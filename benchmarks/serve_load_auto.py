@@ -57,9 +57,11 @@ def quality_suite(ckpt: str):
     """(the evaluation's quality suite for the checkpoint's data, its config)."""
     from nestgen.checkpoint import load_model
     from nestgen.evaluation import build_quality_suite, load_eval_data
+    from nestgen.evaluation.config import EvaluateConfig
     from nestgen.render import tokens_to_pixels
     _, cfg = load_model(ckpt)
-    return build_quality_suite(cfg, load_eval_data(cfg), lambda t: tokens_to_pixels(t, cfg.model.grid)), cfg
+    return build_quality_suite(cfg, EvaluateConfig(), load_eval_data(cfg),
+                               lambda t: tokens_to_pixels(t, cfg.model.grid)), cfg
 
 
 def quality(suite, cfg, answers: dict[str, list]) -> dict:
