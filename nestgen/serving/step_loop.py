@@ -111,11 +111,11 @@ class StepLoop:
     def submit(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> Future:
         """Queue `job`; its Future resolves to a StepResult (or a RequestError). A 503
         RequestError when its rows would take the queue past max_queued_rows."""
+        n_cond = 0 if job.cond is None else job.cond.shape[1]
+        gflops = decode_flops(self.decoder.model.cfg, job.decode, n_cond).gflops * job.rows
         with self._lock:
             if self.queued_rows + job.rows > self.max_queued_rows:
                 raise overloaded(self.max_queued_rows, self.retry_after_s)
-            n_cond = 0 if job.cond is None else job.cond.shape[1]
-            gflops = decode_flops(self.decoder.model.cfg, job.decode, n_cond).gflops * job.rows
             ticket = _Ticket(job, Future(), on_step, time.monotonic(), gflops)
             self._queue.append(ticket)
             self.queued_rows += job.rows
