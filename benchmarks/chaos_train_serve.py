@@ -78,10 +78,12 @@ def rows(root: Path, only=SCENARIOS) -> list[dict]:
                         "recovery_s": s["seconds_to_recover"], "rows_lost": None, "rows_duplicated": None,
                         "mlflow_runs": None,
                         "requests_failed": f"{s['failed']} of {s['requests']}: {', '.join(s['failed_how']) or 'none'}"
-                                           f" ({s['retried']} answered 500 by Serve's proxy, sent again by the client)",
+                                           f" ({s['retried']} answered {'/'.join(map(str, s['retried_statuses'])) or '-'}"
+                                           " by Serve's proxy, sent again by the client)",
                         "outputs_equal": s["same_sample_as_before"],
-                        "note": f"the client (pipelines.serve.client) sends a request again when Serve's proxy answers "
-                                f"500 (its replica died): {s['retried']} were; failed in flight at the kill "
+                        "note": f"the client (pipelines.serve.client) sends a request again when Serve's proxy says "
+                                f"its replica died (503 with Retry-After, or a bare 500 without nestgen's proxy "
+                                f"middleware): {s['retried']} were; failed in flight at the kill "
                                 f"{s['failed_in_flight_at_kill']}; after the controller "
                                 f"dropped the replica {s['failed_after_recovery']} of {s['answered_after_recovery']} "
                                 f"failed; max latency {s['max_latency_s']} s (timeout {s['request_timeout_s']} s); "

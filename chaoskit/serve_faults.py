@@ -4,7 +4,8 @@ head (proxy_location HeadOnly: every node of a one-machine cluster shares 127.0.
 only one proxy can listen), clients sending seeded requests all along. One replica's node is
 SIGKILLed; the row says how the requests in flight there ended (the clients are nestgen's
 own, pipelines.serve.client, which sends a request again when Serve's proxy says its replica
-died), when every request succeeded again on the survivor, and when the node's return
+died: 503 with Retry-After from nestgen's proxy middleware, pipelines.serve.middleware), when
+every request succeeded again on the survivor, and when the node's return
 restored two replicas. Checked by tests/test_chaos_serve.py, tabled by
 benchmarks/chaos_train_serve.py."""
 from __future__ import annotations
@@ -41,12 +42,12 @@ class Load(logging.Handler):
         super().__init__(logging.WARNING)
         self.url, self.timeout_s = url, timeout_s
         self.outcomes: list[tuple] = []
-        self.retried: list[float] = []
+        self.retried: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.retried.append(record.created)
+        self.retried.append((record.created, record.args[1]))     # (when, the HTTP status sent again)
 
     def __enter__(self) -> "Load":
         from pipelines.serve import client
@@ -135,7 +136,8 @@ def serve_scenario(c: LocalCluster, root: Path, clients: int = 4, timeout_s: flo
             requests=len(outcomes), failed=len(failed),
             failed_how=sorted({f"{o[2]} {o[3][:60]}".strip() for o in failed}),
             failed_in_flight_at_kill=sum(o[0] <= killed for o in failed),
-            retried=len(load.retried), retried_after_recovery=sum(t >= alone for t in load.retried),
+            retried=len(load.retried), retried_after_recovery=sum(t >= alone for t, _ in load.retried),
+            retried_statuses=sorted({code for _, code in load.retried}),
             failed_after_recovery=sum(o[2] != 200 for o in after_recovery),
             answered_after_recovery=sum(o[2] == 200 for o in after_recovery),
             max_latency_s=round(max(o[1] - o[0] for o in outcomes), 2), request_timeout_s=timeout_s,

@@ -16,3 +16,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # enable it): Ray's usage stats above, and MLflow 3's telemetry to its own servers, which every
 # process importing mlflow sends by default (these processes' children inherit the setting).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Serve's HTTP proxy answers a request whose replica died under it (a lost node) 503 with
+# Retry-After instead of a bare 500 (pipelines.serve.middleware.LostReplicaAs503): every Ray
+# that a process importing this package starts runs its proxy with that middleware. Set the
+# variable to "" to leave Serve's proxy as it comes.
+PROXY_MIDDLEWARES = "pipelines.serve.middleware:proxy_middlewares"
+os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_MIDDLEWARES)

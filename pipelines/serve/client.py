@@ -6,12 +6,15 @@ import io
 import json
 import logging
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from pipelines.serve.middleware import REPLICA_LOST
 
 FORMAT_OF_SUFFIX = {".png": "png", ".mp4": "mp4", ".json": "tokens"}
 
@@ -23,19 +26,22 @@ class ServiceError(RuntimeError):
 
 
 API_KEY_ENV = "NESTGEN_API_KEY"   # the key the client sends, when the service requires one
-# Ray Serve's proxy's whole answer to a request whose replica died under it (its node or
-# process): a bare 500. nestgen's own 500s carry a JSON detail. Serve retries only the choice of
-# a replica, never a request it has sent, so the client sends it again: the survivor answers
-# (the same samples, when the request names its seed).
-REPLICA_DIED = (500, "Internal Server Error")
+# A request whose replica died under it (its node or process): Serve retries only the choice of
+# a replica, never a request it has sent, so the client sends it again and the survivor answers
+# (the same samples, when the request names its seed). Serve's proxy answers it 503 with
+# Retry-After (pipelines.serve.middleware.LostReplicaAs503) where the cluster runs that
+# middleware, else with a bare 500 (nestgen's own 500s carry a JSON detail).
+SENT_AGAIN = {(503, REPLICA_LOST), (500, "Internal Server Error")}
 RETRIES = 2
+MAX_RETRY_AFTER_S = 5.0
 log = logging.getLogger(__name__)
 
 
 def _open(url: str, payload: dict | None, timeout: float):
     """urlopen for a GET (payload None) or a JSON POST; ServiceError with the service's reason
-    on 4xx/5xx, after up to RETRIES more tries of an answer of REPLICA_DIED. Sends
-    `Authorization: Bearer $NESTGEN_API_KEY` when that variable is set."""
+    on 4xx/5xx, after up to RETRIES more tries of an answer in SENT_AGAIN (after its
+    Retry-After, at most MAX_RETRY_AFTER_S). Sends `Authorization: Bearer $NESTGEN_API_KEY`
+    when that variable is set."""
     data = None if payload is None else json.dumps(payload).encode()
     headers = {"content-type": "application/json"}
     if os.environ.get(API_KEY_ENV):
@@ -49,10 +55,12 @@ def _open(url: str, payload: dict | None, timeout: float):
                 detail = json.loads(body).get("detail", body.decode(errors="replace"))
             except ValueError:
                 detail = body.decode(errors="replace")
-            if (e.code, detail) != REPLICA_DIED or attempt == RETRIES:
+            if (e.code, detail) not in SENT_AGAIN or attempt == RETRIES:
                 raise ServiceError(e.code, detail) from None
-            log.warning("%s: HTTP 500 from Ray Serve's proxy (the replica died under the request); "
-                        "sending it again (%d of %d)", url, attempt + 1, RETRIES)
+            log.warning("%s: HTTP %d from Ray Serve's proxy (the replica died under the request); "
+                        "sending it again (%d of %d)", url, e.code, attempt + 1, RETRIES)
+            wait = e.headers.get("retry-after", "0")
+            time.sleep(min(float(wait), MAX_RETRY_AFTER_S) if wait.isdigit() else 0.0)
 
 
 def request_json(url: str, payload: dict | None = None, timeout: float = 600) -> dict:

@@ -1,5 +1,6 @@
-"""The two ASGI middlewares that run before FastAPI reads a request body: the bearer-token check
-(401, serve.api_keys_env) and the body-size limit (413, serve.max_body_bytes).
+"""The ASGI middlewares of the service. In the replica, before FastAPI reads a request body:
+the bearer-token check (401, serve.api_keys_env) and the body-size limit (413,
+serve.max_body_bytes). In Serve's HTTP proxy: a lost replica's requests answered 503 (below).
 
 Both read their setting per request from the app's `state` (set by the replica from its
 ServeConfig), so the one module-level app serves any configuration.
@@ -11,6 +12,14 @@ Health stays open so that load balancers and Serve's probes need no key.
 
 Body limit: FastAPI reads and parses a whole JSON body before the endpoint runs, so without it
 an oversized request would cost the replica its memory and time.
+
+A lost replica: when the replica handling a request dies before it answers (its process or its
+node), Serve's proxy ends the request without a response and its HTTP server sends a bare 500.
+LostReplicaAs503 runs in the proxy (Ray Serve's proxy middlewares, named by
+RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH: pipelines/__init__.py sets it for the Ray nestgen
+starts, a cluster sets it on its nodes) and answers such a request 503 with Retry-After and the
+reason, as any client expects of a request that can be sent again. A request whose answer had
+begun (a stream) cannot change its status: the stream ends without its result event.
 """
 from __future__ import annotations
 
@@ -121,3 +130,42 @@ class BodySizeLimit:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
         return await self.app(scope, replay, send)
+
+
+REPLICA_LOST = ("the replica handling this request was lost (its process or node died) before it answered; "
+                "send the request again")
+REPLICA_LOST_RETRY_AFTER_S = 1
+
+
+class LostReplicaAs503:
+    """In Serve's proxy: 503 with Retry-After for an HTTP request the proxy ended without any
+    answer (its replica died), unless the client itself went away."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = gone = False
+
+        async def watch_receive():
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
+        async def watch_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+        await self.app(scope, watch_receive, watch_send)
+        if not started and not gone:
+            await _reject(send, 503, REPLICA_LOST, (b"retry-after", str(REPLICA_LOST_RETRY_AFTER_S).encode()))
+
+
+def proxy_middlewares() -> list:
+    """What Ray Serve's proxy calls (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH) for the
+    middlewares it wraps itself in."""
+    from starlette.middleware import Middleware
+    return [Middleware(LostReplicaAs503)]

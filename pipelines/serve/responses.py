@@ -181,7 +181,8 @@ def error_responses(*codes: int) -> dict[int, dict]:
 GENERATE_503 = {503: {
     "model": ErrorResponse,
     "description": "over capacity: the replica's queue is full (serve.max_queued_rows; with Retry-After) or the "
-                   "request ran past serve.decode_deadline_s; or, in plain text from Serve's proxy, over "
+                   "request ran past serve.decode_deadline_s; or the replica handling the request died before it "
+                   "answered (with Retry-After: send it again); or, in plain text from Serve's proxy, over "
                    "serve.max_queued_requests or no replica ready",
     "content": {"text/plain": {"schema": {"type": "string"}}}}}
 
