@@ -29,6 +29,9 @@ def _worker(rank: int, port: int) -> None:
     try:
         torch.set_num_threads(1)
         _check(rank)
+        # both ranks done with every collective before the group goes: a rank that tears it
+        # down while the other still uses it can abort in gloo's threads (seen once in CI)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
