@@ -100,14 +100,15 @@ class Engine:
         # The rows decoded together: a Serve batch, or the step loop's running set (a whole
         # decode of that many rows gives auto its speed until the loop has measured its own).
         self.batch_rows = cfg.max_active_rows if cfg.batching == "step" else cfg.max_batch_size
-        self.calibrated_gflops_per_s = 0.0
+        calibrated_gflops_per_s = None
         if self.auto_presets:
             self.latency = calibrate(self.auto_presets, self._time_preset, self.batch_rows)
             best = self.auto_presets[0]
-            self.calibrated_gflops_per_s = (self.batch_rows * decode_flops(m.model, self._decode_cfg(best)).gflops
-                                            / self.latency.batch_seconds(best, self.batch_rows))
+            calibrated_gflops_per_s = (self.batch_rows * decode_flops(m.model, self._decode_cfg(best)).gflops
+                                       / self.latency.batch_seconds(best, self.batch_rows))
         self.loop = StepLoop(StepDecoder(self.model), cfg.max_active_rows, cfg.max_queued_rows,
-                             cfg.decode_deadline_s, cfg.retry_after_s, metrics) if cfg.batching == "step" else None
+                             cfg.decode_deadline_s, cfg.retry_after_s, metrics,
+                             gflops_per_s=calibrated_gflops_per_s) if cfg.batching == "step" else None
 
     # ---- requests -> jobs
     def _decode_cfg(self, preset: str) -> DecodeConfig:
@@ -145,7 +146,7 @@ class Engine:
             if self.loop is None:
                 return choose_preset(self.auto_presets, lambda p: self.latency.expected_latency(p, queue, rows),
                                      self.cfg.auto_latency_target_s, self.feedback.ratio, queue_rows=queue)
-            pending, speed = self.loop.pending_gflops(), self.loop.gflops_per_s or self.calibrated_gflops_per_s
+            pending, speed = self.loop.pending_gflops(), self.loop.gflops_per_s
             guidance = self.spec.decode.guidance_scale if req.guidance_scale is None else req.guidance_scale
             gflops = {p: decode_flops(self.spec.model, replace(self._decode_cfg(p), guidance_scale=guidance)).gflops
                       for p in self.auto_presets}

@@ -92,7 +92,9 @@ class _Ticket:
 
 class StepLoop:
     def __init__(self, decoder: StepDecoder, max_active_rows: int, max_queued_rows: int, deadline_s: float,
-                 retry_after_s: int = 1, metrics: LoopMetrics | None = None):
+                 retry_after_s: int = 1, metrics: LoopMetrics | None = None, gflops_per_s: float | None = None):
+        """gflops_per_s: the speed to assume until the first tick has measured one (a whole
+        decode's, timed at start-up)."""
         self.decoder = decoder
         self.max_active_rows, self.max_queued_rows = max_active_rows, max_queued_rows
         self.deadline_s, self.retry_after_s = deadline_s, retry_after_s
@@ -103,9 +105,10 @@ class StepLoop:
         self.active_rows = 0
         self._lock = threading.Condition()
         self._tick_since: float | None = None    # monotonic start of the tick in flight
-        # GFLOPs of row-steps per second of tick, a moving average (None before the first tick):
-        # the speed this replica sustains with its traffic's mix and its machine's load
-        self.gflops_per_s: float | None = None
+        # GFLOPs of row-steps per second of tick, a moving average from the first tick on: the
+        # speed this replica sustains with its traffic's mix and its machine's load
+        self.gflops_per_s = gflops_per_s
+        self._measured = False
 
     # ---- any thread
     def submit(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> Future:
@@ -190,8 +193,8 @@ class StepLoop:
         self.metrics.tick(now - t0, self.active_rows, self.queued_rows)
         # the whole tick (admission, hooks and answers included): what a row-step costs the replica
         speed = work / max(time.monotonic() - begun, 1e-9)
-        self.gflops_per_s = speed if self.gflops_per_s is None else \
-            (1 - SPEED_EMA) * self.gflops_per_s + SPEED_EMA * speed
+        self.gflops_per_s = (1 - SPEED_EMA) * self.gflops_per_s + SPEED_EMA * speed if self._measured else speed
+        self._measured = True
         return True
 
     def _boundary(self) -> None:
