@@ -30,17 +30,20 @@ def test_a_replica_node_dying_under_load_fails_no_request(cluster, tmp_path):
 class _Service(BaseHTTPRequestHandler):
     """Answers each POST with the next of `answers` (status, content type, body)."""
     answers: list = []
+    protocol_version = "HTTP/1.1"        # chunked answers
 
     def do_POST(self):
         self.rfile.read(int(self.headers["content-length"]))
         status, ctype, body, *headers = self.answers.pop(0)
         self.send_response(status)
+        cut = ("x-cut", "1") in headers         # one chunk, then closed without the last chunk
         for name, value in headers:
             self.send_header(name, value)
         self.send_header("content-type", ctype)
-        self.send_header("content-length", str(len(body)))
+        self.send_header(*(("transfer-encoding", "chunked") if cut else ("content-length", str(len(body)))))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body) if cut else body)
+        self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -123,3 +126,25 @@ def test_the_proxy_middleware_answers_503_only_for_a_request_the_proxy_left_unan
     assert _asgi(LostReplicaAs503(replica_died), scope_type="lifespan") == []  # not HTTP: not its business
     [mw] = proxy_middlewares()
     assert mw.cls is LostReplicaAs503
+
+
+def _stream(*events, cut: bool = False):
+    """An NDJSON answer of `events`; cut: chunked, and the connection closes before the last
+    chunk (as when the replica's node died mid-answer)."""
+    body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    return (200, "application/x-ndjson", body, *([("x-cut", "1")] if cut else []))
+
+
+def test_a_stream_cut_before_its_result_is_sent_again(service):
+    from pipelines.serve import client
+    url, answers = service
+    step = {"event": "step", "step": 1, "steps": 2}
+    result = {"event": "result", "result": {"samples": [[1, 2]]}}
+    answers[:] = [_stream(step), _stream(step, cut=True), _stream(step, result)]
+    seen = []
+    assert client.generate_stream(url, {"class_label": 1, "seed": 3}, seen.append)["samples"] == [[1, 2]]
+    assert answers == [] and len(seen) == 3               # the steps start over with each resend
+    answers[:] = [_stream(step)] * (client.RETRIES + 1) + [_stream(step, result)]
+    with pytest.raises(client.ServiceError, match="ended before its result event 3 times"):
+        client.generate_stream(url, {"class_label": 1}, seen.append)
+    assert len(answers) == 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import logging
@@ -76,19 +77,32 @@ def generate(base_url: str, payload: dict, timeout: float = 600) -> dict:
 def generate_stream(base_url: str, payload: dict, on_step: Callable[[dict], None], timeout: float = 600) -> dict:
     """POST with `"stream": true`: on_step(event) for every step event as it arrives (the
     preview so far, nestgen.serving.stream), then the answer of the result event; ServiceError
-    for an error event (the status it would have had) or a stream cut before its result."""
-    with _open(base_url.rstrip("/") + "/v1/generate", payload | {"stream": True}, timeout) as resp:
-        for raw in resp:
-            if not raw.strip():
-                continue
-            event = json.loads(raw)
-            if event["event"] == "step":
-                on_step(event)
-            elif event["event"] == "result":
-                return event["result"]
-            else:
-                raise ServiceError(event.get("status", 500), event.get("detail", "the service reported an error"))
-    raise ServiceError(200, "the answer stream ended before its result event (the replica may have restarted)")
+    for an error event (the status it would have had). A stream cut before its result event
+    (its replica died mid-decode: the 200 was sent, so no 503 can say so) is sent again, at
+    most RETRIES more times, its steps starting over; then ServiceError."""
+    for attempt in range(RETRIES + 1):
+        try:
+            with _open(base_url.rstrip("/") + "/v1/generate", payload | {"stream": True}, timeout) as resp:
+                for raw in resp:
+                    if not raw.strip():
+                        continue
+                    event = json.loads(raw)
+                    if event["event"] == "step":
+                        on_step(event)
+                    elif event["event"] == "result":
+                        return event["result"]
+                    else:
+                        raise ServiceError(event.get("status", 500),
+                                           event.get("detail", "the service reported an error"))
+        except (http.client.HTTPException, ConnectionError) as e:       # cut mid-chunk
+            cause = f"{type(e).__name__}"
+        else:
+            cause = "ended"
+        if attempt < RETRIES:
+            log.warning("%s: the answer stream %s before its result event (the replica died under it); "
+                        "sending it again (%d of %d)", base_url, cause, attempt + 1, RETRIES)
+    raise ServiceError(200, f"the answer stream ended before its result event {RETRIES + 1} times "
+                            "(the replica died under it each time)")
 
 
 def save_samples(resp: dict, out: str) -> list[str]:
