@@ -63,8 +63,11 @@ class LocalCluster:
     worker node <name> carries the resource `chaos_<name>` = 1 to pin work to it."""
 
     def __init__(self, root: str | os.PathLike, head_cpus: float = 0, workers=(2, 2), object_store_mb: int = 100,
-                 env: dict | None = None):
-        """workers: the CPUs of w1, w2, ...; env: more variables for every process of the cluster."""
+                 env: dict | None = None, node_death_s: int | None = None):
+        """workers: the CPUs of w1, w2, ...; env: more variables for every process of the cluster;
+        node_death_s: how many seconds of unanswered health checks (one a second) make the GCS
+        declare a node dead; None keeps Ray's default (5 checks 3 s apart, about 15 s), which
+        is what a real cluster shows: benchmarks keep it, tests shorten it."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(f"/tmp/nck{os.getpid()}-{free_port()}")      # Ray's socket paths must stay short
@@ -72,6 +75,9 @@ class LocalCluster:
         self.dashboard = f"http://127.0.0.1:{self.dash_port}"
         self.object_store = object_store_mb * 2**20
         self._head_cpus, self._env = head_cpus, dict(env or {})
+        self._system_config = {} if node_death_s is None else {
+            "health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
+            "health_check_failure_threshold": node_death_s}
         self.worker_cpus = {f"w{k}": cpus for k, cpus in enumerate(workers, 1)}
         self.cluster = None
         self.nodes: dict = {}                       # name -> ray._private.node.Node
@@ -123,7 +129,7 @@ class LocalCluster:
         from ray.cluster_utils import Cluster
         self.cluster = Cluster(initialize_head=True, shutdown_at_exit=True, head_node_args=dict(
             self._args(self._head_cpus), include_dashboard=True, dashboard_host="127.0.0.1",
-            dashboard_port=self.dash_port, temp_dir=str(self.tmp)))
+            dashboard_port=self.dash_port, temp_dir=str(self.tmp), _system_config=self._system_config))
         # `ray job submit`'s supervisor looks its cluster's address up in <head temp_dir>/ray_current_cluster
         # (Cluster wrote it under $RAY_TMPDIR/ray); not found, it takes any Ray running on the machine
         (self.tmp / "ray_current_cluster").write_text(self.cluster.address)
