@@ -129,9 +129,9 @@ def test_the_proxy_middleware_answers_503_only_for_a_request_the_proxy_left_unan
 
 
 def _stream(*events, cut: bool = False):
-    """An NDJSON answer of `events`; cut: chunked, and the connection closes before the last
-    chunk (as when the replica's node died mid-answer)."""
-    body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    """An NDJSON answer of `events`; cut: chunked, its last line cut short, and the connection
+    closes before the last chunk (as when the replica's node died mid-answer)."""
+    body = b"".join(json.dumps(e).encode() + b"\n" for e in events) + (b'{"event": "res' if cut else b"")
     return (200, "application/x-ndjson", body, *([("x-cut", "1")] if cut else []))
 
 

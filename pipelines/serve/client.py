@@ -84,6 +84,8 @@ def generate_stream(base_url: str, payload: dict, on_step: Callable[[dict], None
         try:
             with _open(base_url.rstrip("/") + "/v1/generate", payload | {"stream": True}, timeout) as resp:
                 for raw in resp:
+                    if not raw.endswith(b"\n"):        # a last line cut short: the stream was cut
+                        break
                     if not raw.strip():
                         continue
                     event = json.loads(raw)
