@@ -75,15 +75,18 @@ def chaos_cluster(tmp_path_factory):
     each, so a lost node's one cannot move to the other) and w3 of 1 CPU (Ray Data's 1-CPU
     tasks beside the ranks), this process its driver. Starting it stops the session's local
     Ray: two Ray clusters do not fit 2 cores. Ray Train gives up placing its workers after 8 s
-    (train_faults.START_TIMEOUT_ENV), not 60, and the GCS declares a silent node dead after
-    NODE_DEATH_S s of failed health checks, not Ray's 15 (every scenario waits for that)."""
+    (train_faults.START_TIMEOUT_ENV), not 60; its controller polls the workers every 0.5 s, not
+    2 (a registered checkpoint, a dead rank and a finished fit show that much sooner); and the
+    GCS declares a silent node dead after NODE_DEATH_S s of failed health checks, not Ray's 15
+    (every scenario waits for that)."""
     import ray
 
     from chaoskit.cluster import LocalCluster
     from chaoskit.train_faults import START_TIMEOUT_ENV
     if ray.is_initialized():
         ray.shutdown()
-    with LocalCluster(tmp_path_factory.mktemp("cluster"), head_cpus=0, workers=(2, 2, 1), env=START_TIMEOUT_ENV,
+    env = START_TIMEOUT_ENV | {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), head_cpus=0, workers=(2, 2, 1), env=env,
                       node_death_s=NODE_DEATH_S) as c:
         c.connect()
         try:
