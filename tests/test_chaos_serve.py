@@ -148,3 +148,12 @@ def test_a_stream_cut_before_its_result_is_sent_again(service):
     with pytest.raises(client.ServiceError, match="ended before its result event 3 times"):
         client.generate_stream(url, {"class_label": 1}, seen.append)
     assert len(answers) == 1
+
+
+@pytest.mark.parametrize("line", [b"not json", b"[1, 2]", b'{"no": "event"}'])
+def test_a_stream_line_that_is_no_event_is_a_clear_error_not_a_crash(service, line):
+    from pipelines.serve import client
+    url, answers = service
+    answers[:] = [(200, "application/x-ndjson", line + b"\n")]
+    with pytest.raises(client.ServiceError, match="not an event"):
+        client.generate_stream(url, {"class_label": 1}, lambda e: None)

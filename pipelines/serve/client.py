@@ -74,12 +74,23 @@ def generate(base_url: str, payload: dict, timeout: float = 600) -> dict:
     return request_json(base_url.rstrip("/") + "/v1/generate", payload, timeout)
 
 
+def _event(raw: bytes) -> dict:
+    """One line of an answer stream as its event; ServiceError for a line that is not one."""
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        raise ServiceError(200, f"the answer stream sent a line that is not an event: {raw[:80]!r}")
+    return event
+
+
 def generate_stream(base_url: str, payload: dict, on_step: Callable[[dict], None], timeout: float = 600) -> dict:
     """POST with `"stream": true`: on_step(event) for every step event as it arrives (the
     preview so far, nestgen.serving.stream), then the answer of the result event; ServiceError
-    for an error event (the status it would have had). A stream cut before its result event
-    (its replica died mid-decode: the 200 was sent, so no 503 can say so) is sent again, at
-    most RETRIES more times, its steps starting over; then ServiceError."""
+    for an error event (the status it would have had) or a line that is no event. A stream cut
+    before its result event (its replica died mid-decode: the 200 was sent, so no 503 can say
+    so) is sent again, at most RETRIES more times, its steps starting over; then ServiceError."""
     for attempt in range(RETRIES + 1):
         try:
             with _open(base_url.rstrip("/") + "/v1/generate", payload | {"stream": True}, timeout) as resp:
@@ -88,7 +99,7 @@ def generate_stream(base_url: str, payload: dict, on_step: Callable[[dict], None
                         break
                     if not raw.strip():
                         continue
-                    event = json.loads(raw)
+                    event = _event(raw)
                     if event["event"] == "step":
                         on_step(event)
                     elif event["event"] == "result":
@@ -96,13 +107,12 @@ def generate_stream(base_url: str, payload: dict, on_step: Callable[[dict], None
                     else:
                         raise ServiceError(event.get("status", 500),
                                            event.get("detail", "the service reported an error"))
+            how = "ended"
         except (http.client.HTTPException, ConnectionError) as e:       # cut mid-chunk
-            cause = f"{type(e).__name__}"
-        else:
-            cause = "ended"
+            how = f"was cut ({type(e).__name__})"
         if attempt < RETRIES:
             log.warning("%s: the answer stream %s before its result event (the replica died under it); "
-                        "sending it again (%d of %d)", base_url, cause, attempt + 1, RETRIES)
+                        "sending it again (%d of %d)", base_url, how, attempt + 1, RETRIES)
     raise ServiceError(200, f"the answer stream ended before its result event {RETRIES + 1} times "
                             "(the replica died under it each time)")
 
